@@ -1,0 +1,159 @@
+"""``napari-xai demo``: the demo brain, the demo model and an explanation in 3D.
+
+With ``--headless OUTDIR`` the same explanation is written as NIfTI + JSON
+sidecar, and a 3D screenshot is rendered on a private virtual display (Xvfb)
+when the machine has no display.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .core.errors import UserError
+
+DEMO_SEED = 0
+
+
+def explain_demo(method: str = "integrated-gradients", progress=None):
+    """The demo volume, its ground-truth mask, the loaded demo model and the relevance."""
+    from .core.demo import demo_volume
+    from .core.explain import explain
+    from .core.models import load_model
+
+    volume, mask = demo_volume(seed=DEMO_SEED, condition=True)
+    model = load_model("demo")
+    rel = explain(volume, model, method, progress=progress)
+    return volume, mask, model, rel
+
+
+def populate_viewer(viewer, volume, mask, rel) -> None:
+    """Demo brain, ground truth and relevance layers, in 3D, camera on the brain."""
+    from ._layers import relevance_layer_data, upsert
+    from ._sample_data import demo_layer_data
+
+    upsert(viewer, demo_layer_data(seed=DEMO_SEED, condition=True))
+    upsert(viewer, relevance_layer_data(rel))
+    viewer.dims.ndisplay = 3
+    viewer.camera.angles = (0.0, -60.0, 120.0)
+    viewer.reset_view()
+
+
+@contextmanager
+def virtual_display():
+    """A private Xvfb display when there is none; a no-op when a display exists."""
+    if os.environ.get("DISPLAY") or not sys.platform.startswith("linux"):
+        yield
+        return
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        raise UserError("no display and no Xvfb to render the 3D screenshot; install xvfb (apt-get install xvfb libgl1-mesa-dri).")
+    for num in range(90, 140):
+        if not Path(f"/tmp/.X{num}-lock").exists():
+            break
+    proc = subprocess.Popen(
+        [xvfb, f":{num}", "-screen", "0", "1600x1200x24", "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    old = {k: os.environ.get(k) for k in ("DISPLAY", "QT_QPA_PLATFORM")}
+    os.environ["DISPLAY"] = f":{num}"
+    os.environ["QT_QPA_PLATFORM"] = "xcb"
+    try:
+        for _ in range(50):
+            if Path(f"/tmp/.X11-unix/X{num}").exists():
+                break
+            time.sleep(0.1)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_headless(outdir: Path, method: str = "integrated-gradients", overwrite: bool = False) -> int:
+    from .core.provenance import write_sidecar
+    from .core.volumes import save_nifti
+
+    outdir = Path(outdir)
+    rel_path = outdir / "demo_relevance.nii.gz"
+    brain_path = outdir / "demo_brain.nii.gz"
+    shot_path = outdir / "demo_3d.png"
+    if not overwrite:
+        existing = [p for p in (rel_path, brain_path, shot_path) if p.exists()]
+        if existing:
+            raise UserError(f"{existing[0]} exists; choose another OUTDIR or pass --overwrite.")
+    outdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    volume, mask, model, rel = explain_demo(method, progress=_print_progress)
+    for w in rel.warnings:
+        print(f"napari-xai: warning: {w}", file=sys.stderr)
+    save_nifti(brain_path, volume.data[0], volume.affine, header=volume.header)
+    write_sidecar(brain_path, {"kind": "demo-brain", "seed": DEMO_SEED, "condition": "atrophy"})
+    save_nifti(rel_path, rel.data[0], rel.affine, header=volume.header)
+    write_sidecar(rel_path, {**rel.provenance, "output": str(rel_path), "command": "napari-xai demo --headless"})
+    probs = ", ".join(f"{k}={v:.3f}" for k, v in rel.probabilities.items())
+    print(f"predicted: {rel.provenance['prediction']['name']} ({probs}); explained '{rel.target_name}' with {rel.method}")
+    print(f"wrote {rel_path}, {brain_path} and their .json sidecars ({time.perf_counter() - t0:.1f} s)")
+    with virtual_display():
+        screenshot_3d(volume, mask, rel, shot_path)
+    print(f"wrote {shot_path}")
+    return 0
+
+
+def screenshot_3d(volume, mask, rel, path: Path) -> None:
+    import napari
+
+    from .core.volumes import atomic_write_bytes
+
+    viewer = napari.Viewer(show=True, title="napari-xai demo")
+    try:
+        viewer.window.resize(1200, 900)
+        populate_viewer(viewer, volume, mask, rel)
+        img = viewer.screenshot(canvas_only=True, flash=False)
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        atomic_write_bytes(path, buf.getvalue())
+    finally:
+        viewer.close()
+
+
+def _print_progress(frac: float, msg: str) -> None:
+    print(f"[{frac * 100:5.1f}%] {msg}", file=sys.stderr)
+
+
+def run_gui(method: str = "integrated-gradients") -> int:
+    import napari
+
+    from ._qt.explain_widget import ExplainWidget
+
+    viewer = napari.Viewer(title="napari-xai demo")
+    volume, mask, model, rel = explain_demo(method, progress=_print_progress)
+    populate_viewer(viewer, volume, mask, rel)
+    widget = ExplainWidget(viewer)
+    widget.method.value = method
+    viewer.window.add_dock_widget(widget, name="Explain (napari-xai)", area="right")
+    try:
+        from ._qt.explorer_widget import ExplorerWidget
+
+        viewer.window.add_dock_widget(ExplorerWidget(viewer), name="Relevance explorer (napari-xai)", area="right", tabify=True)
+    except ImportError:
+        pass
+    napari.run()
+    return 0

@@ -1,0 +1,67 @@
+"""Turn core results into napari layer data, and update layers in place.
+
+Relevance is shown as two layers over the anatomy: positive relevance in
+red-yellow and negative relevance in blue-cyan, both with additive blending and
+MIP rendering, so zero is transparent in 2D and in 3D and both signs stay
+visible (a single diverging colormap with white at zero renders as an opaque
+box in 3D). Both layers carry the full signed map in their metadata so the
+writer and the explorer always work on the true relevance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+POS_SUFFIX = " (+)"
+NEG_SUFFIX = " (−)"
+
+
+def _limit(values: np.ndarray) -> float:
+    """Upper contrast limit: the 99.9th percentile of the non-zero magnitudes (robust to single hot voxels)."""
+    nz = values[values > 0]
+    if nz.size == 0:
+        return 1.0
+    hi = float(np.percentile(nz, 99.9))
+    return hi if hi > 0 else float(nz.max())
+
+
+def relevance_layer_data(rel, channel: int = 0, name: str | None = None) -> list[tuple]:
+    """Layer data tuples (positive, negative) for one channel of a :class:`Relevance`."""
+    signed = np.asarray(rel.data[channel], dtype=np.float32)
+    base = name or rel.label
+    if rel.data.shape[0] > 1:
+        base = f"{base} [ch {channel}]"
+    meta = {
+        "affine": rel.affine,
+        "nifti_header": rel.header,
+        "provenance": rel.provenance,
+        "xai_relevance": signed,
+        "xai_channel": channel,
+        "warnings": list(rel.warnings),
+    }
+    pos = np.clip(signed, 0, None)
+    neg = np.clip(-signed, 0, None)
+    common = {"affine": rel.affine, "blending": "additive", "rendering": "mip", "metadata": meta}
+    lim = max(_limit(pos), _limit(neg))
+    return [
+        (pos, {**common, "name": base + POS_SUFFIX, "colormap": "hot", "contrast_limits": (0.0, lim)}, "image"),
+        (neg, {**common, "name": base + NEG_SUFFIX, "colormap": "cyan", "contrast_limits": (0.0, lim)}, "image"),
+    ]
+
+
+def upsert(viewer, layer_tuples: list[tuple]) -> list:
+    """Add layers, or update the data and metadata of same-named layers (no pile-up)."""
+    out = []
+    for data, kwargs, kind in layer_tuples:
+        name = kwargs["name"]
+        if name in viewer.layers:
+            layer = viewer.layers[name]
+            layer.data = data
+            layer.metadata = dict(kwargs.get("metadata", {}))
+            if "contrast_limits" in kwargs and hasattr(layer, "contrast_limits"):
+                layer.contrast_limits = kwargs["contrast_limits"]
+            out.append(layer)
+        else:
+            adder = getattr(viewer, f"add_{kind}")
+            out.append(adder(data, **kwargs))
+    return out

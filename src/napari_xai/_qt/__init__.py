@@ -1,0 +1,1 @@
+"""Qt widgets of napari-xai: thin adapters over :mod:`napari_xai.core`."""

@@ -1,0 +1,346 @@
+"""Explain dock widget: pick input layer(s), a model and a method, press Run.
+
+Thin by design: the method parameters are generated from the registry, the
+work is :func:`napari_xai.core.explain.explain` in a worker thread, and layers
+are only touched on the main thread (in the worker's ``returned`` callback).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    Select,
+    SpinBox,
+)
+from qtpy.QtCore import QTimer
+
+from ..core.errors import Cancelled, UserError
+from ..core.registry import Param, all_methods, get_method
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+log = logging.getLogger(__name__)
+
+SOURCES = {
+    "demo model": "demo",
+    "MONAI bundle folder": "bundle",
+    "Python file + weights": "python",
+    "TorchScript file": "torchscript",
+}
+AUTO = "auto"
+
+
+def _param_widget(p: Param, layer_choices: list[str] | None = None):
+    label = p.name
+    tip = p.help
+    if p.name == "layer":
+        w = ComboBox(label=label, choices=[AUTO, *(layer_choices or [])], value=AUTO, tooltip=tip)
+    elif p.choices:
+        w = ComboBox(label=label, choices=list(p.choices), value=p.default, tooltip=tip)
+    elif p.type is bool:
+        w = CheckBox(label=label, value=bool(p.default), tooltip=tip)
+    elif p.type is int and p.default is not None:
+        w = SpinBox(
+            label=label,
+            value=p.default,
+            min=int(p.minimum) if p.minimum is not None else -(2**31),
+            max=int(p.maximum) if p.maximum is not None else 2**31 - 1,
+            tooltip=tip,
+        )
+    elif p.type is float and p.default is not None:
+        w = FloatSpinBox(
+            label=label,
+            value=p.default,
+            min=p.minimum if p.minimum is not None else -1e12,
+            max=p.maximum if p.maximum is not None else 1e12,
+            step=0.01 if abs(p.default) < 1 else 1.0,
+            tooltip=tip,
+        )
+        w.native.setDecimals(6)
+    else:
+        value = "" if p.default is None else (",".join(map(str, p.default)) if isinstance(p.default, tuple) else str(p.default))
+        w = LineEdit(label=label, value=value, tooltip=tip + ("  (empty = auto)" if p.default is None else ""))
+    w.name = p.name
+    return w
+
+
+class ExplainWidget(Container):
+    """The Explain dock widget (Plugins › napari-xai › Explain)."""
+
+    def __init__(self, viewer: "napari.viewer.Viewer"):
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._model_cache: dict[tuple, Any] = {}
+        self._worker = None
+        self._cancel = threading.Event()
+        self._progress = [0.0, ""]
+        self._layer_names: list[str] = []
+        self.last_result = None
+
+        self.inputs = Select(label="input layer(s)", choices=self._image_choices, tooltip="several layers of one grid become channels, in order")
+        self.source = ComboBox(label="model", choices=list(SOURCES), value="demo model")
+        self.path = FileEdit(label="model path", mode="r", tooltip="bundle folder, .py file or TorchScript file")
+        self.class_name = LineEdit(label="class", value="", tooltip="class name inside the .py file, e.g. MyNet")
+        self.weights = FileEdit(label="weights", mode="r", filter="*.pt *.pth *.ckpt *.bin", tooltip="state_dict checkpoint")
+        self.kwargs = LineEdit(label="kwargs (JSON)", value="{}", tooltip='constructor keyword arguments, e.g. {"in_channels": 1}')
+        self.trust = CheckBox(
+            label="trust",
+            text="trust model code (full unpickling and bundle expressions RUN code from the files)",
+            value=False,
+        )
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self.method = ComboBox(label="method", choices=[m.name for m in all_methods()], value="integrated-gradients")
+        self.params = Container(labels=True, name="params")
+        self.target = ComboBox(label="target", choices=["predicted"], value="predicted")
+        self.run_btn = PushButton(text="Run")
+        self.cancel_btn = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
+        self.status = Label(label="result", value="")
+        self.status.native.setWordWrap(True)
+        buttons = Container(layout="horizontal", widgets=[self.run_btn, self.cancel_btn], labels=False)
+        self.extend(
+            [self.inputs, self.source, self.path, self.class_name, self.weights, self.kwargs, self.trust, self.device,
+             self.method, self.params, self.target, buttons, self.progress, self.status]
+        )
+        self.source.changed.connect(self._on_source)
+        self.method.changed.connect(self._rebuild_params)
+        self.run_btn.changed.connect(self.run)
+        self.cancel_btn.changed.connect(self.cancel)
+        for ev in ("inserted", "removed", "reordered"):
+            getattr(viewer.layers.events, ev).connect(self._refresh_layers)
+        self._timer = QTimer()
+        self._timer.setInterval(100)
+        self._timer.timeout.connect(self._show_progress)
+        self._on_source()
+        self._rebuild_params()
+        self._refresh_layers()
+
+    # ---------------------------------------------------------------- choices
+    def _image_choices(self, *_):
+        from napari.layers import Image
+
+        return [
+            layer.name
+            for layer in self._viewer.layers
+            if isinstance(layer, Image) and "xai_relevance" not in layer.metadata and "xai_explorer" not in layer.metadata
+        ]
+
+    def _refresh_layers(self, *_):
+        before = list(self.inputs.value or [])
+        self.inputs.reset_choices()
+        if not before and self.inputs.choices:
+            self.inputs.value = [self.inputs.choices[0]]
+
+    def _on_source(self, *_):
+        kind = SOURCES[self.source.value]
+        self.path.visible = kind != "demo"
+        self.path.mode = "d" if kind == "bundle" else "r"
+        self.class_name.visible = self.weights.visible = self.kwargs.visible = kind == "python"
+        if kind == "demo":
+            try:
+                from ..core.models import load_model
+
+                self._set_classes(load_model("demo", device="cpu").spec.class_names)
+            except Exception as exc:  # the demo should always load; say so if not
+                log.warning("demo model unavailable: %s", exc)
+
+    def _set_classes(self, names: list[str]) -> None:
+        current = self.target.value
+        self.target.choices = ["predicted", *names]
+        self.target.value = current if current in self.target.choices else "predicted"
+
+    def _rebuild_params(self, *_):
+        self.params.clear()
+        entry = get_method(self.method.value)
+        for p in entry.params:
+            self.params.append(_param_widget(p, self._layer_names))
+
+    # ---------------------------------------------------------------- inputs
+    def model_source(self) -> tuple[str, dict]:
+        kind = SOURCES[self.source.value]
+        if kind == "demo":
+            return "demo", {}
+        path = str(self.path.value) if self.path.value else ""
+        if not path or path == ".":
+            raise UserError(f"choose a {self.source.value} in 'model path'.")
+        if kind == "python":
+            cls = self.class_name.value.strip()
+            if not cls:
+                raise UserError("enter the model class name (e.g. MyNet) for the .py file.")
+            weights = str(self.weights.value) if self.weights.value and str(self.weights.value) != "." else None
+            return f"{path}:{cls}", {"weights": weights, "model_kwargs": self.kwargs.value or "{}"}
+        return path, {}
+
+    def collect_params(self) -> dict:
+        out = {}
+        for w in self.params:
+            value = w.value
+            if isinstance(value, str) and (value.strip() == "" or value == AUTO):
+                continue
+            out[w.name] = value
+        return out
+
+    def gather_volume(self):
+        from ..core.volumes import Volume, check_array, stack_channels
+
+        names = list(self.inputs.value or [])
+        if not names:
+            raise UserError("select at least one input image layer (open a NIfTI file or File › Open Sample › napari-xai).")
+        vols = []
+        for name in names:
+            layer = self._viewer.layers[name]
+            data = np.asarray(layer.data)
+            if data.ndim == 2:
+                raise UserError(f"layer '{name}' is 2D; napari-xai explains 3D volumes.")
+            if data.ndim == 4 and getattr(layer, "rgb", False):
+                raise UserError(f"layer '{name}' is an RGB image; napari-xai explains 3D volumes.")
+            arr, warnings = check_array(data, f"layer '{name}'")
+            affine = layer.metadata.get("affine")
+            if affine is None:
+                affine = np.asarray(layer.affine.affine_matrix, dtype=float)[-4:, -4:]
+                scale = np.diag(np.asarray(layer.scale, dtype=float)[-3:])
+                affine = affine.copy()
+                affine[:3, :3] = affine[:3, :3] @ scale
+                affine[:3, 3] = affine[:3, 3] + np.asarray(layer.translate, dtype=float)[-3:]
+            vols.append(
+                Volume(
+                    data=arr,
+                    affine=np.asarray(affine, dtype=float),
+                    header=layer.metadata.get("nifti_header"),
+                    name=name,
+                    source=layer.metadata.get("source") or name,
+                    warnings=warnings,
+                )
+            )
+        return stack_channels(vols)
+
+    # ---------------------------------------------------------------- run
+    def run(self, *_):
+        if self._worker is not None:
+            return
+        try:
+            volume = self.gather_volume()
+            source, extra = self.model_source()
+            method = self.method.value
+            params = self.collect_params()
+            get_method(method).parse(params)
+        except UserError as exc:
+            self._fail(str(exc))
+            return
+        device = None if self.device.value == "auto" else self.device.value
+        target = None if self.target.value == "predicted" else self.target.value
+        key = (source, json.dumps(extra, sort_keys=True), device, bool(self.trust.value))
+        trust = bool(self.trust.value)
+        self._cancel.clear()
+        self._progress[:] = [0.0, "loading model"]
+
+        from napari.qt.threading import create_worker
+
+        def work():
+            from ..core.explain import explain
+            from ..core.models import load_model
+
+            model = self._model_cache.get(key)
+            if model is None:
+                model = load_model(source, device=device, trust=trust, **extra)
+            if self._cancel.is_set():
+                raise Cancelled("cancelled by the user")
+            rel = explain(
+                volume, model, method, params=params, target=target,
+                progress=lambda f, m: self._progress.__setitem__(slice(None), [f, m]),
+                should_stop=self._cancel.is_set,
+            )
+            return key, model, rel
+
+        worker = create_worker(work, _start_thread=False)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.run_btn.enabled = False
+        self.cancel_btn.enabled = True
+        self.status.value = "running…"
+        self._timer.start()
+        worker.start()
+
+    def cancel(self, *_):
+        self._cancel.set()
+        self.status.value = "cancelling…"
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def _show_progress(self):
+        frac, msg = self._progress
+        self.progress.value = int(round(100 * frac))
+        self.progress.label = msg[:40] if msg else "progress"
+
+    def _on_returned(self, result):
+        from .._layers import relevance_layer_data, upsert
+
+        key, model, rel = result
+        self._model_cache = {key: model}
+        self._set_classes(list(rel.provenance["model"]["class_names"]))
+        self._update_layer_choices(model)
+        tuples = [t for c in range(rel.data.shape[0]) for t in relevance_layer_data(rel, channel=c)]
+        upsert(self._viewer, tuples)
+        self.last_result = rel
+        probs = ", ".join(f"{k}: {v:.1%}" for k, v in rel.probabilities.items())
+        text = f"predicted {rel.provenance['prediction']['name']} ({probs}); explained '{rel.target_name}'"
+        if rel.warnings:
+            from napari.utils.notifications import show_warning
+
+            for w in rel.warnings:
+                show_warning(f"napari-xai: {w}")
+            text += "\n⚠ " + "\n⚠ ".join(rel.warnings)
+        self.status.value = text
+        self.progress.value = 100
+
+    def _update_layer_choices(self, model):
+        names = [n for n, m in model.module.named_modules() if n and type(m).__name__.startswith("Conv")]
+        if names != self._layer_names:
+            self._layer_names = names
+            for w in self.params:
+                if w.name == "layer":
+                    current = w.value
+                    w.choices = [AUTO, *names]
+                    w.value = current if current in w.choices else AUTO
+
+    def _on_error(self, exc):
+        if isinstance(exc, Cancelled):
+            self.status.value = "cancelled; no layer was changed."
+            self.progress.value = 0
+            return
+        if isinstance(exc, UserError):
+            self._fail(str(exc))
+        else:
+            log.exception("napari-xai internal error", exc_info=exc)
+            self._fail(f"internal error: {type(exc).__name__}: {exc}")
+
+    def _fail(self, message: str):
+        from napari.utils.notifications import show_error
+
+        self.status.value = f"error: {message}"
+        show_error(f"napari-xai: {message}")
+
+    def _on_finished(self):
+        self._timer.stop()
+        self._worker = None
+        self.run_btn.enabled = True
+        self.cancel_btn.enabled = False

@@ -1,0 +1,185 @@
+"""Command line: ``napari-xai explain | methods | demo | clusters``.
+
+Exit codes: 0 success, 2 user error (one line on stderr, no traceback), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from .core.errors import Cancelled, UserError
+
+PROG = "napari-xai"
+
+
+def _parse_params(items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--param {item!r} must be KEY=VALUE, e.g. --param steps=64.")
+        key, value = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if not key:
+            raise UserError(f"--param {item!r} has an empty key.")
+        out[key] = value.strip()
+    return out
+
+
+def _check_out(path: str, overwrite: bool) -> Path:
+    from .core.volumes import is_nifti_path
+
+    out = Path(path)
+    if not is_nifti_path(out):
+        raise UserError(f"--out {path} must end in .nii or .nii.gz.")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists; choose another --out or pass --overwrite.")
+    if out.parent and not out.parent.exists():
+        raise UserError(f"the folder of --out does not exist: {out.parent}")
+    return out
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .core.explain import explain
+    from .core.models import load_model
+    from .core.provenance import sidecar_path, write_sidecar
+    from .core.volumes import load_nifti, save_nifti, stack_channels
+
+    out = _check_out(args.out, args.overwrite)
+    params = _parse_params(args.param)
+    volume = stack_channels([load_nifti(p) for p in args.volume])
+    model = load_model(args.model, weights=args.weights, model_kwargs=args.model_kwargs, device=args.device, trust=args.trust_model)
+    last = [-1.0]
+
+    def progress(frac: float, msg: str) -> None:
+        if not args.quiet and frac - last[0] >= 0.1 or frac >= 1.0 and last[0] < 1.0:
+            last[0] = frac
+            if not args.quiet:
+                print(f"[{frac * 100:5.1f}%] {msg}", file=sys.stderr)
+
+    rel = explain(volume, model, args.method, params=params, target=args.target, normalization=args.normalization, progress=progress)
+    for w in rel.warnings:
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
+    data = rel.data[0] if rel.data.shape[0] == 1 else rel.data
+    record = dict(rel.provenance)
+    record["output"] = str(out)
+    record["command"] = " ".join([PROG, *sys.argv[1:]]) if sys.argv else PROG
+    try:
+        save_nifti(out, data, rel.affine, header=volume.header)
+        write_sidecar(out, record)
+    except BaseException:
+        for p in (out, sidecar_path(out)):
+            if p.exists():
+                p.unlink()
+        raise
+    probs = ", ".join(f"{k}={v:.3f}" for k, v in rel.probabilities.items())
+    print(f"predicted: {rel.provenance['prediction']['name']} ({probs}); explained: {rel.target_name}")
+    print(f"wrote {out} and {sidecar_path(out)}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from .core.registry import all_methods
+
+    for m in all_methods():
+        flags = []
+        if m.needs_module:
+            flags.append("needs eager nn.Module")
+        flags.append("signed" if m.signed else "non-negative")
+        print(f"{m.name:24s} [{m.family}] {m.summary} ({'; '.join(flags)})")
+        for p in m.params:
+            tname = "int,int,int" if p.type == "ints3" else getattr(p.type, "__name__", str(p.type))
+            extra = []
+            if p.choices:
+                extra.append("one of " + "|".join(map(str, p.choices)))
+            if p.minimum is not None or p.maximum is not None:
+                extra.append(f"range [{'' if p.minimum is None else f'{p.minimum:g}'}, {'' if p.maximum is None else f'{p.maximum:g}'}]")
+            default = "auto" if p.default is None else p.default
+            print(f"    {p.name}={default} ({tname}{'; ' + '; '.join(extra) if extra else ''}): {p.help}")
+    return 0
+
+
+def has_display() -> bool:
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import _demo_app
+
+    if args.headless:
+        return _demo_app.run_headless(Path(args.headless), method=args.method, overwrite=args.overwrite)
+    if not has_display():
+        raise UserError("no display found; run 'napari-xai demo --headless OUTDIR' to write the files and a 3D screenshot instead.")
+    return _demo_app.run_gui(method=args.method)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Explain 3D medical-imaging models (napari-xai).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("explain", help="explain a model's decision on NIfTI volume(s); writes NIfTI + JSON sidecar")
+    p.add_argument("volume", nargs="+", metavar="VOLUME", help="NIfTI file(s); several become channels in this order")
+    p.add_argument("--model", required=True, metavar="SOURCE", help="demo | MONAI bundle folder | file.py:Class | TorchScript file")
+    p.add_argument("--weights", help="state_dict checkpoint for a file.py:Class model")
+    p.add_argument("--model-kwargs", metavar="JSON", help="constructor keyword arguments as JSON for file.py:Class")
+    p.add_argument("--method", default="integrated-gradients", help="attribution method (see 'napari-xai methods')")
+    p.add_argument("--target", help="class index or name to explain (default: the predicted class)")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter; repeatable")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--normalization", choices=("none", "zscore", "minmax"), help="override the model's intensity normalisation")
+    p.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="allow full unpickling and bundle code execution: this RUNS CODE from the model files; use only for files you trust",
+    )
+    p.add_argument("--out", required=True, metavar="OUT.nii.gz", help="output relevance NIfTI (a .json sidecar goes beside it)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("methods", help="list attribution methods and their parameters")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("demo", help="open napari with the demo brain, model and a 3D explanation")
+    p.add_argument("--headless", metavar="OUTDIR", help="write relevance NIfTI, sidecar and a 3D screenshot to OUTDIR, no window")
+    p.add_argument("--method", default="integrated-gradients", help="attribution method for the demo")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files in OUTDIR")
+    p.set_defaults(func=cmd_demo)
+
+    try:
+        from ._cli_clusters import add_subcommand
+    except ImportError:  # pragma: no cover - the explorer may not be installed in a partial checkout
+        add_subcommand = None
+    if add_subcommand is not None:
+        add_subcommand(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except Cancelled:
+        print(f"{PROG}: cancelled", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 2
+    except Exception:  # internal error: show everything
+        traceback.print_exc()
+        print(f"{PROG}: internal error; please report it with the traceback above.", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""The explain pipeline: volume -> model grid -> attribution method -> volume grid.
+
+:func:`explain` is the one call every adapter (CLI, widget, scripts) uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from . import geometry
+from .errors import UserError
+from .provenance import now_iso, package_versions
+from .registry import RunContext, get_method
+from .volumes import Volume
+
+NORMALIZATIONS = ("none", "zscore", "minmax")
+
+
+@dataclass
+class Relevance:
+    """Relevance (C, i, j, k) on the input volume's grid, with how it was made."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    method: str
+    target: int
+    target_name: str
+    predicted: int
+    probabilities: dict[str, float]
+    provenance: dict
+    warnings: list[str] = field(default_factory=list)
+    header: object | None = None
+
+    @property
+    def label(self) -> str:
+        """Short name used for layers and files: ``model · method · target``."""
+        model = self.provenance.get("model", {}).get("name", "model")
+        return f"{model} · {self.method} · {self.target_name}"
+
+
+def normalize(data: np.ndarray, mode: str) -> np.ndarray:
+    """Intensity normalisation per channel of (C, i, j, k) data: none, zscore or minmax."""
+    if mode not in NORMALIZATIONS:
+        raise UserError(f"unknown normalisation {mode!r}; use one of {', '.join(NORMALIZATIONS)}.")
+    out = np.asarray(data, dtype=np.float32).copy()
+    if mode == "none":
+        return out
+    for c in range(out.shape[0]):
+        ch = out[c]
+        if mode == "zscore":
+            sd = float(ch.std())
+            out[c] = (ch - float(ch.mean())) / (sd if sd > 0 else 1.0)
+        else:
+            lo, hi = float(ch.min()), float(ch.max())
+            out[c] = (ch - lo) / ((hi - lo) if hi > lo else 1.0)
+    return out
+
+
+def class_names_of(model: Any, n: int) -> list[str]:
+    names = list(getattr(model.spec, "class_names", None) or [])
+    if len(names) != n:
+        names = [f"class {i}" for i in range(n)]
+    return names
+
+
+def resolve_target(target: int | str | None, class_names: list[str], predicted: int) -> int:
+    """Class index from ``None``/"predicted", an index (int or digits) or a class name."""
+    n = len(class_names)
+    if target is None or (isinstance(target, str) and target.strip().lower() in ("", "predicted", "pred")):
+        return int(predicted)
+    if isinstance(target, (int, np.integer)) or (isinstance(target, str) and target.strip().lstrip("-").isdigit()):
+        idx = int(target)
+        if not 0 <= idx < n:
+            raise UserError(f"target {idx} is out of range: the model has {n} classes (0..{n - 1}: {', '.join(class_names)}).")
+        return idx
+    lowered = [c.lower() for c in class_names]
+    key = str(target).strip().lower()
+    if key in lowered:
+        return lowered.index(key)
+    raise UserError(f"unknown target class {target!r}; the model's classes are: {', '.join(class_names)}.")
+
+
+def prepare_input(volume: Volume, model: Any, normalization: str | None = None):
+    """The model-grid input tensor (1, C, D, H, W), whether it was resampled, and the model shape."""
+    import torch
+
+    spec = model.spec
+    if spec.channels is not None and volume.channels != spec.channels:
+        raise UserError(
+            f"the model expects {spec.channels} channel(s) but the input has {volume.channels}; "
+            f"select {spec.channels} image layer(s) / file(s) of one grid."
+        )
+    data = volume.model_copy()
+    model_shape = tuple(spec.input_shape) if spec.input_shape else volume.shape
+    resampled = tuple(model_shape) != tuple(volume.shape)
+    if resampled:
+        data = geometry.resize(data, model_shape)
+    mode = normalization or getattr(spec, "normalization", "none") or "none"
+    data = normalize(data, mode)
+    x = torch.from_numpy(np.ascontiguousarray(data))[None].to(model.device)
+    return x, resampled, tuple(int(s) for s in model_shape), mode
+
+
+def predict(model: Any, x) -> np.ndarray:
+    """Class probabilities (softmax; sigmoid for a single output) for a (1, C, ...) input."""
+    import torch
+
+    from .models import check_output
+
+    with torch.no_grad():
+        try:
+            scores = model.module(x)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"the model failed on an input of shape {tuple(x.shape)}: {first[:300]}") from None
+    scores = check_output(scores)
+    if scores.shape[1] == 1:
+        probs = torch.sigmoid(scores)[0]
+    else:
+        probs = torch.softmax(scores.float(), dim=1)[0]
+    return probs.detach().cpu().numpy().astype(float)
+
+
+def explain(
+    volume: Volume,
+    model: Any,
+    method: str,
+    params: dict | None = None,
+    target: int | str | None = None,
+    normalization: str | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    seed: int = 0,
+) -> Relevance:
+    """Explain ``model``'s decision on ``volume`` with attribution ``method``.
+
+    Parameters
+    ----------
+    volume : Volume
+        Input (C, i, j, k) with its affine.
+    model : LoadedModel
+        From :func:`napari_xai.core.models.load_model`.
+    method : str
+        A registry name, e.g. ``"integrated-gradients"``; see ``napari-xai methods``.
+    params : dict, optional
+        Method parameters (strings are converted); defaults fill the rest.
+    target : int or str, optional
+        Class index or name; ``None`` or ``"predicted"`` explains the predicted class.
+    normalization : str, optional
+        Overrides the model's declared intensity normalisation (none, zscore, minmax).
+    progress, should_stop : callable, optional
+        Progress callback ``(fraction, message)`` and cancellation check.
+    seed : int
+        Seed for stochastic methods (SmoothGrad noise), recorded in the provenance.
+
+    Returns
+    -------
+    Relevance
+        Raw relevance on the input's voxel grid (no smoothing or normalisation).
+    """
+    import torch
+
+    entry = get_method(method)
+    parsed = entry.parse(params)
+    if entry.needs_module and model.is_scripted:
+        raise UserError(
+            f"method '{entry.name}' needs an eager nn.Module, but the model is TorchScript; "
+            "use a gradient method (saliency, input-x-gradient, integrated-gradients, smoothgrad, grad-cam, occlusion) "
+            "or load the model as a .py file with weights."
+        )
+    ctx = RunContext(progress=progress, should_stop=should_stop, is_scripted=bool(model.is_scripted))
+    for w in volume.warnings:
+        ctx.warn(w)
+    ctx.step(0.0, "preparing input")
+    x, resampled, model_shape, norm_mode = prepare_input(volume, model, normalization)
+    probs = predict(model, x)
+    names = class_names_of(model, len(probs))
+    predicted = int(np.argmax(probs))
+    tgt = resolve_target(target, names, predicted)
+    ctx.step(0.02, f"explaining '{names[tgt]}' with {entry.name}")
+    torch.manual_seed(seed)
+    out = entry.fn(model.module, x, tgt, parsed, ctx)
+    rel = out.relevance.detach().float().cpu().numpy()[0]
+    if rel.shape[0] != volume.channels:
+        # single-map methods (e.g. CAM) give one map for all channels
+        rel = np.repeat(rel[:1], volume.channels, axis=0)
+    rel = geometry.relevance_to_grid(rel, volume.shape).astype(np.float32, copy=False)
+    if not np.all(np.isfinite(rel)):
+        ctx.warn("the relevance contains NaN/Inf values (numerical overflow in the method); they were set to 0.")
+        rel = np.nan_to_num(rel, nan=0.0, posinf=0.0, neginf=0.0)
+    ctx.step(1.0, "done")
+    params_rec = {**parsed, **(out.used or {})}
+    spec = model.spec
+    provenance = {
+        "kind": "relevance",
+        "created": now_iso(),
+        "input": {
+            "name": volume.name,
+            "files": (volume.source or "").split(";") if volume.source else [],
+            "shape": list(volume.shape),
+            "channels": volume.channels,
+            "affine": np.asarray(volume.affine).tolist(),
+        },
+        "model": {
+            "name": _model_name(model),
+            "source": model.source,
+            "kind": model.kind,
+            "sha256": model.sha256,
+            "class_names": names,
+            "input_shape": list(model_shape),
+            "normalization": norm_mode,
+            "device": str(model.device),
+        },
+        "grid": {"resampled": bool(resampled), "model_shape": list(model_shape)},
+        "method": entry.name,
+        "params": params_rec,
+        "seed": seed,
+        "target": {"index": tgt, "name": names[tgt], "requested": target if target is not None else "predicted"},
+        "prediction": {
+            "index": predicted,
+            "name": names[predicted],
+            "probabilities": {n: float(p) for n, p in zip(names, probs)},
+        },
+        "relevance": {"sum": float(rel.sum()), "max_abs": float(np.abs(rel).max()) if rel.size else 0.0},
+        "warnings": list(ctx.warnings),
+        "versions": package_versions(),
+    }
+    return Relevance(
+        data=rel,
+        affine=np.asarray(volume.affine, dtype=float),
+        method=entry.name,
+        target=tgt,
+        target_name=names[tgt],
+        predicted=predicted,
+        probabilities={n: float(p) for n, p in zip(names, probs)},
+        provenance=provenance,
+        warnings=list(ctx.warnings),
+        header=volume.header,
+    )
+
+
+def _model_name(model: Any) -> str:
+    from pathlib import Path
+
+    src = str(model.source)
+    if model.kind == "demo":
+        return "demo"
+    if ":" in src and src.rsplit(":", 1)[0].endswith(".py"):
+        return src.rsplit(":", 1)[1]
+    name = Path(src.rstrip("/")).name
+    for suffix in (".pt", ".pth", ".ts", ".zip"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name or "model"

@@ -1,0 +1,98 @@
+"""One provenance record per result: enough to redo it.
+
+The record holds the model identity (file hash), the method and all its
+parameters, the target, the prediction, the input and package versions. It is
+saved as a JSON sidecar beside every exported file (``OUT.nii.gz`` ->
+``OUT.json``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .volumes import atomic_write_bytes
+
+PACKAGES = ("napari-xai", "torch", "captum", "zennit", "monai", "numpy", "scipy", "nibabel")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """``out.nii.gz`` -> ``out.json``; ``table.csv`` -> ``table.json``."""
+    p = Path(path)
+    name = p.name
+    for suffix in (".nii.gz", ".nii", ".csv", ".png"):
+        if name.lower().endswith(suffix):
+            return p.with_name(name[: -len(suffix)] + ".json")
+    return p.with_name(name + ".json")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def to_json(record: dict) -> str:
+    return json.dumps(_jsonable(record), indent=2, sort_keys=False)
+
+
+def write_sidecar(path: str | os.PathLike, record: dict) -> Path:
+    """Write ``record`` as the JSON sidecar of ``path`` (atomically). Returns the sidecar path."""
+    side = sidecar_path(path)
+    atomic_write_bytes(side, (to_json(record) + "\n").encode("utf-8"))
+    return side
+
+
+def read_sidecar(path: str | os.PathLike) -> dict | None:
+    """The sidecar of ``path`` (or ``path`` itself if it is a .json), or None when absent."""
+    p = Path(path)
+    side = p if p.suffix.lower() == ".json" else sidecar_path(p)
+    if not side.exists():
+        return None
+    return json.loads(side.read_text(encoding="utf-8"))

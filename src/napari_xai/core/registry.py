@@ -1,0 +1,181 @@
+"""Attribution methods as data.
+
+Each method is one :class:`Method` entry in :data:`REGISTRY`. An entry holds
+its name, its parameters (name, type, default, range, help), whether it needs
+an eager ``nn.Module`` and one call with the same signature as every other
+method::
+
+    fn(model, x, target, params, ctx) -> MethodOutput
+
+* ``model``: a callable returning scores of shape (N, classes) on ``x``'s device;
+  either an eager ``nn.Module`` or a TorchScript module.
+* ``x``: input tensor (1, C, D, H, W) on the model grid, already normalised.
+* ``target``: the class index to explain.
+* ``params``: a dict already validated by :meth:`Method.parse`.
+* ``ctx``: a :class:`RunContext` for progress, cancellation and warnings.
+
+Widgets and the CLI are generated from these entries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import Cancelled, UserError
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a method.
+
+    ``type`` is one of ``int``, ``float``, ``str``, ``bool`` or ``"ints3"``
+    (three integers such as a window, written ``8,8,8`` or ``8``).
+    ``choices`` restricts a ``str`` parameter. ``minimum``/``maximum`` bound
+    numbers (inclusive). ``default=None`` means "chosen from the input"
+    (e.g. the occlusion window or the Grad-CAM layer).
+    """
+
+    name: str
+    type: Any
+    default: Any
+    help: str
+    choices: tuple | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def coerce(self, value: Any, method: str) -> Any:
+        """Convert ``value`` (possibly a string from the CLI) and check its range."""
+        if value is None:
+            return None
+        where = f"parameter '{self.name}' of method '{method}'"
+        try:
+            if self.type == "ints3":
+                if isinstance(value, str):
+                    parts = [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
+                elif isinstance(value, (int, float)):
+                    parts = [int(value)]
+                else:
+                    parts = [int(v) for v in value]
+                if len(parts) == 1:
+                    parts = parts * 3
+                if len(parts) != 3:
+                    raise ValueError
+                out: Any = tuple(parts)
+                if self.minimum is not None and min(out) < self.minimum:
+                    raise UserError(f"{where} must be at least {self.minimum:g} in each axis, got {value}.")
+                return out
+            if self.type is bool:
+                if isinstance(value, str):
+                    low = value.strip().lower()
+                    if low in ("1", "true", "yes", "on"):
+                        return True
+                    if low in ("0", "false", "no", "off"):
+                        return False
+                    raise ValueError
+                return bool(value)
+            if self.type is int:
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                out = int(value)
+            elif self.type is float:
+                out = float(value)
+            else:
+                out = str(value)
+        except (TypeError, ValueError):
+            tname = "three integers like 8,8,8" if self.type == "ints3" else getattr(self.type, "__name__", str(self.type))
+            raise UserError(f"{where} must be {tname}, got {value!r}.") from None
+        if self.choices is not None and out not in self.choices:
+            raise UserError(f"{where} must be one of {', '.join(map(str, self.choices))}; got {out!r}.")
+        if self.minimum is not None and out < self.minimum:
+            raise UserError(f"{where} must be >= {self.minimum:g}, got {out}.")
+        if self.maximum is not None and out > self.maximum:
+            raise UserError(f"{where} must be <= {self.maximum:g}, got {out}.")
+        return out
+
+
+@dataclass
+class RunContext:
+    """What a method may use while it runs: progress, cancellation, warnings."""
+
+    progress: Callable[[float, str], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    warnings: list[str] = field(default_factory=list)
+    is_scripted: bool = False
+
+    def step(self, fraction: float, message: str = "") -> None:
+        """Report progress in [0, 1] and raise :class:`Cancelled` if asked to stop."""
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled("cancelled by the user")
+        if self.progress is not None:
+            self.progress(float(min(max(fraction, 0.0), 1.0)), message)
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+
+@dataclass
+class MethodOutput:
+    """Relevance on the model grid, shape (1, C, D, H, W), plus what was used."""
+
+    relevance: Any  # torch.Tensor
+    used: dict = field(default_factory=dict)  # resolved defaults, e.g. the chosen layer
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    family: str
+    summary: str
+    fn: Callable[..., MethodOutput]
+    params: tuple[Param, ...] = ()
+    needs_module: bool = False
+    signed: bool = True
+    reference: str = ""
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def parse(self, raw: dict[str, Any] | None) -> dict[str, Any]:
+        """Validate user parameters, fill defaults. Unknown names are a :class:`UserError`."""
+        raw = dict(raw or {})
+        known = {p.name for p in self.params}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            hint = ", ".join(sorted(known)) if known else "none"
+            raise UserError(
+                f"method '{self.name}' has no parameter {', '.join(map(repr, unknown))}; its parameters are: {hint}."
+            )
+        return {p.name: p.coerce(raw.get(p.name, p.default), self.name) for p in self.params}
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in REGISTRY:
+        raise ValueError(f"method {method.name!r} registered twice")
+    REGISTRY[method.name] = method
+    return method
+
+
+def _ensure_loaded() -> None:
+    # Importing the method modules registers their entries.
+    from . import attribution, lrp  # noqa: F401
+
+
+def get_method(name: str) -> Method:
+    _ensure_loaded()
+    key = name.strip().lower().replace("_", "-")
+    if key not in REGISTRY:
+        raise UserError(f"unknown method {name!r}; run 'napari-xai methods' to list them ({', '.join(REGISTRY)}).")
+    return REGISTRY[key]
+
+
+def all_methods() -> list[Method]:
+    _ensure_loaded()
+    return list(REGISTRY.values())

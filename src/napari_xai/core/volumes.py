@@ -1,0 +1,190 @@
+"""Volumes: NIfTI loading with checks, channel stacking, atomic saving.
+
+A :class:`Volume` is float data (C, i, j, k) with its 4x4 affine (voxel -> world mm).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass
+class Volume:
+    """Image data (C, i, j, k) with its affine and, when read from a file, its header."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: object | None = None  # a nibabel header, kept so geometry survives a round trip
+    name: str = "volume"
+    source: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def channels(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape[1:])  # type: ignore[return-value]
+
+    def model_copy(self) -> np.ndarray:
+        """float32 copy for the model, with NaN/Inf replaced by 0 (the volume itself is untouched)."""
+        out = np.asarray(self.data, dtype=np.float32).copy()
+        bad = ~np.isfinite(out)
+        if bad.any():
+            out[bad] = 0.0
+        return out
+
+
+def is_nifti_path(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def check_array(data: np.ndarray, name: str) -> tuple[np.ndarray, list[str]]:
+    """Bring spatial data to (C, i, j, k) and collect warnings; raise :class:`UserError` if unusable.
+
+    3D data becomes one channel; 4D data is (i, j, k, C) as in NIfTI and
+    becomes channels first.
+    """
+    arr = np.asarray(data)
+    warnings: list[str] = []
+    if arr.ndim < 3:
+        raise UserError(f"{name} is {arr.ndim}D with shape {arr.shape}; napari-xai needs a 3D volume (or 4D with channels).")
+    if arr.ndim > 4:
+        raise UserError(f"{name} is {arr.ndim}D with shape {arr.shape}; only 3D volumes or 4D (x, y, z, channels) are supported.")
+    if min(arr.shape[:3]) < 2:
+        raise UserError(f"{name} has shape {arr.shape}, which is a 2D image; napari-xai needs a 3D volume.")
+    if arr.ndim == 3:
+        arr = arr[None]
+    else:
+        arr = np.moveaxis(arr, -1, 0)
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise UserError(f"{name} has data type {arr.dtype}; a real-valued numeric volume is needed.")
+    if np.issubdtype(arr.dtype, np.floating):
+        nbad = int(np.count_nonzero(~np.isfinite(arr)))
+        if nbad:
+            warnings.append(
+                f"{name} has {nbad} NaN/Inf voxels; they are set to 0 in the copy given to the model (the volume is unchanged)."
+            )
+    else:
+        warnings.append(f"{name} has integer type {arr.dtype}; it is converted to float32 for the model.")
+    finite = arr[np.isfinite(arr)] if np.issubdtype(arr.dtype, np.floating) else arr
+    if finite.size == 0 or not np.any(finite):
+        warnings.append(f"{name} is all zeros; the explanation will show only what the model does on an empty input.")
+    return arr, warnings
+
+
+def load_nifti(path: str | os.PathLike) -> Volume:
+    """Read a .nii or .nii.gz file as a :class:`Volume`, with clear errors for bad files."""
+    import nibabel as nib
+
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"file not found: {p}")
+    if p.is_dir():
+        raise UserError(f"{p} is a folder; give a .nii or .nii.gz file.")
+    if not is_nifti_path(p):
+        raise UserError(f"{p.name} is not a NIfTI file; napari-xai reads .nii and .nii.gz.")
+    try:
+        img = nib.load(str(p))
+        data = np.asanyarray(img.dataobj)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise UserError(f"{p.name} is truncated or corrupt ({type(exc).__name__}); re-export or re-download it.") from None
+    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, ValueError, OSError) as exc:
+        if p.name.lower().endswith(".gz") and not _gzip_complete(p):
+            raise UserError(f"{p.name} is truncated or corrupt (incomplete gzip stream); re-export or re-download it.") from None
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{p.name} could not be read as NIfTI: {msg}") from None
+    name = p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem
+    arr, warnings = check_array(data, p.name)
+    affine = np.asarray(img.affine, dtype=float)
+    return Volume(data=arr, affine=affine, header=img.header, name=name, source=str(p), warnings=warnings)
+
+
+def _gzip_complete(path: Path) -> bool:
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 20):
+                pass
+        return True
+    except (EOFError, OSError, zlib.error):
+        return False
+
+
+def stack_channels(volumes: list[Volume]) -> Volume:
+    """Several single- or multi-channel volumes of one grid become one multi-channel volume."""
+    if not volumes:
+        raise UserError("no volume given.")
+    if len(volumes) == 1:
+        return volumes[0]
+    first = volumes[0]
+    for v in volumes[1:]:
+        if v.shape != first.shape:
+            raise UserError(f"{v.name} has shape {v.shape} but {first.name} has {first.shape}; channels must share one grid.")
+        if not np.allclose(v.affine, first.affine, atol=1e-3):
+            raise UserError(f"{v.name} and {first.name} have different affines; resample them to one grid first.")
+    data = np.concatenate([np.asarray(v.data, dtype=np.float32) for v in volumes], axis=0)
+    warnings = [w for v in volumes for w in v.warnings]
+    return Volume(
+        data=data,
+        affine=first.affine,
+        header=first.header,
+        name="+".join(v.name for v in volumes),
+        source=";".join(str(v.source) for v in volumes),
+        warnings=warnings,
+    )
+
+
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
+    """Write bytes to ``path`` through a temporary file in the same folder, then rename."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, header: object | None = None) -> Path:
+    """Save (i, j, k) or (C, i, j, k) data as NIfTI atomically; channels go to the 4th axis.
+
+    The given header (e.g. from the source file) is reused so that geometry
+    (qform/sform codes, units) survives a round trip; data type follows ``data``.
+    """
+    import nibabel as nib
+
+    p = Path(path)
+    if not is_nifti_path(p):
+        raise UserError(f"{p.name}: output must end in .nii or .nii.gz.")
+    arr = np.asarray(data)
+    if arr.ndim == 4:
+        arr = np.moveaxis(arr, 0, -1)
+        if arr.shape[-1] == 1:
+            arr = arr[..., 0]
+    hdr = header.copy() if header is not None and hasattr(header, "copy") else None
+    img = nib.Nifti1Image(arr, np.asarray(affine, dtype=float), header=hdr)
+    img.set_data_dtype(arr.dtype)
+    if hdr is not None:
+        # keep the source's qform/sform codes with the (same) affine
+        img.set_sform(np.asarray(affine, dtype=float), code=int(hdr["sform_code"]) or 1)
+        img.set_qform(np.asarray(affine, dtype=float), code=int(hdr["qform_code"]) or 1)
+    atomic_write_bytes(p, img.to_bytes() if not p.name.lower().endswith(".gz") else gzip.compress(img.to_bytes(), 6))
+    return p
