@@ -39,9 +39,14 @@ def populate_viewer(viewer, volume, mask, rel) -> None:
 
     upsert(viewer, demo_layer_data(seed=DEMO_SEED, condition=True))
     upsert(viewer, relevance_layer_data(rel))
+    brain = viewer.layers["demo brain"]
+    brain.rendering = "attenuated_mip"
+    brain.attenuation = 0.5
+    brain.opacity = 0.4
     viewer.dims.ndisplay = 3
-    viewer.camera.angles = (0.0, -60.0, 120.0)
     viewer.reset_view()
+    viewer.camera.angles = (0.0, -60.0, 120.0)
+    viewer.camera.zoom *= 0.9
 
 
 @contextmanager

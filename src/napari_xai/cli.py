@@ -55,12 +55,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
     last = [-1.0]
 
     def progress(frac: float, msg: str) -> None:
-        if not args.quiet and frac - last[0] >= 0.1 or frac >= 1.0 and last[0] < 1.0:
+        if args.quiet or not sys.stderr.isatty():
+            return
+        if frac - last[0] >= 0.1 or (frac >= 1.0 > last[0]):
             last[0] = frac
-            if not args.quiet:
-                print(f"[{frac * 100:5.1f}%] {msg}", file=sys.stderr)
+            print(f"[{frac * 100:5.1f}%] {msg}", file=sys.stderr)
 
-    rel = explain(volume, model, args.method, params=params, target=args.target, normalization=args.normalization, progress=progress)
+    rel = explain(volume, model, args.method, params=params, target=args.target, normalization=args.normalization,
+                  input_shape=args.input_shape, progress=progress)
     for w in rel.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
     data = rel.data[0] if rel.data.shape[0] == 1 else rel.data
@@ -133,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter; repeatable")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--normalization", choices=("none", "zscore", "minmax"), help="override the model's intensity normalisation")
+    p.add_argument("--input-shape", metavar="D,H,W", help="model grid when the model does not declare one (input is resampled to it)")
     p.add_argument(
         "--trust-model",
         action="store_true",
@@ -140,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, metavar="OUT.nii.gz", help="output relevance NIfTI (a .json sidecar goes beside it)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (they are shown only on a terminal anyway)")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("methods", help="list attribution methods and their parameters")
@@ -164,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not sys.warnoptions:
+        # library chatter (Captum, torch) is not for CLI users; our own warnings are printed explicitly
+        import warnings
+
+        warnings.simplefilter("ignore")
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

@@ -59,13 +59,6 @@ def normalize(data: np.ndarray, mode: str) -> np.ndarray:
     return out
 
 
-def class_names_of(model: Any, n: int) -> list[str]:
-    names = list(getattr(model.spec, "class_names", None) or [])
-    if len(names) != n:
-        names = [f"class {i}" for i in range(n)]
-    return names
-
-
 def resolve_target(target: int | str | None, class_names: list[str], predicted: int) -> int:
     """Class index from ``None``/"predicted", an index (int or digits) or a class name."""
     n = len(class_names)
@@ -83,7 +76,7 @@ def resolve_target(target: int | str | None, class_names: list[str], predicted: 
     raise UserError(f"unknown target class {target!r}; the model's classes are: {', '.join(class_names)}.")
 
 
-def prepare_input(volume: Volume, model: Any, normalization: str | None = None):
+def prepare_input(volume: Volume, model: Any, normalization: str | None = None, input_shape=None):
     """The model-grid input tensor (1, C, D, H, W), whether it was resampled, and the model shape."""
     import torch
 
@@ -94,7 +87,10 @@ def prepare_input(volume: Volume, model: Any, normalization: str | None = None):
             f"select {spec.channels} image layer(s) / file(s) of one grid."
         )
     data = volume.model_copy()
-    model_shape = tuple(spec.input_shape) if spec.input_shape else volume.shape
+    if input_shape is not None:
+        model_shape = parse_shape(input_shape)
+    else:
+        model_shape = tuple(spec.input_shape) if spec.input_shape else volume.shape
     resampled = tuple(model_shape) != tuple(volume.shape)
     if resampled:
         data = geometry.resize(data, model_shape)
@@ -102,6 +98,24 @@ def prepare_input(volume: Volume, model: Any, normalization: str | None = None):
     data = normalize(data, mode)
     x = torch.from_numpy(np.ascontiguousarray(data))[None].to(model.device)
     return x, resampled, tuple(int(s) for s in model_shape), mode
+
+
+def parse_shape(value) -> tuple[int, int, int]:
+    """A model grid shape from ``"64,64,64"``, ``64`` or a sequence of three positive ints."""
+    try:
+        if isinstance(value, str):
+            parts = [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
+        elif isinstance(value, (int, np.integer)):
+            parts = [int(value)]
+        else:
+            parts = [int(v) for v in value]
+    except (TypeError, ValueError):
+        parts = []
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3 or min(parts) < 1:
+        raise UserError(f"input shape {value!r} must be three positive integers, e.g. 64,64,64.")
+    return tuple(parts)  # type: ignore[return-value]
 
 
 def predict(model: Any, x) -> np.ndarray:
@@ -131,6 +145,7 @@ def explain(
     params: dict | None = None,
     target: int | str | None = None,
     normalization: str | None = None,
+    input_shape=None,
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     seed: int = 0,
@@ -151,6 +166,9 @@ def explain(
         Class index or name; ``None`` or ``"predicted"`` explains the predicted class.
     normalization : str, optional
         Overrides the model's declared intensity normalisation (none, zscore, minmax).
+    input_shape : tuple of 3 ints or str, optional
+        Overrides the model grid (spatial shape the model expects); the volume is
+        resampled trilinearly to it and the relevance mapped back.
     progress, should_stop : callable, optional
         Progress callback ``(fraction, message)`` and cancellation check.
     seed : int
@@ -175,9 +193,9 @@ def explain(
     for w in volume.warnings:
         ctx.warn(w)
     ctx.step(0.0, "preparing input")
-    x, resampled, model_shape, norm_mode = prepare_input(volume, model, normalization)
+    x, resampled, model_shape, norm_mode = prepare_input(volume, model, normalization, input_shape)
     probs = predict(model, x)
-    names = class_names_of(model, len(probs))
+    names = model.class_names_for(len(probs))
     predicted = int(np.argmax(probs))
     tgt = resolve_target(target, names, predicted)
     ctx.step(0.02, f"explaining '{names[tgt]}' with {entry.name}")
@@ -205,7 +223,7 @@ def explain(
             "affine": np.asarray(volume.affine).tolist(),
         },
         "model": {
-            "name": _model_name(model),
+            "name": model.name,
             "source": model.source,
             "kind": model.kind,
             "sha256": model.sha256,
@@ -213,6 +231,7 @@ def explain(
             "input_shape": list(model_shape),
             "normalization": norm_mode,
             "device": str(model.device),
+            "notes": list(getattr(model, "notes", None) or []),
         },
         "grid": {"resampled": bool(resampled), "model_shape": list(model_shape)},
         "method": entry.name,
@@ -240,18 +259,3 @@ def explain(
         warnings=list(ctx.warnings),
         header=volume.header,
     )
-
-
-def _model_name(model: Any) -> str:
-    from pathlib import Path
-
-    src = str(model.source)
-    if model.kind == "demo":
-        return "demo"
-    if ":" in src and src.rsplit(":", 1)[0].endswith(".py"):
-        return src.rsplit(":", 1)[1]
-    name = Path(src.rstrip("/")).name
-    for suffix in (".pt", ".pth", ".ts", ".zip"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    return name or "model"

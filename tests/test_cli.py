@@ -1,0 +1,183 @@
+"""The command line: every model source, both grid cases, exit codes, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from model_factory import bundle_source, nifti, python_source, torchscript_source
+from napari_xai.cli import main
+
+OBLIQUE = np.array([[-1.9, 0.3, 0.0, 30.0], [0.3, 2.1, 0.0, -40.0], [0.0, 0.0, 2.5, -20.0], [0, 0, 0, 1.0]])
+
+
+def run(capsys, *argv):
+    capsys.readouterr()  # drop what fixtures printed
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def check_output(path, vol_path):
+    src, out = nib.load(str(vol_path)), nib.load(str(path))
+    assert out.shape == src.shape
+    np.testing.assert_allclose(out.affine, src.affine, atol=1e-5)
+    side = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+    for key in ("model", "method", "params", "target", "prediction", "versions"):
+        assert key in side
+    assert len(side["model"]["sha256"]) == 64
+    return np.asarray(out.dataobj), side
+
+
+@pytest.mark.parametrize("shape", [(12, 12, 12), (15, 11, 13)])
+def test_bundle_both_grids(tmp_path, capsys, shape):
+    bundle = bundle_source(tmp_path / "bundle", spatial_shape=(12, 12, 12))
+    vol = nifti(tmp_path / "v.nii.gz", shape=shape, affine=OBLIQUE)
+    out = tmp_path / "rel.nii.gz"
+    code, stdout, err = run(capsys, "explain", vol, "--model", bundle, "--method", "input-x-gradient", "--out", out, "--quiet")
+    assert code == 0, err
+    data, side = check_output(out, vol)
+    assert side["grid"]["resampled"] is (shape != (12, 12, 12))
+    assert side["model"]["class_names"] == ["healthy", "lesion"]
+    assert np.abs(data).sum() > 0 and (data > 0).any() and (data < 0).any()
+
+
+@pytest.mark.parametrize("input_shape", [None, "10,10,10"])
+def test_python_file_both_grids(tmp_path, capsys, input_shape):
+    source, weights, kwargs = python_source(tmp_path / "py")
+    vol = nifti(tmp_path / "v.nii.gz", shape=(12, 14, 12), affine=OBLIQUE)
+    out = tmp_path / "rel.nii.gz"
+    extra = ["--input-shape", input_shape] if input_shape else []
+    code, stdout, err = run(
+        capsys, "explain", vol, "--model", source, "--weights", weights, "--model-kwargs", kwargs,
+        "--method", "integrated-gradients", "--param", "steps=8", "--target", "1", "--out", out, "--quiet", *extra,
+    )
+    assert code == 0, err
+    data, side = check_output(out, vol)
+    assert side["target"]["index"] == 1 and side["params"]["steps"] == 8
+    assert side["grid"]["resampled"] is bool(input_shape)
+
+
+@pytest.mark.parametrize("input_shape", [None, "8,8,8"])
+def test_torchscript_both_grids(tmp_path, capsys, input_shape):
+    ts = torchscript_source(tmp_path / "ts")
+    vol = nifti(tmp_path / "v.nii.gz", shape=(12, 12, 10), affine=OBLIQUE)
+    out = tmp_path / "rel.nii.gz"
+    extra = ["--input-shape", input_shape] if input_shape else []
+    code, _, err = run(capsys, "explain", vol, "--model", ts, "--method", "saliency", "--out", out, "--quiet", *extra)
+    assert code == 0, err
+    data, side = check_output(out, vol)
+    assert side["model"]["kind"] == "torchscript"
+    assert np.isfinite(data).all() and np.abs(data).max() > 0
+
+
+def test_torchscript_with_lrp_is_a_user_error(tmp_path, capsys):
+    ts = torchscript_source(tmp_path / "ts")
+    vol = nifti(tmp_path / "v.nii.gz")
+    out = tmp_path / "rel.nii.gz"
+    code, _, err = run(capsys, "explain", vol, "--model", ts, "--method", "lrp-epsilon", "--out", out)
+    assert code == 2
+    assert "eager nn.Module" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_two_files_become_channels(tmp_path, capsys):
+    source, weights, kwargs = python_source(tmp_path / "py", in_channels=2)
+    a = nifti(tmp_path / "a.nii.gz", seed=1)
+    b = nifti(tmp_path / "b.nii.gz", seed=2)
+    out = tmp_path / "rel.nii.gz"
+    code, _, err = run(capsys, "explain", a, b, "--model", source, "--weights", weights, "--model-kwargs", kwargs,
+                       "--method", "input-x-gradient", "--out", out, "--quiet")
+    assert code == 0, err
+    img = nib.load(str(out))
+    assert img.shape == (12, 12, 12, 2)
+
+
+@pytest.mark.parametrize(
+    "argv_tail, message",
+    [
+        (["--method", "nope"], "unknown method"),
+        (["--target", "7"], "out of range"),
+        (["--target", "zebra"], "unknown target class"),
+        (["--param", "steps"], "KEY=VALUE"),
+        (["--method", "integrated-gradients", "--param", "steps=-3"], "steps"),
+        (["--method", "grad-cam", "--param", "layer=no.such.layer"], "layer"),
+        (["--device", "cuda"], "CUDA"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(tmp_path, capsys, argv_tail, message):
+    import torch
+
+    if argv_tail == ["--device", "cuda"] and torch.cuda.is_available():
+        argv_tail = ["--device", "cuda:99"]
+    bundle = bundle_source(tmp_path / "bundle")
+    vol = nifti(tmp_path / "v.nii.gz")
+    out = tmp_path / "rel.nii.gz"
+    code, _, err = run(capsys, "explain", vol, "--model", bundle, "--out", out, *argv_tail)
+    assert code == 2
+    assert message.lower() in err.lower(), err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "rel.json").exists()
+
+
+def test_channel_mismatch(tmp_path, capsys):
+    bundle = bundle_source(tmp_path / "bundle")
+    vol = nifti(tmp_path / "v.nii.gz", channels=2)
+    code, _, err = run(capsys, "explain", vol, "--model", bundle, "--out", tmp_path / "r.nii.gz")
+    assert code == 2 and "expects 1 channel" in err
+
+
+def test_refuses_to_overwrite(tmp_path, capsys):
+    bundle = bundle_source(tmp_path / "bundle")
+    vol = nifti(tmp_path / "v.nii.gz")
+    out = tmp_path / "rel.nii.gz"
+    out.write_bytes(b"precious")
+    code, _, err = run(capsys, "explain", vol, "--model", bundle, "--out", out)
+    assert code == 2 and "exists" in err
+    assert out.read_bytes() == b"precious"
+
+
+def test_non_classifier_output(tmp_path, capsys):
+    import torch
+
+    seg = torch.jit.script(torch.nn.Conv3d(1, 2, 1))
+    path = tmp_path / "seg.pt"
+    torch.jit.save(seg, str(path))
+    vol = nifti(tmp_path / "v.nii.gz")
+    code, _, err = run(capsys, "explain", vol, "--model", path, "--method", "saliency", "--out", tmp_path / "r.nii.gz")
+    assert code == 2 and "(N, classes)" in err
+
+
+def test_methods_lists_every_method(capsys):
+    code, out, _ = run(capsys, "methods")
+    assert code == 0
+    for name in ("saliency", "input-x-gradient", "integrated-gradients", "smoothgrad", "guided-backprop",
+                 "deconvolution", "grad-cam", "guided-grad-cam", "occlusion", "lrp-epsilon", "lrp-epsilon-plus",
+                 "lrp-epsilon-plus-flat", "lrp-alpha1-beta0", "lrp-alpha2-beta1", "lrp-gamma"):
+        assert f"\n{name} " in "\n" + out
+    for param in ("steps=", "baseline=", "samples=", "noise=", "layer=", "window=", "stride=", "epsilon=", "gamma="):
+        assert param in out
+
+
+def test_demo_without_display_hints_headless(monkeypatch, capsys):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    code, _, err = run(capsys, "demo")
+    assert code == 2 and "--headless" in err and len(err.strip().splitlines()) == 1
+
+
+def test_internal_error_exit_1(monkeypatch, capsys, tmp_path):
+    import napari_xai.cli as cli
+
+    def boom(args):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(cli, "cmd_methods", boom)
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["methods"].set_defaults(func=boom)
+    assert cli.main(["methods"]) == 1
+    assert "Traceback" in capsys.readouterr().err

@@ -1,0 +1,98 @@
+"""The Explain dock widget, driven like a user would (needs Xvfb: see scripts/test.sh)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_xai._qt.explain_widget import ExplainWidget
+from napari_xai._sample_data import demo_brain
+
+TIMEOUT_MS = 120_000
+
+
+def add_demo(viewer):
+    for data, kwargs, kind in demo_brain():
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    return viewer.layers["demo brain"]
+
+
+def run_and_wait(qtbot, widget):
+    widget.run_btn.native.click()  # same path as a click
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+
+
+def test_demo_explanation_through_the_widget(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    brain = add_demo(viewer)
+    widget = ExplainWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.inputs.value == ["demo brain"]
+    assert "atrophy" in widget.target.choices, "demo class names are offered as targets"
+    widget.method.value = "input-x-gradient"
+    run_and_wait(qtbot, widget)
+    assert widget.status.value.startswith("predicted atrophy"), widget.status.value
+    pos = viewer.layers["demo · input-x-gradient · atrophy (+)"]
+    neg = viewer.layers["demo · input-x-gradient · atrophy (−)"]
+    for layer in (pos, neg):
+        assert layer.data.shape == brain.data.shape
+        np.testing.assert_allclose(layer.affine.affine_matrix, brain.affine.affine_matrix)
+        assert layer.metadata["provenance"]["method"] == "input-x-gradient"
+    signed = pos.metadata["xai_relevance"]
+    assert (signed > 0).any() and (signed < 0).any(), "input x gradient is signed"
+    np.testing.assert_allclose(pos.data, np.clip(signed, 0, None))
+    np.testing.assert_allclose(neg.data, np.clip(-signed, 0, None))
+    assert pos.data.max() > 0 and neg.data.max() > 0
+
+    # the same settings again update the layers instead of piling up new ones
+    n = len(viewer.layers)
+    run_and_wait(qtbot, widget)
+    assert len(viewer.layers) == n
+
+
+def test_method_parameters_come_from_the_registry(make_napari_viewer):
+    from napari_xai.core.registry import get_method
+
+    viewer = make_napari_viewer()
+    widget = ExplainWidget(viewer)
+    for name in ("integrated-gradients", "occlusion", "grad-cam", "lrp-gamma"):
+        widget.method.value = name
+        assert [w.name for w in widget.params] == [p.name for p in get_method(name).params]
+
+
+def test_cancel_leaves_no_layer(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    add_demo(viewer)
+    widget = ExplainWidget(viewer)
+    widget.method.value = "occlusion"
+    for w in widget.params:
+        if w.name in ("window", "stride"):
+            w.value = "2,2,2"
+    n = len(viewer.layers)
+    widget.run_btn.native.click()
+    qtbot.waitUntil(lambda: widget._progress[0] > 0.02, timeout=TIMEOUT_MS)
+    widget.cancel_btn.native.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    assert len(viewer.layers) == n
+    assert "cancelled" in widget.status.value
+
+
+def test_2d_layer_is_refused_with_one_line(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.ones((16, 16), np.float32), name="slice")
+    widget = ExplainWidget(viewer)
+    widget.inputs.value = ["slice"]
+    widget.run_btn.native.click()
+    assert not widget.busy
+    assert widget.status.value == "error: layer 'slice' is 2D; napari-xai explains 3D volumes."
+    assert len(viewer.layers) == 1
+
+
+def test_layers_are_touched_only_on_the_main_thread(make_napari_viewer_proxy, qtbot):
+    # the proxy raises if a worker thread touches a layer
+    viewer = make_napari_viewer_proxy()
+    add_demo(viewer)
+    widget = ExplainWidget(viewer)
+    widget.method.value = "saliency"
+    run_and_wait(qtbot, widget)
+    assert "demo · saliency · atrophy (+)" in viewer.layers, widget.status.value
