@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+
+# Tiny test models are fastest on one thread, and a loaded 2-core machine makes
+# OpenMP thread contention dominate otherwise.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

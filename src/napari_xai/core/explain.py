@@ -186,7 +186,7 @@ def explain(
     if entry.needs_module and model.is_scripted:
         raise UserError(
             f"method '{entry.name}' needs an eager nn.Module, but the model is TorchScript; "
-            "use a gradient method (saliency, input-x-gradient, integrated-gradients, smoothgrad, grad-cam, occlusion) "
+            "use saliency, input-x-gradient, integrated-gradients, smoothgrad or occlusion, "
             "or load the model as a .py file with weights."
         )
     ctx = RunContext(progress=progress, should_stop=should_stop, is_scripted=bool(model.is_scripted))

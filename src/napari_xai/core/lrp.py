@@ -1,0 +1,411 @@
+"""Layer-wise relevance propagation through Zennit: presets, canonisation, residual sums.
+
+One rule chooser (``LrpComposite``) with the presets as data (``PRESETS``):
+each preset names the rule for the first layer(s), for convolutions and for
+dense (``nn.Linear``) layers. The rest is shared by every preset:
+
+* **BatchNorm** that directly follows a Conv/Linear (found by tensor identity in
+  a traced forward pass, so MONAI's ``Convolution -> ADN`` blocks count too) is
+  merged into it with Zennit's ``NamedMergeBatchNorm``. The merge is checked
+  once per model and input shape: if the merged model's output differs, no
+  BatchNorm is merged and a warning says so. The merge is undone afterwards.
+* **Normalisation layers** that remain (InstanceNorm, GroupNorm, LayerNorm,
+  un-merged BatchNorm) and **activations** (ReLU, PReLU, LeakyReLU, ELU, ...)
+  pass relevance through unchanged (Zennit's ``Pass`` rule). Without a rule the
+  gradient of an InstanceNorm (division by the std) rescales relevance.
+* **Residual additions** ``a + b`` of two activations (functional, as in
+  MONAI's ``ResidualUnit`` and ``ResNetBlock``) are caught during the forward
+  pass with a ``TorchFunctionMode`` and get the sum rule
+  ``R_a = a / (a + b) * R``, ``R_b = b / (a + b) * R`` (Zennit's ``Norm`` rule
+  for its ``Sum`` layer). The plain gradient would hand the full relevance to
+  both branches, doubling it at every block.
+* **Average pooling** gets Zennit's ``Norm`` rule; max pooling, reshapes and
+  concatenations pass the gradient, which conserves relevance.
+
+The output relevance is the target logit (a one-hot times the score), so with
+a conserving rule set and no biases the relevance sums to the logit. After
+each run the sum is compared to the logit: a non-finite result, a sum more
+than twice the logit (relevance "explodes") or less than 5 % of it (biases
+and epsilon absorbed it) gives a warning. Both numbers are recorded as
+``relevance_sum`` and ``output_relevance``.
+
+Hooks and canonisers are removed after every call (Zennit composite context);
+the user's model is left as it was.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .attribution import (
+    ACTIVATIONS,
+    check_scores,
+    model_session,
+    require_eager,
+    trace_model,
+)
+from .registry import Method, MethodOutput, Param, RunContext, register
+
+__all__ = ["PRESETS", "LrpComposite", "LrpPreset", "lrp"]
+
+NORM_TYPES: tuple[type, ...] = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+AVGPOOL_TYPES: tuple[type, ...] = (
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+)
+#: Stabiliser of the ratio-based rules (ZPlus, AlphaBeta, Gamma, Flat, ZBox, Norm, sums).
+STABILIZER = 1e-6
+#: A relevance sum beyond this multiple of the output relevance is reported as "exploding".
+EXPLODE_RATIO = 2.0
+#: A relevance sum below this fraction of the output relevance is reported as "vanishing".
+VANISH_RATIO = 0.05
+
+
+@dataclass(frozen=True)
+class LrpPreset:
+    """Rule names for the first layer(s) (``None`` = same as the rest), convolutions and dense layers."""
+
+    name: str
+    first: str | None
+    conv: str
+    dense: str
+    summary: str
+    reference: str
+
+
+PRESETS: dict[str, LrpPreset] = {
+    p.name: p
+    for p in (
+        LrpPreset("lrp-epsilon", None, "epsilon", "epsilon",
+                  "LRP-epsilon on every Conv/Linear layer; epsilon -> 0 gives LRP-0 (= input x gradient on ReLU nets).",
+                  "Bach et al. 2015, doi:10.1371/journal.pone.0130140"),
+        LrpPreset("lrp-epsilon-plus", None, "zplus", "epsilon",
+                  "Zennit EpsilonPlus: z+ rule on convolutions, epsilon on dense layers.",
+                  "Montavon et al. 2019, doi:10.1007/978-3-030-28954-6_10; Zennit EpsilonPlus"),
+        LrpPreset("lrp-epsilon-plus-flat", "flat", "zplus", "epsilon",
+                  "Zennit EpsilonPlusFlat: flat rule on the input layer, z+ on convolutions, epsilon on dense layers.",
+                  "Lapuschkin et al. 2019, doi:10.1038/s41467-019-08987-4; Zennit EpsilonPlusFlat"),
+        LrpPreset("lrp-alpha1-beta0", None, "alpha1beta0", "epsilon",
+                  "alpha1-beta0 on convolutions (positive contributions only), epsilon on dense layers.",
+                  "Bach et al. 2015; Montavon et al. 2017, doi:10.1016/j.patcog.2016.11.008"),
+        LrpPreset("lrp-alpha2-beta1", None, "alpha2beta1", "epsilon",
+                  "Zennit EpsilonAlpha2Beta1: alpha2-beta1 on convolutions, epsilon on dense layers.",
+                  "Bach et al. 2015; Zennit EpsilonAlpha2Beta1"),
+        LrpPreset("lrp-gamma", "zbox", "gamma", "epsilon",
+                  "Zennit EpsilonGammaBox: z-box on the input layer (box = input min/max), gamma on convolutions, epsilon on dense.",
+                  "Montavon et al. 2019; Zennit EpsilonGammaBox"),
+    )
+}
+
+
+def _make_rule(key: str, params: dict, x: torch.Tensor):
+    from zennit.rules import AlphaBeta, Epsilon, Flat, Gamma, ZBox, ZPlus
+
+    eps = max(float(params.get("epsilon", 1e-6)), 1e-12)
+    if key == "epsilon":
+        return Epsilon(epsilon=eps)
+    if key == "zplus":
+        return ZPlus(stabilizer=STABILIZER)
+    if key == "alpha1beta0":
+        return AlphaBeta(alpha=1.0, beta=0.0, stabilizer=STABILIZER)
+    if key == "alpha2beta1":
+        return AlphaBeta(alpha=2.0, beta=1.0, stabilizer=STABILIZER)
+    if key == "gamma":
+        return Gamma(gamma=float(params.get("gamma", 0.25)), stabilizer=STABILIZER)
+    if key == "flat":
+        return Flat(stabilizer=STABILIZER)
+    if key == "zbox":
+        low = x.detach().amin(dim=tuple(range(2, x.ndim)), keepdim=True)
+        high = x.detach().amax(dim=tuple(range(2, x.ndim)), keepdim=True)
+        return ZBox(low=low, high=high, stabilizer=STABILIZER)
+    raise ValueError(f"unknown LRP rule {key!r}")
+
+
+def _takes_first_rule(module: nn.Module) -> bool:
+    # input rules (flat, z-box) are defined for (transposed) convolutions and linear layers
+    return isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))
+
+
+class LrpComposite:
+    """Build a Zennit composite that maps modules to rules for one preset.
+
+    Parameters
+    ----------
+    preset : LrpPreset
+        Which rules to use for first / convolution / dense layers.
+    params : dict
+        ``epsilon`` (dense layers, and all layers for ``lrp-epsilon``) and ``gamma``.
+    x : torch.Tensor
+        The input (for the z-box bounds).
+    first_layers : list of str
+        Module names that receive the raw input (from :func:`trace_model`).
+    canonizers : list
+        Zennit canonisers (BatchNorm merging).
+    """
+
+    def __init__(self, preset: LrpPreset, params: dict, x: torch.Tensor, first_layers: list[str], canonizers: list):
+        from zennit.core import Composite
+        from zennit.layer import Sum
+        from zennit.rules import Norm, Pass
+
+        self.first = _make_rule(preset.first, params, x) if preset.first else None
+        self.conv = _make_rule(preset.conv, params, x)
+        self.dense = _make_rule(preset.dense, params, x)
+        self.first_layers = set(first_layers)
+        self.counts = {"first": 0, "conv": 0, "dense": 0, "pass_norm": 0, "pass_activation": 0, "norm_pool": 0}
+        norm, passthrough, sum_type = Norm(stabilizer=STABILIZER), Pass(), Sum
+
+        def module_map(ctx: dict, name: str, module: nn.Module):
+            if self.first is not None and name in self.first_layers and _takes_first_rule(module):
+                self.counts["first"] += 1
+                return self.first
+            if isinstance(module, nn.modules.conv._ConvNd):
+                self.counts["conv"] += 1
+                return self.conv
+            if isinstance(module, nn.Linear):
+                self.counts["dense"] += 1
+                return self.dense
+            if isinstance(module, AVGPOOL_TYPES) or isinstance(module, sum_type):
+                self.counts["norm_pool"] += 1
+                return norm
+            if isinstance(module, NORM_TYPES):
+                self.counts["pass_norm"] += 1
+                return passthrough
+            if isinstance(module, ACTIVATIONS):
+                self.counts["pass_activation"] += 1
+                return passthrough
+            return None
+
+        self.composite = Composite(module_map=module_map, canonizers=canonizers)
+
+
+# --------------------------------------------------------------------------- residual sums
+
+
+def _stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
+    return z + eps * ((z == 0).to(z) + z.sign())
+
+
+class _SumRule(torch.autograd.Function):
+    """``a + b`` forward; backward splits the incoming relevance in proportion to a and b."""
+
+    @staticmethod
+    def forward(ctx, a, b, eps):  # noqa: D102
+        ctx.save_for_backward(a, b)
+        ctx.eps = eps
+        return a + b
+
+    @staticmethod
+    def backward(ctx, rel):  # noqa: D102
+        a, b = ctx.saved_tensors
+        q = rel / _stabilize(a + b, ctx.eps)
+        return a * q, b * q, None
+
+
+class _SumRuleInplace(torch.autograd.Function):
+    """In-place ``a += b`` (e.g. MONAI ResNetBlock's ``out += residual``) with the same sum rule."""
+
+    @staticmethod
+    def forward(ctx, a, b, eps):  # noqa: D102
+        ctx.save_for_backward(a.clone(), b)
+        ctx.eps = eps
+        a.add_(b)
+        ctx.mark_dirty(a)
+        return a
+
+    @staticmethod
+    def backward(ctx, rel):  # noqa: D102
+        a, b = ctx.saved_tensors
+        q = rel / _stabilize(a + b, ctx.eps)
+        return a * q, b * q, None
+
+
+_ADD_FUNCS = {torch.Tensor.add, torch.add, torch.Tensor.__add__, torch.Tensor.__radd__}
+_IADD_FUNCS = {torch.Tensor.add_, torch.Tensor.__iadd__}
+
+
+class ResidualSums(TorchFunctionMode):
+    """During a forward pass, route additions of two same-shape activations through the LRP sum rule.
+
+    Only tensor + tensor additions where both operands come from the input's
+    computation graph (have a ``grad_fn``), have the same shape and are floating
+    point are changed; additions of parameters, constants or broadcast biases keep
+    their gradient. ``count`` says how many additions were handled.
+    """
+
+    def __init__(self, stabilizer: float = STABILIZER):
+        super().__init__()
+        self.stabilizer = stabilizer
+        self.count = 0
+
+    @staticmethod
+    def _pair(args: tuple, kwargs: dict) -> bool:
+        if kwargs or len(args) != 2 or not torch.is_grad_enabled():
+            return False
+        a, b = args
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
+            and a.is_floating_point()
+            and b.is_floating_point()
+            and a.grad_fn is not None
+            and b.grad_fn is not None
+        )
+
+    def __torch_function__(self, func: Callable, types, args=(), kwargs=None):  # noqa: D105
+        kwargs = kwargs or {}
+        if func in _ADD_FUNCS and self._pair(args, kwargs):
+            self.count += 1
+            return _SumRule.apply(args[0], args[1], self.stabilizer)
+        if func in _IADD_FUNCS and self._pair(args, kwargs) and args[0]._base is None:  # not into a view
+            self.count += 1
+            return _SumRuleInplace.apply(args[0], args[1], self.stabilizer)
+        return func(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------- BatchNorm merging
+
+_MERGES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _verified_merges(model: nn.Module, x: torch.Tensor, pairs: list[tuple[str, str]], ctx: RunContext) -> list:
+    """BatchNorm merges that leave the model output unchanged (checked once per model and input shape)."""
+    from zennit.canonizers import NamedMergeBatchNorm
+
+    if not pairs:
+        return []
+    key = (tuple(x.shape), str(x.dtype), str(x.device), tuple(pairs))
+    per_model = _MERGES.setdefault(model, {})
+    if key not in per_model:
+        name_map = [([lin], bn) for lin, bn in pairs]
+        with torch.no_grad():
+            xi = x.detach().clone()
+            ref = model(xi)
+            handles = NamedMergeBatchNorm(name_map).apply(model)
+            try:
+                merged = model(xi)
+            finally:
+                for h in handles:
+                    h.remove()
+        scale = float(ref.abs().max()) if torch.is_tensor(ref) else 1.0
+        ok = torch.is_tensor(ref) and torch.allclose(merged, ref, rtol=1e-3, atol=1e-4 * max(scale, 1.0))
+        per_model[key] = name_map if ok else None
+    name_map = per_model[key]
+    if name_map is None:
+        ctx.warn(
+            "LRP: merging BatchNorm into the preceding Conv/Linear changed the model output (a Conv output is "
+            "used elsewhere too), so no BatchNorm was merged; they pass relevance unchanged."
+        )
+        return []
+    return name_map
+
+
+# --------------------------------------------------------------------------- the call
+
+
+def lrp(model: nn.Module, x: torch.Tensor, target: int, params: dict, ctx: RunContext | None, preset: LrpPreset) -> MethodOutput:
+    """Run one LRP preset; relevance (1, C, D, H, W) sums to about the target logit."""
+    from zennit.canonizers import NamedMergeBatchNorm
+
+    ctx = ctx if ctx is not None else RunContext()
+    require_eager(model, ctx, preset.name, "LRP attaches rules to its layers")
+    with model_session(model):
+        ctx.step(0.05, f"{preset.name}: tracing the model")
+        trace = trace_model(model, x)
+        modules = dict(model.named_modules())
+        shared = [n for n, k in trace.counts.items() if k > 1 and isinstance(modules.get(n), (nn.modules.conv._ConvNd, nn.Linear))]
+        if shared:
+            ctx.warn(
+                f"{preset.name}: layer(s) {', '.join(shared[:3])} run more than once per forward pass; Zennit keeps "
+                "one input per layer, so their relevance is approximate."
+            )
+        name_map = _verified_merges(model, x, trace.bn_pairs, ctx)
+        canonizers = [NamedMergeBatchNorm(name_map)] if name_map else []
+        comp = LrpComposite(preset, params, x, trace.first_layers, canonizers)
+        xg = x.detach().clone().requires_grad_(True)
+        sums = ResidualSums()
+        ctx.step(0.2, f"{preset.name}: forward")
+        with comp.composite.context(model) as modified:
+            with sums:
+                out = modified(xg)
+            scores = check_scores(out, target)
+            start = torch.zeros_like(scores)
+            start[0, int(target)] = scores[0, int(target)].detach()
+            ctx.step(0.5, f"{preset.name}: relevance backward")
+            (rel,) = torch.autograd.grad(scores, xg, grad_outputs=start)
+    rel = rel.detach()
+    r_out = float(start[0, int(target)])
+    r_in = float(rel.sum())
+    used: dict[str, Any] = {
+        "rules": {"first": preset.first or preset.conv, "conv": preset.conv, "dense": preset.dense},
+        "first_layers": list(trace.first_layers) if preset.first else [],
+        "merged_batchnorm": len(name_map),
+        "pass_norm_layers": comp.counts["pass_norm"] - len(name_map),
+        "residual_sums": sums.count,
+        "output_relevance": r_out,
+        "relevance_sum": r_in,
+    }
+    if not torch.isfinite(rel).all():
+        ctx.warn(f"{preset.name}: the relevance has NaN/Inf values; try a larger epsilon or another preset.")
+    elif abs(r_in) > EXPLODE_RATIO * abs(r_out) + 1e-12:
+        alphabeta = " and alpha-beta rules" if preset.conv.startswith("alpha") else ""
+        ctx.warn(
+            f"{preset.name}: the relevance sums to {r_in:.4g}, {abs(r_in) / max(abs(r_out), 1e-12):.1f} times the "
+            f"target score {r_out:.4g}; biases, mixed-sign inputs{alphabeta} break conservation a little, but this "
+            "much growth usually means a layer without an LRP rule (e.g. a multiplicative gate) inflates it."
+        )
+    elif abs(r_out) > 1e-12 and abs(r_in) < VANISH_RATIO * abs(r_out):
+        ctx.warn(
+            f"{preset.name}: only {100 * abs(r_in) / abs(r_out):.1f} % of the target score {r_out:.4g} reached the "
+            + (
+                "input (absorbed by biases and epsilon); a smaller 'epsilon' keeps more of it."
+                if preset.conv == "epsilon"
+                else "input; the layer biases absorbed the rest."
+            )
+        )
+    return MethodOutput(rel, used)
+
+
+def _entry(preset: LrpPreset) -> Method:
+    def fn(model, x, target, params, ctx):
+        return lrp(model, x, target, params, ctx, preset)
+
+    fn.__name__ = preset.name.replace("-", "_")
+    fn.__doc__ = preset.summary
+    eps_default = 0.25 if preset.name == "lrp-epsilon" else 1e-6
+    eps_help = (
+        "Stabiliser added to each layer's pre-activation z (z + eps*sign z); larger absorbs weak, noisy "
+        "contributions. 0 is treated as 1e-12."
+        if preset.name == "lrp-epsilon"
+        else "Epsilon of the dense (nn.Linear) layers' epsilon rule. 0 is treated as 1e-12."
+    )
+    params = [Param("epsilon", float, eps_default, eps_help, minimum=0.0)]
+    if preset.conv == "gamma":
+        params.append(Param("gamma", float, 0.25, "Gamma rule: weight of positive contributions (w + gamma*w+).", minimum=0.0, maximum=100.0))
+    return Method(
+        name=preset.name,
+        family="lrp",
+        summary=preset.summary,
+        fn=fn,
+        params=tuple(params),
+        needs_module=True,
+        signed=True,
+        reference=preset.reference,
+    )
+
+
+for _preset in PRESETS.values():
+    register(_entry(_preset))
