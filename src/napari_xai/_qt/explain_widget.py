@@ -49,7 +49,7 @@ def _param_widget(p: Param, layer_choices: list[str] | None = None):
     label = p.name
     tip = p.help
     if p.name == "layer":
-        w = ComboBox(label=label, choices=[AUTO, *(layer_choices or [])], value=AUTO, tooltip=tip)
+        w = ComboBox(label=label, choices=lambda _w: [AUTO, *(layer_choices or [])], value=AUTO, tooltip=tip)
     elif p.choices:
         w = ComboBox(label=label, choices=list(p.choices), value=p.default, tooltip=tip)
     elif p.type is bool:
@@ -99,14 +99,14 @@ class ExplainWidget(Container):
         self.weights = FileEdit(label="weights", mode="r", filter="*.pt *.pth *.ckpt *.bin", tooltip="state_dict checkpoint")
         self.kwargs = LineEdit(label="kwargs (JSON)", value="{}", tooltip='constructor keyword arguments, e.g. {"in_channels": 1}')
         self.trust = CheckBox(
-            label="trust",
             text="trust model code (full unpickling and bundle expressions RUN code from the files)",
             value=False,
         )
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.method = ComboBox(label="method", choices=[m.name for m in all_methods()], value="integrated-gradients")
         self.params = Container(labels=True, name="params")
-        self.target = ComboBox(label="target", choices=["predicted"], value="predicted")
+        self._class_names: list[str] = []
+        self.target = ComboBox(label="target", choices=lambda _w: ["predicted", *self._class_names], value="predicted")
         self.run_btn = PushButton(text="Run")
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
@@ -161,7 +161,8 @@ class ExplainWidget(Container):
 
     def _set_classes(self, names: list[str]) -> None:
         current = self.target.value
-        self.target.choices = ["predicted", *names]
+        self._class_names = list(names)
+        self.target.reset_choices()
         self.target.value = current if current in self.target.choices else "predicted"
 
     def _rebuild_params(self, *_):
@@ -252,6 +253,13 @@ class ExplainWidget(Container):
         from napari.qt.threading import create_worker
 
         def work():
+            # Errors are returned, not raised: the main thread decides what the user sees.
+            try:
+                return "ok", guarded()
+            except Exception as exc:  # noqa: BLE001 - handed to _on_error on the main thread
+                return "error", exc
+
+        def guarded():
             from ..core.explain import explain
             from ..core.models import load_model
 
@@ -268,7 +276,7 @@ class ExplainWidget(Container):
             return key, model, rel
 
         worker = create_worker(work, _start_thread=False)
-        worker.returned.connect(self._on_returned)
+        worker.returned.connect(self._on_outcome)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self._worker = worker
@@ -290,6 +298,13 @@ class ExplainWidget(Container):
         frac, msg = self._progress
         self.progress.value = int(round(100 * frac))
         self.progress.label = msg[:40] if msg else "progress"
+
+    def _on_outcome(self, outcome):
+        status, payload = outcome
+        if status == "ok":
+            self._on_returned(payload)
+        else:
+            self._on_error(payload)
 
     def _on_returned(self, result):
         from .._layers import relevance_layer_data, upsert
@@ -315,11 +330,11 @@ class ExplainWidget(Container):
     def _update_layer_choices(self, model):
         names = [n for n, m in model.module.named_modules() if n and type(m).__name__.startswith("Conv")]
         if names != self._layer_names:
-            self._layer_names = names
+            self._layer_names[:] = names  # the layer dropdown's choices read this list
             for w in self.params:
                 if w.name == "layer":
                     current = w.value
-                    w.choices = [AUTO, *names]
+                    w.reset_choices()
                     w.value = current if current in w.choices else AUTO
 
     def _on_error(self, exc):
