@@ -155,12 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing files in OUTDIR")
     p.set_defaults(func=cmd_demo)
 
-    try:
-        from ._cli_clusters import add_subcommand
-    except ImportError:  # pragma: no cover - the explorer may not be installed in a partial checkout
-        add_subcommand = None
-    if add_subcommand is not None:
-        add_subcommand(sub)
+    from ._cli_clusters import add_subcommand as add_clusters
+    from ._cli_regions import add_subcommand as add_regions
+
+    add_clusters(sub)
+    add_regions(sub)
     return parser
 
 
