@@ -179,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     except Cancelled:
         print(f"{PROG}: cancelled", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into e.g. `head`: not an error
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 2

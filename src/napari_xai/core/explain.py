@@ -33,6 +33,18 @@ class Relevance:
     provenance: dict
     warnings: list[str] = field(default_factory=list)
     header: object | None = None
+    #: Predicted labels (i, j, k) uint16 on the volume grid, for segmentation models.
+    segmentation: np.ndarray | None = None
+    #: The target mask (i, j, k) bool on the volume grid, for segmentation models.
+    mask: np.ndarray | None = None
+    #: Channel-summed relevance (i, j, k) at intermediate layers (LRP configurations), on the volume grid.
+    intermediate: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def channel_shares(self, names: list[str] | None = None) -> list[dict]:
+        """Each channel's share of the positive and negative relevance (see :func:`metrics.channel_shares`)."""
+        from .metrics import channel_shares
+
+        return channel_shares(self.data, names)
 
     @property
     def label(self) -> str:
@@ -138,6 +150,81 @@ def predict(model: Any, x) -> np.ndarray:
     return probs.detach().cpu().numpy().astype(float)
 
 
+def _forward(module: Any, x):
+    import torch
+
+    with torch.no_grad():
+        try:
+            return module(x)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"the model failed on an input of shape {tuple(x.shape)}: {first[:300]}") from None
+
+
+def _prepare_target(model, x, volume, target, segmentation, mask, point, output_index, connectivity, ctx):
+    """Model module to explain (wrapped for tuples / segmentation), probabilities, names, target, seg info."""
+    import torch
+
+    from .models import check_output
+    from .segmentation import (
+        SegmentationScores,
+        default_target,
+        is_segmentation_output,
+        pick_output,
+        predicted_labels,
+        resolve_mask,
+    )
+
+    raw = _forward(model.module, x)
+    is_tuple = isinstance(raw, (tuple, list))
+    out = pick_output(raw, output_index, ctx.warn) if is_tuple else raw
+    wants_seg = bool(segmentation) or mask is not None or point is not None
+    if is_segmentation_output(out) and out.shape[0] == x.shape[0]:
+        if not wants_seg:
+            raise UserError(
+                f"model output has shape {tuple(out.shape)}: a segmentation map, not class scores (N, classes); "
+                "explain it as a segmentation (CLI: --segmentation, optionally --mask LABELS.nii.gz) to explain "
+                "the sum of a class's logits inside a mask."
+            )
+        if not bool(torch.isfinite(out).all()):
+            raise UserError(f"model output of shape {tuple(out.shape)} contains NaN or Inf; check the input and its normalization.")
+        channels = int(out.shape[1])
+        names = model.class_names_for(channels)
+        labels = predicted_labels(out).cpu().numpy()
+        try:
+            predicted = default_target(labels, channels)
+        except UserError:
+            if target is None or (isinstance(target, str) and target.strip().lower() in ("", "predicted", "pred")):
+                raise
+            predicted = 0
+        tgt = resolve_target(target, names, predicted)
+        seg = resolve_mask(out, tgt, volume.shape, mask=mask, point=point, connectivity=connectivity, names=names)
+        counts = np.asarray(seg.class_voxels, dtype=float)
+        fractions = counts / max(float(labels.size), 1.0)
+        if channels == 1:
+            probs = fractions
+        else:
+            probs = fractions / max(float(fractions.sum()), 1e-12)
+        module = SegmentationScores(model.module, torch.from_numpy(seg.mask).to(x.device), output_index)
+        return module, probs, names, predicted, tgt, seg
+    if wants_seg:
+        raise UserError(
+            f"a mask, a point or --segmentation applies to segmentation models, but this model returns class scores "
+            f"{tuple(out.shape) if torch.is_tensor(out) else type(out).__name__}; leave them out."
+        )
+    scores = check_output(out)
+    if scores.shape[1] == 1:
+        probs = torch.sigmoid(scores)[0]
+    else:
+        probs = torch.softmax(scores.float(), dim=1)[0]
+    probs = probs.detach().cpu().numpy().astype(float)
+    names = model.class_names_for(len(probs))
+    predicted = int(np.argmax(probs))
+    tgt = resolve_target(target, names, predicted)
+    module = SegmentationScores(model.module, None, output_index) if is_tuple else model.module
+    return module, probs, names, predicted, tgt, None
+
+
 def explain(
     volume: Volume,
     model: Any,
@@ -149,6 +236,12 @@ def explain(
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     seed: int = 0,
+    *,
+    segmentation: bool = False,
+    mask: np.ndarray | None = None,
+    point: tuple[int, int, int] | None = None,
+    output_index: int = 0,
+    connectivity: int = 26,
 ) -> Relevance:
     """Explain ``model``'s decision on ``volume`` with attribution ``method``.
 
@@ -173,11 +266,26 @@ def explain(
         Progress callback ``(fraction, message)`` and cancellation check.
     seed : int
         Seed for stochastic methods (SmoothGrad noise), recorded in the provenance.
+    segmentation : bool
+        The model returns a logit map (N, C, D, H, W): explain the sum of the
+        target class's logits inside a mask (default: its predicted region).
+        Implied by ``mask`` or ``point``. Without it a map output is an error.
+    mask : np.ndarray, optional
+        Target mask (i, j, k) on the volume grid, non-zero = inside (e.g. a Labels layer).
+    point : tuple of 3 int, optional
+        Voxel (i, j, k) on the volume grid: the target mask is the connected
+        component of the predicted target region that contains it.
+    output_index : int
+        Which output to explain when the model returns a tuple (deep
+        supervision); the first by default, with a warning.
+    connectivity : int
+        6, 18 or 26: neighbourhood of the connected component for ``point``.
 
     Returns
     -------
     Relevance
         Raw relevance on the input's voxel grid (no smoothing or normalisation).
+        For segmentation models also the predicted labels and the target mask.
     """
     import torch
 
@@ -194,13 +302,13 @@ def explain(
         ctx.warn(w)
     ctx.step(0.0, "preparing input")
     x, resampled, model_shape, norm_mode = prepare_input(volume, model, normalization, input_shape)
-    probs = predict(model, x)
-    names = model.class_names_for(len(probs))
-    predicted = int(np.argmax(probs))
-    tgt = resolve_target(target, names, predicted)
+    module, probs, names, predicted, tgt, seg = _prepare_target(
+        model, x, volume, target, segmentation, mask, point, output_index, connectivity, ctx
+    )
     ctx.step(0.02, f"explaining '{names[tgt]}' with {entry.name}")
     torch.manual_seed(seed)
-    out = entry.fn(model.module, x, tgt, parsed, ctx)
+    out = entry.fn(module, x, tgt, parsed, ctx)
+    arrays = (out.used or {}).pop("_arrays", {}) if isinstance(out.used, dict) else {}
     rel = out.relevance.detach().float().cpu().numpy()[0]
     if rel.shape[0] != volume.channels:
         # single-map methods (e.g. CAM) give one map for all channels
@@ -209,6 +317,16 @@ def explain(
     if not np.all(np.isfinite(rel)):
         ctx.warn("the relevance contains NaN/Inf values (numerical overflow in the method); they were set to 0.")
         rel = np.nan_to_num(rel, nan=0.0, posinf=0.0, neginf=0.0)
+    intermediate = {
+        k: geometry.relevance_to_grid(np.asarray(v, dtype=np.float32)[None], volume.shape)[0].astype(np.float32)
+        for k, v in (arrays.get("intermediate") or {}).items()
+    }
+    seg_labels = seg_mask = None
+    if seg is not None:
+        from .segmentation import resize_labels
+
+        seg_labels = resize_labels(seg.labels.astype(np.uint16), volume.shape)
+        seg_mask = resize_labels(seg.mask, volume.shape).astype(bool)
     ctx.step(1.0, "done")
     params_rec = {**parsed, **(out.used or {})}
     spec = model.spec
@@ -244,9 +362,15 @@ def explain(
             "probabilities": {n: float(p) for n, p in zip(names, probs)},
         },
         "relevance": {"sum": float(rel.sum()), "max_abs": float(np.abs(rel).max()) if rel.size else 0.0},
+        "output_index": int(output_index),
         "warnings": list(ctx.warnings),
         "versions": package_versions(),
     }
+    if seg is not None:
+        provenance["segmentation"] = seg.record()
+        provenance["prediction"]["meaning"] = "fraction of predicted voxels per class"
+    if intermediate:
+        provenance["intermediate"] = sorted(intermediate)
     return Relevance(
         data=rel,
         affine=np.asarray(volume.affine, dtype=float),
@@ -258,4 +382,7 @@ def explain(
         provenance=provenance,
         warnings=list(ctx.warnings),
         header=volume.header,
+        segmentation=seg_labels,
+        mask=seg_mask,
+        intermediate=intermediate,
     )

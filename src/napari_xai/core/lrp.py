@@ -19,8 +19,17 @@ dense (``nn.Linear``) layers. The rest is shared by every preset:
   ``R_a = a / (a + b) * R``, ``R_b = b / (a + b) * R`` (Zennit's ``Norm`` rule
   for its ``Sum`` layer). The plain gradient would hand the full relevance to
   both branches, doubling it at every block.
-* **Average pooling** gets Zennit's ``Norm`` rule; max pooling, reshapes and
-  concatenations pass the gradient, which conserves relevance.
+* **Gates** ``x * g`` where ``g`` broadcasts over ``x`` (squeeze-and-excitation
+  in MONAI's SEResNet, attention gates) are caught the same way: the gate is
+  treated as a weight, so all relevance stays with the signal ``x`` and none
+  flows into the gate branch (signal-take-all).
+* **Average pooling, upsampling** and the masked sum of a segmentation target
+  (:class:`~napari_xai.core.segmentation.MaskedSum`) get Zennit's ``Norm`` rule;
+  max pooling, reshapes, padding and concatenations (U-Net skips) pass the
+  gradient, which conserves relevance.
+* A **layer type without a rule** (a module with parameters that is neither a
+  Conv/Linear, a normalisation nor an activation) is a :class:`UserError` that
+  names the layer and suggests a rule, instead of a silently wrong map.
 
 The output relevance is the target logit (a one-hot times the score), so with
 a conserving rule set and no biases the relevance sums to the logit. After
@@ -50,9 +59,10 @@ from .attribution import (
     require_eager,
     trace_model,
 )
+from .errors import UserError
 from .registry import Method, MethodOutput, Param, RunContext, register
 
-__all__ = ["PRESETS", "LrpComposite", "LrpPreset", "lrp"]
+__all__ = ["PRESETS", "LrpComposite", "LrpPreset", "RelevanceCapture", "ResidualSums", "layer_kind", "lrp"]
 
 NORM_TYPES: tuple[type, ...] = (
     nn.modules.batchnorm._BatchNorm,
@@ -64,7 +74,17 @@ NORM_TYPES: tuple[type, ...] = (
 AVGPOOL_TYPES: tuple[type, ...] = (
     nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.Upsample,
 )
+#: Parameter-free layers whose gradient conserves relevance (selection, copies, reshapes, identity).
+GRADIENT_TYPES: tuple[type, ...] = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.modules.dropout._DropoutNd, nn.Identity, nn.Flatten, nn.Unflatten,
+    nn.modules.padding._ConstantPadNd, nn.modules.padding._ReplicationPadNd, nn.modules.padding._ReflectionPadNd,
+    nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
+)
+RULE_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
 #: Stabiliser of the ratio-based rules (ZPlus, AlphaBeta, Gamma, Flat, ZBox, Norm, sums).
 STABILIZER = 1e-6
 #: A relevance sum beyond this multiple of the output relevance is reported as "exploding".
@@ -138,6 +158,67 @@ def _takes_first_rule(module: nn.Module) -> bool:
     return isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))
 
 
+def is_output_reduction(module: nn.Module) -> bool:
+    """True for the masked-sum module of a segmentation target (it gets the sum rule)."""
+    return bool(getattr(module, "_xai_output_reduction", False))
+
+
+def layer_kind(module: nn.Module) -> str:
+    """How LRP treats a module: ``rule``, ``pass``, ``sum``, ``gradient``, ``container`` or ``none``.
+
+    * ``rule``: Conv (also transposed) and Linear layers get the LRP rule of their segment.
+    * ``pass``: normalisation layers and activations hand relevance through unchanged.
+    * ``sum``: average pooling, upsampling, masked output sums: Zennit's ``Norm`` rule.
+    * ``gradient``: max pooling, dropout, reshapes, padding and other parameter-free
+      leaf modules: the gradient (conserving for selections and copies).
+    * ``container``: a module with children and no parameters of its own.
+    * ``none``: a layer with parameters that LRP has no rule for (an error).
+    """
+    if isinstance(module, RULE_TYPES):
+        return "rule"
+    if isinstance(module, NORM_TYPES) or isinstance(module, ACTIVATIONS):
+        return "pass"
+    if isinstance(module, AVGPOOL_TYPES) or is_output_reduction(module):
+        return "sum"
+    if isinstance(module, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
+        return "none"
+    own = [p for p in module.parameters(recurse=False)]
+    if list(module.children()):
+        return "none" if own else "container"
+    if isinstance(module, GRADIENT_TYPES) or not own:
+        return "gradient"
+    return "none"
+
+
+SOFTMAX_TYPES = ("Softmax", "LogSoftmax", "Softmin")
+
+
+def suggest_rule(name: str, type_name: str, parameters: int = 0) -> str:
+    """A one-line UserError text for layer ``name`` of type ``type_name`` that has no LRP rule."""
+    if type_name in SOFTMAX_TYPES:
+        return (
+            f"LRP has no rule for layer '{name}' ({type_name}): LRP explains logits; remove the final {type_name} "
+            "from the model's forward (or wrap the model so that it returns the scores before it)."
+        )
+    return (
+        f"LRP has no rule for layer '{name}' ({type_name}, {parameters} parameters); if it acts elementwise (a "
+        f"normalisation or activation) give it the pass rule with \"layer_rules\": {{\"{name}\": \"pass\"}} in an "
+        "LRP configuration (method 'lrp'); if it is linear in its input, rewrite it as a Conv/Linear layer."
+    )
+
+
+def check_rules(model: nn.Module, trace, overrides: dict[str, str] | None = None) -> None:
+    """Raise :class:`UserError` for the first layer that ran and has no LRP rule (unless overridden)."""
+    overrides = overrides or {}
+    modules = dict(model.named_modules())
+    for name in dict.fromkeys(c.name for c in trace.calls):
+        m = modules.get(name)
+        if m is None or name in overrides:
+            continue
+        if layer_kind(m) == "none":
+            raise UserError(suggest_rule(name, type(m).__name__, sum(p.numel() for p in m.parameters(recurse=False))))
+
+
 class LrpComposite:
     """Build a Zennit composite that maps modules to rules for one preset.
 
@@ -177,7 +258,7 @@ class LrpComposite:
             if isinstance(module, nn.Linear):
                 self.counts["dense"] += 1
                 return self.dense
-            if isinstance(module, AVGPOOL_TYPES) or isinstance(module, sum_type):
+            if isinstance(module, AVGPOOL_TYPES) or isinstance(module, sum_type) or is_output_reduction(module):
                 self.counts["norm_pool"] += 1
                 return norm
             if isinstance(module, NORM_TYPES):
@@ -232,8 +313,22 @@ class _SumRuleInplace(torch.autograd.Function):
         return a * q, b * q, None
 
 
+class _GateRule(torch.autograd.Function):
+    """``x * g`` forward with ``g`` a broadcast gate; backward: all relevance to ``x``, none to the gate."""
+
+    @staticmethod
+    def forward(ctx, x, g):  # noqa: D102
+        ctx.gate_shape = g.shape
+        return x * g
+
+    @staticmethod
+    def backward(ctx, rel):  # noqa: D102
+        return rel, rel.new_zeros(ctx.gate_shape)
+
+
 _ADD_FUNCS = {torch.Tensor.add, torch.add, torch.Tensor.__add__, torch.Tensor.__radd__}
 _IADD_FUNCS = {torch.Tensor.add_, torch.Tensor.__iadd__}
+_MUL_FUNCS = {torch.Tensor.mul, torch.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__}
 
 
 class ResidualSums(TorchFunctionMode):
@@ -243,27 +338,53 @@ class ResidualSums(TorchFunctionMode):
     computation graph (have a ``grad_fn``), have the same shape and are floating
     point are changed; additions of parameters, constants or broadcast biases keep
     their gradient. ``count`` says how many additions were handled.
+
+    Products ``x * g`` of two activations where the gate ``g`` has fewer elements
+    and broadcasts to ``x``'s shape (squeeze-and-excitation, attention gates) get
+    the gate rule: relevance stays with ``x``. ``gates`` counts them.
     """
 
     def __init__(self, stabilizer: float = STABILIZER):
         super().__init__()
         self.stabilizer = stabilizer
         self.count = 0
+        self.gates = 0
 
     @staticmethod
-    def _pair(args: tuple, kwargs: dict) -> bool:
+    def _tensors(args: tuple, kwargs: dict) -> bool:
         if kwargs or len(args) != 2 or not torch.is_grad_enabled():
             return False
         a, b = args
         return (
             isinstance(a, torch.Tensor)
             and isinstance(b, torch.Tensor)
-            and a.shape == b.shape
             and a.is_floating_point()
             and b.is_floating_point()
             and a.grad_fn is not None
             and b.grad_fn is not None
         )
+
+    @classmethod
+    def _pair(cls, args: tuple, kwargs: dict) -> bool:
+        return cls._tensors(args, kwargs) and args[0].shape == args[1].shape
+
+    @classmethod
+    def _gate(cls, args: tuple, kwargs: dict) -> int | None:
+        """Index of the signal operand of a gating product, or None."""
+        if not cls._tensors(args, kwargs):
+            return None
+        a, b = args
+        if a.ndim != b.ndim or a.shape == b.shape:
+            return None
+        try:
+            out = torch.broadcast_shapes(a.shape, b.shape)
+        except RuntimeError:
+            return None
+        if tuple(out) == tuple(a.shape) and b.numel() < a.numel():
+            return 0
+        if tuple(out) == tuple(b.shape) and a.numel() < b.numel():
+            return 1
+        return None
 
     def __torch_function__(self, func: Callable, types, args=(), kwargs=None):  # noqa: D105
         kwargs = kwargs or {}
@@ -273,7 +394,73 @@ class ResidualSums(TorchFunctionMode):
         if func in _IADD_FUNCS and self._pair(args, kwargs) and args[0]._base is None:  # not into a view
             self.count += 1
             return _SumRuleInplace.apply(args[0], args[1], self.stabilizer)
+        if func in _MUL_FUNCS:
+            signal = self._gate(args, kwargs)
+            if signal is not None:
+                self.gates += 1
+                return _GateRule.apply(args[signal], args[1 - signal])
         return func(*args, **kwargs)
+
+
+class RelevanceCapture:
+    """Record the relevance that arrives at chosen layers during an LRP backward pass.
+
+    In Zennit's scheme the gradient between rule layers *is* the relevance, so a
+    tensor hook on a layer's output (or input) records it. Register before the
+    Zennit composite so that the hooks see the layer's own tensors.
+
+    Parameters
+    ----------
+    model : nn.Module
+    points : dict
+        ``key -> (layer name, "output" | "input")``; the first call of each layer counts.
+    """
+
+    def __init__(self, model: nn.Module, points: dict[str, tuple[str, str]]):
+        self.points = dict(points)
+        self.relevance: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+        modules = dict(model.named_modules())
+        for key, (name, where) in self.points.items():
+            module = modules.get(name)
+            if module is None:
+                raise UserError(f"layer {name!r} does not exist in the model; choose a layer from the layer list.")
+            if where == "input":
+                self._handles.append(module.register_forward_pre_hook(self._make(key, True)))
+            else:
+                self._handles.append(module.register_forward_hook(self._make(key, False)))
+
+    def _make(self, key: str, is_input: bool):
+        seen = [False]
+
+        def store(grad):
+            self.relevance[key] = grad.detach()
+
+        def hook(module, inputs, output=None):
+            if seen[0]:
+                return None
+            t = inputs[0] if is_input else output
+            if isinstance(t, (tuple, list)):
+                t = t[0] if t else None
+            if torch.is_tensor(t) and t.requires_grad:
+                seen[0] = True
+                t.register_hook(store)
+            return None
+
+        if is_input:
+            return lambda module, inputs: hook(module, inputs)
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> "RelevanceCapture":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
 
 
 # --------------------------------------------------------------------------- BatchNorm merging
@@ -325,6 +512,7 @@ def lrp(model: nn.Module, x: torch.Tensor, target: int, params: dict, ctx: RunCo
     with model_session(model):
         ctx.step(0.05, f"{preset.name}: tracing the model")
         trace = trace_model(model, x)
+        check_rules(model, trace)
         modules = dict(model.named_modules())
         shared = [n for n, k in trace.counts.items() if k > 1 and isinstance(modules.get(n), (nn.modules.conv._ConvNd, nn.Linear))]
         if shared:
@@ -355,6 +543,7 @@ def lrp(model: nn.Module, x: torch.Tensor, target: int, params: dict, ctx: RunCo
         "merged_batchnorm": len(name_map),
         "pass_norm_layers": comp.counts["pass_norm"] - len(name_map),
         "residual_sums": sums.count,
+        "gates": getattr(sums, "gates", 0),
         "output_relevance": r_out,
         "relevance_sum": r_in,
     }
@@ -409,3 +598,39 @@ def _entry(preset: LrpPreset) -> Method:
 
 for _preset in PRESETS.values():
     register(_entry(_preset))
+
+
+# --------------------------------------------------------------------------- configurable LRP (the designer)
+
+
+def _lrp_configured(model, x, target, params, ctx) -> MethodOutput:
+    """LRP with a designer configuration: the unified rule (Huang et al. Eqn. 5) per segment of layers.
+
+    ``config`` is a JSON file written by the LRP designer (or by hand, see
+    ``docs/lrp-designer.md``); without one, the composite of Montavon et al.
+    2019 is used (LRP-gamma on the lower third of the Conv/Linear layers in
+    execution order, LRP-epsilon in the middle, LRP-0 on top). The run reports
+    relevance conservation (input sum against the target score) and warns when
+    rules that should conserve are more than 10 % off.
+    """
+    from .lrp_config import load_config, run_config
+
+    path = params.get("config")
+    cfg = load_config(path, params.get("configuration") or None) if path else None
+    return run_config(model, x, target, cfg, ctx, boundaries=bool(params.get("boundaries", True)))
+
+
+register(Method(
+    name="lrp",
+    family="lrp",
+    summary="LRP with a designer configuration: unified rule (10 parameters) per layer segment; default gamma|epsilon|0.",
+    fn=_lrp_configured,
+    params=(
+        Param("config", str, None, "LRP configuration JSON (from the LRP designer); empty = gamma | epsilon | 0 composite."),
+        Param("configuration", str, None, "Name of the configuration inside a library file; empty = its active one."),
+        Param("boundaries", bool, True, "Also keep the relevance at each segment boundary (shown as layers in napari)."),
+    ),
+    needs_module=True,
+    signed=True,
+    reference="Huang et al., A Visual Designer of LRP Models (unified rule, Eqn. 5); Montavon et al. 2019",
+))
