@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch._dynamo  # noqa: F401  - load triton before any OpenGL context (see napari_xai/_qt/__init__.py)
+import torchvision  # noqa: F401
 
 # Tiny test models are fastest on one thread, and a loaded 2-core machine makes
 # OpenMP thread contention dominate otherwise.

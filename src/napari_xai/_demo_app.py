@@ -118,7 +118,16 @@ def run_headless(outdir: Path, method: str = "integrated-gradients", overwrite: 
     return 0
 
 
+def _preload_torch_extras() -> None:
+    """Load torch._dynamo (and triton) before OpenGL exists: see napari_xai/_qt/__init__.py."""
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception:  # pragma: no cover - optional; the _qt guard handles the rest
+        pass
+
+
 def screenshot_3d(volume, mask, rel, path: Path) -> None:
+    _preload_torch_extras()
     import napari
 
     from .core.volumes import atomic_write_bytes
@@ -144,6 +153,7 @@ def _print_progress(frac: float, msg: str) -> None:
 
 
 def run_gui(method: str = "integrated-gradients") -> int:
+    _preload_torch_extras()
     import napari
 
     from ._qt.explain_widget import ExplainWidget

@@ -1,0 +1,115 @@
+"""Screenshots of the relevance explorer for docs/explorer.md (run under Xvfb).
+
+    xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python benchmarks/explorer_screenshots.py [OUTDIR]
+
+Uses the demo brain. The relevance is the demo model's integrated gradients when
+the demo model is installed; otherwise a synthetic map (smoothed noise in the
+brain plus positive blobs in the hippocampi/amygdalae) -- the script prints which.
+Writes ``explorer_widget.png``, ``explorer_window_2d.png`` and ``explorer_3d.png``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+ANGLES = [(20.0, 20.0, 70.0)]  # an oblique view (brain stem at the bottom)
+
+
+def relevance_for(volume, region):
+    """(signed relevance, provenance, note)."""
+    try:
+        from napari_xai.core.explain import explain
+        from napari_xai.core.models import load_model
+
+        model = load_model("demo", device="cpu")
+        rel = explain(volume, model, "integrated-gradients")
+        return rel.data[0], rel.provenance, f"demo model, integrated gradients, target {rel.target_name}"
+    except Exception as exc:
+        rng = np.random.default_rng(4)
+        brain = ndimage.binary_erosion(volume.data[0] > np.percentile(volume.data[0], 60), iterations=1)
+        noise = ndimage.gaussian_filter(rng.standard_normal(brain.shape), 1.0) * brain
+        blobs = ndimage.gaussian_filter(region.astype(np.float32), 1.0)
+        data = (1.0 * noise / np.abs(noise).max() + 0.8 * blobs / blobs.max()).astype(np.float32)
+        note = f"synthetic relevance (demo model unavailable: {type(exc).__name__})"
+        return data, {"kind": "relevance", "method": "synthetic (screenshot only)"}, note
+
+
+def main(outdir: str = "docs/images") -> int:
+    import napari
+    from qtpy.QtCore import QCoreApplication
+
+    from napari_xai._qt.explorer_widget import CLUSTERS_NAME, FILTERED_NAME, ExplorerWidget
+    from napari_xai.core import postprocess as pp
+    from napari_xai.core.demo import demo_volume
+
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    vol, region = demo_volume(seed=3, condition=True)
+    rel, prov, note = relevance_for(vol, region)
+    print("relevance:", note)
+
+    viewer = napari.Viewer(show=True, title="napari-xai relevance explorer")
+    viewer.window.resize(1700, 1150)
+    anat = viewer.add_image(vol.data[0], name="demo brain", affine=vol.affine, colormap="gray",
+                            metadata={"affine": vol.affine})
+    pos = np.clip(rel, 0, None)
+    src = viewer.add_image(pos, name="relevance (+)", affine=vol.affine, colormap="hot", blending="additive",
+                           metadata={"affine": vol.affine, "xai_relevance": rel, "provenance": prov}, visible=False)
+    widget = ExplorerWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Relevance explorer", area="right")
+    widget.set_params(pp.PostParams(sigma_mm=4.0, scale="max", threshold=0.3, min_size=20, connectivity=18))
+    widget.wait(120000)
+
+    def settle(n=40):
+        for _ in range(n):
+            QCoreApplication.processEvents()
+
+    settle()
+    print(widget.result.summary())
+    print("messages:", widget.result.messages)
+    viewer.dims.order = (2, 1, 0)  # axial slices: x across, y up
+    cam = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    try:
+        cam.orientation2d = ("up", "right")
+    except Exception as exc:  # older napari
+        print("camera orientation not set:", exc)
+    widget.focus_cluster(1)
+    widget.highlight_check.setChecked(False)
+    viewer.layers.selection.active = viewer.layers[CLUSTERS_NAME]
+    cid = 1
+    viewer.cursor.position = tuple(widget.result.table.peak_mm[cid - 1])
+    settle()
+    widget.grab().save(str(out / "explorer_widget.png"))
+    viewer.screenshot(str(out / "explorer_window_2d.png"), canvas_only=False)
+
+    viewer.dims.ndisplay = 3
+    anat.visible = True
+    anat.rendering = "attenuated_mip"
+    anat.opacity = 0.25
+    viewer.reset_view()
+    for i, angles in enumerate(ANGLES):
+        cam.angles = angles
+        settle()
+        if i < len(ANGLES) - 1:
+            viewer.screenshot(str(out / f"explorer_3d_try{i}.png"), canvas_only=True)
+    settle()
+    viewer.layers[FILTERED_NAME].visible = False
+    viewer.screenshot(str(out / "explorer_3d.png"), canvas_only=True)
+    viewer.layers[FILTERED_NAME].visible = True
+    viewer.layers[CLUSTERS_NAME].visible = False
+    settle()
+    viewer.screenshot(str(out / "explorer_3d_relevance.png"), canvas_only=True)
+    print("wrote", sorted(p.name for p in out.glob("explorer_*.png")))
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))

@@ -1,0 +1,289 @@
+"""The explorer dock widget, driven by its controls, checked through the layers it updates.
+
+Run under Xvfb (offscreen Qt has no OpenGL):
+``xvfb-run -a .venv/bin/pytest tests/test_explorer_widget.py``
+"""
+
+from __future__ import annotations
+
+import threading
+
+from qtpy.QtCore import Qt
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_xai.core import postprocess as pp
+from napari_xai.core.explorer import run
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari_xai._qt.explorer_widget import CLUSTERS_NAME, FILTERED_NAME, ExplorerWidget  # noqa: E402
+
+
+def affine_2mm():
+    a = np.diag([2.0, 2.0, 2.0, 1.0])
+    a[:3, 3] = [-20.0, -22.0, -18.0]
+    return a
+
+
+@pytest.fixture
+def relevance():
+    rng = np.random.default_rng(11)
+    return ndimage.gaussian_filter(rng.standard_normal((20, 22, 18)), 1.3).astype(np.float32)
+
+
+def add_relevance(viewer, data, name="relevance", **metadata):
+    aff = affine_2mm()
+    return viewer.add_image(data, name=name, affine=aff, metadata={"affine": aff, **metadata})
+
+
+def expected(data, params):
+    return run(data, affine_2mm(), params)
+
+
+def make(viewer, data, **metadata):
+    layer = add_relevance(viewer, data, **metadata)
+    w = ExplorerWidget(viewer)
+    w.wait()
+    return w, layer
+
+
+def masked(res):
+    return np.where(res.labels > 0, res.filtered, 0)
+
+
+def test_widget_creates_two_layers_and_updates_them_in_place(make_napari_viewer, relevance):
+    viewer = make_napari_viewer()
+    w, _ = make(viewer, relevance)
+    clusters = viewer.layers[CLUSTERS_NAME]
+    filtered = viewer.layers[FILTERED_NAME]
+    assert clusters.data.dtype == np.uint16
+    res = expected(relevance, w.params())
+    assert np.array_equal(clusters.data, res.labels)
+    assert np.array_equal(filtered.data, masked(res))
+    assert np.allclose(clusters.affine.affine_matrix, affine_2mm())
+    n_layers = len(viewer.layers)
+    for t in (0.2, 0.35, 0.6, 0.45):
+        w.threshold_slider.setValue(t)
+        w.wait()
+    assert len(viewer.layers) == n_layers  # no pile-up
+    assert viewer.layers[CLUSTERS_NAME] is clusters and viewer.layers[FILTERED_NAME] is filtered
+    res = expected(relevance, pp.PostParams(threshold=0.45))
+    assert w.result.params.threshold == pytest.approx(0.45)
+    assert np.array_equal(clusters.data, res.labels)
+    assert res.n_clusters > 1
+    # un-masked view shows the whole filtered map
+    w.mask_check.setChecked(False)
+    assert np.array_equal(filtered.data, res.filtered)
+
+    # throttling: a fast drag (40 events without the event loop running) computes at most twice
+    before = w._explorer.counts["label"]
+    for t in np.linspace(0.1, 0.6, 40):
+        w.threshold_slider.setValue(float(t))
+    w.wait()
+    assert w._explorer.counts["label"] - before <= 2
+    assert w.result.params.threshold == pytest.approx(0.6)
+
+    # the per-slice plots hold the filtered map's sums and follow the dims
+    res = w.result
+    pos0, neg0 = res.profiles[0]
+    assert np.allclose(pos0, np.clip(res.filtered, 0, None).sum(axis=(1, 2)))
+    assert np.allclose(neg0, np.clip(res.filtered, None, 0).sum(axis=(1, 2)))
+    viewer.dims.set_point(0, -20.0 + 2.0 * 7)  # world x of voxel i = 7
+    xs = [line.get_xdata()[0] for line in w._slice_lines]
+    assert xs[0] == pytest.approx(7.0)
+
+
+def test_cluster_size_slider_runs_on_the_gui_thread_and_reuses_the_labelling(make_napari_viewer, relevance):
+    viewer = make_napari_viewer()
+    w, _ = make(viewer, relevance)
+    w.threshold_slider.setValue(0.25)
+    w.wait()
+    labelled = w._explorer.counts["label"]
+    w.size_slider.setValue(500)  # logarithmic slider -> some voxels
+    w.wait()
+    ms = w.min_size_spin.value()
+    assert ms > 1
+    assert w._explorer.last_ran == ("size",)
+    assert w._explorer.counts["label"] == labelled
+    res = expected(relevance, pp.PostParams(threshold=0.25, min_size=ms))
+    assert np.array_equal(viewer.layers[CLUSTERS_NAME].data, res.labels)
+    assert res.n_clusters < res.n_clusters_before_size
+    assert f"{ms:.1f} voxels" in w.size_readout.text() and "mm³" in w.size_readout.text()
+    # the histogram marks the current minimum size
+    line = w.hist_ax.get_lines()[-1]
+    assert line.get_xdata()[0] == pytest.approx(max(ms, 1.0))
+    # mm³ unit: the value converts (8 mm³ voxels) and the result is unchanged
+    w.size_unit_combo.setCurrentText("mm3")
+    w.wait()
+    assert w.min_size_spin.value() == pytest.approx(round(ms * 8.0, 1))
+    assert np.array_equal(viewer.layers[CLUSTERS_NAME].data, res.labels)
+
+    # slow stages run in a worker thread, the size stage on the GUI thread
+    threads = []
+    original = w._explorer.update
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return original(*args, **kwargs)
+
+    w._explorer.update = spy
+    w.size_unit_combo.setCurrentText("voxels")
+    w.wait()
+    threads.clear()
+    w.sign_combo.setCurrentText("negative")
+    w.wait()
+    w.min_size_spin.setValue(3)
+    w.wait()
+    assert threads == [False, True]
+    res = expected(relevance, pp.PostParams(threshold=0.25, sign="negative", min_size=3))
+    assert np.array_equal(viewer.layers[CLUSTERS_NAME].data, res.labels)
+    assert set(res.table.sign) == {-1}
+
+
+def test_layers_are_only_touched_on_the_main_thread(make_napari_viewer_proxy, relevance):
+    viewer = make_napari_viewer_proxy()
+    w, _ = make(viewer, relevance)
+    # the proxy refuses attribute writes from other threads (the check below would fail otherwise)
+    errors = []
+
+    def touch():
+        try:
+            viewer.layers[CLUSTERS_NAME].opacity = 0.3
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=touch)
+    t.start()
+    t.join()
+    assert errors and "main Qt thread" in str(errors[0])
+    # slow updates (smoothing, filter, threshold) go through the worker and still succeed
+    w.sigma_spin.setValue(2.0)
+    w.wait()
+    w.filter_combo.setCurrentText("clamp")
+    w.alpha_slider.setValue((0.0, 0.6))
+    w.wait()
+    w.threshold_slider.setValue(0.3)
+    w.wait()
+    assert w.message_label.text() == "" or "internal" not in w.message_label.text()
+    p = pp.PostParams(sigma_mm=2.0, filter="clamp", alpha=(0.0, 0.6), threshold=0.3)
+    assert w.result.params == p.validated()
+    assert np.array_equal(viewer.layers[CLUSTERS_NAME].data, expected(relevance, p).labels)
+
+
+def test_table_click_centres_the_view_and_highlights(make_napari_viewer, relevance, qtbot):
+    viewer = make_napari_viewer()
+    w, _ = make(viewer, relevance)
+    w.threshold_slider.setValue(0.3)
+    w.wait()
+    res = w.result
+    assert w.table_model.rowCount() == res.n_clusters
+    # sort by voxels ascending: the first row is the smallest cluster
+    w.table_view.sortByColumn(2, Qt.SortOrder.AscendingOrder)
+    first = w.table_proxy.index(0, 0)
+    cid = int(w.table_proxy.data(first))
+    assert cid == res.n_clusters or res.table.voxels[cid - 1] == res.table.voxels.min()
+    w.table_view.clicked.emit(first)
+    row = res.table.row(cid)
+    assert np.allclose(np.asarray(viewer.dims.point)[-3:], row["peak_mm"], atol=1.01)  # one 2 mm step
+    labels = viewer.layers[CLUSTERS_NAME]
+    assert labels.selected_label == cid and labels.show_selected_label
+    # the cluster under the cursor
+    viewer.cursor.position = tuple(row["peak_mm"])
+    assert f"cluster {cid} " in w.cursor_label.text() and f"{row['voxels']} voxels" in w.cursor_label.text()
+    w.highlight_check.setChecked(False)
+    assert not labels.show_selected_label
+
+
+def test_bad_input_gives_messages_not_crashes(make_napari_viewer, relevance):
+    viewer = make_napari_viewer()
+    d = relevance.copy()
+    d[2, 3, 4] = np.nan
+    w, _ = make(viewer, d)
+    assert "NaN" in w.message_label.text()
+    # threshold above the maximum: empty layers, a message
+    w.set_params(w.params().replace(scale="none", threshold=50.0))
+    w.wait()
+    assert not viewer.layers[CLUSTERS_NAME].data.any()
+    assert "Lower the threshold" in w.message_label.text()
+    # min size above every cluster
+    w.set_params(pp.PostParams(threshold=0.3, min_size=1e6))
+    w.wait()
+    assert not viewer.layers[CLUSTERS_NAME].data.any()
+    assert "no cluster has at least" in w.message_label.text()
+    # an all-zero layer
+    viewer.layers.clear()
+    add_relevance(viewer, np.zeros((6, 6, 6), np.float32), name="zeros")
+    w.wait()
+    assert w.layer_combo.currentText() == "zeros"
+    assert "all zeros" in w.message_label.text()
+    # more clusters than uint16 labels: refused with a message, nothing wrapped
+    viewer.layers.clear()
+    grid = np.zeros((1, 516, 516), np.float32)
+    grid[:, ::2, ::2] = 1.0  # 258² = 66,564 one-voxel clusters
+    add_relevance(viewer, grid, name="grid")
+    w.set_params(pp.PostParams(scale="none", threshold=0.5, min_size=2))
+    w.wait()
+    assert w.layer_combo.currentText() == "grid"
+    assert not viewer.layers[CLUSTERS_NAME].data.any()
+    w.min_size_spin.setValue(0)
+    w.wait()
+    assert "65,535" in w.message_label.text()
+    assert not viewer.layers[CLUSTERS_NAME].data.any()  # the previous (valid) labels stay
+
+
+def test_uses_the_signed_map_of_split_relevance_layers(make_napari_viewer, relevance):
+    viewer = make_napari_viewer()
+    # napari-xai's explain widget shows |negative| in a separate layer and keeps the signed map in metadata
+    w, _ = make(viewer, np.clip(relevance, 0, None), name="map (+)", xai_relevance=relevance,
+                provenance={"kind": "relevance", "method": "saliency"})
+    res = expected(relevance, w.params())
+    assert -1 in set(res.table.sign)
+    assert np.array_equal(viewer.layers[CLUSTERS_NAME].data, res.labels)
+    assert viewer.layers[CLUSTERS_NAME].metadata["provenance"]["provenance"]["method"] == "saliency"
+
+
+def test_save_then_cli_gives_exactly_the_widget_result(make_napari_viewer, relevance, tmp_path):
+    import json
+
+    from napari_xai._reader import read_nifti
+    from napari_xai.cli import main
+
+    path = tmp_path / "rel.nii.gz"
+    nib.save(nib.Nifti1Image(relevance, affine_2mm()), str(path))
+    (tmp_path / "rel.json").write_text(json.dumps({"kind": "relevance", "method": "integrated-gradients"}))
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in read_nifti(str(path)):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    w = ExplorerWidget(viewer)
+    w.wait()
+    params = pp.PostParams(sigma_mm=3.0, scale="percentile", percentile=99.5, clip=True, filter="pass",
+                           alpha=(0.0, 0.8), sign="both", threshold=0.4, min_size=16.0, size_unit="mm3",
+                           connectivity=6)
+    w.set_params(params)
+    w.wait()
+    assert w.result.params == params.validated()
+    written = w.save(tmp_path / "out")
+    assert {p.name for p in written} >= {"out_clusters.nii.gz", "out_clusters.json", "out_table.csv", "out_table.json",
+                                         "out_filtered.nii.gz", "out_filtered.json"}
+    side = json.loads((tmp_path / "out_clusters.json").read_text())
+    assert side["provenance"]["method"] == "integrated-gradients"
+    assert side["source_relevance"]["sha256"]
+    rc = main(["clusters", str(path), "--sigma", "3", "--scale", "percentile", "--percentile", "99.5", "--clip",
+               "--filter", "pass", "--alpha", "0,0.8", "--sign", "both", "--threshold", "0.4", "--min-size", "16",
+               "--size-unit", "mm3", "--connectivity", "6", "--out-table", str(tmp_path / "cli_table.csv"),
+               "--out-labels", str(tmp_path / "cli_labels.nii.gz")])
+    assert rc == 0
+    a = np.asarray(nib.load(tmp_path / "out_clusters.nii.gz").dataobj)
+    b = np.asarray(nib.load(tmp_path / "cli_labels.nii.gz").dataobj)
+    assert a.dtype == b.dtype == np.uint16
+    assert np.array_equal(a, b) and a.any()
+    assert (tmp_path / "out_table.csv").read_text() == (tmp_path / "cli_table.csv").read_text()
+    # and from the widget's sidecar alone
+    assert main(["clusters", str(path), "--params-from", str(tmp_path / "out_clusters.json"),
+                 "--out-labels", str(tmp_path / "cli2.nii.gz")]) == 0
+    assert np.array_equal(np.asarray(nib.load(tmp_path / "cli2.nii.gz").dataobj), a)
