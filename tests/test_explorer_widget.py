@@ -287,3 +287,157 @@ def test_save_then_cli_gives_exactly_the_widget_result(make_napari_viewer, relev
     assert main(["clusters", str(path), "--params-from", str(tmp_path / "out_clusters.json"),
                  "--out-labels", str(tmp_path / "cli2.nii.gz")]) == 0
     assert np.array_equal(np.asarray(nib.load(tmp_path / "cli2.nii.gz").dataobj), a)
+
+
+# ---------------------------------------------------------------------------
+# atlas columns (issue 4, point 4): anatomy at known MNI coordinates
+# ---------------------------------------------------------------------------
+
+# 4 mm MNI grid, LAS like FSL's templates (small: software rendering is slow)
+MNI_4MM = np.array([[-4.0, 0, 0, 90], [0, 4.0, 0, -126], [0, 0, 4.0, -72], [0, 0, 0, 1]])
+MNI_SHAPE = (46, 55, 46)
+HIPPO_L_MM = (-26.0, -18.0, -16.0)  # a voxel centre of this grid, 2.4 mm from MNI (-25, -20, -15): left hippocampus
+THAL_R_MM = (10.0, -18.0, 8.0)  # a voxel centre in the right thalamus (2 mm from MNI (12, -18, 8))
+
+
+def _voxel(world):
+    """Voxel of a world point on MNI_4MM, by hand: i = (90 - x) / 4, j = (y + 126) / 4, k = (z + 72) / 4."""
+    x, y, z = world
+    ijk = ((90 - x) / 4, (y + 126) / 4, (z + 72) / 4)
+    assert all(float(v).is_integer() for v in ijk)
+    return tuple(int(v) for v in ijk)
+
+
+def _two_blobs():
+    """+1 peak in the left hippocampus, −0.8 peak in the right thalamus (Gaussians, σ = 1 voxel)."""
+    idx = np.indices(MNI_SHAPE).astype(np.float32)
+    out = np.zeros(MNI_SHAPE, np.float32)
+    for world, amp in ((HIPPO_L_MM, 1.0), (THAL_R_MM, -0.8)):
+        c = np.array(_voxel(world), np.float32).reshape(3, 1, 1, 1)
+        out += amp * np.exp(-((idx - c) ** 2).sum(0) / 2.0)
+    return out
+
+
+def _hover(viewer, world):
+    """The mouse over ``world`` on the 2D slice through it (napari reports the slice's coordinate too)."""
+    viewer.dims.set_point(range(3), world)
+    viewer.cursor.position = world
+
+
+def _cells(w, column):
+    """The table's cells of a column, in view (sorted) order."""
+    return [w.table_proxy.data(w.table_proxy.index(r, column)) for r in range(w.table_proxy.rowCount())]
+
+
+def test_atlas_columns_cursor_region_and_save(make_napari_viewer, qtbot, tmp_path):
+    import json
+
+    from napari_xai._qt.atlas_widget import AtlasWidget
+    from napari_xai._qt.explorer_widget import COLUMNS
+    from napari_xai.cli import main
+
+    viewer = make_napari_viewer()
+    rel = _two_blobs()
+    viewer.add_image(rel, name="relevance", affine=MNI_4MM, metadata={"affine": MNI_4MM})
+    w = ExplorerWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.set_params(pp.PostParams(scale="max", threshold=0.3, min_size=1))
+    w.wait()
+    res = w.result
+    assert res.n_clusters == 2 and list(res.table.sign) == [1, -1]
+    assert np.allclose(res.table.peak_mm[0], HIPPO_L_MM) and np.allclose(res.table.peak_mm[1], THAL_R_MM)
+    peak_col, regions_col = len(COLUMNS), len(COLUMNS) + 1
+    header = w.table_model.headerData
+    assert header(peak_col, Qt.Orientation.Horizontal) == "peak region"
+    assert header(regions_col, Qt.Orientation.Horizontal) == "regions"
+    # no atlas yet: empty cells, no region in the readout
+    assert _cells(w, peak_col) == ["", ""] and _cells(w, regions_col) == ["", ""]
+    _hover(viewer, HIPPO_L_MM)
+    assert "cluster 1 " in w.cursor_label.text() and "region" not in w.cursor_label.text()
+
+    # the atlas widget is docked after the explorer: the explorer finds it by itself
+    aw = AtlasWidget(viewer)
+    viewer.window.add_dock_widget(aw)
+    aw.volume_combo.setCurrentText("relevance")
+    aw.set_atlas("aal")
+    aw.load(sync=True)
+    w.wait()
+    assert w.atlas_grid is not None and w.atlas_grid.atlas.name == aw.grid.atlas.name
+    by_id = dict(zip((int(c) for c in _cells(w, 0)), zip(_cells(w, peak_col), _cells(w, regions_col))))
+    assert by_id[1][0] == "Hippocampus_L" and by_id[2][0] == "Thalamus_R"
+    # the overlap shares, counted by hand from the atlas on this grid
+    lab = w.atlas_grid.labels
+    for cid, name in ((1, "Hippocampus_L"), (2, "Thalamus_R")):
+        inside = res.labels == cid
+        value = next(v for v, r in w.atlas_grid.atlas.regions.items() if r.name == name)
+        share = 100.0 * np.count_nonzero(lab[inside] == value) / np.count_nonzero(inside)
+        assert share > 50
+        assert f"{name} {share:.0f}%" in by_id[cid][1]
+    # sortable like the other columns
+    w.table_view.sortByColumn(peak_col, Qt.SortOrder.DescendingOrder)
+    assert _cells(w, peak_col) == ["Thalamus_R", "Hippocampus_L"] and _cells(w, 0) == ["2", "1"]
+    w.table_view.sortByColumn(peak_col, Qt.SortOrder.AscendingOrder)
+    assert _cells(w, peak_col) == ["Hippocampus_L", "Thalamus_R"]
+
+    # the cursor readout names the region, also outside every cluster
+    _hover(viewer, HIPPO_L_MM)
+    assert "cluster 1 " in w.cursor_label.text() and "Hippocampus_L" in w.cursor_label.text()
+    _hover(viewer, THAL_R_MM)
+    assert "cluster 2 " in w.cursor_label.text() and "Thalamus_R" in w.cursor_label.text()
+    _hover(viewer, (0.0, 60.0, 80.0))  # outside the brain
+    assert "cluster under cursor: –" in w.cursor_label.text() and "none" in w.cursor_label.text()
+
+    # a size step keeps the columns in step with the rows (the negative cluster drops out)
+    w.min_size_spin.setValue(float(res.table.voxels[0]))
+    w.wait()
+    assert w.result.n_clusters == 1 and _cells(w, peak_col) == ["Hippocampus_L"]
+    w.min_size_spin.setValue(1)
+    w.wait()
+
+    # Save: the table CSV carries the columns, its sidecar names the atlas; the CLI with --atlas agrees
+    w.save(tmp_path / "out")
+    text = (tmp_path / "out_table.csv").read_text()
+    head, first, second = text.splitlines()
+    assert head.endswith(",peak_region,regions")
+    assert first.startswith("1,positive,") and ",Hippocampus_L," in first
+    assert second.startswith("2,negative,") and ",Thalamus_R," in second
+    side = json.loads((tmp_path / "out_table.json").read_text())
+    assert side["atlas"]["name"] == w.atlas_grid.atlas.name and side["columns"][-2:] == ["peak_region", "regions"]
+    assert "atlas" not in json.loads((tmp_path / "out_clusters.json").read_text())
+    path = tmp_path / "rel.nii.gz"
+    nib.save(nib.Nifti1Image(rel, MNI_4MM), str(path))
+    assert main(["clusters", str(path), "--params-from", str(tmp_path / "out_clusters.json"), "--atlas", "aal",
+                 "--out-table", str(tmp_path / "cli.csv"), "--quiet"]) == 0
+    assert (tmp_path / "cli.csv").read_text() == text
+
+    # another atlas in the atlas widget: the columns and the readout follow (its atlas_changed signal)
+    _hover(viewer, THAL_R_MM)
+    assert "Thalamus_R" in w.cursor_label.text()
+    aw.set_atlas("harvard-oxford")
+    aw.load(sync=True)
+    w.wait()
+    assert w.atlas_grid.atlas.is_probabilistic
+    w.table_view.sortByColumn(0, Qt.SortOrder.AscendingOrder)
+    assert _cells(w, peak_col) == ["Left_Hippocampus", "Right_Thalamus"]
+    assert "Left_Hippocampus" in _cells(w, regions_col)[0]
+    # the mouse did not move: the readout changed with the atlas, and shows the probability there
+    assert "region (Harvard-Oxford): Right_Thalamus " in w.cursor_label.text() and "%" in w.cursor_label.text()
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--atlas", "aal", "--out-labels", "L.nii.gz"], "--out-table"),
+        (["--atlas", "no-such-atlas", "--out-table", "T.csv"], "no-such-atlas"),
+        (["--atlas", "aal", "--out-table", "X.csv", "--out-labels", "X.nii.gz"], "collide"),
+    ],
+)
+def test_cli_atlas_user_errors_write_nothing(tmp_path, capsys, monkeypatch, args, match):
+    from napari_xai.cli import main
+
+    nib.save(nib.Nifti1Image(_two_blobs(), MNI_4MM), str(tmp_path / "rel.nii.gz"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["clusters", "rel.nii.gz", "--threshold", "0.3", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0] and "Traceback" not in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rel.nii.gz"]

@@ -4,6 +4,10 @@ It runs exactly the chain of the explorer widget
 (:class:`napari_xai.core.explorer.Explorer`), so the same parameters give the
 same labels, table and filtered map. Parameters come from the defaults, then a
 sidecar (``--params-from``), then the flags given on the command line.
+
+With ``--atlas NAME_OR_PATH`` the table gains the explorer's atlas columns
+(``peak_region``, ``regions``); :func:`save_outputs_with_regions` is shared with
+the explorer widget's Save so both write the same CSV.
 """
 
 from __future__ import annotations
@@ -59,6 +63,11 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out-labels", metavar="L.nii.gz", help="uint16 cluster labels + L.json sidecar")
     p.add_argument("--out-filtered", metavar="F.nii.gz", help="filtered relevance (float32) + F.json sidecar")
     p.add_argument("--mask-filtered", action="store_true", help="zero the filtered relevance outside the kept clusters")
+    p.add_argument("--atlas", metavar="NAME_OR_PATH",
+                   help="add peak_region and regions columns to the table from this atlas (see 'napari-xai atlases')")
+    p.add_argument("--atlas-labels", metavar="FILE", help="labels file of a user --atlas: CSV (index,name), FreeSurfer LUT or FSL XML")
+    p.add_argument("--atlas-threshold", type=float, default=25.0, metavar="PERCENT",
+                   help="probabilistic atlases: min. probability of the max-probability label (default 25)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(func=cmd_clusters)
@@ -91,16 +100,113 @@ def params_from_args(args: argparse.Namespace):
     return params.replace(**changes).validated()
 
 
+REGION_COLUMNS = ("peak_region", "regions")
+
+
+def table_csv_with_regions(table, regions: dict) -> str:
+    """The cluster table's CSV (``ClusterTable.to_csv``) with ``peak_region`` and ``regions`` columns appended.
+
+    ``regions`` holds one list per column, in table order (as from
+    :func:`napari_xai.core.atlas.cluster_region_columns`).
+    """
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(table.to_csv())))
+    n = len(rows) - 1
+    for key in REGION_COLUMNS:
+        if len(regions[key]) != n:
+            raise ValueError(f"{key}: {len(regions[key])} values for a table of {n} rows")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(rows[0] + list(REGION_COLUMNS))
+    for row, peak, regs in zip(rows[1:], regions["peak_region"], regions["regions"]):
+        w.writerow(row + [peak, regs])
+    return buf.getvalue()
+
+
+class _TableWithRegions:
+    """A cluster table whose CSV carries the atlas columns (everything else is the table's)."""
+
+    def __init__(self, table, regions: dict):
+        self._table = table
+        self._regions = regions
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __getattr__(self, name):
+        return getattr(self._table, name)
+
+    def to_csv(self) -> str:
+        return table_csv_with_regions(self._table, self._regions)
+
+
+def atlas_record(grid) -> dict:
+    """What the table's sidecar records about the atlas (an ``AtlasOnGrid``)."""
+    a = grid.atlas
+    return {
+        "name": a.name,
+        "kind": a.kind,
+        "source": str(a.source),
+        "probability_threshold": grid.threshold,
+        "peak_region": "atlas region at the cluster's peak voxel ('' = outside every region)",
+        "regions": "regions the cluster overlaps, percent of its voxels (>= 1%, at most 5)",
+    }
+
+
+def save_outputs_with_regions(result, regions: dict | None, atlas: dict | None, *, labels_path=None,
+                              filtered_path=None, table_path=None, extra: dict | None = None, **kwargs):
+    """:func:`napari_xai.core.explorer.save_outputs`, with the atlas columns in the table when ``regions`` is given.
+
+    ``regions``: ``{"peak_region": [...], "regions": [...]}`` in table order, or
+    None (then this is exactly ``save_outputs``); ``atlas``: :func:`atlas_record`.
+    If a write fails, every file written so far is removed.
+    """
+    import dataclasses
+
+    from .core import postprocess as pp
+    from .core.explorer import save_outputs
+    from .core.provenance import sidecar_path
+
+    if regions is None or table_path is None:
+        return save_outputs(result, labels_path=labels_path, filtered_path=filtered_path, table_path=table_path,
+                            extra=extra, **kwargs)
+    others = [Path(p) for p in (labels_path, filtered_path) if p is not None]
+    t = Path(table_path)
+    if any(sidecar_path(p).resolve() == sidecar_path(t).resolve() for p in others):
+        raise UserError("the output files (or their .json sidecars) collide; give each output its own name.")
+    annotated = dataclasses.replace(result, table=_TableWithRegions(result.table, regions))
+    table_extra = {**(extra or {}), "columns": list(pp.TABLE_COLUMNS) + list(REGION_COLUMNS), "atlas": atlas}
+    written = save_outputs(annotated, table_path=t, extra=table_extra, **kwargs)
+    if not others:
+        return written
+    try:
+        written += save_outputs(result, labels_path=labels_path, filtered_path=filtered_path, extra=extra, **kwargs)
+    except BaseException:
+        for w in written:
+            try:
+                w.unlink()
+            except FileNotFoundError:
+                pass
+        raise
+    return written
+
+
 def cmd_clusters(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .core import geometry
-    from .core.explorer import Explorer, save_outputs, source_provenance
+    from .core.explorer import Explorer, source_provenance
     from .core.provenance import read_sidecar, sha256_file
     from .core.volumes import load_nifti
 
     if not (args.out_table or args.out_labels or args.out_filtered):
         raise UserError("give at least one output: --out-table T.csv, --out-labels L.nii.gz or --out-filtered F.nii.gz.")
+    if (args.atlas or args.atlas_labels) and not args.out_table:
+        raise UserError("--atlas adds region columns to the cluster table; give --out-table T.csv as well.")
+    if args.atlas_labels and not args.atlas:
+        raise UserError("--atlas-labels needs --atlas IMAGE.nii.gz (the label image of the user atlas).")
     params = params_from_args(args)
     vol = load_nifti(args.relevance)
     if vol.channels > 1 and args.channel is None:
@@ -129,8 +235,21 @@ def cmd_clusters(args: argparse.Namespace) -> int:
         "voxel_size_mm": geometry.voxel_sizes(vol.affine).tolist(),
     }
     command = "napari-xai " + " ".join(sys.argv[1:]) if sys.argv and "clusters" in sys.argv else None
-    paths = save_outputs(
+    regions = atlas = None
+    notes = []
+    if args.atlas:
+        from .core import atlas as at
+
+        atl = at.load_atlas(args.atlas, labels=args.atlas_labels)
+        grid = at.atlas_on_grid(atl, result.labels.shape, result.affine, threshold=args.atlas_threshold / 100.0)
+        regions = at.cluster_region_columns(result.table, result.labels, grid)
+        atlas = atlas_record(grid)
+        space = at.check_mni_space(grid.shape, grid.affine)
+        notes = ([space] if space else []) + list(atl.warnings)
+    paths = save_outputs_with_regions(
         result,
+        regions,
+        atlas,
         labels_path=args.out_labels,
         filtered_path=args.out_filtered,
         table_path=args.out_table,
@@ -142,7 +261,7 @@ def cmd_clusters(args: argparse.Namespace) -> int:
         extra={"command": command} if command else None,
     )
     if not args.quiet:
-        for m in result.messages:
+        for m in list(result.messages) + notes:
             print(f"napari-xai: note: {m}", file=sys.stderr)
         print(result.summary())
         print("wrote " + ", ".join(str(p) for p in paths))

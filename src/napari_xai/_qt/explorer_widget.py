@@ -7,7 +7,11 @@ The widget only
 * asks the explorer for a result -- on the GUI thread when only the cluster-size
   step must run (a few ms), otherwise in one napari ``thread_worker`` --,
 * puts the result into two layers ("filtered relevance", "clusters") that it
-  updates in place, and into plots, a table and labels.
+  updates in place, and into plots, a table and labels;
+* with an atlas loaded in the atlas widget (:mod:`napari_xai._qt.atlas_widget`),
+  adds the region at each cluster's peak and the regions it overlaps
+  (:func:`napari_xai.core.atlas.cluster_region_columns`) to the table, and the
+  region under the cursor to the readout.
 
 Layers are touched only on the GUI thread (in the worker's ``returned``
 callback). Slider events are throttled: at most one computation runs, and when
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,9 +48,11 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleRangeSlider, QLabeledDoubleSlider
 
+from ..core import atlas as at
 from ..core import postprocess as pp
 from ..core.errors import UserError
-from ..core.explorer import Explorer, save_outputs, source_provenance
+from ..core.explorer import Explorer, source_provenance
+from .atlas_widget import atlas_grid_for_viewer, atlas_widget_for_viewer
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -57,6 +64,7 @@ CLUSTERS_NAME = "clusters"
 THROTTLE_MS = 30
 SIZE_SLIDER_STEPS = 1000
 SYNC_STAGES = {"size"}  # stages cheap enough for the GUI thread
+REGIONS_DELAY_MS = 120  # atlas columns are filled in once the sliders rest (≈ 40 ms at 2 mm, 0.3 s at 1 mm)
 BG = "#262930"
 FG = "#d6d6d6"
 
@@ -152,6 +160,8 @@ COLUMNS = [
     ("centroid y", lambda t, i: float(t.centroid_mm[i, 1]), "{:.1f}"),
     ("centroid z", lambda t, i: float(t.centroid_mm[i, 2]), "{:.1f}"),
 ]
+# atlas columns (text, empty without an atlas): (header, key of ``atlas.cluster_region_columns``)
+REGION_COLUMNS = [("peak region", "peak_region"), ("regions", "regions")]
 
 
 class ClusterTableModel(QAbstractTableModel):
@@ -162,20 +172,39 @@ class ClusterTableModel(QAbstractTableModel):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.table = pp.empty_table()
+        self.regions: dict[str, list[str]] | None = None
 
-    def set_table(self, table: pp.ClusterTable) -> None:
+    def set_table(self, table: pp.ClusterTable, regions: dict[str, list[str]] | None = None) -> None:
         self.beginResetModel()
         self.table = table
+        self.regions = regions
         self.endResetModel()
+
+    def set_regions(self, regions: dict[str, list[str]] | None) -> None:
+        """Fill the atlas columns (lists in table order), or empty them (None)."""
+        self.regions = regions
+        if len(self.table):
+            first = self.index(0, len(COLUMNS))
+            last = self.index(len(self.table) - 1, len(COLUMNS) + len(REGION_COLUMNS) - 1)
+            self.dataChanged.emit(first, last)
+
+    def region_text(self, row: int, key: str) -> str:
+        col = (self.regions or {}).get(key)
+        return col[row] if col is not None and row < len(col) else ""
 
     def rowCount(self, parent=QModelIndex()):  # noqa: N802 (Qt API)
         return 0 if parent.isValid() else len(self.table)
 
     def columnCount(self, parent=QModelIndex()):  # noqa: N802
-        return 0 if parent.isValid() else len(COLUMNS)
+        return 0 if parent.isValid() else len(COLUMNS) + len(REGION_COLUMNS)
 
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
         if not index.isValid():
+            return None
+        if index.column() >= len(COLUMNS):
+            text = self.region_text(index.row(), REGION_COLUMNS[index.column() - len(COLUMNS)][1])
+            if role in (Qt.ItemDataRole.DisplayRole, self.SORT_ROLE, Qt.ItemDataRole.ToolTipRole):
+                return text
             return None
         _, get, fmt = COLUMNS[index.column()]
         value = get(self.table, index.row())
@@ -189,6 +218,8 @@ class ClusterTableModel(QAbstractTableModel):
 
     def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
         if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            if section >= len(COLUMNS):
+                return REGION_COLUMNS[section - len(COLUMNS)][0]
             name = COLUMNS[section][0]
             return name + (" (mm)" if name.startswith(("peak ", "centroid")) else "")
         return None
@@ -254,6 +285,18 @@ class ExplorerWidget(QWidget):
         self._timer.setSingleShot(True)
         self._timer.setInterval(THROTTLE_MS)
         self._timer.timeout.connect(self._run)
+        # atlas (see the "atlas" section): the viewer's atlas, and it resampled onto the result's grid
+        self._atlas_base = None
+        self._atlas_grid: at.AtlasOnGrid | None = None
+        self._atlas_widget_ref = None
+        self._atlas_message = ""
+        self._region_cache: dict[int, tuple[str, str]] = {}  # cluster id -> (peak region, regions)
+        self._region_cache_key: tuple | None = None  # (labelling's histogram, grid) the cache is for
+        self._region_columns_sized = False
+        self._regions_timer = QTimer(self)
+        self._regions_timer.setSingleShot(True)
+        self._regions_timer.setInterval(REGIONS_DELAY_MS)
+        self._regions_timer.timeout.connect(self._compute_regions)
         self._build()
         self._connect_viewer()
         self.refresh_layers()
@@ -369,8 +412,11 @@ class ExplorerWidget(QWidget):
         self.table_view.setSelectionBehavior(QTableView.SelectionBehavior.SelectRows)
         self.table_view.setSelectionMode(QTableView.SelectionMode.SingleSelection)
         self.table_view.verticalHeader().setVisible(False)
+        self.table_view.setWordWrap(False)  # one line per cluster; long region lists are elided (tooltip: all)
         self.table_view.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         self.table_view.horizontalHeader().setResizeContentsPrecision(50)  # look at 50 rows, not thousands
+        for k in range(len(REGION_COLUMNS)):  # shown after "sign" (visual order only; the CSV appends them)
+            self.table_view.horizontalHeader().moveSection(len(COLUMNS) + k, 2 + k)
         self._columns_sized = False
         self.table_view.setMinimumHeight(140)
         self.table_view.clicked.connect(self._on_row_clicked)
@@ -423,6 +469,7 @@ class ExplorerWidget(QWidget):
         v.layers.events.removed.connect(self.refresh_layers)
         v.dims.events.current_step.connect(self._update_slice_markers)
         v.cursor.events.position.connect(self._update_cursor_stats)
+        self._follow_atlas_widget()
 
     def _disconnect_viewer(self) -> None:
         v = self.viewer
@@ -436,6 +483,13 @@ class ExplorerWidget(QWidget):
                 emitter.disconnect(cb)
             except Exception:  # pragma: no cover - already gone
                 pass
+        w = self._atlas_widget_ref() if self._atlas_widget_ref is not None else None
+        if w is not None:
+            try:
+                w.atlas_changed.disconnect(self._on_atlas_changed)
+            except (TypeError, RuntimeError):  # pragma: no cover - already gone
+                pass
+        self._regions_timer.stop()
 
     def closeEvent(self, event):  # noqa: N802 (Qt API)
         self._disconnect_viewer()
@@ -466,6 +520,8 @@ class ExplorerWidget(QWidget):
             preferred = [n for n in names if (self.viewer.layers[n].metadata or {}).get("xai_relevance") is not None]
             self.layer_combo.setCurrentText((preferred or names)[0])
             self._on_layer_chosen(self.layer_combo.currentText())
+        if self._result is not None:
+            self._sync_atlas()  # an atlas widget adds its outline layers when it loads an atlas
 
     def _on_layer_chosen(self, name: str) -> None:
         if not name or name not in self.viewer.layers:
@@ -682,7 +738,8 @@ class ExplorerWidget(QWidget):
         """True when nothing is running or pending and the controls' state has been computed (or refused)."""
         return (
             self._explorer is None
-            or (not self._timer.isActive() and self._worker is None and self._attempted == self._wanted())
+            or (not self._timer.isActive() and self._worker is None and self._attempted == self._wanted()
+                and not self._regions_timer.isActive())
         )
 
     def wait(self, timeout_ms: int = 30000) -> None:
@@ -717,15 +774,25 @@ class ExplorerWidget(QWidget):
         self.threshold_slider.setValue(res.params.threshold)
         self.threshold_slider.blockSignals(False)
         self._sync_size_slider()
-        self.table_model.set_table(res.table)
+        self._follow_atlas_widget()
+        self._atlas_base = atlas_grid_for_viewer(self.viewer)
+        self.table_model.set_table(res.table, self._regions_for(res))
         if not self._columns_sized and len(res.table):
             self.table_view.resizeColumnsToContents()
             self._columns_sized = True
+        self._size_region_columns()
         self._draw_histogram()
         self._draw_slices()
         self._update_cursor_stats()
         self.status_label.setText(res.summary())
-        self.message_label.setText("\n".join(res.messages))
+        self._show_messages()
+
+    def _show_messages(self) -> None:
+        res = self._result
+        msgs = list(res.messages) if res is not None else []
+        if self._atlas_message:
+            msgs.append(self._atlas_message)
+        self.message_label.setText("\n".join(msgs))
 
     def _show_filtered(self, *_):
         res = self._result
@@ -783,6 +850,120 @@ class ExplorerWidget(QWidget):
             "source_layer": self._source_layer.name if self._source_layer is not None else None,
             "provenance": self._explorer.provenance if self._explorer else None,
         }
+
+    # -- atlas: region columns and the region under the cursor (GUI thread) -------------
+    def _follow_atlas_widget(self) -> None:
+        """Follow the atlas widget's ``atlas_changed`` (it may be docked after the explorer: called lazily)."""
+        w = atlas_widget_for_viewer(self.viewer)
+        if w is None or (self._atlas_widget_ref is not None and self._atlas_widget_ref() is w):
+            return
+        w.atlas_changed.connect(self._on_atlas_changed)
+        self._atlas_widget_ref = weakref.ref(w)  # weak: a closed atlas widget must be able to go away
+
+    def _on_atlas_changed(self, *_args) -> None:
+        self._sync_atlas(force=True)
+
+    def _sync_atlas(self, force: bool = False) -> bool:
+        """Refresh the region columns if the viewer's atlas changed; True if it did (or ``force``)."""
+        self._follow_atlas_widget()
+        base = atlas_grid_for_viewer(self.viewer)
+        if base is self._atlas_base and not force:
+            return False
+        self._atlas_base = base
+        if self._result is not None:
+            self.table_model.set_regions(self._regions_for(self._result))
+            self._size_region_columns()
+            self._show_messages()
+            self._update_cursor_stats()  # the readout names the region even if the mouse has not moved
+        return True
+
+    def _regions_for(self, res: pp.PostResult) -> dict[str, list[str]] | None:
+        """The atlas columns of ``res`` known now (cached per labelling); schedules the rest.
+
+        Sets :attr:`_atlas_grid` (the atlas on the result's grid, None without
+        an atlas). Cells of clusters not computed yet are empty until the
+        debounced computation (:meth:`_compute_regions`) fills them in.
+        """
+        self._atlas_message = ""
+        grid = None
+        if self._atlas_base is not None:
+            try:
+                grid = atlas_grid_for_viewer(self.viewer, res.labels.shape, res.affine)
+            except UserError as exc:
+                self._atlas_message = str(exc)
+        self._atlas_grid = grid
+        if grid is None:
+            self._regions_timer.stop()
+            return None
+        if self._region_cache_key is None or self._region_cache_key[0] is not res.histogram \
+                or self._region_cache_key[1] is not grid:
+            self._region_cache = {}
+            self._region_cache_key = (res.histogram, grid)
+        ids = [int(c) for c in res.table.id]
+        known = [self._region_cache.get(c) for c in ids]
+        if any(k is None for k in known):
+            self._regions_timer.start()  # (re)start: computed once the sliders rest
+        return {
+            "peak_region": [k[0] if k else "" for k in known],
+            "regions": [k[1] if k else "" for k in known],
+        }
+
+    def _compute_regions(self) -> None:
+        res, grid = self._result, self._atlas_grid
+        if res is None or grid is None:
+            return
+        try:
+            cols = at.cluster_region_columns(res.table, res.labels, grid)
+        except UserError as exc:
+            self._atlas_message = str(exc)
+            self._show_messages()
+            return
+        if self._region_cache_key is None or self._region_cache_key[0] is not res.histogram \
+                or self._region_cache_key[1] is not grid:
+            self._region_cache = {}
+            self._region_cache_key = (res.histogram, grid)
+        for cid, peak, regions in zip(res.table.id, cols["peak_region"], cols["regions"]):
+            self._region_cache[int(cid)] = (peak, regions)
+        self.table_model.set_regions(cols)
+        self._size_region_columns()
+
+    def _size_region_columns(self) -> None:
+        if self._region_columns_sized or not any((self.table_model.regions or {}).get("peak_region", [])):
+            return
+        for c, cap in zip(range(len(COLUMNS), len(COLUMNS) + len(REGION_COLUMNS)), (170, 260)):
+            self.table_view.resizeColumnToContents(c)  # long texts: the cell's tooltip has all of it
+            self.table_view.setColumnWidth(c, min(self.table_view.columnWidth(c), cap))
+        self._region_columns_sized = True
+
+    @property
+    def atlas_grid(self) -> "at.AtlasOnGrid | None":
+        """The viewer's atlas resampled onto the explored map's grid (None without an atlas)."""
+        return self._atlas_grid
+
+    def region_columns(self) -> dict[str, list[str]] | None:
+        """``peak_region`` and ``regions`` of every row of the current table (computed now if pending).
+
+        None when no atlas is loaded in the viewer.
+        """
+        self._sync_atlas()
+        if self._result is None or self._atlas_grid is None:
+            return None
+        cols = self._regions_for(self._result)
+        if self._regions_timer.isActive():
+            self._regions_timer.stop()
+            self._compute_regions()
+            cols = self.table_model.regions
+        return cols
+
+    def region_under_cursor(self) -> str | None:
+        """The atlas region at the cursor ("" outside every region), None without an atlas."""
+        grid = self._atlas_grid
+        if grid is None:
+            return None
+        lk = grid.lookup(np.asarray(self.viewer.cursor.position, dtype=float)[-3:])
+        if lk.name and lk.probability is not None:
+            return f"{lk.name} {lk.probability * 100:.0f}%"
+        return lk.name
 
     # -- plots ------------------------------------------------------------------------
     def _redraw(self, canvas) -> None:
@@ -899,15 +1080,20 @@ class ExplorerWidget(QWidget):
         res = self._result
         if res is None:
             return
+        self._sync_atlas()
         cid = self.cluster_at(self.viewer.cursor.position)
         row = res.table.row(cid) if cid else None
         if row is None:
-            self.cursor_label.setText("cluster under cursor: –")
-            return
-        self.cursor_label.setText(
-            f"cluster {row['id']} ({row['sign']}): {row['voxels']} voxels = {row['mm3']:.1f} mm³, "
-            f"mean {row['mean']:.4g}, peak {row['peak']:.4g} at ({', '.join(f'{c:.1f}' for c in row['peak_mm'])}) mm"
-        )
+            text = "cluster under cursor: –"
+        else:
+            text = (
+                f"cluster {row['id']} ({row['sign']}): {row['voxels']} voxels = {row['mm3']:.1f} mm³, "
+                f"mean {row['mean']:.4g}, peak {row['peak']:.4g} at ({', '.join(f'{c:.1f}' for c in row['peak_mm'])}) mm"
+            )
+        region = self.region_under_cursor()
+        if region is not None:
+            text += f"\nregion ({self._atlas_grid.atlas.name}): {region or 'none'}"
+        self.cursor_label.setText(text)
 
     def _on_row_clicked(self, index) -> None:
         src = self.table_proxy.mapToSource(index)
@@ -967,7 +1153,12 @@ class ExplorerWidget(QWidget):
         return str(src) if src else None
 
     def save(self, base: str | Path, overwrite: bool = True) -> list[Path]:
-        """Write ``BASE_clusters.nii.gz``, ``BASE_filtered.nii.gz`` and ``BASE_table.csv`` (+ sidecars)."""
+        """Write ``BASE_clusters.nii.gz``, ``BASE_filtered.nii.gz`` and ``BASE_table.csv`` (+ sidecars).
+
+        With an atlas loaded in the viewer the table gains ``peak_region`` and
+        ``regions`` columns, and its sidecar names the atlas.
+        """
+        from .._cli_clusters import atlas_record, save_outputs_with_regions
         from ..core import geometry
         from ..core.provenance import sha256_file
 
@@ -990,8 +1181,11 @@ class ExplorerWidget(QWidget):
         }
         if src_file and Path(src_file).is_file():
             source["sha256"] = sha256_file(src_file)
-        return save_outputs(
+        regions = self.region_columns()
+        return save_outputs_with_regions(
             res,
+            regions,
+            atlas_record(self._atlas_grid) if regions is not None else None,
             labels_path=base.with_name(name + "_clusters.nii.gz"),
             filtered_path=base.with_name(name + "_filtered.nii.gz"),
             table_path=base.with_name(name + "_table.csv"),
