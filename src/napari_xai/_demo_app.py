@@ -39,6 +39,13 @@ def populate_viewer(viewer, volume, mask, rel) -> None:
 
     upsert(viewer, demo_layer_data(seed=DEMO_SEED, condition=True))
     upsert(viewer, relevance_layer_data(rel))
+    # In 3D, a MIP of raw relevance shows the weak background as haze; start the
+    # colour scale at a quarter of the robust maximum (the 2D/3D contrast slider
+    # in the layer controls changes it).
+    for layer in viewer.layers:
+        if "xai_relevance" in layer.metadata:
+            hi = layer.contrast_limits[1]
+            layer.contrast_limits = (0.25 * hi, hi)
     brain = viewer.layers["demo brain"]
     brain.rendering = "attenuated_mip"
     brain.attenuation = 0.5

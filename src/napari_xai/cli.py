@@ -46,12 +46,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .core.explain import explain
     from .core.models import load_model
     from .core.provenance import sidecar_path, write_sidecar
+    from ._cli_lrp import explain_options, write_extras
     from .core.volumes import load_nifti, save_nifti, stack_channels
 
     out = _check_out(args.out, args.overwrite)
     params = _parse_params(args.param)
     volume = stack_channels([load_nifti(p) for p in args.volume])
     model = load_model(args.model, weights=args.weights, model_kwargs=args.model_kwargs, device=args.device, trust=args.trust_model)
+    extra_params, extra_kwargs = explain_options(args, volume)
+    params.update(extra_params)
     last = [-1.0]
 
     def progress(frac: float, msg: str) -> None:
@@ -62,7 +65,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"[{frac * 100:5.1f}%] {msg}", file=sys.stderr)
 
     rel = explain(volume, model, args.method, params=params, target=args.target, normalization=args.normalization,
-                  input_shape=args.input_shape, progress=progress)
+                  input_shape=args.input_shape, progress=progress, **extra_kwargs)
     for w in rel.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
     data = rel.data[0] if rel.data.shape[0] == 1 else rel.data
@@ -72,6 +75,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     try:
         save_nifti(out, data, rel.affine, header=volume.header)
         write_sidecar(out, record)
+        write_extras(args, rel, header=volume.header)
     except BaseException:
         for p in (out, sidecar_path(out)):
             if p.exists():
@@ -144,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="OUT.nii.gz", help="output relevance NIfTI (a .json sidecar goes beside it)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress lines (they are shown only on a terminal anyway)")
+    from ._cli_lrp import add_explain_options
+
+    add_explain_options(p)
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("methods", help="list attribution methods and their parameters")
@@ -156,10 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     from ._cli_clusters import add_subcommand as add_clusters
+    from ._cli_lrp import add_subcommand as add_lrp_layers
     from ._cli_regions import add_subcommand as add_regions
 
     add_clusters(sub)
     add_regions(sub)
+    add_lrp_layers(sub)
     return parser
 
 

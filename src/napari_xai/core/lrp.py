@@ -87,6 +87,15 @@ GRADIENT_TYPES: tuple[type, ...] = (
 RULE_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
 #: Stabiliser of the ratio-based rules (ZPlus, AlphaBeta, Gamma, Flat, ZBox, Norm, sums).
 STABILIZER = 1e-6
+#: Stabiliser of the ratio rules for float64 models (1e-6 would dominate near-zero denominators there).
+STABILIZER_FLOAT64 = 1e-12
+
+
+def stabilizer_for(dtype: torch.dtype) -> float:
+    """The stabiliser of the ratio rules for a model's dtype: 1e-6, or 1e-12 in float64."""
+    return STABILIZER_FLOAT64 if dtype == torch.float64 else STABILIZER
+
+
 #: A relevance sum beyond this multiple of the output relevance is reported as "exploding".
 EXPLODE_RATIO = 2.0
 #: A relevance sum below this fraction of the output relevance is reported as "vanishing".
@@ -156,6 +165,58 @@ def _make_rule(key: str, params: dict, x: torch.Tensor):
 def _takes_first_rule(module: nn.Module) -> bool:
     # input rules (flat, z-box) are defined for (transposed) convolutions and linear layers
     return isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))
+
+
+def _norm_rule(stabilizer: float = STABILIZER):
+    """Zennit's Norm (sum) rule for parameter-free linear layers, with a flat fallback.
+
+    Average pooling, upsampling and masked sums share relevance in proportion
+    to the inputs: ``R_i = x_i * dz/dx_i * R / z``. Where the output z is exactly
+    0 (every input of an average-pooling window is 0, e.g. after a ReLU) but
+    relevance still arrives (rules that ignore activations, such as LRP-flat or
+    LRP-w² above), that relevance would be lost; there it is shared like the
+    layer's weights instead (the gradient of ``f(1)``: uniformly for pooling).
+    """
+    from zennit.core import BasicHook, ParamMod, Stabilizer
+
+    stab = Stabilizer.ensure(stabilizer)
+
+    def mapper(out_grad, outputs):
+        z, ones = outputs
+        dead = z == 0
+        return [torch.where(dead, torch.zeros_like(out_grad), out_grad) / stab(z),
+                torch.where(dead, out_grad, torch.zeros_like(out_grad)) / stab(ones)]
+
+    class NormRule(BasicHook):
+        def __init__(self):
+            super().__init__(
+                input_modifiers=[lambda x: x, torch.ones_like],
+                param_modifiers=[ParamMod(lambda p, _: p, param_keys=[])] * 2,
+                output_modifiers=[lambda o: o] * 2,
+                gradient_mapper=mapper,
+                reducer=lambda inputs, gradients: inputs[0] * gradients[0] + inputs[1] * gradients[1],
+            )
+
+        def copy(self):  # noqa: D102
+            return NormRule()
+
+    return NormRule()
+
+
+def _pass_rule():
+    """Zennit's Pass rule, made safe for modules whose autograd node has several outputs.
+
+    ``GroupNorm`` (``native_group_norm``) returns (out, mean, rstd), so Zennit's
+    ``Pass`` would hand back three gradients for one input; only the first (the
+    relevance of the layer output) is passed on.
+    """
+    from zennit.rules import Pass
+
+    class PassRule(Pass):
+        def backward(self, module, grad_input, grad_output):  # noqa: D102
+            return (grad_output[0],) + (None,) * (len(grad_input) - 1)
+
+    return PassRule()
 
 
 def is_output_reduction(module: nn.Module) -> bool:
@@ -239,14 +300,12 @@ class LrpComposite:
     def __init__(self, preset: LrpPreset, params: dict, x: torch.Tensor, first_layers: list[str], canonizers: list):
         from zennit.core import Composite
         from zennit.layer import Sum
-        from zennit.rules import Norm, Pass
-
         self.first = _make_rule(preset.first, params, x) if preset.first else None
         self.conv = _make_rule(preset.conv, params, x)
         self.dense = _make_rule(preset.dense, params, x)
         self.first_layers = set(first_layers)
         self.counts = {"first": 0, "conv": 0, "dense": 0, "pass_norm": 0, "pass_activation": 0, "norm_pool": 0}
-        norm, passthrough, sum_type = Norm(stabilizer=STABILIZER), Pass(), Sum
+        norm, passthrough, sum_type = _norm_rule(), _pass_rule(), Sum
 
         def module_map(ctx: dict, name: str, module: nn.Module):
             if self.first is not None and name in self.first_layers and _takes_first_rule(module):
@@ -279,6 +338,15 @@ def _stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
     return z + eps * ((z == 0).to(z) + z.sign())
 
 
+def _split(a: torch.Tensor, b: torch.Tensor, rel: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum rule for ``a + b``: shares a/(a+b) and b/(a+b); where both are exactly 0, half each (nothing is lost)."""
+    z = a + b
+    q = rel / _stabilize(z, eps)
+    dead = (a == 0) & (b == 0)
+    half = torch.where(dead, rel * 0.5, torch.zeros_like(rel))
+    return torch.where(dead, half, a * q), torch.where(dead, half, b * q)
+
+
 class _SumRule(torch.autograd.Function):
     """``a + b`` forward; backward splits the incoming relevance in proportion to a and b."""
 
@@ -291,8 +359,8 @@ class _SumRule(torch.autograd.Function):
     @staticmethod
     def backward(ctx, rel):  # noqa: D102
         a, b = ctx.saved_tensors
-        q = rel / _stabilize(a + b, ctx.eps)
-        return a * q, b * q, None
+        ra, rb = _split(a, b, rel, ctx.eps)
+        return ra, rb, None
 
 
 class _SumRuleInplace(torch.autograd.Function):
@@ -309,8 +377,8 @@ class _SumRuleInplace(torch.autograd.Function):
     @staticmethod
     def backward(ctx, rel):  # noqa: D102
         a, b = ctx.saved_tensors
-        q = rel / _stabilize(a + b, ctx.eps)
-        return a * q, b * q, None
+        ra, rb = _split(a, b, rel, ctx.eps)
+        return ra, rb, None
 
 
 class _GateRule(torch.autograd.Function):
@@ -340,8 +408,9 @@ class ResidualSums(TorchFunctionMode):
     their gradient. ``count`` says how many additions were handled.
 
     Products ``x * g`` of two activations where the gate ``g`` has fewer elements
-    and broadcasts to ``x``'s shape (squeeze-and-excitation, attention gates) get
-    the gate rule: relevance stays with ``x``. ``gates`` counts them.
+    and broadcasts to ``x``'s shape (squeeze-and-excitation, attention gates), or
+    has the same shape and is a sigmoid output while ``x`` is not, get the gate
+    rule: relevance stays with ``x``. ``gates`` counts them.
     """
 
     def __init__(self, stabilizer: float = STABILIZER):
@@ -368,13 +437,35 @@ class ResidualSums(TorchFunctionMode):
     def _pair(cls, args: tuple, kwargs: dict) -> bool:
         return cls._tensors(args, kwargs) and args[0].shape == args[1].shape
 
+    @staticmethod
+    def _from_sigmoid(t: torch.Tensor) -> bool:
+        """True if ``t`` is a sigmoid output, possibly reshaped (a gate, as in squeeze-and-excitation)."""
+        node = t.grad_fn
+        for _ in range(4):
+            if node is None:
+                return False
+            name = type(node).__name__
+            if name.startswith(("SigmoidBackward", "HardsigmoidBackward")):
+                return True
+            if not name.startswith(("View", "Reshape", "UnsafeView", "Unsqueeze", "Expand", "Squeeze", "Clone")):
+                return False
+            nxt = [f for f, _ in node.next_functions if f is not None]
+            node = nxt[0] if len(nxt) == 1 else None
+        return False
+
     @classmethod
     def _gate(cls, args: tuple, kwargs: dict) -> int | None:
         """Index of the signal operand of a gating product, or None."""
         if not cls._tensors(args, kwargs):
             return None
         a, b = args
-        if a.ndim != b.ndim or a.shape == b.shape:
+        if a.shape == b.shape:
+            # e.g. squeeze-and-excitation on a 1x1x1 feature map: the gate is the sigmoid output
+            ga, gb = cls._from_sigmoid(a), cls._from_sigmoid(b)
+            if ga != gb:
+                return 1 if ga else 0
+            return None
+        if a.ndim != b.ndim:
             return None
         try:
             out = torch.broadcast_shapes(a.shape, b.shape)
@@ -468,10 +559,27 @@ class RelevanceCapture:
 _MERGES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
-def _verified_merges(model: nn.Module, x: torch.Tensor, pairs: list[tuple[str, str]], ctx: RunContext) -> list:
-    """BatchNorm merges that leave the model output unchanged (checked once per model and input shape)."""
+def merge_canonizer(name_map: list):
+    """Zennit's ``NamedMergeBatchNorm`` whose emptied BatchNorm is an exact identity.
+
+    Zennit sets the merged BatchNorm to mean 0, variance 1, which still divides
+    by sqrt(1 + eps): every merged layer scaled the output by about 1 - 5e-6.
+    Here the variance is set to 1 - eps, so the merged model computes the same
+    score as the original (the injected relevance is the true logit).
+    """
     from zennit.canonizers import NamedMergeBatchNorm
 
+    class ExactMergeBatchNorm(NamedMergeBatchNorm):
+        @staticmethod
+        def merge_batch_norm(modules, batch_norm):  # noqa: D102
+            NamedMergeBatchNorm.merge_batch_norm(modules, batch_norm)
+            batch_norm.running_var.data = torch.full_like(batch_norm.running_var.data, 1.0 - batch_norm.eps)
+
+    return ExactMergeBatchNorm(name_map)
+
+
+def _verified_merges(model: nn.Module, x: torch.Tensor, pairs: list[tuple[str, str]], ctx: RunContext) -> list:
+    """BatchNorm merges that leave the model output unchanged (checked once per model and input shape)."""
     if not pairs:
         return []
     key = (tuple(x.shape), str(x.dtype), str(x.device), tuple(pairs))
@@ -481,7 +589,7 @@ def _verified_merges(model: nn.Module, x: torch.Tensor, pairs: list[tuple[str, s
         with torch.no_grad():
             xi = x.detach().clone()
             ref = model(xi)
-            handles = NamedMergeBatchNorm(name_map).apply(model)
+            handles = merge_canonizer(name_map).apply(model)
             try:
                 merged = model(xi)
             finally:
@@ -505,8 +613,6 @@ def _verified_merges(model: nn.Module, x: torch.Tensor, pairs: list[tuple[str, s
 
 def lrp(model: nn.Module, x: torch.Tensor, target: int, params: dict, ctx: RunContext | None, preset: LrpPreset) -> MethodOutput:
     """Run one LRP preset; relevance (1, C, D, H, W) sums to about the target logit."""
-    from zennit.canonizers import NamedMergeBatchNorm
-
     ctx = ctx if ctx is not None else RunContext()
     require_eager(model, ctx, preset.name, "LRP attaches rules to its layers")
     with model_session(model):
@@ -521,7 +627,7 @@ def lrp(model: nn.Module, x: torch.Tensor, target: int, params: dict, ctx: RunCo
                 "one input per layer, so their relevance is approximate."
             )
         name_map = _verified_merges(model, x, trace.bn_pairs, ctx)
-        canonizers = [NamedMergeBatchNorm(name_map)] if name_map else []
+        canonizers = [merge_canonizer(name_map)] if name_map else []
         comp = LrpComposite(preset, params, x, trace.first_layers, canonizers)
         xg = x.detach().clone().requires_grad_(True)
         sums = ResidualSums()

@@ -146,6 +146,12 @@ def stack_channels(volumes: list[Volume]) -> Volume:
     )
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     """Write bytes to ``path`` through a temporary file in the same folder, then rename."""
     p = Path(path)
@@ -154,6 +160,7 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, p)
     except BaseException:
         try:

@@ -1,0 +1,151 @@
+"""CLI pieces for LRP configurations and segmentation targets.
+
+* ``napari-xai lrp-layers VOLUME... --model SOURCE``: the model's layers in
+  execution order (the names LRP configurations use), with type, output shape
+  and how LRP treats them; ``--write-config C.json`` writes the composite
+  default (LRP-γ low, LRP-ε middle, LRP-0 top) as a starting point.
+* :func:`add_explain_options` / :func:`explain_options` / :func:`write_extras`:
+  the ``explain`` options ``--config``, ``--configuration``, ``--segmentation``,
+  ``--mask``, ``--point``, ``--output-index`` and ``--out-segmentation`` for
+  ``cli.py`` to wire into ``explain`` (three calls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .core.errors import UserError
+
+HELP = "list a model's layers in execution order (names for LRP configurations); optionally write a starting configuration"
+
+
+def add_subcommand(subparsers) -> argparse.ArgumentParser:
+    """Register ``lrp-layers`` on an argparse sub-parsers object."""
+    p = subparsers.add_parser("lrp-layers", help=HELP, description=HELP + ".")
+    p.add_argument("volume", nargs="+", metavar="VOLUME", help="NIfTI file(s) the model explains (several = channels)")
+    p.add_argument("--model", required=True, metavar="SOURCE", help="demo | MONAI bundle folder | file.py:Class")
+    p.add_argument("--weights", help="state_dict checkpoint for a file.py:Class model")
+    p.add_argument("--model-kwargs", metavar="JSON", help="constructor keyword arguments as JSON for file.py:Class")
+    p.add_argument("--trust-model", action="store_true", help="allow full unpickling / bundle code (RUNS CODE from the files)")
+    p.add_argument("--input-shape", metavar="D,H,W", help="model grid when the model does not declare one")
+    p.add_argument("--write-config", metavar="CONFIG.json", help="write the composite default configuration here")
+    p.add_argument("--overwrite", action="store_true", help="replace --write-config if it exists")
+    p.set_defaults(func=cmd_lrp_layers)
+    return p
+
+
+def cmd_lrp_layers(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .core.explain import _forward, _prepare_target, prepare_input
+    from .core.lrp_config import default_config, list_layers, save_configs
+    from .core.models import load_model
+    from .core.registry import RunContext
+    from .core.segmentation import is_segmentation_output, pick_output
+    from .core.volumes import load_nifti, stack_channels
+
+    if args.write_config and Path(args.write_config).exists() and not args.overwrite:
+        raise UserError(f"{args.write_config} exists; choose another --write-config or pass --overwrite.")
+    volume = stack_channels([load_nifti(p) for p in args.volume])
+    model = load_model(args.model, weights=args.weights, model_kwargs=args.model_kwargs, device="cpu",
+                       trust=args.trust_model)
+    if model.is_scripted:
+        raise UserError("LRP needs an eager nn.Module, but the model is TorchScript; load it as file.py:Class with --weights.")
+    x, *_ = prepare_input(volume, model, input_shape=args.input_shape)
+    seg = is_segmentation_output(pick_output(_forward(model.module, x)))
+    module, *_ = _prepare_target(model, x, volume, 0 if seg else None, seg,
+                                 np.ones(volume.shape, bool) if seg else None, None, 0, 26, RunContext())
+    layers = list_layers(module, x)
+    width = max(len(l.name) for l in layers)
+    print(f"{'#':>4}  {'layer':{width}}  {'type':18}  {'output':18}  LRP")
+    for l in layers:
+        shape = "x".join(map(str, l.output_shape[1:])) if l.output_shape else "-"
+        calls = f" (runs {l.calls}x)" if l.calls > 1 else ""
+        print(f"{l.index:>4}  {l.name:{width}}  {l.type:18}  {shape:18}  {l.kind}{calls}")
+    if args.write_config:
+        path = save_configs(args.write_config, [default_config(layers, "composite")])
+        print(f"wrote {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- options for 'explain'
+
+
+def _point(text: str) -> tuple[int, int, int]:
+    try:
+        vals = tuple(int(v) for v in text.replace(";", ",").split(",") if v.strip())
+    except ValueError:
+        vals = ()
+    if len(vals) != 3:
+        raise argparse.ArgumentTypeError(f"--point {text!r} must be three voxel indices I,J,K, e.g. 40,52,30")
+    return vals  # type: ignore[return-value]
+
+
+def add_explain_options(parser: argparse.ArgumentParser) -> None:
+    """Add the LRP-configuration and segmentation options to the ``explain`` sub-parser."""
+    g = parser.add_argument_group("LRP configurations and segmentation models")
+    g.add_argument("--config", metavar="CONFIG.json", help="LRP configuration for --method lrp (from the LRP designer)")
+    g.add_argument("--configuration", metavar="NAME", help="configuration name inside a --config library file")
+    g.add_argument("--segmentation", action="store_true",
+                   help="the model returns a logit map (N,C,D,H,W): explain the sum of the target class's logits "
+                        "inside a mask (default: its predicted region)")
+    g.add_argument("--mask", metavar="MASK.nii.gz", help="mask on the input grid (non-zero = inside); implies --segmentation")
+    g.add_argument("--point", type=_point, metavar="I,J,K",
+                   help="explain the connected predicted component at this voxel; implies --segmentation")
+    g.add_argument("--output-index", type=int, default=0, metavar="N",
+                   help="which output of a model returning a tuple (deep supervision) to explain (default 0)")
+    g.add_argument("--out-segmentation", metavar="SEG.nii.gz", help="also write the predicted segmentation (uint16)")
+
+
+def explain_options(args: argparse.Namespace, volume) -> tuple[dict, dict]:
+    """(extra method params, extra :func:`explain` keyword arguments) from the options above."""
+    from .core.volumes import load_nifti
+
+    params: dict = {}
+    if getattr(args, "config", None):
+        if args.method != "lrp":
+            raise UserError(f"--config is for --method lrp, not {args.method!r}.")
+        params["config"] = args.config
+        if args.configuration:
+            params["configuration"] = args.configuration
+    kwargs: dict = {"output_index": int(getattr(args, "output_index", 0) or 0)}
+    if getattr(args, "mask", None):
+        m = load_nifti(args.mask)
+        if m.channels != 1:
+            raise UserError(f"--mask {args.mask} has {m.channels} channels; give one 3D mask.")
+        kwargs["mask"] = m.data[0]
+    if getattr(args, "point", None):
+        kwargs["point"] = tuple(args.point)
+    if getattr(args, "segmentation", False) or "mask" in kwargs or "point" in kwargs:
+        kwargs["segmentation"] = True
+    return params, kwargs
+
+
+def write_extras(args: argparse.Namespace, rel, header=None) -> list[Path]:
+    """Write ``--out-segmentation`` (with a sidecar) if asked; returns the written paths."""
+    import numpy as np
+
+    from .core.provenance import sidecar_path, write_sidecar
+    from .core.volumes import save_nifti
+
+    out = getattr(args, "out_segmentation", None)
+    if not out:
+        return []
+    if rel.segmentation is None:
+        raise UserError("--out-segmentation needs a segmentation model (and --segmentation, --mask or --point).")
+    path = Path(out)
+    if path.exists() and not getattr(args, "overwrite", False):
+        raise UserError(f"{path} exists; choose another --out-segmentation or pass --overwrite.")
+    save_nifti(path, np.asarray(rel.segmentation, dtype=np.uint16), rel.affine, header=header)
+    record = {**rel.provenance, "kind": "segmentation", "output": str(path)}
+    write_sidecar(path, record)
+    return [path, sidecar_path(path)]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    ap = argparse.ArgumentParser(prog="napari-xai")
+    add_subcommand(ap.add_subparsers(dest="command", required=True))
+    a = ap.parse_args()
+    sys.exit(a.func(a))

@@ -1,0 +1,324 @@
+"""The LRP designer dock widget in a real napari viewer (pytest-qt; run under Xvfb).
+
+``xvfb-run -a .venv/bin/pytest tests/test_lrp_widget.py``
+
+Facts checked: layers in execution order from a model file, the configuration
+manager and segment editor produce JSON that the CLI method reads back to the
+same relevance, runs add relevance / intermediate / segmentation layers whose
+sums match the conservation readout, per-channel layers and shares, and a
+comparison grid with one colour limit and labelled cells saved as a PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari_xai._qt.lrp_widget import COMPARE_STRIDE, LrpDesignerWidget  # noqa: E402
+from napari_xai.core.errors import UserError  # noqa: E402
+
+TIMEOUT_MS = 60_000
+AFF = np.diag([2.0, 2.0, 2.0, 1.0])
+
+NETS = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+
+    class Reordered(nn.Module):
+        '''Registration order differs from execution order.'''
+
+        def __init__(self, in_channels=1):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc = nn.Linear(6, 2)
+            self.gap = nn.AdaptiveAvgPool3d(1)
+            self.act2 = nn.ReLU()
+            self.conv2 = nn.Conv3d(4, 6, 3, padding=1)
+            self.pool = nn.MaxPool3d(2)
+            self.act1 = nn.ReLU()
+            self.conv1 = nn.Conv3d(in_channels, 4, 3, padding=1)
+            with torch.no_grad():
+                for m in (self.fc, self.conv1, self.conv2):
+                    m.bias.zero_()
+                self.fc.weight.abs_()  # positive logits for a positive input
+
+        def forward(self, x):
+            x = self.pool(self.act1(self.conv1(x)))
+            return self.fc(self.gap(self.act2(self.conv2(x))).flatten(1))
+
+
+    class SegNet(nn.Module):
+        '''Two classes: class 1 where the input is bright (> 0.5); bias-free, so LRP-0 conserves.'''
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv3d(1, 2, 1, bias=False)
+            self.act = nn.ReLU()
+            self.out = nn.Conv3d(2, 2, 1, bias=False)
+            with torch.no_grad():
+                self.conv.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1, 1))
+                self.out.weight.copy_(torch.tensor([[0.0, 1.0], [2.0, 0.0]]).view(2, 2, 1, 1, 1))
+
+        def forward(self, x):
+            # class 0 logit = relu(-x), class 1 logit = 2 relu(x): class 1 wins where x > 0
+            return self.out(self.act(self.conv(x - 0.5)))
+    """
+)
+
+
+@pytest.fixture
+def nets(tmp_path):
+    path = tmp_path / "nets.py"
+    path.write_text(NETS)
+    return path
+
+
+def blobs(shape=(12, 12, 12)):
+    vol = np.zeros(shape, np.float32)
+    vol[1:5, 1:5, 1:5] = 1.0
+    vol[7:11, 7:11, 7:11] = 1.0
+    return vol + 0.05 * np.random.default_rng(0).random(shape).astype(np.float32)
+
+
+def make(viewer, nets, cls="Reordered", kwargs="{}"):
+    w = LrpDesignerWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.source.setCurrentText("Python file + weights")
+    w.path.setText(str(nets))
+    w.class_name.setText(cls)
+    w.kwargs.setText(kwargs)
+    return w
+
+
+def wait(qtbot, w):
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
+    assert not w.status.text().startswith("error"), w.status.text()
+
+
+def test_layers_configuration_manager_and_segment_editor(make_napari_viewer, nets, tmp_path):
+    from napari_xai.core.lrp_config import load_config
+
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs(), name="t1", affine=AFF)
+    w = make(viewer, nets)
+    layers = w.list_layers()
+    names = [l.name for l in layers]
+    assert names == ["conv1", "act1", "pool", "conv2", "act2", "gap", "fc"]  # execution order
+    assert [w.layer_table.item(r, 1).text() for r in range(w.layer_table.rowCount())] == names
+    assert w.layer_table.item(3, 3).text() == "6×6×6×6" and w.layer_table.item(3, 2).text() == "Conv3d"
+    assert w.target.itemText(1) == "class 0"
+
+    # configuration manager: new (gamma | epsilon | 0 over the listed layers), duplicate, rename, activate, delete
+    cfg = w.new_config("composite")
+    assert [s.preset for s in cfg.segments] == ["lrp-gamma", "lrp-epsilon", "lrp-0"]
+    assert [w.layer_table.item(r, 4).text() for r in (0, 3, 6)] == ["→ lower", "→ middle", "→ upper"]
+    assert w.ruler.spans == [(0, 0, "lower"), (3, 3, "middle"), (6, 6, "upper")]
+    dup = w.duplicate_config()
+    assert dup.name == "composite copy" and w.config is dup
+    w.rename_config("flat bottom")
+    w.activate()
+    assert w.active == "flat bottom" and w.active_label.text() == "active: flat bottom"
+    with pytest.raises(UserError, match="exists already"):
+        w.rename_config("composite")
+
+    # segment editor: edit the first segment's rule through the preset box and the parameter spin boxes
+    dup.segments = []
+    w._fill_segment_table()
+    seg = w.add_segment("conv1", "conv2", "lrp-epsilon", name="convs")
+    w.segment_table.selectRow(0)
+    w.preset.setCurrentText("lrp-flat")
+    assert seg.rule.gamma0 == 1.0 and seg.rule.theta0 == 1.0 and seg.preset == "lrp-flat"
+    w.preset.setCurrentText("lrp-gamma")
+    w.spins["gamma1p"].setValue(0.25)
+    assert seg.preset == "lrp-gamma" and seg.rule.gamma1p == 0.25
+    assert w.segment_table.item(0, 3).text() == "LRP-γ" and "0.25w⁺" in w.segment_table.item(0, 4).text()
+    w.segment_table.selectRow(1)  # the '(rest)' row edits the default rule
+    w.preset.setCurrentText("lrp-epsilon")
+    w.spins["epsilon"].setValue(0.5)
+    assert dup.default.epsilon == 0.5
+    w.set_intermediate(["act1"])
+    assert w.layer_table.item(1, 5).checkState() == w.layer_table.item(1, 5).checkState().Checked
+
+    path = w.save_configs(tmp_path / "lib.json")
+    data = json.loads(path.read_text())
+    assert data["active"] == "flat bottom" and len(data["configurations"]) == 3
+    back = load_config(path)
+    assert back.segments[0].rule.gamma1p == 0.25 and back.default.epsilon == 0.5 and back.intermediate == ["act1"]
+    w.delete_config()
+    assert [c.name for c in w.configs] == ["configuration 1", "composite"] and w.active == "configuration 1"
+    loaded = w.load_configs(path)
+    assert [c.name for c in loaded] == ["configuration 1 (2)", "composite (2)", "flat bottom"]
+
+
+def test_overlapping_segment_is_refused(make_napari_viewer, nets):
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs(), name="t1", affine=AFF)
+    w = make(viewer, nets)
+    w.list_layers()
+    w.config.segments = []
+    w.add_segment("conv1", "conv2", name="a")
+    with pytest.raises(UserError, match=r"segments 'a' \(#0-#3\) and 'b' \(#1-#6\) overlap at layer 'act1'"):
+        w.add_segment("act1", "fc", name="b")
+    w.layer_table.selectRow(5)  # 'gap' alone has no Conv/Linear layer
+    w._add_segment_clicked()
+    assert "contains no Conv/Linear layer" in w.status.text()
+    assert len(w.config.segments) == 1
+
+
+def test_run_adds_relevance_intermediate_layers_and_readouts(make_napari_viewer, nets, qtbot, tmp_path):
+    from napari_xai.core.explain import explain
+    from napari_xai.core.models import load_model
+    from napari_xai.core.volumes import Volume
+
+    viewer = make_napari_viewer()
+    data = blobs()
+    viewer.add_image(data, name="t1", affine=AFF)
+    truth = np.zeros(data.shape, np.uint8)
+    truth[7:11, 7:11, 7:11] = 1
+    viewer.add_labels(truth, name="blob (ground truth)", affine=AFF)
+    w = make(viewer, nets)
+    w.list_layers()
+    cfg = w.config
+    cfg.segments = []
+    w.add_segment("conv1", "fc", "lrp-zplus", name="all")
+    cfg.zero_bias = True
+    w.set_intermediate(["act2"])
+    w.run()
+    wait(qtbot, w)
+    rel = w.last_result
+    base = "Reordered · configuration 1"
+    pos, neg = viewer.layers[f"{base} (+)"], viewer.layers[f"{base} (−)"]
+    signed = pos.data - neg.data
+    # the widget shows what the core computes with the saved configuration (the CLI's path)
+    path = w.save_configs(tmp_path / "c.json")
+    ref = explain(Volume(data=data[None], affine=AFF, name="t1"), load_model(f"{nets}:Reordered"), "lrp",
+                  params={"config": str(path)})
+    np.testing.assert_allclose(signed, ref.data[0], rtol=1e-5, atol=1e-7)
+    # conservation readout: z+ without biases conserves, and the input map sums to the logit
+    cons = w.readouts["conservation"]
+    assert cons["expected"] and cons["ratio"] == pytest.approx(1.0, abs=1e-4)
+    assert float(signed.sum()) == pytest.approx(cons["output"], rel=1e-4)
+    # intermediate layers: the boundary below the segment (= the input) and act2, hidden at first
+    at_act2 = viewer.layers[f"{base} · at act2 (+)"]
+    assert not at_act2.visible and at_act2.data.shape == data.shape
+    inter = at_act2.data - viewer.layers[f"{base} · at act2 (−)"].data
+    assert float(inter.sum()) == pytest.approx(cons["output"], rel=1e-3)  # conserved down to act2
+    assert f"{base} · at after all (+)" in viewer.layers
+    # ground-truth readouts (the Labels layer whose name says 'ground truth' is picked by itself)
+    assert w.truth_layer.currentText() == "blob (ground truth)"
+    from napari_xai.core.metrics import rank_accuracy
+
+    assert w.readouts["mask"]["rank_accuracy"] == pytest.approx(rank_accuracy(rel.data, truth))
+    texts = [w.readout_table.item(r, 0).text() for r in range(w.readout_table.rowCount())]
+    assert "relevance rank accuracy" in texts and "ratio in / out" in texts
+    # same settings again: layers are updated, not piled up
+    n = len(viewer.layers)
+    w.run()
+    wait(qtbot, w)
+    assert len(viewer.layers) == n
+
+
+def test_segmentation_component_and_labels_mask(make_napari_viewer, nets, qtbot):
+    viewer = make_napari_viewer()
+    data = blobs()
+    viewer.add_image(data, name="t1", affine=AFF)
+    w = make(viewer, nets, "SegNet")
+    layers = w.list_layers()
+    assert [l.name for l in layers] == ["conv", "act", "out", "xai_masked_sum"]
+    w.config.segments = []
+    w.add_segment("conv", "out", "lrp-0", name="all")
+    w.set_point((8, 8, 8))
+    assert w.mask_source.currentText() == "component at point"
+    w.target.setCurrentText("class 1")
+    w.run()
+    wait(qtbot, w)
+    seg = viewer.layers["SegNet · predicted segmentation"]
+    assert seg.data.dtype == np.uint16
+    np.testing.assert_array_equal(seg.data, (data > 0.5).astype(np.uint16))
+    rel = w.last_result
+    assert rel.provenance["segmentation"]["mask"] == "component" and rel.provenance["segmentation"]["mask_voxels"] == 64
+    # class-1 logit = 2 relu(x - 0.5): LRP-0 on a bias-free net gives exactly that logit at each voxel of the component
+    expected = np.zeros_like(data)
+    expected[7:11, 7:11, 7:11] = 2 * (data[7:11, 7:11, 7:11] - 0.5)
+    np.testing.assert_allclose(rel.data[0], expected, rtol=1e-4, atol=1e-6)
+    assert w.readouts["conservation"]["ratio"] == pytest.approx(1.0, abs=1e-4)
+    # an empty Labels mask is refused with one line and no new layer
+    viewer.add_labels(np.zeros(data.shape, np.uint8), name="empty", affine=AFF)
+    w.mask_source.setCurrentText("Labels layer")
+    w.mask_layer.setCurrentText("empty")
+    n = len(viewer.layers)
+    w.run()
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
+    assert w.status.text() == "error: the mask is empty (no voxel set); paint the region to explain, or use the predicted region."
+    assert len(viewer.layers) == n
+
+
+def test_multichannel_layers_and_shares(make_napari_viewer, nets, qtbot):
+    viewer = make_napari_viewer()
+    a = blobs()
+    viewer.add_image(a, name="ADC", affine=AFF)
+    viewer.add_image(0.1 * a[::-1].copy(), name="Tmax", affine=AFF)
+    w = make(viewer, nets, "Reordered", '{"in_channels": 2}')
+    w.set_inputs(["ADC", "Tmax"])
+    w.list_layers()
+    w.run()
+    wait(qtbot, w)
+    base = "Reordered · configuration 1"
+    for name in ("[ADC]", "[Tmax]", "[Σ channels]"):
+        assert f"{base} {name} (+)" in viewer.layers
+    shares = w.readouts["channel_shares"]
+    assert [s["name"] for s in shares] == ["ADC", "Tmax"]
+    assert sum(s["positive_share"] for s in shares) == pytest.approx(1.0)
+    total = viewer.layers[f"{base} [Σ channels] (+)"].data - viewer.layers[f"{base} [Σ channels] (−)"].data
+    np.testing.assert_allclose(total, w.last_result.data.sum(axis=0), rtol=1e-6)
+
+
+def test_comparison_grid_with_one_colour_limit_and_png(make_napari_viewer, nets, qtbot, tmp_path):
+    from PIL import Image as PILImage
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(blobs(), name="t1", affine=AFF)
+    w = make(viewer, nets)
+    w.list_layers()
+    names = []
+    for preset in ("lrp-0", "lrp-zplus", "lrp-flat", "lrp-alphabeta"):
+        cfg = w.new_config(preset, from_layers=False)
+        w.add_segment("conv1", "fc", preset, name="all")
+        names.append(f"config: {cfg.name}")
+    w.compare_3d.setChecked(False)  # software rendering of 12 volumes in 3D is slow; docs/lrp-designer.md shows 3D
+    w.compare(names)
+    wait(qtbot, w)
+    grid = viewer.canvas.grid
+    assert grid.enabled and grid.stride == COMPARE_STRIDE and viewer.dims.ndisplay == 2
+    assert grid.actual_shape(viewer.layers) == (2, 2)
+    cells = [l for l in viewer.layers if l.metadata.get("xai_lrp", {}).get("kind") == "compare"]
+    assert len(cells) == 4 * COMPARE_STRIDE and viewer.layers.index(cells[-1]) == len(cells) - 1
+    rel_layers = [l for l in cells if l.colormap.name in ("hot", "cyan")]
+    assert len({tuple(l.contrast_limits) for l in rel_layers}) == 1  # identical colour scaling
+    titles = [l.name for l in cells if l.name_overlay.visible]
+    assert titles == ["1. lrp-0", "2. lrp-zplus", "3. lrp-flat", "4. lrp-alphabeta"]
+    others = [l for l in viewer.layers if l not in cells]
+    assert all(not l.visible for l in others)
+    png = w.save_comparison(tmp_path / "compare.png")
+    img = np.asarray(PILImage.open(png))
+    assert img.ndim == 3 and len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 10
+    w.exit_grid()
+    assert not grid.enabled and viewer.dims.ndisplay == 2 and viewer.layers["t1"].visible
+
+
+def test_worker_never_touches_layers(make_napari_viewer_proxy, nets, qtbot):
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(blobs(), name="t1", affine=AFF)
+    w = make(viewer, nets)
+    w.list_layers()
+    w.run()
+    wait(qtbot, w)
+    assert "Reordered · configuration 1 (+)" in viewer.layers
