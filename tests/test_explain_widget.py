@@ -96,3 +96,62 @@ def test_layers_are_touched_only_on_the_main_thread(make_napari_viewer_proxy, qt
     widget.method.value = "saliency"
     run_and_wait(qtbot, widget)
     assert "demo · saliency · atrophy (+)" in viewer.layers, widget.status.value
+
+
+SEG_NET = '''
+import torch
+from torch import nn
+
+
+class SegNet(nn.Module):
+    """Two-class logit map: class 1 wherever the input is bright."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 2, 1)
+        with torch.no_grad():
+            self.conv.weight[:] = torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1, 1)
+            self.conv.bias[:] = torch.tensor([0.5, -0.5])
+
+    def forward(self, x):
+        return self.conv(x)
+'''
+
+
+def test_segmentation_model_with_labels_mask(make_napari_viewer, qtbot, tmp_path):
+    import torch
+
+    py = tmp_path / "seg_net.py"
+    py.write_text(SEG_NET)
+    ns: dict = {}
+    exec(compile(SEG_NET, str(py), "exec"), ns)
+    weights = tmp_path / "seg.pt"
+    torch.save(ns["SegNet"]().state_dict(), weights)
+
+    viewer = make_napari_viewer()
+    vol = np.zeros((12, 12, 12), np.float32)
+    vol[2:5, 2:5, 2:5] = 1.0  # bright block: predicted class 1
+    vol[8:11, 8:11, 8:11] = 1.0  # a second bright block, outside the user's mask
+    viewer.add_image(vol, name="scan")
+    mask = np.zeros((12, 12, 12), np.uint8)
+    mask[1:6, 1:6, 1:6] = 1
+    viewer.add_labels(mask, name="roi")
+    widget = ExplainWidget(viewer)
+    widget.source.value = "Python file + weights"
+    widget.path.value = str(py)
+    widget.class_name.value = "SegNet"
+    widget.weights.value = str(weights)
+    widget.method.value = "input-x-gradient"
+    widget.segmentation.value = True
+    assert not widget.mask.native.isHidden() and "roi" in widget.mask.choices
+    widget.mask.value = "roi"
+    widget.target.value = "predicted"
+    run_and_wait(qtbot, widget)
+    assert widget.status.value.startswith("predicted"), widget.status.value
+    seg_layer = viewer.layers["SegNet · predicted segmentation"]
+    assert seg_layer.data[3, 3, 3] == 1 and seg_layer.data[0, 0, 0] == 0
+    pos = [ly for ly in viewer.layers if ly.name.endswith("(+)")][0]
+    signed = pos.metadata["xai_relevance"]
+    # hand-computed: score = sum over the mask of (x - 0.5) for class 1, so input x gradient = x inside the mask
+    assert signed[3, 3, 3] == pytest.approx(1.0, abs=1e-5)
+    assert signed[9, 9, 9] == 0.0, "the bright block outside the mask does not contribute"

@@ -107,6 +107,16 @@ class ExplainWidget(Container):
         self.params = Container(labels=True, name="params")
         self._class_names: list[str] = []
         self.target = ComboBox(label="target", choices=lambda _w: ["predicted", *self._class_names], value="predicted")
+        self.segmentation = CheckBox(
+            text="segmentation model: explain the target's logits summed inside a mask",
+            value=False,
+            tooltip="for models returning a map (N, C, D, H, W)",
+        )
+        self.mask = ComboBox(
+            label="mask",
+            choices=self._mask_choices,
+            tooltip="where the target class's logits are summed: its predicted region, or a Labels layer (non-zero)",
+        )
         self.run_btn = PushButton(text="Run")
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
@@ -115,9 +125,11 @@ class ExplainWidget(Container):
         buttons = Container(layout="horizontal", widgets=[self.run_btn, self.cancel_btn], labels=False)
         self.extend(
             [self.inputs, self.source, self.path, self.class_name, self.weights, self.kwargs, self.trust, self.device,
-             self.method, self.params, self.target, buttons, self.progress, self.status]
+             self.method, self.params, self.target, self.segmentation, self.mask, buttons, self.progress, self.status]
         )
         self.source.changed.connect(self._on_source)
+        self.segmentation.changed.connect(lambda *_: setattr(self.mask, "visible", bool(self.segmentation.value)))
+        self.mask.visible = False
         self.method.changed.connect(self._rebuild_params)
         self.run_btn.changed.connect(self.run)
         self.cancel_btn.changed.connect(self.cancel)
@@ -140,9 +152,18 @@ class ExplainWidget(Container):
             if isinstance(layer, Image) and "xai_relevance" not in layer.metadata and "xai_explorer" not in layer.metadata
         ]
 
+    def _mask_choices(self, *_):
+        from napari.layers import Labels
+
+        return ["predicted region"] + [
+            layer.name for layer in self._viewer.layers
+            if isinstance(layer, Labels) and np.asarray(layer.data).ndim == 3 and "xai_segmentation" not in layer.metadata
+        ]
+
     def _refresh_layers(self, *_):
         before = list(self.inputs.value or [])
         self.inputs.reset_choices()
+        self.mask.reset_choices()
         if not before and self.inputs.choices:
             self.inputs.value = [self.inputs.choices[0]]
 
@@ -243,6 +264,15 @@ class ExplainWidget(Container):
         except UserError as exc:
             self._fail(str(exc))
             return
+        seg_kwargs: dict = {}
+        if self.segmentation.value:
+            seg_kwargs["segmentation"] = True
+            if self.mask.value and self.mask.value != "predicted region":
+                mask = np.asarray(self._viewer.layers[self.mask.value].data)
+                if mask.shape != volume.shape:
+                    self._fail(f"mask layer '{self.mask.value}' has shape {mask.shape} but the input has {volume.shape}.")
+                    return
+                seg_kwargs["mask"] = mask != 0
         device = None if self.device.value == "auto" else self.device.value
         target = None if self.target.value == "predicted" else self.target.value
         key = (source, json.dumps(extra, sort_keys=True), device, bool(self.trust.value))
@@ -272,6 +302,7 @@ class ExplainWidget(Container):
                 volume, model, method, params=params, target=target,
                 progress=lambda f, m: self._progress.__setitem__(slice(None), [f, m]),
                 should_stop=self._cancel.is_set,
+                **seg_kwargs,
             )
             return key, model, rel
 
@@ -314,6 +345,14 @@ class ExplainWidget(Container):
         self._set_classes(list(rel.provenance["model"]["class_names"]))
         self._update_layer_choices(model)
         tuples = [t for c in range(rel.data.shape[0]) for t in relevance_layer_data(rel, channel=c)]
+        if getattr(rel, "segmentation", None) is not None:
+            tuples.append((
+                rel.segmentation,
+                {"name": f"{rel.provenance['model']['name']} · predicted segmentation", "affine": rel.affine,
+                 "opacity": 0.4, "metadata": {"affine": rel.affine, "nifti_header": rel.header, "xai_segmentation": True,
+                                              "provenance": rel.provenance}},
+                "labels",
+            ))
         upsert(self._viewer, tuples)
         self.last_result = rel
         probs = ", ".join(f"{k}: {v:.1%}" for k, v in rel.probabilities.items())
