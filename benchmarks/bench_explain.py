@@ -152,6 +152,7 @@ def main():
             break
         net = densenet_model(size)
         x = torch.randn(1, 1, size, size, size, requires_grad=True)
+        net.module(x)[0, 0].backward()  # warm-up: oneDNN primitives, allocator
         t0 = time.perf_counter()
         net.module(x)[0, 0].backward()
         fb = time.perf_counter() - t0
