@@ -43,20 +43,27 @@ brain = viewer.layers["demo brain"]
 # axial slice through the hippocampi: MNI z = -16 mm
 k = int(round(world_to_vox(brain.metadata["affine"], [0.0, 0.0, -16.0])[2]))
 viewer.dims.ndisplay = 2
-step = list(viewer.dims.current_step)
-step[-1] = k
-viewer.dims.current_step = tuple(step)
+viewer.dims.order = (2, 1, 0)  # slice along z: axial view (y vertical, x horizontal)
+viewer.dims.set_current_step(2, k)
+viewer.layers["demo atrophy (ground truth)"].visible = True
+viewer.layers["demo atrophy (ground truth)"].contour = 1
 viewer.reset_view()
 for _ in range(5):
     app.processEvents()
 viewer.screenshot(str(out / "explain_widget_2d.png"), canvas_only=False, flash=False)
 
+for layer in viewer.layers:
+    if "xai_relevance" in layer.metadata:
+        hi = layer.contrast_limits[1]
+        layer.contrast_limits = (0.25 * hi, hi)
 brain.rendering = "attenuated_mip"
 brain.attenuation = 0.5
-brain.opacity = 0.4
+brain.opacity = 0.8
+viewer.layers["demo atrophy (ground truth)"].visible = False
+viewer.dims.order = (0, 1, 2)
 viewer.dims.ndisplay = 3
 viewer.reset_view()
-viewer.camera.angles = (0.0, -60.0, 120.0)
+viewer.camera.angles = (-15.0, 35.0, 145.0)
 for _ in range(5):
     app.processEvents()
 viewer.screenshot(str(out / "explain_3d.png"), canvas_only=True, flash=False)

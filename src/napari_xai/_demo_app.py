@@ -49,10 +49,10 @@ def populate_viewer(viewer, volume, mask, rel) -> None:
     brain = viewer.layers["demo brain"]
     brain.rendering = "attenuated_mip"
     brain.attenuation = 0.5
-    brain.opacity = 0.4
+    brain.opacity = 0.8
     viewer.dims.ndisplay = 3
     viewer.reset_view()
-    viewer.camera.angles = (0.0, -60.0, 120.0)
+    viewer.camera.angles = (-15.0, 35.0, 145.0)
     viewer.camera.zoom *= 0.9
 
 

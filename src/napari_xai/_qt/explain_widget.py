@@ -93,6 +93,7 @@ class ExplainWidget(Container):
         self.last_result = None
 
         self.inputs = Select(label="input layer(s)", choices=self._image_choices, tooltip="several layers of one grid become channels, in order")
+        self.inputs.native.setMaximumHeight(90)
         self.source = ComboBox(label="model", choices=list(SOURCES), value="demo model")
         self.path = FileEdit(label="model path", mode="r", tooltip="bundle folder, .py file or TorchScript file")
         self.class_name = LineEdit(label="class", value="", tooltip="class name inside the .py file, e.g. MyNet")
