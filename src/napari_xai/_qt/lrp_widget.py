@@ -69,12 +69,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-SOURCES = {
-    "demo model": "demo",
-    "MONAI bundle folder": "bundle",
-    "Python file + weights": "python",
-    "TorchScript file": "torchscript",
-}
+from .explain_widget import SOURCES  # noqa: E402  - one list of model sources for every widget
+
 MASK_SOURCES = ("predicted region", "Labels layer", "component at point")
 SEGMENT_COLOURS = ["#e6550d", "#3182bd", "#31a354", "#756bb1", "#de2d26", "#636363", "#fd8d3c", "#6baed6"]
 KIND_TEXT = {"rule": "segment rule", "pass": "pass", "sum": "sum rule", "gradient": "gradient", "none": "NO RULE"}
