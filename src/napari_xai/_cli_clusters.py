@@ -168,6 +168,7 @@ def save_outputs_with_regions(result, regions: dict | None, atlas: dict | None, 
     from .core import postprocess as pp
     from .core.explorer import save_outputs
     from .core.provenance import sidecar_path
+    from .core.volumes import remove_files
 
     if regions is None or table_path is None:
         return save_outputs(result, labels_path=labels_path, filtered_path=filtered_path, table_path=table_path,
@@ -184,11 +185,7 @@ def save_outputs_with_regions(result, regions: dict | None, atlas: dict | None, 
     try:
         written += save_outputs(result, labels_path=labels_path, filtered_path=filtered_path, extra=extra, **kwargs)
     except BaseException:
-        for w in written:
-            try:
-                w.unlink()
-            except FileNotFoundError:
-                pass
+        remove_files(written)
         raise
     return written
 

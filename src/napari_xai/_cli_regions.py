@@ -38,7 +38,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
 
     from .core import atlas as at
     from .core.provenance import now_iso, package_versions, read_sidecar, sha256_file, sidecar_path, write_sidecar
-    from .core.volumes import atomic_write_bytes, load_nifti
+    from .core.volumes import atomic_write_bytes, load_nifti, remove_files
 
     out = _check_csv_out(args.out, args.overwrite)
     if not 0.0 <= args.threshold <= 100.0:
@@ -104,9 +104,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
         atomic_write_bytes(out, table.to_csv().encode("utf-8"))
         write_sidecar(out, record)
     except BaseException:
-        for p in (out, sidecar_path(out)):
-            if p.exists():
-                p.unlink()
+        remove_files((out, sidecar_path(out)))
         raise
     inside = table.inside_pos
     share = 100.0 * inside / table.total_pos if table.total_pos > 0 else 0.0

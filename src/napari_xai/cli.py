@@ -47,7 +47,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .core.models import load_model
     from .core.provenance import sidecar_path, write_sidecar
     from ._cli_lrp import explain_options, write_extras
-    from .core.volumes import load_nifti, save_nifti, stack_channels
+    from .core.volumes import load_nifti, remove_files, save_nifti, stack_channels
 
     out = _check_out(args.out, args.overwrite)
     params = _parse_params(args.param)
@@ -77,9 +77,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         write_sidecar(out, record)
         write_extras(args, rel, header=volume.header)
     except BaseException:
-        for p in (out, sidecar_path(out)):
-            if p.exists():
-                p.unlink()
+        remove_files((out, sidecar_path(out)))
         raise
     probs = ", ".join(f"{k}={v:.3f}" for k, v in rel.probabilities.items())
     print(f"predicted: {rel.provenance['prediction']['name']} ({probs}); explained: {rel.target_name}")

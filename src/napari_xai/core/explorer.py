@@ -298,7 +298,7 @@ def save_outputs(
     write fails, the files written so far are removed. Returns the written paths.
     """
     from .provenance import sidecar_path, write_sidecar
-    from .volumes import atomic_write_bytes, is_nifti_path, save_nifti
+    from .volumes import atomic_write_bytes, is_nifti_path, remove_files, save_nifti
 
     jobs = []
     if labels_path is not None:
@@ -339,11 +339,7 @@ def save_outputs(
             record = export_record(result, kind, p, source, provenance, {**ex, **(extra or {})})
             written.append(write_sidecar(p, record))
     except BaseException:
-        for w in written:
-            try:
-                w.unlink()
-            except FileNotFoundError:
-                pass
+        remove_files(written)
         raise
     return written
 

@@ -146,6 +146,15 @@ def stack_channels(volumes: list[Volume]) -> Volume:
     )
 
 
+def remove_files(paths) -> None:
+    """Delete files a failed export already wrote; missing ones are fine."""
+    for path in paths:
+        try:
+            Path(path).unlink()
+        except FileNotFoundError:
+            pass
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
