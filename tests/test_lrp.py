@@ -194,6 +194,10 @@ class _PlainAdditions(torch.overrides.TorchFunctionMode):
     """Control: leave residual additions to the plain gradient."""
 
     count = 0
+    gates = 0
+
+    def __init__(self, stabilizer=None):
+        super().__init__()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         return func(*args, **(kwargs or {}))

@@ -611,45 +611,96 @@ def _verified_merges(model: nn.Module, x: torch.Tensor, pairs: list[tuple[str, s
 # --------------------------------------------------------------------------- the call
 
 
-def lrp(model: nn.Module, x: torch.Tensor, target: int, params: dict, ctx: RunContext | None, preset: LrpPreset) -> MethodOutput:
-    """Run one LRP preset; relevance (1, C, D, H, W) sums to about the target logit."""
-    ctx = ctx if ctx is not None else RunContext()
-    require_eager(model, ctx, preset.name, "LRP attaches rules to its layers")
+@dataclass
+class Propagation:
+    """What one LRP forward/backward pass produced (see :func:`propagate`)."""
+
+    relevance: torch.Tensor  # (1, C, D, H, W) at the input, detached
+    output_relevance: float  # the target score injected at the output
+    merged_batchnorm: int
+    residual_sums: int
+    gates: int
+    captured: dict[str, torch.Tensor]
+    composite: Any  # what ``make_composite`` returned
+    trace: Any  # the traced forward pass (:func:`trace_model`)
+
+
+def propagate(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: int,
+    label: str,
+    ctx: RunContext,
+    make_composite: Callable[[Any, list], Any],
+    rule_layers: Callable[[Any, dict], list[str]],
+    points: dict[str, tuple[str, str]] | None = None,
+    stabilizer: float = STABILIZER,
+    check: Callable[[Any], None] | None = None,
+) -> Propagation:
+    """The LRP pass shared by the presets and the configurations.
+
+    Traces the model, warns about rule layers that run more than once, merges
+    BatchNorm (verified), builds the composite with ``make_composite(trace,
+    canonizers)`` (an object with a ``composite`` attribute or a Zennit
+    composite), runs the forward pass with residual sums made explicit and
+    optional relevance capture at ``points``, and injects the target score as
+    the output relevance. ``rule_layers(trace, modules)`` names the layers whose
+    repeated use deserves the warning; ``check(trace)`` may reject the model
+    (a layer without a rule) before any work is done.
+    """
+    require_eager(model, ctx, label, "LRP attaches rules to its layers")
     with model_session(model):
-        ctx.step(0.05, f"{preset.name}: tracing the model")
+        ctx.step(0.05, f"{label}: tracing the model")
         trace = trace_model(model, x)
-        check_rules(model, trace)
+        if check is not None:
+            check(trace)
         modules = dict(model.named_modules())
-        shared = [n for n, k in trace.counts.items() if k > 1 and isinstance(modules.get(n), (nn.modules.conv._ConvNd, nn.Linear))]
+        shared = [n for n in rule_layers(trace, modules) if trace.counts.get(n, 0) > 1]
         if shared:
             ctx.warn(
-                f"{preset.name}: layer(s) {', '.join(shared[:3])} run more than once per forward pass; Zennit keeps "
+                f"{label}: layer(s) {', '.join(shared[:3])} run more than once per forward pass; Zennit keeps "
                 "one input per layer, so their relevance is approximate."
             )
         name_map = _verified_merges(model, x, trace.bn_pairs, ctx)
-        canonizers = [merge_canonizer(name_map)] if name_map else []
-        comp = LrpComposite(preset, params, x, trace.first_layers, canonizers)
+        made = make_composite(trace, [merge_canonizer(name_map)] if name_map else [])
+        composite = getattr(made, "composite", made)
         xg = x.detach().clone().requires_grad_(True)
-        sums = ResidualSums()
-        ctx.step(0.2, f"{preset.name}: forward")
-        with comp.composite.context(model) as modified:
-            with sums:
-                out = modified(xg)
-            scores = check_scores(out, target)
-            start = torch.zeros_like(scores)
-            start[0, int(target)] = scores[0, int(target)].detach()
-            ctx.step(0.5, f"{preset.name}: relevance backward")
-            (rel,) = torch.autograd.grad(scores, xg, grad_outputs=start)
-    rel = rel.detach()
-    r_out = float(start[0, int(target)])
+        sums = ResidualSums(stabilizer)
+        ctx.step(0.2, f"{label}: forward")
+        with RelevanceCapture(model, points or {}) as cap:
+            with composite.context(model) as modified:
+                with sums:
+                    out = modified(xg)
+                scores = check_scores(out, target)
+                start = torch.zeros_like(scores)
+                start[0, int(target)] = scores[0, int(target)].detach()
+                ctx.step(0.5, f"{label}: relevance backward")
+                (rel,) = torch.autograd.grad(scores, xg, grad_outputs=start)
+    return Propagation(rel.detach(), float(start[0, int(target)]), len(name_map), sums.count,
+                       getattr(sums, "gates", 0), dict(cap.relevance), made, trace)
+
+
+def lrp(model: nn.Module, x: torch.Tensor, target: int, params: dict, ctx: RunContext | None, preset: LrpPreset) -> MethodOutput:
+    """Run one LRP preset; relevance (1, C, D, H, W) sums to about the target logit."""
+    ctx = ctx if ctx is not None else RunContext()
+
+    def make(trace, canonizers):
+        return LrpComposite(preset, params, x, trace.first_layers, canonizers)
+
+    def rule_layers(trace, modules):
+        return [n for n in trace.counts if isinstance(modules.get(n), RULE_TYPES)]
+
+    prop = propagate(model, x, target, preset.name, ctx, make, rule_layers,
+                     check=lambda trace: check_rules(model, trace))
+    rel, r_out = prop.relevance, prop.output_relevance
     r_in = float(rel.sum())
     used: dict[str, Any] = {
         "rules": {"first": preset.first or preset.conv, "conv": preset.conv, "dense": preset.dense},
-        "first_layers": list(trace.first_layers) if preset.first else [],
-        "merged_batchnorm": len(name_map),
-        "pass_norm_layers": comp.counts["pass_norm"] - len(name_map),
-        "residual_sums": sums.count,
-        "gates": getattr(sums, "gates", 0),
+        "first_layers": list(prop.trace.first_layers) if preset.first else [],
+        "merged_batchnorm": prop.merged_batchnorm,
+        "pass_norm_layers": prop.composite.counts["pass_norm"] - prop.merged_batchnorm,
+        "residual_sums": prop.residual_sums,
+        "gates": prop.gates,
         "output_relevance": r_out,
         "relevance_sum": r_in,
     }

@@ -574,17 +574,8 @@ def run_config(model: nn.Module, x: torch.Tensor, target: int, config: LrpConfig
     from zennit.core import Composite
     from zennit.layer import Sum
 
-    from .attribution import check_scores, model_session, require_eager, trace_model
-    from .lrp import (
-        RelevanceCapture,
-        ResidualSums,
-        _norm_rule,
-        _pass_rule,
-        _verified_merges,
-        is_output_reduction,
-        merge_canonizer,
-        stabilizer_for,
-    )
+    from .attribution import require_eager
+    from .lrp import _norm_rule, _pass_rule, is_output_reduction, propagate, stabilizer_for
     from .lrp_rules import UnifiedRule
     from .registry import MethodOutput, RunContext
 
@@ -600,63 +591,43 @@ def run_config(model: nn.Module, x: torch.Tensor, target: int, config: LrpConfig
         if name not in {l.name for l in layers}:
             raise _unknown(name, layers, "the intermediate layer list")
         points.setdefault(name, (name, "output"))
-    with model_session(model):
-        ctx.step(0.05, f"{label}: tracing the model")
-        trace = trace_model(model, x)
-        modules = dict(model.named_modules())
-        shared = [n for n in resolved.rules if trace.counts.get(n, 0) > 1]
-        if shared:
-            ctx.warn(f"{label}: layer(s) {', '.join(shared[:3])} run more than once per forward pass; Zennit keeps one "
-                     "input per layer, so their relevance is approximate.")
-        name_map = _verified_merges(model, x, trace.bn_pairs, ctx)
-        canonizers = [merge_canonizer(name_map)] if name_map else []
-        stab = stabilizer_for(x.dtype)
-        hooks = {n: UnifiedRule(r, zero_bias=config.zero_bias, stabilizer=stab) for n, r in resolved.rules.items()}
-        norm, passthrough = _norm_rule(stab), _pass_rule()
-        kinds = resolved.kinds
+    stab = stabilizer_for(x.dtype)
+    hooks = {n: UnifiedRule(r, zero_bias=config.zero_bias, stabilizer=stab) for n, r in resolved.rules.items()}
+    norm, passthrough = _norm_rule(stab), _pass_rule()
+    kinds = resolved.kinds
 
-        def module_map(_ctx, name, module):
-            if name in hooks:
-                return hooks[name]
-            kind = kinds.get(name)
-            if kind == "sum" or isinstance(module, Sum) or is_output_reduction(module):
-                return norm
-            if kind == "pass":
-                return passthrough
-            return None
+    def module_map(_ctx, name, module):
+        if name in hooks:
+            return hooks[name]
+        kind = kinds.get(name)
+        if kind == "sum" or isinstance(module, Sum) or is_output_reduction(module):
+            return norm
+        if kind == "pass":
+            return passthrough
+        return None
 
-        composite = Composite(module_map=module_map, canonizers=canonizers)
-        xg = x.detach().clone().requires_grad_(True)
-        sums = ResidualSums(stab)
-        ctx.step(0.2, f"{label}: forward")
-        with RelevanceCapture(model, points) as cap:
-            with composite.context(model) as modified:
-                with sums:
-                    out = modified(xg)
-                scores = check_scores(out, target)
-                start = torch.zeros_like(scores)
-                start[0, int(target)] = scores[0, int(target)].detach()
-                ctx.step(0.5, f"{label}: relevance backward")
-                (rel,) = torch.autograd.grad(scores, xg, grad_outputs=start)
-    rel = rel.detach()
-    r_out = float(start[0, int(target)])
+    prop = propagate(model, x, target, label, ctx,
+                     make_composite=lambda trace, canonizers: Composite(module_map=module_map, canonizers=canonizers),
+                     rule_layers=lambda trace, modules: list(resolved.rules), points=points, stabilizer=stab)
+    modules = dict(model.named_modules())
+    rel, r_out = prop.relevance, prop.output_relevance
     r_in = float(rel.sum())
     ratio = r_in / r_out if abs(r_out) > 1e-12 else float("nan")
     biased = [n for n in resolved.rules if getattr(modules.get(n), "bias", None) is not None
               and bool(torch.any(modules[n].bias.detach() != 0))]
-    merged_bias = len(name_map)  # merging BatchNorm adds a bias
+    merged_bias = prop.merged_batchnorm  # merging BatchNorm adds a bias
     expected = resolved.conserving
     intermediate = {}
     sums_at: dict[str, float] = {}
     for key in points:
-        t = cap.relevance.get(key)
+        t = prop.captured.get(key)
         if t is None:
             continue
         sums_at[key] = float(t.sum())
         vol = _channel_sum_to_grid(t, tuple(x.shape[2:]))
         if vol is not None:
             intermediate[key] = vol
-    missing = [k for k in points if k not in cap.relevance]
+    missing = [k for k in points if k not in prop.captured]
     if missing:
         ctx.warn(f"{label}: no relevance reached {', '.join(missing[:3])} (the layer's input is not on the path to the target).")
     used: dict[str, Any] = {
@@ -667,9 +638,9 @@ def run_config(model: nn.Module, x: torch.Tensor, target: int, config: LrpConfig
             for s, (a, b) in zip(config.segments, resolved.spans)
         ],
         "default_rule_layers": sum(1 for o in resolved.owner.values() if o == ""),
-        "merged_batchnorm": len(name_map),
-        "residual_sums": sums.count,
-        "gates": sums.gates,
+        "merged_batchnorm": prop.merged_batchnorm,
+        "residual_sums": prop.residual_sums,
+        "gates": prop.gates,
         "output_relevance": r_out,
         "relevance_sum": r_in,
         "conservation": {"input": r_in, "output": r_out, "ratio": ratio, "expected": expected,
