@@ -35,9 +35,9 @@ NETS = textwrap.dedent(
     class Reordered(nn.Module):
         '''Registration order differs from execution order.'''
 
-        def __init__(self, in_channels=1):
+        def __init__(self, in_channels=1, seed=0):
             super().__init__()
-            torch.manual_seed(0)
+            torch.manual_seed(seed)
             self.fc = nn.Linear(6, 2)
             self.gap = nn.AdaptiveAvgPool3d(1)
             self.act2 = nn.ReLU()
@@ -312,6 +312,94 @@ def test_comparison_grid_with_one_colour_limit_and_png(make_napari_viewer, nets,
     assert img.ndim == 3 and len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 10
     w.exit_grid()
     assert not grid.enabled and viewer.dims.ndisplay == 2 and viewer.layers["t1"].visible
+
+
+def test_comparison_across_targets_and_models(make_napari_viewer, nets, qtbot):
+    """One configuration x two targets x two models: four cells, each conserving its own model's target logit."""
+    import importlib.util
+
+    import torch
+
+    viewer = make_napari_viewer()
+    data = blobs()
+    viewer.add_image(data, name="t1", affine=AFF)
+    w = make(viewer, nets)
+    w.list_layers()
+    cfg = w.new_config("lrp-0", from_layers=False)
+    w.add_segment("conv1", "fc", "lrp-0", name="all")
+    key_a = w.add_compare_model()
+    w.kwargs.setText('{"seed": 1}')
+    key_b = w.add_compare_model()
+    assert (key_a, key_b) == ("nets:Reordered", "nets:Reordered #2")
+    assert w.add_compare_model() == key_b  # the same source is not added twice
+    assert [w.compare_targets.item(i).text() for i in range(w.compare_targets.count())] == ["predicted", "class 0", "class 1"]
+    w.compare_3d.setChecked(False)
+    w.compare([f"config: {cfg.name}"], targets=["class 0", "class 1"], models=[key_a, key_b])
+    wait(qtbot, w)
+    labels = [label for label, _ in w.last_comparison]
+    assert labels == [f"class 0 · {key_a}", f"class 1 · {key_a}", f"class 0 · {key_b}", f"class 1 · {key_b}"]
+    # independent fact: LRP-0 on these bias-free ReLU nets conserves the target logit of *that* model
+    spec = importlib.util.spec_from_file_location("nets_direct", nets)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    x = torch.from_numpy(data)[None, None]
+    with torch.no_grad():
+        logits = {key_a: mod.Reordered(seed=0)(x)[0].tolist(), key_b: mod.Reordered(seed=1)(x)[0].tolist()}
+    for label, rel in w.last_comparison:
+        target, model = label.split(" · ")
+        expected = float(logits[model][int(target[-1])])
+        assert float(rel.data.sum()) == pytest.approx(expected, rel=1e-3, abs=1e-6), label
+    assert logits[key_a][1] != pytest.approx(logits[key_b][1], rel=1e-2)  # the two models really differ
+    titles = [l.name for l in viewer.layers if l.metadata.get("xai_lrp", {}).get("kind") == "compare"
+              and l.name_overlay.visible]
+    assert titles == [f"{i + 1}. {label}" for i, label in enumerate(labels)]
+    # a model that is not in the list is refused with one line
+    w.compare([f"config: {cfg.name}"], models=["nope"])
+    assert w.status.text() == "error: model 'nope' is not in the models list; add it with 'Add model'."
+
+
+def test_component_pick_in_3d_follows_the_view_ray(make_napari_viewer, nets, qtbot):
+    from types import SimpleNamespace
+
+    viewer = make_napari_viewer()
+    data = blobs()
+    viewer.add_image(data, name="t1", affine=AFF)
+    w = make(viewer, nets, "SegNet")
+    w.list_layers()
+    w.config.segments = []
+    w.add_segment("conv", "out", "lrp-0", name="all")
+    w.target.setCurrentText("class 1")
+    viewer.dims.ndisplay = 3
+    expected_voxels = {}
+    # world (mm, 2 mm voxels): a ray along the diagonal from outside the near corner meets blob 1:5 first,
+    # the opposite ray meets blob 7:11 first
+    for start, direction, blob in (((-4.0, -4.0, -4.0), (1.0, 1.0, 1.0), slice(1, 5)),
+                                   ((30.0, 30.0, 30.0), (-1.0, -1.0, -1.0), slice(7, 11))):
+        w.pick_btn.setChecked(True)
+        w._on_click(viewer, SimpleNamespace(position=start, view_direction=direction, dims_displayed=[0, 1, 2]))
+        assert not w.pick_btn.isChecked() and w.point_label.text().startswith("ray through")
+        w.run()
+        wait(qtbot, w)
+        rel = w.last_result
+        seg = rel.provenance["segmentation"]
+        assert seg["mask"] == "component" and seg["mask_voxels"] == 64
+        assert all(blob.start <= v < blob.stop for v in seg["point"])
+        expected = np.zeros_like(data)
+        expected[blob, blob, blob] = 2 * (data[blob, blob, blob] - 0.5)
+        np.testing.assert_allclose(rel.data[0], expected, rtol=1e-4, atol=1e-6)
+        expected_voxels[blob.start] = seg["point"]
+    assert expected_voxels[1] == [1, 1, 1] and expected_voxels[7] == [10, 10, 10]
+    # a ray that misses the class-1 region: one line, no new layer
+    n = len(viewer.layers)
+    w._on_click(viewer, SimpleNamespace(position=(-4.0, 12.0, 12.0), view_direction=(1.0, 0.0, 0.0),
+                                        dims_displayed=[0, 1, 2]))
+    w.pick_btn.setChecked(True)
+    w._on_click(viewer, SimpleNamespace(position=(-4.0, 12.0, 12.0), view_direction=(1.0, 0.0, 0.0),
+                                        dims_displayed=[0, 1, 2]))
+    w.run()
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
+    assert w.status.text().startswith("error: the viewing ray through the click meets no voxel predicted as 'class 1'")
+    assert len(viewer.layers) == n
 
 
 def test_worker_never_touches_layers(make_napari_viewer_proxy, nets, qtbot):

@@ -27,7 +27,7 @@ from napari_xai.core.lrp_config import LrpConfig, Segment, list_layers, run_conf
 from napari_xai.core.lrp_rules import preset_params
 from napari_xai.core.models import LoadedModel, ModelSpec
 from napari_xai.core.registry import RunContext
-from napari_xai.core.segmentation import SegmentationScores, component_at, predicted_labels, resolve_mask
+from napari_xai.core.segmentation import Ray, SegmentationScores, component_at, predicted_labels, resolve_mask
 from napari_xai.core.volumes import Volume
 
 
@@ -180,6 +180,27 @@ def test_resolve_mask_predicted_user_and_component():
         resolve_mask(y, 1, (20, 20, 20), mask=tiny)
     with pytest.raises(UserError, match="no voxel is predicted as 'tumour'"):
         resolve_mask(torch.zeros(1, 3, 4, 4, 4), 2, (4, 4, 4), names=["bg", "edema", "tumour"])
+
+
+def test_resolve_mask_component_from_a_3d_ray():
+    """A click in a 3D view is a ray: the component is the first one of the target class that the ray meets."""
+    x = torch.zeros(1, 1, 10, 10, 10)
+    x[0, 0, 1:4, 1:4, 1:4] = 1.0  # blob A, nearer to the origin
+    x[0, 0, 6:9, 6:9, 6:9] = 1.0  # blob B
+    x[0, 0, 4, 4, 4] = -1.0  # a class-2 voxel between them, on the diagonal
+    y = Blobs()(x)
+    forward = resolve_mask(y, 1, (10, 10, 10), point=Ray((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))
+    assert forward.source == "component" and forward.point == (1, 1, 1) and forward.voxels == 27
+    assert forward.mask[1:4, 1:4, 1:4].all() and not forward.mask[6:9, 6:9, 6:9].any()
+    # the same line seen from the other side meets blob B first; the origin may lie anywhere on the line
+    backward = resolve_mask(y, 1, (10, 10, 10), point=Ray((5.0, 5.0, 5.0), (-2.0, -2.0, -2.0)))
+    assert backward.point == (8, 8, 8) and backward.mask[6:9, 6:9, 6:9].all() and not backward.mask[1:4, 1:4, 1:4].any()
+    assert backward.record()["ray"] == {"origin": [5.0, 5.0, 5.0], "direction": [-2.0, -2.0, -2.0]}
+    # class 2's only voxel is on the line too
+    assert resolve_mask(y, 2, (10, 10, 10), point=Ray((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))).point == (4, 4, 4)
+    # a ray along the first axis at j = k = 5 meets no class-1 voxel
+    with pytest.raises(UserError, match="the viewing ray through the click meets no voxel predicted as 'class 1'"):
+        resolve_mask(y, 1, (10, 10, 10), point=Ray((0.0, 5.0, 5.0), (1.0, 0.0, 0.0)))
 
 
 def loaded(net, channels=1, names=()):

@@ -9,14 +9,16 @@ Models", for 3D medical networks inside napari:
   segment editor with the ten parameters of the unified rule, grouped by the
   four steps of the paper's parameter guide.
 * **Run** tab: target class, segmentation mask (predicted region, a Labels
-  layer or the connected component under a picked point), ground truth for
+  layer or the connected component under a click: the voxel in 2D, the first
+  voxel of the predicted region along the view ray in 3D), ground truth for
   readouts; runs the active configuration and shows the relevance per channel
   and their sum, the relevance at segment boundaries and chosen layers, the
   predicted segmentation, conservation, channel shares and mask readouts.
-* **Compare** tab: runs the checked configurations and methods on the same
-  input and target and shows them side by side in napari's grid mode with
-  identical colour limits, each cell labelled with its configuration; the grid
-  is saved as one PNG.
+* **Compare** tab: runs every ticked configuration/method for every ticked
+  target and model (``core.compare``) on the same input and shows the cells
+  side by side in napari's grid mode with identical colour limits, each cell
+  labelled with what varies (configuration · target · model); the grid is
+  saved as one PNG.
 
 Thin by design: all numbers come from ``napari_xai.core`` (``lrp_config``,
 ``explain``, ``metrics``). Work runs in a worker thread; layers are touched
@@ -63,6 +65,8 @@ from qtpy.QtWidgets import (
 from ..core.errors import Cancelled, UserError
 from ..core.lrp_config import LayerInfo, LrpConfig, Segment, default_config, load_configs, resolve, save_configs
 from ..core.lrp_rules import CUSTOM, PARAM_HELP, PRESETS, STEPS, RuleParams, formula, match_preset
+from ..core.compare import common_limit
+from ..core.segmentation import Ray
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -130,17 +134,6 @@ def signed_layers(data: np.ndarray, name: str, affine, meta: dict, limit: float 
         if limit is not None:
             kw["contrast_limits"] = (0.0, float(limit))
     return tuples
-
-
-def robust_limit(arrays: list[np.ndarray]) -> float:
-    """One colour limit for several signed maps: the largest 99.99th percentile of |r| among them (3D MIPs saturate at 99.9)."""
-    lims = []
-    for a in arrays:
-        v = np.abs(np.asarray(a))
-        v = v[v > 0]
-        if v.size:
-            lims.append(float(np.percentile(v, 99.99)))
-    return max(lims) if lims else 1.0
 
 
 # ---------------------------------------------------------------------------
@@ -416,7 +409,7 @@ class LrpDesignerWidget(QWidget):
         self.mask_source.addItems(MASK_SOURCES)
         self.mask_source.setToolTip("Segmentation models: explain the sum of the target class's logits inside this mask.")
         self.mask_layer = QComboBox()
-        self.pick_btn = QPushButton("Pick point (click in a 2D view)")
+        self.pick_btn = QPushButton("Pick point (click on the component)")
         self.pick_btn.setCheckable(True)
         self.pick_btn.toggled.connect(self._on_pick_toggled)
         self.point_label = QLabel("no point")
@@ -454,9 +447,37 @@ class LrpDesignerWidget(QWidget):
     def _build_compare(self) -> QWidget:
         page = QWidget()
         lay = QVBoxLayout(page)
-        lay.addWidget(QLabel("Tick configurations and/or methods; they run on the same input and target."))
+        lay.addWidget(QLabel("Every ticked configuration/method runs for every ticked target and model\n"
+                             "on the same input; one grid cell each, one colour scale for all."))
         self.compare_list = QListWidget()
-        lay.addWidget(self.compare_list, 1)
+        self.compare_list.setToolTip("LRP configurations of this designer and the registry's methods.")
+        lay.addWidget(QLabel("configurations and methods"))
+        lay.addWidget(self.compare_list, 3)
+        axes = QHBoxLayout()
+        tcol, mcol = QVBoxLayout(), QVBoxLayout()
+        tcol.addWidget(QLabel("targets"))
+        self.compare_targets = QListWidget()
+        self.compare_targets.setToolTip("Classes to explain; 'predicted' is each model's own prediction.")
+        tcol.addWidget(self.compare_targets)
+        mcol.addWidget(QLabel("models"))
+        self.compare_models = QListWidget()
+        self.compare_models.setToolTip("Models to compare; none = the model of the Design tab.\n"
+                                       "Choose a model in the Design tab and press 'Add model'.")
+        mcol.addWidget(self.compare_models)
+        mrow = QHBoxLayout()
+        self.add_model_btn = QPushButton("Add model")
+        self.add_model_btn.setToolTip("Add the Design tab's model source to the comparison.")
+        self.add_model_btn.clicked.connect(self._add_model_clicked)
+        self.remove_model_btn = QPushButton("Remove")
+        self.remove_model_btn.clicked.connect(self._remove_model_clicked)
+        mrow.addWidget(self.add_model_btn)
+        mrow.addWidget(self.remove_model_btn)
+        mcol.addLayout(mrow)
+        axes.addLayout(tcol)
+        axes.addLayout(mcol)
+        lay.addLayout(axes, 2)
+        self._compare_sources: dict[str, tuple[str, dict]] = {}
+        self._set_compare_targets([])
         self.compare_3d = QCheckBox("3D view")
         self.compare_3d.setChecked(True)
         lay.addWidget(self.compare_3d)
@@ -577,6 +598,7 @@ class LrpDesignerWidget(QWidget):
         self.target.clear()
         self.target.addItems(["predicted", *names])
         self.target.setCurrentText(current if current in names else "predicted")
+        self._set_compare_targets(names)
 
     def _fill_layer_table(self) -> None:
         cfg = self.config
@@ -941,7 +963,8 @@ class LrpDesignerWidget(QWidget):
     # ------------------------------------------------------------------ point picking
     def _on_pick_toggled(self, on: bool) -> None:
         self._picking = bool(on)
-        self.status.setText("click the component to explain in a 2D view" if on else "")
+        self.status.setText("click the component to explain (2D: the voxel; 3D: the first voxel of the target's "
+                            "predicted region along the view ray)" if on else "")
 
     def _on_click(self, viewer, event):
         if not self._picking:
@@ -950,13 +973,26 @@ class LrpDesignerWidget(QWidget):
         if not names:
             return
         layer = self._viewer.layers[names[0]]
-        pos = np.asarray(layer.world_to_data(event.position), dtype=float)[-3:]
-        self.set_point(tuple(int(round(v)) for v in pos))
+        world = np.asarray(event.position, dtype=float)
+        pos = np.asarray(layer.world_to_data(world), dtype=float)[-3:]
+        direction = getattr(event, "view_direction", None)
+        if self._viewer.dims.ndisplay == 3 and direction is not None:
+            # the ray in data coordinates: map a second point along the view direction
+            ahead = np.asarray(layer.world_to_data(world + np.asarray(direction, dtype=float)), dtype=float)[-3:]
+            self.set_point(Ray(tuple(pos), tuple(ahead - pos)))
+        else:
+            self.set_point(tuple(int(round(v)) for v in pos))
         self.pick_btn.setChecked(False)
 
-    def set_point(self, point: tuple[int, int, int] | None) -> None:
-        self.point = None if point is None else tuple(int(v) for v in point)
-        self.point_label.setText("no point" if point is None else f"voxel {self.point}")
+    def set_point(self, point: "tuple[int, int, int] | Ray | None") -> None:
+        """The component to explain: a voxel (2D click) or a view ray (3D click), in the input's voxel coordinates."""
+        if isinstance(point, Ray):
+            self.point = point
+            o = ", ".join(f"{v:.0f}" for v in point.origin)
+            self.point_label.setText(f"ray through ({o})")
+        else:
+            self.point = None if point is None else tuple(int(v) for v in point)
+            self.point_label.setText("no point" if point is None else f"voxel {self.point}")
         if point is not None:
             self.mask_source.setCurrentText("component at point")
 
@@ -975,7 +1011,7 @@ class LrpDesignerWidget(QWidget):
             return {"mask": mask}
         if src == "component at point":
             if self.point is None:
-                raise UserError("pick a point first (press 'Pick point' and click in a 2D view).")
+                raise UserError("pick a point first (press 'Pick point' and click on the component).")
             return {"point": self.point}
         return {}
 
@@ -1010,50 +1046,131 @@ class LrpDesignerWidget(QWidget):
 
         self._start(work, f"running '{cfg.name}'")
 
-    def compare(self, items: list[str] | None = None):
-        """Run several configurations / methods on the same input and show them in napari's grid mode.
+    def compare(self, items: list[str] | None = None, targets: list[str] | None = None,
+                models: list[str] | None = None):
+        """Run every configuration/method for every target and model on the same input; show them in napari's grid.
 
-        ``items`` are labels of the compare list: ``config: <name>`` or ``method: <name>``;
-        default: the ticked ones.
+        ``items`` are labels of the compare list (``config: <name>`` or
+        ``method: <name>``), ``targets`` class names or "predicted", ``models``
+        keys of the models list; each defaults to the ticked entries (no model
+        ticked: the Design tab's model).
         """
+        from ..core.compare import plan
+
         if self._worker is not None:
             return
-        items = items if items is not None else self._checked_compare_items()
+        items = items if items is not None else self._checked(self.compare_list)
+        targets = targets if targets is not None else self._checked(self.compare_targets)
+        models = models if models is not None else self._checked(self.compare_models)
         try:
             if not items:
                 raise UserError("tick at least one configuration or method in the compare list.")
-            runs = []
+            whats = []
             for it in items:
                 kind, _, name = it.partition(": ")
                 if kind == "config":
-                    runs.append(("config", self.config_named(name).copy()))
+                    self.config_named(name)
                 elif kind == "method":
                     from ..core.registry import get_method
 
-                    runs.append(("method", get_method(name).name))
+                    name = get_method(name).name
                 else:
                     raise UserError(f"unknown compare item {it!r}.")
+                whats.append((kind, name))
+            configs = {c.name: c.copy() for c in self.configs}
+            if models:
+                unknown = [m for m in models if m not in self._compare_sources]
+                if unknown:
+                    raise UserError(f"model {unknown[0]!r} is not in the models list; add it with 'Add model'.")
+                sources = {m: self._compare_sources[m] for m in models}
+            else:
+                sources = {"": self.model_source()}
+            plan_items = plan(whats, targets or [None], list(sources))
             req = self._request()
         except UserError as exc:
             self._fail(str(exc))
             return
 
         def work():
-            model = self._load_for_worker(req)
-            out = []
-            for i, (kind, what) in enumerate(runs):
+            from ..core.compare import run_comparison
+
+            loaded = {}
+            for key, (source, extra) in sources.items():
                 if self._cancel.is_set():
                     raise Cancelled("cancelled by the user")
-                self._progress[:] = [i / len(runs), f"{i + 1}/{len(runs)}"]
-                if kind == "config":
-                    rel = self._explain(model, req, what, boundaries=False)
-                    out.append((what.name, rel))
-                else:
-                    rel = self._explain(model, req, None, method=what)
-                    out.append((what, rel))
-            return "compare", (req, out)
+                self._progress[:] = [0.0, f"loading {key or 'the model'}"]
+                loaded[key] = self._load_for_worker({"source": source, "extra": extra})
+            first = next(iter(loaded.values()))
+            seg = bool(req["mask"]) or is_segmentation(first, self._prepare(req, first))
+            cells = run_comparison(
+                req["volume"], plan_items, loaded, configs,
+                progress=lambda f, m: self._progress.__setitem__(slice(None), [f, m]),
+                should_stop=self._cancel.is_set, segmentation=seg, **req["mask"],
+            )
+            return "compare", (req, [(c.label, c.relevance) for c in cells])
 
-        self._start(work, f"comparing {len(runs)} items")
+        self._start(work, f"comparing {len(plan_items)} cells")
+
+    @staticmethod
+    def _prepare(req, model):
+        from ..core.explain import prepare_input
+
+        return prepare_input(req["volume"], model)[0]
+
+    def _model_key_for(self, source: str, extra: dict) -> str:
+        """A short, unique name for a model source in the comparison (file or folder stem, or 'demo')."""
+        if source == "demo":
+            base = "demo"
+        elif ".py:" in source:
+            path, cls = source.rsplit(":", 1)
+            base = f"{Path(path).stem}:{cls}"
+        else:
+            base = Path(source.rstrip("/\\")).name
+        if extra.get("weights"):
+            base += f" ({Path(extra['weights']).name})"
+        key, n = base, 2
+        while key in self._compare_sources and self._compare_sources[key] != (source, extra):
+            key, n = f"{base} #{n}", n + 1
+        return key
+
+    def add_compare_model(self) -> str:
+        """Add the Design tab's model source to the comparison's models list (ticked); returns its key."""
+        source, extra = self.model_source()
+        key = self._model_key_for(source, extra)
+        if key not in self._compare_sources:
+            self._compare_sources[key] = (source, dict(extra))
+            item = QListWidgetItem(key)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setToolTip(source)
+            self.compare_models.addItem(item)
+        for i in range(self.compare_models.count()):
+            it = self.compare_models.item(i)
+            if it.text() == key:
+                it.setCheckState(Qt.CheckState.Checked)
+        return key
+
+    def _add_model_clicked(self):
+        try:
+            key = self.add_compare_model()
+        except UserError as exc:
+            self._fail(str(exc))
+        else:
+            self.status.setText(f"model '{key}' added to the comparison.")
+
+    def _remove_model_clicked(self):
+        for it in self.compare_models.selectedItems():
+            self._compare_sources.pop(it.text(), None)
+            self.compare_models.takeItem(self.compare_models.row(it))
+
+    def _set_compare_targets(self, names: list[str]) -> None:
+        checked = set(self._checked(self.compare_targets)) if hasattr(self, "compare_targets") else set()
+        self.compare_targets.clear()
+        for text in ["predicted", *names]:
+            item = QListWidgetItem(text)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            on = text in checked or (not (checked & {"predicted", *names}) and text == "predicted")
+            item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
+            self.compare_targets.addItem(item)
 
     def _load_for_worker(self, req):
         from ..core.models import load_model
@@ -1238,10 +1355,10 @@ class LrpDesignerWidget(QWidget):
     def _refresh_compare_list(self) -> None:
         from ..core.registry import all_methods
 
-        checked = set(self._checked_compare_items())
+        checked = set(self._checked(self.compare_list))
         self.compare_list.clear()
         labels = [f"config: {c.name}" for c in self.configs]
-        labels += [f"method: {m.name}" for m in all_methods() if m.name != "lrp"]
+        labels += [f"method: {m.name}" for m in all_methods()]
         for text in labels:
             item = QListWidgetItem(text)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
@@ -1249,14 +1366,25 @@ class LrpDesignerWidget(QWidget):
             item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
             self.compare_list.addItem(item)
 
-    def _checked_compare_items(self) -> list[str]:
-        return [self.compare_list.item(i).text() for i in range(self.compare_list.count())
-                if self.compare_list.item(i).checkState() == Qt.CheckState.Checked]
+    @staticmethod
+    def _checked(widget: QListWidget) -> list[str]:
+        return [widget.item(i).text() for i in range(widget.count())
+                if widget.item(i).checkState() == Qt.CheckState.Checked]
 
-    def set_compare_items(self, items: list[str]) -> None:
-        for i in range(self.compare_list.count()):
-            it = self.compare_list.item(i)
-            it.setCheckState(Qt.CheckState.Checked if it.text() in items else Qt.CheckState.Unchecked)
+    @staticmethod
+    def _tick(widget: QListWidget, names: list[str]) -> None:
+        for i in range(widget.count()):
+            it = widget.item(i)
+            it.setCheckState(Qt.CheckState.Checked if it.text() in names else Qt.CheckState.Unchecked)
+
+    def set_compare_items(self, items: list[str], targets: list[str] | None = None,
+                          models: list[str] | None = None) -> None:
+        """Tick these compare-list entries (and, if given, these targets and models)."""
+        self._tick(self.compare_list, items)
+        if targets is not None:
+            self._tick(self.compare_targets, targets)
+        if models is not None:
+            self._tick(self.compare_models, models)
 
     def _show_comparison(self, req, results: list) -> None:
         viewer = self._viewer
@@ -1269,7 +1397,7 @@ class LrpDesignerWidget(QWidget):
         for layer in viewer.layers:
             layer.visible = False
         anatomy = req["volume"].data[0]
-        limit = robust_limit([rel.data.sum(axis=0) for _, rel in results])
+        limit = common_limit([rel.data.sum(axis=0) for _, rel in results])
         added = []
         for i, (label, rel) in enumerate(results):
             title = f"{i + 1}. {label}"

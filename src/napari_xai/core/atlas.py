@@ -57,7 +57,14 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .errors import UserError, XaiWarning
-from .geometry import resample_to_grid, vox_to_world, voxel_sizes, voxel_volume_mm3, world_to_vox
+from .geometry import (  # first_nonzero_along_ray: part of this module's API (3D picking)
+    first_nonzero_along_ray,
+    resample_to_grid,
+    vox_to_world,
+    voxel_sizes,
+    voxel_volume_mm3,
+    world_to_vox,
+)
 
 DEFAULT_PROB_THRESHOLD = 0.25
 """Default probability threshold (fraction) for the maximum-probability labelling."""
@@ -1327,54 +1334,6 @@ def clear_caches() -> None:
 
 # --------------------------------------------------------------------------------------
 # 3D picking
-
-
-def first_nonzero_along_ray(
-    volume: np.ndarray,
-    affine: np.ndarray,
-    point_mm: Sequence[float],
-    direction_mm: Sequence[float],
-    step_vox: float = 0.5,
-) -> tuple[int, int, int] | None:
-    """First voxel with a non-zero value along a viewing ray (3D picking).
-
-    The ray is the line through ``point_mm`` along ``direction_mm`` (world mm,
-    pointing away from the camera); it is walked from where it enters the
-    grid, in steps of ``step_vox`` voxels. Returns the voxel (i, j, k) or None.
-    """
-    vol = np.asarray(volume)
-    shape = np.asarray(vol.shape[:3], dtype=float)
-    inv = np.linalg.inv(np.asarray(affine, dtype=float))
-    p = inv[:3, :3] @ np.asarray(point_mm, dtype=float) + inv[:3, 3]
-    d = inv[:3, :3] @ np.asarray(direction_mm, dtype=float)
-    norm = float(np.linalg.norm(d))
-    if norm == 0 or not np.all(np.isfinite(p)):
-        return None
-    d = d / norm
-    lo, hi = -0.5, shape - 0.5
-    t0, t1 = -np.inf, np.inf
-    for ax in range(3):
-        if abs(d[ax]) < 1e-12:
-            if p[ax] < lo or p[ax] > hi[ax]:
-                return None
-            continue
-        ta = (lo - p[ax]) / d[ax]
-        tb = (hi[ax] - p[ax]) / d[ax]
-        t0 = max(t0, min(ta, tb))
-        t1 = min(t1, max(ta, tb))
-    if not t0 < t1:
-        return None
-    ts = np.arange(t0, t1, step_vox)
-    pts = np.floor(p[None] + ts[:, None] * d[None] + 0.5).astype(np.int64)
-    ok = np.all((pts >= 0) & (pts < shape.astype(np.int64)), axis=1)
-    pts = pts[ok]
-    if pts.size == 0:
-        return None
-    vals = vol[pts[:, 0], pts[:, 1], pts[:, 2]]
-    hit = np.flatnonzero(vals)
-    if hit.size == 0:
-        return None
-    return tuple(int(v) for v in pts[hit[0]])  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------

@@ -239,7 +239,7 @@ def explain(
     *,
     segmentation: bool = False,
     mask: np.ndarray | None = None,
-    point: tuple[int, int, int] | None = None,
+    point: tuple[int, int, int] | Any | None = None,
     output_index: int = 0,
     connectivity: int = 26,
 ) -> Relevance:
@@ -272,9 +272,11 @@ def explain(
         Implied by ``mask`` or ``point``. Without it a map output is an error.
     mask : np.ndarray, optional
         Target mask (i, j, k) on the volume grid, non-zero = inside (e.g. a Labels layer).
-    point : tuple of 3 int, optional
+    point : tuple of 3 int or segmentation.Ray, optional
         Voxel (i, j, k) on the volume grid: the target mask is the connected
-        component of the predicted target region that contains it.
+        component of the predicted target region that contains it. A ``Ray``
+        (a click in a 3D view, voxel coordinates) takes the first voxel of that
+        region along the ray.
     output_index : int
         Which output to explain when the model returns a tuple (deep
         supervision); the first by default, with a warning.

@@ -124,6 +124,24 @@ def mask_to_grid(mask: np.ndarray, volume_shape: tuple[int, ...], grid_shape: tu
     return out
 
 
+@dataclass(frozen=True)
+class Ray:
+    """A viewing ray on the volume grid, in voxel coordinates: a click in a 3D view.
+
+    ``origin`` is any point on the ray (napari's cursor position in data
+    coordinates) and ``direction`` points away from the camera. The component
+    under the click is the one that contains the first voxel of the target
+    class's predicted region that the ray meets.
+    """
+
+    origin: tuple[float, float, float]
+    direction: tuple[float, float, float]
+
+    def record(self) -> dict:
+        return {"origin": [round(float(v), 3) for v in self.origin],
+                "direction": [round(float(v), 6) for v in self.direction]}
+
+
 def component_at(region: np.ndarray, point: tuple[int, ...], connectivity: int = 26) -> np.ndarray:
     """The connected component of boolean ``region`` that contains voxel ``point`` (6/18/26-connectivity)."""
     from scipy import ndimage
@@ -230,6 +248,7 @@ class SegmentationTarget:
     score: float
     class_voxels: list[int]
     point: tuple[int, ...] | None = None
+    ray: Ray | None = None
     notes: list[str] = field(default_factory=list)
 
     def record(self) -> dict:
@@ -238,6 +257,8 @@ class SegmentationTarget:
                "output_grid": list(self.mask.shape)}
         if self.point is not None:
             out["point"] = [int(v) for v in self.point]
+        if self.ray is not None:
+            out["ray"] = self.ray.record()
         return out
 
 
@@ -259,7 +280,7 @@ def resolve_mask(
     target: int,
     volume_shape: tuple[int, ...],
     mask: np.ndarray | None = None,
-    point: tuple[int, ...] | None = None,
+    point: tuple[int, ...] | Ray | None = None,
     connectivity: int = 26,
     names: list[str] | None = None,
 ) -> SegmentationTarget:
@@ -275,9 +296,10 @@ def resolve_mask(
         Shape of the input volume grid (where ``mask`` and ``point`` live).
     mask : np.ndarray, optional
         User mask on the volume grid (non-zero = inside).
-    point : tuple of int, optional
+    point : tuple of int or Ray, optional
         Voxel (i, j, k) on the volume grid: explain the connected component of
-        the predicted target region that contains it.
+        the predicted target region that contains it. A :class:`Ray` (a click
+        in a 3D view) picks the first voxel of that region along the ray.
     connectivity : int
         6, 18 or 26 for the component.
     names : list of str, optional
@@ -285,6 +307,7 @@ def resolve_mask(
     """
     if mask is not None and point is not None:
         raise UserError("give either a mask or a point (connected component), not both.")
+    ray: Ray | None = None
     channels = int(logits.shape[1])
     grid = tuple(int(s) for s in logits.shape[2:])
     labels = predicted_labels(logits).cpu().numpy()
@@ -298,6 +321,16 @@ def resolve_mask(
         source = "mask"
     elif point is not None:
         region_vol = resize_labels(class_region(labels, target, channels), volume_shape).astype(bool)
+        if isinstance(point, Ray):
+            from .geometry import first_nonzero_along_ray
+
+            ray = point
+            point = first_nonzero_along_ray(region_vol, np.eye(4), ray.origin, ray.direction)
+            if point is None:
+                raise UserError(
+                    f"the viewing ray through the click meets no voxel predicted as '{cname}'; click on the "
+                    "predicted segmentation in the 3D view, or choose another target class."
+                )
         comp = component_at(region_vol, point, connectivity)
         m = resize_labels(comp, grid).astype(bool)
         if not m.any():
@@ -314,4 +347,5 @@ def resolve_mask(
     score = float((logits.detach()[0, int(target)] * torch.from_numpy(m).to(logits)).sum())
     return SegmentationTarget(labels=labels, mask=m, source=source, target=int(target), voxels=int(m.sum()),
                               score=score, class_voxels=class_voxels,
-                              point=tuple(int(round(float(v))) for v in point) if point is not None else None)
+                              point=tuple(int(round(float(v))) for v in point) if point is not None else None,
+                              ray=ray)

@@ -1,0 +1,182 @@
+"""Side-by-side comparisons: one input under several methods, LRP configurations, targets and models.
+
+A comparison is the product of three axes:
+
+* **what**: LRP configurations (by name) and registry methods;
+* **target**: class indices or names (``None`` = each model's predicted class);
+* **model**: keys of already-loaded models.
+
+Every cell is one :func:`~napari_xai.core.explain.explain` call on the same
+input volume, so all maps live on the input grid and can be shown side by side
+with one colour limit (:func:`common_limit`). Cell labels name only the axes
+that vary, e.g. ``lrp-0 · class 1`` when two configurations meet two targets
+of one model. Headless (CLI ``compare``) and napari (the LRP designer's
+Compare tab) share this code.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import Cancelled, UserError
+
+__all__ = ["Cell", "Item", "common_limit", "label_items", "plan", "run_comparison"]
+
+#: Upper bound on the number of cells (each one is a full explanation; napari's grid gets crowded beyond this).
+MAX_CELLS = 24
+
+
+@dataclass(frozen=True)
+class Item:
+    """One comparison cell: what to run (``kind`` "config" or "method", and its name), for which target and model."""
+
+    kind: str
+    name: str
+    target: int | str | None = None
+    model: str = ""
+
+    def target_text(self) -> str:
+        return "predicted" if self.target is None else str(self.target)
+
+
+@dataclass
+class Cell:
+    """A comparison result: its label, what was asked, and the relevance."""
+
+    label: str
+    item: Item
+    relevance: Any  # napari_xai.core.explain.Relevance
+
+
+def plan(whats: Sequence[tuple[str, str]], targets: Sequence[int | str | None] = (None,),
+         models: Sequence[str] = ("",)) -> list[Item]:
+    """The product of the three axes, in model-major, then target, then what order.
+
+    ``whats`` are ``(kind, name)`` pairs with kind ``"config"`` or ``"method"``.
+    Duplicate entries on an axis are dropped (first one kept).
+    """
+    whats = list(dict.fromkeys((str(k), str(n)) for k, n in whats))
+    targets = list(dict.fromkeys(None if t in (None, "", "predicted") else t for t in targets)) or [None]
+    models = list(dict.fromkeys(models)) or [""]
+    bad = [k for k, _ in whats if k not in ("config", "method")]
+    if bad:
+        raise UserError(f"unknown comparison kind {bad[0]!r}; use 'config' or 'method'.")
+    if not whats:
+        raise UserError("choose at least one configuration or method to compare.")
+    items = [Item(k, n, t, m) for m, t, (k, n) in itertools.product(models, targets, whats)]
+    if len(items) > MAX_CELLS:
+        raise UserError(
+            f"{len(whats)} methods/configurations x {len(targets)} targets x {len(models)} models = {len(items)} "
+            f"cells; at most {MAX_CELLS} fit a readable grid. Untick some."
+        )
+    return items
+
+
+def label_items(items: Sequence[Item]) -> list[str]:
+    """Short unique labels: only the axes that vary between items are named (what · target · model)."""
+    vary_what = len({(i.kind, i.name) for i in items}) > 1
+    vary_target = len({i.target for i in items}) > 1
+    vary_model = len({i.model for i in items}) > 1
+    labels = []
+    for i in items:
+        parts = []
+        if vary_what or not (vary_target or vary_model):
+            parts.append(i.name)
+        if vary_target:
+            parts.append(i.target_text())
+        if vary_model:
+            parts.append(i.model)
+        labels.append(" · ".join(parts))
+    return labels
+
+
+def common_limit(arrays: Sequence[np.ndarray], percentile: float = 99.99) -> float:
+    """One colour limit for several signed maps: the largest ``percentile`` of the non-zero |r| among them."""
+    lims = []
+    for a in arrays:
+        v = np.abs(np.asarray(a, dtype=np.float64))
+        v = v[v > 0]
+        if v.size:
+            lims.append(float(np.percentile(v, percentile)))
+    return max(lims) if lims else 1.0
+
+
+def run_comparison(
+    volume,
+    items: Sequence[Item],
+    models: Mapping[str, Any],
+    configs: Mapping[str, Any] | None = None,
+    *,
+    progress: Callable[[float, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **explain_kwargs,
+) -> list[Cell]:
+    """Explain ``volume`` once per item.
+
+    Parameters
+    ----------
+    volume : Volume
+    items : sequence of Item
+        From :func:`plan`.
+    models : mapping
+        Model key -> :class:`~napari_xai.core.models.LoadedModel`.
+    configs : mapping, optional
+        Configuration name -> :class:`~napari_xai.core.lrp_config.LrpConfig` for ``config`` items.
+    progress, should_stop
+        As for :func:`explain`; progress covers the whole comparison.
+    **explain_kwargs
+        Passed to every :func:`explain` call (``segmentation``, ``mask``,
+        ``point``, ``normalization``, ...).
+
+    A failing cell raises :class:`UserError` naming the cell; nothing is returned then.
+    """
+    from .explain import explain
+    from .lrp_config import save_configs
+
+    configs = dict(configs or {})
+    missing = sorted({i.model for i in items if i.model not in models})
+    if missing:
+        raise UserError(f"model {missing[0]!r} is not loaded; add it to the comparison first.")
+    unknown = sorted({i.name for i in items if i.kind == "config" and i.name not in configs})
+    if unknown:
+        raise UserError(f"no LRP configuration named {unknown[0]!r}; choose one of: {', '.join(configs) or 'none'}.")
+    labels = label_items(items)
+    stop = should_stop or (lambda: False)
+    cells: list[Cell] = []
+    with tempfile.TemporaryDirectory(prefix="napari-xai-compare-") as tmp:
+        library = None
+        used = [configs[n] for n in dict.fromkeys(i.name for i in items if i.kind == "config")]
+        if used:
+            library = Path(tmp) / "configurations.json"
+            save_configs(library, used)
+        for k, (item, label) in enumerate(zip(items, labels)):
+            if stop():
+                raise Cancelled("cancelled by the user")
+            n = len(items)
+
+            def sub(f: float, m: str, k=k, label=label) -> None:
+                if progress is not None:
+                    progress((k + min(max(f, 0.0), 1.0)) / n, f"{k + 1}/{n} {label}: {m}")
+
+            if item.kind == "config":
+                method, params = "lrp", {"config": str(library), "configuration": item.name, "boundaries": False}
+            else:
+                method, params = item.name, {}
+            try:
+                rel = explain(volume, models[item.model], method, params=params, target=item.target,
+                              progress=sub, should_stop=stop, **explain_kwargs)
+            except UserError as exc:
+                raise UserError(f"comparison cell '{label}': {exc}") from None
+            if item.kind == "config":
+                # the temporary library path means nothing later; the full configuration is in 'configuration'
+                rel.provenance["params"]["config"] = None
+            cells.append(Cell(label, item, rel))
+    if progress is not None:
+        progress(1.0, f"compared {len(cells)} cells")
+    return cells
