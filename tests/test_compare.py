@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from napari_xai.core.compare import Item, common_limit, label_items, plan, run_comparison
+from napari_xai.core.compare import Item, cell_limits, common_limit, label_items, plan, run_comparison
 from napari_xai.core.errors import Cancelled, UserError
 from napari_xai.core.lrp_config import LrpConfig, Segment
 from napari_xai.core.lrp_rules import preset_params
@@ -76,6 +76,8 @@ def test_common_limit_is_the_largest_percentile_over_all_maps():
     assert common_limit([a, b], percentile=100) == 10.0
     assert common_limit([a], percentile=50) == 2.0  # median of |r| over the non-zero voxels 1, 2, 3
     assert common_limit([np.zeros(3)]) == 1.0
+    assert common_limit([np.zeros(3), a], percentile=100) == 3.0  # an all-zero map does not pull the limit to 1
+    assert cell_limits([a, b, np.zeros(2)], percentile=100) == [3.0, 10.0, 1.0]
 
 
 def test_cells_across_methods_configurations_targets_and_models_are_hand_computed(setup):
@@ -94,7 +96,8 @@ def test_cells_across_methods_configurations_targets_and_models_are_hand_compute
         np.testing.assert_allclose(cell.relevance.data, expected, rtol=1e-4, atol=1e-6, err_msg=cell.label)
         assert cell.relevance.target == t
         assert cell.relevance.provenance["model"]["source"] == cell.item.model
-    assert cells[0].label == "lrp-0 everywhere · healthy · A" and cells[-1].label == "input-x-gradient · 1 · B"
+    # labels name the explained class, whether it was asked by name or by index
+    assert cells[0].label == "lrp-0 everywhere · healthy · A" and cells[-1].label == "input-x-gradient · sick · B"
     # the configuration is recorded in full, not as the temporary library path
     params = cells[0].relevance.provenance["params"]
     assert params["config"] is None and params["configuration"]["name"] == "lrp-0 everywhere"

@@ -20,7 +20,8 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from napari_xai._qt.lrp_widget import COMPARE_STRIDE, LrpDesignerWidget  # noqa: E402
+from napari_xai._layers import COMPARE_STRIDE  # noqa: E402
+from napari_xai._qt.lrp_widget import LrpDesignerWidget  # noqa: E402
 from napari_xai.core.errors import UserError  # noqa: E402
 
 TIMEOUT_MS = 60_000
@@ -330,7 +331,7 @@ def test_comparison_across_targets_and_models(make_napari_viewer, nets, qtbot):
     key_a = w.add_compare_model()
     w.kwargs.setText('{"seed": 1}')
     key_b = w.add_compare_model()
-    assert (key_a, key_b) == ("nets:Reordered", "nets:Reordered #2")
+    assert (key_a, key_b) == ("Reordered", "Reordered #2")
     assert w.add_compare_model() == key_b  # the same source is not added twice
     assert [w.compare_targets.item(i).text() for i in range(w.compare_targets.count())] == ["predicted", "class 0", "class 1"]
     w.compare_3d.setChecked(False)

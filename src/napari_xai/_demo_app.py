@@ -137,22 +137,26 @@ def screenshot_3d(volume, mask, rel, path: Path) -> None:
     _preload_torch_extras()
     import napari
 
-    from .core.volumes import atomic_write_bytes
-
     viewer = napari.Viewer(show=True, title="napari-xai demo")
     try:
         viewer.window.resize(1200, 900)
         populate_viewer(viewer, volume, mask, rel)
-        img = viewer.screenshot(canvas_only=True, flash=False)
-        import io
-
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="PNG")
-        atomic_write_bytes(path, buf.getvalue())
+        save_canvas_png(viewer, path)
     finally:
         viewer.close()
+
+
+def save_canvas_png(viewer, path: Path) -> None:
+    """The viewer's canvas as a PNG file, written atomically (temporary file, then rename)."""
+    import io
+
+    from PIL import Image
+
+    from .core.volumes import atomic_write_bytes
+
+    buf = io.BytesIO()
+    Image.fromarray(viewer.screenshot(canvas_only=True, flash=False)).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _print_progress(frac: float, msg: str) -> None:

@@ -65,3 +65,55 @@ def upsert(viewer, layer_tuples: list[tuple]) -> list:
             adder = getattr(viewer, f"add_{kind}")
             out.append(adder(data, **kwargs))
     return out
+
+
+#: Layers per comparison grid cell: anatomy, positive and negative relevance.
+COMPARE_STRIDE = 3
+
+
+def comparison_layer_data(anatomy: np.ndarray, results: list, limit, meta_key: str = "xai_compare") -> list[tuple]:
+    """Layer tuples for a comparison grid: per cell the anatomy (titled) and the channel-summed signed relevance.
+
+    ``results`` are ``(label, Relevance)`` pairs on one grid. ``limit`` is one
+    number (every relevance layer gets contrast limits ``(0, limit)``) or one
+    per cell. Each layer's metadata holds ``{meta_key: {"kind": "compare",
+    "item": label, "limit": limit}}``.
+    """
+    from types import SimpleNamespace
+
+    limits = [float(limit)] * len(results) if np.ndim(limit) == 0 else [float(v) for v in limit]
+    tuples: list[tuple] = []
+    for i, ((label, rel), limit) in enumerate(zip(results, limits)):
+        title = f"{i + 1}. {label}"
+        tag = {"kind": "compare", "item": label, "limit": float(limit)}
+        meta = {"affine": rel.affine, "nifti_header": rel.header, "provenance": rel.provenance,
+                "warnings": list(rel.warnings), meta_key: dict(tag)}
+        tuples.append((np.asarray(anatomy), {"name": title, "affine": rel.affine, "colormap": "gray", "rendering": "mip",
+                                             "opacity": 0.35, "metadata": meta}, "image"))
+        summed = SimpleNamespace(data=np.asarray(rel.data, np.float32).sum(axis=0)[None], label=title,
+                                 affine=rel.affine, header=rel.header, provenance=rel.provenance,
+                                 warnings=list(rel.warnings))
+        for data, kw, kind in relevance_layer_data(summed, 0, title):
+            kw["metadata"][meta_key] = dict(tag)
+            kw["contrast_limits"] = (0.0, float(limit))
+            tuples.append((data, kw, kind))
+    return tuples
+
+
+def show_grid(viewer, tuples: list[tuple], three_d: bool = True) -> list:
+    """Add comparison layers at the bottom of the list and switch napari's grid on, one cell per item."""
+    added = []
+    for data, kw, _ in tuples:
+        layer = viewer.add_image(data, **kw)
+        if kw.get("colormap") == "gray":
+            layer.name_overlay.visible = True  # the cell's title
+        added.append(layer)
+    # grid cells are consecutive runs of COMPARE_STRIDE layers from the bottom of the list
+    for k, layer in enumerate(added):
+        viewer.layers.move(viewer.layers.index(layer), k)
+    viewer.canvas.grid.stride = COMPARE_STRIDE
+    viewer.canvas.grid.enabled = True
+    if three_d:
+        viewer.dims.ndisplay = 3
+    viewer.reset_view()
+    return added

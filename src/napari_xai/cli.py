@@ -1,4 +1,4 @@
-"""Command line: ``napari-xai explain | methods | demo | clusters``.
+"""Command line: ``napari-xai explain | methods | demo | clusters | regions | atlases | lrp-layers | compare``.
 
 Exit codes: 0 success, 2 user error (one line on stderr, no traceback), 1 internal error.
 """
@@ -161,12 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     from ._cli_clusters import add_subcommand as add_clusters
+    from ._cli_compare import add_subcommand as add_compare
     from ._cli_lrp import add_subcommand as add_lrp_layers
     from ._cli_regions import add_subcommand as add_regions
 
     add_clusters(sub)
     add_regions(sub)
     add_lrp_layers(sub)
+    add_compare(sub)
     return parser
 
 

@@ -65,7 +65,7 @@ from qtpy.QtWidgets import (
 from ..core.errors import Cancelled, UserError
 from ..core.lrp_config import LayerInfo, LrpConfig, Segment, default_config, load_configs, resolve, save_configs
 from ..core.lrp_rules import CUSTOM, PARAM_HELP, PRESETS, STEPS, RuleParams, formula, match_preset
-from ..core.compare import common_limit
+from ..core.compare import cell_limits, common_limit
 from ..core.segmentation import Ray
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,7 +81,6 @@ KIND_TEXT = {"rule": "segment rule", "pass": "pass", "sum": "sum rule", "gradien
 REST = "(rest)"
 PARAM_RANGE = {"alpha": (0.0, 10.0), "beta": (0.0, 9.0), "epsilon": (0.0, 100.0)}
 META_KEY = "xai_lrp"
-COMPARE_STRIDE = 3  # anatomy, positive, negative relevance per grid cell
 
 
 def volume_from_layers(viewer, names: list[str]):
@@ -478,9 +477,16 @@ class LrpDesignerWidget(QWidget):
         lay.addLayout(axes, 2)
         self._compare_sources: dict[str, tuple[str, dict]] = {}
         self._set_compare_targets([])
+        opts = QHBoxLayout()
         self.compare_3d = QCheckBox("3D view")
         self.compare_3d.setChecked(True)
-        lay.addWidget(self.compare_3d)
+        self.compare_common = QCheckBox("one colour scale for all cells")
+        self.compare_common.setChecked(True)
+        self.compare_common.setToolTip("Untick when methods with different units meet (e.g. occlusion and LRP):\n"
+                                       "then each cell is scaled to its own 99.99th percentile of |relevance|.")
+        opts.addWidget(self.compare_3d)
+        opts.addWidget(self.compare_common)
+        lay.addLayout(opts)
         row = QHBoxLayout()
         self.compare_btn = QPushButton("Compare in grid")
         self.compare_btn.clicked.connect(lambda: self.compare())
@@ -1085,7 +1091,11 @@ class LrpDesignerWidget(QWidget):
                 sources = {m: self._compare_sources[m] for m in models}
             else:
                 sources = {"": self.model_source()}
-            plan_items = plan(whats, targets or [None], list(sources))
+            # class names of the Design tab's model become indices, so models that name classes differently
+            # (or not at all) explain the same output
+            classes = [self.target.itemText(i) for i in range(1, self.target.count())]
+            idx = [None if t == "predicted" else classes.index(t) if t in classes else t for t in targets or [None]]
+            plan_items = plan(whats, idx, list(sources))
             req = self._request()
         except UserError as exc:
             self._fail(str(exc))
@@ -1117,26 +1127,13 @@ class LrpDesignerWidget(QWidget):
 
         return prepare_input(req["volume"], model)[0]
 
-    def _model_key_for(self, source: str, extra: dict) -> str:
-        """A short, unique name for a model source in the comparison (file or folder stem, or 'demo')."""
-        if source == "demo":
-            base = "demo"
-        elif ".py:" in source:
-            path, cls = source.rsplit(":", 1)
-            base = f"{Path(path).stem}:{cls}"
-        else:
-            base = Path(source.rstrip("/\\")).name
-        if extra.get("weights"):
-            base += f" ({Path(extra['weights']).name})"
-        key, n = base, 2
-        while key in self._compare_sources and self._compare_sources[key] != (source, extra):
-            key, n = f"{base} #{n}", n + 1
-        return key
-
     def add_compare_model(self) -> str:
         """Add the Design tab's model source to the comparison's models list (ticked); returns its key."""
+        from ..core.compare import model_name
+
         source, extra = self.model_source()
-        key = self._model_key_for(source, extra)
+        same = [k for k, v in self._compare_sources.items() if v == (source, extra)]
+        key = same[0] if same else model_name(source, extra.get("weights"), list(self._compare_sources))
         if key not in self._compare_sources:
             self._compare_sources[key] = (source, dict(extra))
             item = QListWidgetItem(key)
@@ -1396,30 +1393,16 @@ class LrpDesignerWidget(QWidget):
                                 "ndisplay": viewer.dims.ndisplay, "stride": viewer.canvas.grid.stride}
         for layer in viewer.layers:
             layer.visible = False
-        anatomy = req["volume"].data[0]
-        limit = common_limit([rel.data.sum(axis=0) for _, rel in results])
-        added = []
-        for i, (label, rel) in enumerate(results):
-            title = f"{i + 1}. {label}"
-            meta = self._meta(rel, {"kind": "compare", "item": label, "limit": limit})
-            img = viewer.add_image(anatomy, name=title, affine=rel.affine, colormap="gray", rendering="mip",
-                                   opacity=0.35, metadata={**meta, "affine": rel.affine})
-            img.name_overlay.visible = True
-            added.append(img)
-            for data, kw, _ in signed_layers(rel.data.sum(axis=0), f"{i + 1}. {label}", rel.affine, meta, limit):
-                kw["metadata"][META_KEY] = {"kind": "compare", "item": label, "limit": limit}
-                added.append(viewer.add_image(data, **kw))
-        # the comparison layers go to the bottom of the list so that the grid cells (index // stride) align
-        for k, layer in enumerate(added):
-            viewer.layers.move(viewer.layers.index(layer), k)
-        viewer.canvas.grid.stride = COMPARE_STRIDE
-        viewer.canvas.grid.enabled = True
-        if self.compare_3d.isChecked():
-            viewer.dims.ndisplay = 3
-        viewer.reset_view()
+        from .._layers import comparison_layer_data, show_grid
+
+        maps = [rel.data.sum(axis=0) for _, rel in results]
+        common = self.compare_common.isChecked()
+        limit = common_limit(maps) if common else cell_limits(maps)
+        show_grid(viewer, comparison_layer_data(req["volume"].data[0], results, limit, META_KEY),
+                  three_d=self.compare_3d.isChecked())
         self.last_comparison = results
-        self.status.setText(f"{len(results)} items side by side; colour limit 0…{limit:.3g} for all "
-                            "(hot: positive, cyan: negative relevance).")
+        scale = f"colour limit 0…{limit:.3g} for all" if common else "each cell scaled to its own 99.99th percentile"
+        self.status.setText(f"{len(results)} cells side by side; {scale} (hot: positive, cyan: negative relevance).")
 
     def exit_grid(self) -> None:
         viewer = self._viewer

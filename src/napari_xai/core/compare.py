@@ -8,7 +8,8 @@ A comparison is the product of three axes:
 
 Every cell is one :func:`~napari_xai.core.explain.explain` call on the same
 input volume, so all maps live on the input grid and can be shown side by side
-with one colour limit (:func:`common_limit`). Cell labels name only the axes
+with one colour limit (:func:`common_limit`), or each with its own
+(:func:`cell_limits`) when methods with different units meet. Cell labels name only the axes
 that vary, e.g. ``lrp-0 · class 1`` when two configurations meet two targets
 of one model. Headless (CLI ``compare``) and napari (the LRP designer's
 Compare tab) share this code.
@@ -26,7 +27,7 @@ import numpy as np
 
 from .errors import Cancelled, UserError
 
-__all__ = ["Cell", "Item", "common_limit", "label_items", "plan", "run_comparison"]
+__all__ = ["Cell", "Item", "cell_limits", "common_limit", "label_items", "model_name", "plan", "run_comparison", "slug"]
 
 #: Upper bound on the number of cells (each one is a full explanation; napari's grid gets crowded beyond this).
 MAX_CELLS = 24
@@ -52,6 +53,31 @@ class Cell:
     label: str
     item: Item
     relevance: Any  # napari_xai.core.explain.Relevance
+
+
+def model_name(source: str, weights: str | None = None, taken: Sequence[str] = ()) -> str:
+    """A short name for a model source: ``demo``, the class of ``file.py:Class`` (with the weights file's stem),
+    or the bundle/file name; unique among ``taken`` (``#2``, ``#3``... appended)."""
+    source = str(source)
+    if source == "demo":
+        base = "demo"
+    elif ".py:" in source:
+        base = source.rsplit(":", 1)[1]
+    else:
+        base = Path(source.rstrip("/\\")).name or source
+    if weights:
+        base += f" ({Path(str(weights)).name.split('.')[0]})"
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base} #{n}", n + 1
+    return name
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a cell label."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_.") or "cell"
 
 
 def plan(whats: Sequence[tuple[str, str]], targets: Sequence[int | str | None] = (None,),
@@ -96,14 +122,19 @@ def label_items(items: Sequence[Item]) -> list[str]:
     return labels
 
 
-def common_limit(arrays: Sequence[np.ndarray], percentile: float = 99.99) -> float:
-    """One colour limit for several signed maps: the largest ``percentile`` of the non-zero |r| among them."""
+def cell_limits(arrays: Sequence[np.ndarray], percentile: float = 99.99) -> list[float]:
+    """Each signed map's own colour limit: the ``percentile`` of its non-zero |r| (1.0 for an all-zero map)."""
     lims = []
     for a in arrays:
         v = np.abs(np.asarray(a, dtype=np.float64))
         v = v[v > 0]
-        if v.size:
-            lims.append(float(np.percentile(v, percentile)))
+        lims.append(float(np.percentile(v, percentile)) if v.size else 1.0)
+    return lims
+
+
+def common_limit(arrays: Sequence[np.ndarray], percentile: float = 99.99) -> float:
+    """One colour limit for several signed maps: the largest ``percentile`` of the non-zero |r| among them."""
+    lims = [lim for lim, a in zip(cell_limits(arrays, percentile), arrays) if np.any(np.asarray(a) != 0)]
     return max(lims) if lims else 1.0
 
 
@@ -177,6 +208,16 @@ def run_comparison(
                 # the temporary library path means nothing later; the full configuration is in 'configuration'
                 rel.provenance["params"]["config"] = None
             cells.append(Cell(label, item, rel))
+    # labels name the explained classes (e.g. 'sick', not '1', as the first model that explains it calls it);
+    # 'predicted' stays as asked
+    display: dict = {}
+    for c in cells:
+        if c.item.target is not None:
+            display.setdefault(c.item.target, c.relevance.target_name)
+    if len(set(display.values())) == len(display):
+        shown = [Item(c.item.kind, c.item.name, display.get(c.item.target), c.item.model) for c in cells]
+        for c, label in zip(cells, label_items(shown)):
+            c.label = label
     if progress is not None:
         progress(1.0, f"compared {len(cells)} cells")
     return cells

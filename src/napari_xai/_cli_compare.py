@@ -1,0 +1,226 @@
+"""``napari-xai compare``: one input under several methods, LRP configurations, targets and models.
+
+Every ticked combination (method or configuration x target x model) is one
+cell (:mod:`napari_xai.core.compare`). The command writes, into ``--out-dir``:
+
+* ``NN_<label>.nii.gz`` per cell, the channel-summed relevance on the input
+  grid, each with a JSON sidecar holding its full provenance;
+* ``comparison.json``: the cells (label, what, target, model, file, sums,
+  conservation) and the common colour limit, plus the command line;
+* with ``--png``, ``comparison.png``: napari's grid view of all cells with one
+  colour scale (rendered on a private Xvfb display when there is none).
+
+Existing files are never replaced without ``--overwrite``; if a cell fails,
+nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .core.errors import UserError
+
+HELP = "explain one input with several methods/LRP configurations, targets and models; one cell each"
+
+
+def add_subcommand(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("compare", help=HELP, description=HELP + ".")
+    p.add_argument("volume", nargs="+", metavar="VOLUME", help="NIfTI file(s); several become channels in this order")
+    p.add_argument("--model", action="append", required=True, metavar="SOURCE",
+                   help="demo | MONAI bundle folder | file.py:Class | TorchScript file; repeat to compare models")
+    p.add_argument("--weights", action="append", metavar="W.pt",
+                   help="state_dict checkpoint for each file.py:Class --model, in the same order")
+    p.add_argument("--model-kwargs", metavar="JSON", help="constructor keyword arguments (JSON) for every file.py:Class model")
+    p.add_argument("--trust-model", action="store_true",
+                   help="allow full unpickling and bundle code execution: this RUNS CODE from the model files")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--method", action="append", metavar="NAME",
+                   help="attribution method (see 'napari-xai methods'); repeatable; 'lrp' = the default LRP composite")
+    p.add_argument("--config", metavar="CONFIG.json", help="LRP configuration library (from the LRP designer)")
+    p.add_argument("--configuration", action="append", metavar="NAME",
+                   help="configuration of --config to compare; repeatable (default: every configuration in the file)")
+    p.add_argument("--target", action="append", metavar="CLASS",
+                   help="class index or name; repeatable (default: each model's predicted class)")
+    p.add_argument("--normalization", choices=("none", "zscore", "minmax"), help="override the models' normalisation")
+    p.add_argument("--input-shape", metavar="D,H,W", help="model grid when a model does not declare one")
+    g = p.add_argument_group("segmentation models")
+    g.add_argument("--segmentation", action="store_true", help="explain the masked sum of the target's logit map")
+    g.add_argument("--mask", metavar="MASK.nii.gz", help="mask on the input grid; implies --segmentation")
+    from ._cli_lrp import _point
+
+    g.add_argument("--point", type=_point, metavar="I,J,K", help="connected predicted component at this voxel")
+    p.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the cell NIfTIs, comparison.json (and .png)")
+    p.add_argument("--png", action="store_true", help="also render comparison.png (napari grid, one colour scale)")
+    p.add_argument("--view", choices=("3d", "2d"), default="3d", help="view of --png (default 3d)")
+    p.add_argument("--scale", choices=("common", "per-cell"), default="common",
+                   help="--png colours: one limit for all cells (default) or each cell its own (methods in other units)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files in --out-dir")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_compare)
+    return p
+
+
+def _models(args):
+    """name -> LoadedModel, in --model order; --weights go to the file.py:Class models in order."""
+    from .core.compare import model_name
+    from .core.models import load_model
+
+    py = [s for s in args.model if ".py:" in s]
+    weights = list(args.weights or [])
+    if weights and len(weights) != len(py):
+        raise UserError(f"{len(weights)} --weights for {len(py)} file.py:Class model(s); give one per such --model, in order.")
+    pending = iter(weights)
+    out = {}
+    for source in args.model:
+        w = next(pending, None) if ".py:" in source else None
+        name = model_name(source, w, list(out))
+        out[name] = load_model(source, weights=w, model_kwargs=args.model_kwargs if ".py:" in source else None,
+                               device=args.device, trust=args.trust_model)
+    return out
+
+
+def _whats(args) -> tuple[list[tuple[str, str]], dict]:
+    from .core.lrp_config import load_configs
+    from .core.registry import get_method
+
+    whats = [("method", get_method(m).name) for m in (args.method or [])]
+    configs: dict = {}
+    if args.config:
+        library, _ = load_configs(args.config)
+        by_name = {c.name: c for c in library}
+        names = args.configuration or list(by_name)
+        for n in names:
+            if n not in by_name:
+                raise UserError(f"{args.config} has no configuration {n!r}; it has: {', '.join(by_name)}.")
+            configs[n] = by_name[n]
+            whats.append(("config", n))
+    elif args.configuration:
+        raise UserError("--configuration names a configuration inside --config CONFIG.json; give --config too.")
+    if not whats:
+        raise UserError("give at least one --method or a --config library to compare.")
+    return whats, configs
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .core.compare import cell_limits, common_limit, plan, run_comparison, slug
+    from .core.provenance import to_json, write_sidecar
+    from .core.volumes import atomic_write_bytes, load_nifti, remove_files, save_nifti, stack_channels
+
+    outdir = Path(args.out_dir)
+    if outdir.exists() and not outdir.is_dir():
+        raise UserError(f"--out-dir {outdir} is a file; give a folder.")
+    whats, configs = _whats(args)
+    targets = args.target or [None]
+    volume = stack_channels([load_nifti(p) for p in args.volume])
+    kwargs: dict = {"normalization": args.normalization, "input_shape": args.input_shape}
+    if args.mask:
+        m = load_nifti(args.mask)
+        if m.channels != 1:
+            raise UserError(f"--mask {args.mask} has {m.channels} channels; give one 3D mask.")
+        kwargs["mask"] = m.data[0]
+    if args.point:
+        kwargs["point"] = tuple(args.point)
+    kwargs["segmentation"] = bool(args.segmentation or args.mask or args.point)
+    plan(whats, targets, [str(i) for i in range(len(args.model))])  # too many cells: say so before loading models
+    models = _models(args)
+    items = plan(whats, targets, list(models))
+    table, png = outdir / "comparison.json", outdir / "comparison.png"
+    if not args.overwrite:
+        # cell file names depend on the class names, known only after the run: any earlier comparison blocks
+        existing = [p for p in (table, png) if p.exists()] + sorted(outdir.glob("[0-9][0-9]_*.nii.gz"))
+        if existing:
+            raise UserError(f"{existing[0]} exists; choose another --out-dir or pass --overwrite.")
+    last = [-1.0]
+
+    def progress(frac: float, msg: str) -> None:
+        if args.quiet or not sys.stderr.isatty():
+            return
+        if frac - last[0] >= 0.05 or frac >= 1.0:
+            last[0] = frac
+            print(f"[{frac * 100:5.1f}%] {msg}", file=sys.stderr)
+
+    t0 = time.perf_counter()
+    cells = run_comparison(volume, items, models, configs, progress=progress, **kwargs)
+    seconds = time.perf_counter() - t0
+    files = [outdir / f"{i + 1:02d}_{slug(c.label)}.nii.gz" for i, c in enumerate(cells)]
+    maps = [c.relevance.data.sum(axis=0) for c in cells]
+    limit = common_limit(maps)
+    shown = limit if args.scale == "common" else cell_limits(maps)
+    command = " ".join(["napari-xai", *sys.argv[1:]]) if sys.argv else "napari-xai compare"
+    rows = []
+    written: list[Path] = []
+    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        for i, (cell, path) in enumerate(zip(cells, files)):
+            rel = cell.relevance
+            summed = rel.data.sum(axis=0)
+            save_nifti(path, summed, rel.affine, header=volume.header)
+            written.append(path)
+            record = {**rel.provenance, "output": str(path), "command": command,
+                      "comparison": {"cell": i + 1, "label": cell.label, "limit": limit}}
+            written.append(write_sidecar(path, record))
+            cons = rel.provenance["params"].get("conservation") or {}
+            rows.append({
+                "cell": i + 1, "label": cell.label, "kind": cell.item.kind, "name": cell.item.name,
+                "target": rel.target_name, "target_index": rel.target, "model": cell.item.model,
+                "file": path.name, "relevance_sum": float(summed.sum()),
+                "positive_sum": float(summed[summed > 0].sum()), "negative_sum": float(summed[summed < 0].sum()),
+                "conservation_ratio": cons.get("ratio"), "warnings": list(rel.warnings),
+            })
+        summary = {"command": command, "volumes": [str(p) for p in args.volume], "limit": limit,
+                   "scale": args.scale, "png_limits": shown if args.scale == "per-cell" else [limit] * len(cells),
+                   "seconds": round(seconds, 2), "cells": rows}
+        atomic_write_bytes(table, (to_json(summary) + "\n").encode("utf-8"))
+        written.append(table)
+        if args.png:
+            from ._demo_app import virtual_display
+
+            with virtual_display():
+                render_png(volume.data[0], [(c.label, c.relevance) for c in cells], shown, png, args.view == "3d")
+            written.append(png)
+    except BaseException:
+        remove_files(written)
+        raise
+    width = max(len(r["label"]) for r in rows)
+    print(f"{'#':>3}  {'cell':{width}}  {'sum':>11}  {'positive':>11}  {'negative':>11}  file")
+    for r in rows:
+        print(f"{r['cell']:>3}  {r['label']:{width}}  {r['relevance_sum']:11.4g}  {r['positive_sum']:11.4g}  "
+              f"{r['negative_sum']:11.4g}  {r['file']}")
+        for w in r["warnings"]:
+            print(f"napari-xai: warning: cell {r['cell']}: {w}", file=sys.stderr)
+    scale = f"colour limit 0…{limit:.4g}" if args.scale == "common" else "each cell its own colour limit"
+    print(f"{len(rows)} cells in {seconds:.1f} s; {scale}; wrote {table}"
+          + (f" and {png}" if args.png else ""))
+    return 0
+
+
+def render_png(anatomy, results: list, limit, path: Path, three_d: bool = True) -> None:
+    """napari's grid view of the comparison, saved as one PNG (atomically)."""
+    from ._demo_app import _preload_torch_extras, save_canvas_png
+
+    _preload_torch_extras()
+    import napari
+    import numpy as np
+
+    from ._layers import comparison_layer_data, show_grid
+
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(show=True, title="napari-xai compare")
+    try:
+        n = len(results)
+        cols = int(np.ceil(np.sqrt(n)))  # napari's grid is as square as possible
+        rows = -(-n // cols)
+        viewer.window.resize(330 * cols + 60, 330 * rows + 160)
+        QApplication.processEvents()
+        show_grid(viewer, comparison_layer_data(anatomy, results, limit), three_d=three_d)
+        if three_d:
+            viewer.camera.angles = (-15.0, 35.0, 145.0)
+        QApplication.processEvents()
+        viewer.reset_view()
+        save_canvas_png(viewer, path)
+    finally:
+        viewer.close()
