@@ -71,6 +71,21 @@ NETS = textwrap.dedent(
         def forward(self, x):
             # class 0 logit = relu(-x), class 1 logit = 2 relu(x): class 1 wins where x > 0
             return self.out(self.act(self.conv(x - 0.5)))
+
+
+    class DeepSup(nn.Module):
+        '''Deep supervision: returns (main, aux); aux = 3 x main, so its class-1 logit is 6 relu(x - 0.5).'''
+
+        def __init__(self):
+            super().__init__()
+            self.body = SegNet()
+            self.aux = nn.Conv3d(2, 2, 1, bias=False)
+            with torch.no_grad():
+                self.aux.weight.copy_(3 * torch.eye(2).view(2, 2, 1, 1, 1))
+
+        def forward(self, x):
+            y = self.body(x)
+            return y, self.aux(y)
     """
 )
 
@@ -260,6 +275,32 @@ def test_segmentation_component_and_labels_mask(make_napari_viewer, nets, qtbot)
     qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
     assert w.status.text() == "error: the mask is empty (no voxel set); paint the region to explain, or use the predicted region."
     assert len(viewer.layers) == n
+
+
+def test_deep_supervision_output_is_chosen_in_the_run_tab(make_napari_viewer, nets, qtbot):
+    viewer = make_napari_viewer()
+    data = blobs()
+    viewer.add_image(data, name="t1", affine=AFF)
+    w = make(viewer, nets, "DeepSup")
+    w.list_layers()
+    assert "The model returns 2 outputs" in w.status.text()
+    w.config.segments = []
+    w.add_segment("body.conv", "aux", "lrp-0", name="all")
+    w.target.setCurrentText("class 1")
+    inside = data > 0.5
+    for index, factor in ((0, 2.0), (1, 6.0)):  # hand-computed class-1 logits: 2 relu(x - .5) and 6 relu(x - .5)
+        w.output_index.setValue(index)
+        w.run()
+        wait(qtbot, w)
+        rel = w.last_result
+        expected = np.where(inside, factor * (data - 0.5), 0.0)
+        np.testing.assert_allclose(rel.data[0], expected, rtol=1e-4, atol=1e-6)
+        assert rel.provenance["output_index"] == index
+        assert any("returns 2 outputs" in m for m in rel.warnings)
+    w.output_index.setValue(5)
+    w.run()
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
+    assert w.status.text() == "error: output index 5 is out of range: the model returns 2 tensors."
 
 
 def test_multichannel_layers_and_shares(make_napari_viewer, nets, qtbot):

@@ -55,6 +55,7 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSizePolicy,
+    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
@@ -102,12 +103,19 @@ def volume_from_layers(viewer, names: list[str]):
     return stack_channels(vols)
 
 
-def is_segmentation(model, x) -> bool:
-    """True when the model returns a logit map (N, C, D, H, W) for input ``x`` (first output of a tuple)."""
+def model_outputs(model, x, index: int = 0) -> tuple[bool, int]:
+    """(does output ``index`` hold a logit map (N, C, D, H, W)?, how many tensors the model returns) for input ``x``."""
     from ..core.explain import _forward
     from ..core.segmentation import is_segmentation_output, pick_output
 
-    return is_segmentation_output(pick_output(_forward(model.module, x)))
+    raw = _forward(model.module, x)
+    count = sum(1 for o in raw if hasattr(o, "shape")) if isinstance(raw, (tuple, list)) else 1
+    return is_segmentation_output(pick_output(raw, min(index, max(count - 1, 0)))), count
+
+
+def is_segmentation(model, x, index: int = 0) -> bool:
+    """True when the model's output ``index`` (of a tuple; a single output is output 0) is a logit map."""
+    return model_outputs(model, x, index)[0]
 
 
 def layer_affine(layer) -> np.ndarray:
@@ -414,6 +422,10 @@ class LrpDesignerWidget(QWidget):
         self.point_label = QLabel("no point")
         self.truth_layer = QComboBox()
         self.truth_layer.setToolTip("Ground-truth Labels layer: relevance mass, rank accuracy, inclusivity.")
+        self.output_index = QSpinBox()
+        self.output_index.setRange(0, 15)
+        self.output_index.setToolTip("Models that return several outputs (a tuple, e.g. deep supervision):\n"
+                                     "which one to explain. 0 = the first. 'List layers' finds how many there are.")
         self.boundaries = QCheckBox("relevance at segment boundaries")
         self.boundaries.setChecked(True)
         form.addRow("target class", self.target)
@@ -424,6 +436,7 @@ class LrpDesignerWidget(QWidget):
         pr.addWidget(self.point_label)
         form.addRow("point", pr)
         form.addRow("ground truth", self.truth_layer)
+        form.addRow("model output (tuple)", self.output_index)
         form.addRow(self.boundaries)
         lay.addWidget(box)
         row = QHBoxLayout()
@@ -583,11 +596,11 @@ class LrpDesignerWidget(QWidget):
                                 "load it as a .py file with weights or a MONAI bundle.")
             volume = volume_from_layers(self._viewer, self.input_names())
             x, *_ = prepare_input(volume, model)
-            seg = is_segmentation(model, x)
+            seg, outputs = model_outputs(model, x, self.output_index.value())
             # the layers do not depend on the mask: a segmentation model is listed with a whole-volume mask
             module, _, names, *_ = _prepare_target(model, x, volume, 0 if seg else None, seg,
-                                                   np.ones(volume.shape, bool) if seg else None, None, 0, 26,
-                                                   RunContext())
+                                                   np.ones(volume.shape, bool) if seg else None, None,
+                                                   self.output_index.value(), 26, RunContext())
             self.layers = list_layers(module, x)
         except UserError as exc:
             self._fail(str(exc))
@@ -596,7 +609,11 @@ class LrpDesignerWidget(QWidget):
         self._fill_layer_table()
         self._refresh_segment_editor()
         n_rule = sum(l.kind == "rule" for l in self.layers)
-        self.status.setText(f"{len(self.layers)} layers in execution order, {n_rule} take a segment rule.")
+        text = f"{len(self.layers)} layers in execution order, {n_rule} take a segment rule."
+        if outputs > 1:
+            text += (f"\nThe model returns {outputs} outputs (deep supervision?); output {self.output_index.value()} "
+                     "is explained ('model output' in the Run tab picks another).")
+        self.status.setText(text)
         return self.layers
 
     def _set_classes(self, names: list[str]) -> None:
@@ -1029,7 +1046,7 @@ class LrpDesignerWidget(QWidget):
         if self.truth_layer.currentText():
             truth = np.asarray(self._viewer.layers[self.truth_layer.currentText()].data)
         return {"volume": volume, "source": source, "extra": extra, "target": target, "mask": self._mask_args(volume),
-                "truth": truth, "boundaries": self.boundaries.isChecked()}
+                "truth": truth, "boundaries": self.boundaries.isChecked(), "output_index": self.output_index.value()}
 
     def run(self, *_):
         """Explain with the active configuration (worker thread); layers appear when it returns."""
@@ -1111,11 +1128,11 @@ class LrpDesignerWidget(QWidget):
                 self._progress[:] = [0.0, f"loading {key or 'the model'}"]
                 loaded[key] = self._load_for_worker({"source": source, "extra": extra})
             first = next(iter(loaded.values()))
-            seg = bool(req["mask"]) or is_segmentation(first, self._prepare(req, first))
+            seg = bool(req["mask"]) or is_segmentation(first, self._prepare(req, first), req["output_index"])
             cells = run_comparison(
                 req["volume"], plan_items, loaded, configs,
                 progress=lambda f, m: self._progress.__setitem__(slice(None), [f, m]),
-                should_stop=self._cancel.is_set, segmentation=seg, **req["mask"],
+                should_stop=self._cancel.is_set, segmentation=seg, output_index=req["output_index"], **req["mask"],
             )
             return "compare", (req, [(c.label, c.relevance) for c in cells])
 
@@ -1193,12 +1210,14 @@ class LrpDesignerWidget(QWidget):
             save_configs(tmp.name, [cfg])
             params = {"config": tmp.name, "boundaries": req["boundaries"] if boundaries is None else boundaries}
         if "segmentation" not in req:
-            req["segmentation"] = bool(req["mask"]) or is_segmentation(model, prepare_input(req["volume"], model)[0])
+            req["segmentation"] = bool(req["mask"]) or is_segmentation(model, prepare_input(req["volume"], model)[0],
+                                                                       req["output_index"])
         try:
             return explain(
                 req["volume"], model, method, params=params, target=req["target"],
                 progress=lambda f, m: self._progress.__setitem__(slice(None), [f, m]),
-                should_stop=self._cancel.is_set, segmentation=req["segmentation"], **req["mask"],
+                should_stop=self._cancel.is_set, segmentation=req["segmentation"], output_index=req["output_index"],
+                **req["mask"],
             )
         finally:
             if tmp is not None:
