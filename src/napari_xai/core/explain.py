@@ -136,13 +136,7 @@ def predict(model: Any, x) -> np.ndarray:
 
     from .models import check_output
 
-    with torch.no_grad():
-        try:
-            scores = model.module(x)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"the model failed on an input of shape {tuple(x.shape)}: {first[:300]}") from None
-    scores = check_output(scores)
+    scores = check_output(_forward(model.module, x))
     if scores.shape[1] == 1:
         probs = torch.sigmoid(scores)[0]
     else:
@@ -331,7 +325,6 @@ def explain(
         seg_mask = resize_labels(seg.mask, volume.shape).astype(bool)
     ctx.step(1.0, "done")
     params_rec = {**parsed, **(out.used or {})}
-    spec = model.spec
     provenance = {
         "kind": "relevance",
         "created": now_iso(),

@@ -569,7 +569,9 @@ def run_config(model: nn.Module, x: torch.Tensor, target: int, config: LrpConfig
         ``used`` holds the resolved rules, the conservation check and
         ``intermediate_sums``; ``used["_arrays"]["intermediate"]`` maps each
         capture point to a channel-summed (D, H, W) volume on the input grid
-        (not JSON: the pipeline moves it to :attr:`Relevance.intermediate`).
+        (not JSON: the pipeline moves it to :attr:`Relevance.intermediate`);
+        ``used["_arrays"]["captured"]`` holds the raw (1, C, ...) relevance
+        tensor at each ``capture`` layer.
     """
     from zennit.core import Composite
     from zennit.layer import Sum
@@ -586,6 +588,7 @@ def run_config(model: nn.Module, x: torch.Tensor, target: int, config: LrpConfig
         config = default_config(layers)
     label = f"lrp '{config.name}'"
     resolved = resolve(config, layers)
+    capture = list(capture)
     points: dict[str, tuple[str, str]] = boundary_points(resolved) if boundaries else {}
     for name in [*config.intermediate, *capture]:
         if name not in {l.name for l in layers}:
@@ -646,7 +649,8 @@ def run_config(model: nn.Module, x: torch.Tensor, target: int, config: LrpConfig
         "conservation": {"input": r_in, "output": r_out, "ratio": ratio, "expected": expected,
                          "biased_layers": len(biased) + merged_bias, "zero_bias": bool(config.zero_bias)},
         "intermediate_sums": sums_at,
-        "_arrays": {"intermediate": intermediate},
+        "_arrays": {"intermediate": intermediate,
+                    "captured": {k: prop.captured[k] for k in capture if k in prop.captured}},
     }
     if not torch.isfinite(rel).all():
         ctx.warn(f"{label}: the relevance has NaN/Inf values; try a larger epsilon in the segment rules.")

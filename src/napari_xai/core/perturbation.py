@@ -1,0 +1,391 @@
+"""Check relevance against the model: voxel flipping and channel (neuron) ablation.
+
+After Huang et al., *A Visual Designer of LRP Models* (§6.3 pixel flipping,
+§6.4 neuron ablation), in 3D, and Samek et al. 2017 (*Evaluating the
+visualization of what a deep neural network has learned*, region
+perturbation and AOPC):
+
+* :func:`predict_flipped`: replace the voxels of a mask (painted by the user,
+  or the most relevant ones) with a baseline and predict again;
+* :func:`flip_curve`: rank cubic regions of the input by their summed
+  relevance and flip them step by step, most relevant first (MoRF), least
+  relevant first (LeRF) or in random order; the target score after each step
+  is the curve, and the area over the MoRF curve (AOPC) says how much the
+  relevance ordering explains. A faithful map's MoRF curve falls faster than
+  the random one;
+* :func:`channel_relevance` and :func:`ablate`: the positive and negative
+  relevance and the mean activation of every channel of a layer (one LRP
+  pass), and the prediction after zeroing chosen channels.
+
+All flips happen on the input volume's grid, before the model's resizing and
+normalisation (as if the scanner had produced the perturbed image); scores
+are the target logits (for segmentation networks: the masked logit sum, with
+the mask fixed from the unperturbed prediction).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import Cancelled, UserError
+from .volumes import Volume
+
+__all__ = ["BASELINES", "ORDERS", "FlipCurve", "Scorer", "ablate", "channel_relevance", "flip_curve",
+           "flip_voxels", "predict_flipped", "replacement"]
+
+#: What flipped voxels become: 0, the channel's mean, or a Gaussian blur of the image (sigma in voxels).
+BASELINES = ("zero", "mean", "blur")
+#: Flipping orders: most relevant first, least relevant first, random.
+ORDERS = ("morf", "lerf", "random")
+BLUR_SIGMA_VOX = 3.0
+BATCH = 8
+
+
+def replacement(data: np.ndarray, kind: str = "zero", sigma: float = BLUR_SIGMA_VOX) -> np.ndarray:
+    """The baseline image (C, i, j, k) that flipped voxels take their values from."""
+    data = np.asarray(data, dtype=np.float32)
+    if kind == "zero":
+        return np.zeros_like(data)
+    if kind == "mean":
+        return np.broadcast_to(data.mean(axis=(1, 2, 3), keepdims=True), data.shape).astype(np.float32)
+    if kind == "blur":
+        from scipy import ndimage
+
+        return np.stack([ndimage.gaussian_filter(c, sigma) for c in data]).astype(np.float32)
+    raise UserError(f"baseline must be one of {', '.join(BASELINES)}, got {kind!r}.")
+
+
+def _check_mask(mask: np.ndarray, shape: tuple[int, ...], what: str = "flip mask") -> np.ndarray:
+    m = np.asarray(mask)
+    if m.shape != tuple(shape):
+        raise UserError(f"the {what} has shape {m.shape} but the input volume has {tuple(shape)}; paint it on the input's grid.")
+    m = m != 0
+    if not m.any():
+        raise UserError(f"the {what} is empty (no voxel set); paint the voxels to flip.")
+    return m
+
+
+def flip_voxels(volume: Volume, mask: np.ndarray, baseline: str = "zero") -> Volume:
+    """A copy of ``volume`` whose voxels inside ``mask`` (i, j, k; every channel) take the baseline's values."""
+    m = _check_mask(mask, volume.shape)
+    data = np.array(volume.data, dtype=np.float32, copy=True)
+    base = replacement(data, baseline)
+    data[:, m] = base[:, m]
+    return Volume(data=data, affine=volume.affine, header=volume.header, name=volume.name, source=volume.source)
+
+
+class Scorer:
+    """Target scores of a model for perturbed copies of one input volume, in batched forward passes.
+
+    Parameters
+    ----------
+    model : LoadedModel
+    volume : Volume
+        The unperturbed input.
+    target : int or str, optional
+        Class to score (default: the predicted class).
+    normalization, input_shape, segmentation, mask, point, output_index
+        As for :func:`~napari_xai.core.explain.explain`; a segmentation
+        network's mask is fixed from the unperturbed prediction.
+    """
+
+    def __init__(self, model: Any, volume: Volume, target: int | str | None = None, *, normalization: str | None = None,
+                 input_shape=None, segmentation: bool = False, mask: np.ndarray | None = None, point=None,
+                 output_index: int = 0):
+        from .explain import _prepare_target, prepare_input
+        from .registry import RunContext
+
+        self.model, self.volume = model, volume
+        x, _, self.model_shape, self.normalization = prepare_input(volume, model, normalization, input_shape)
+        self.ctx = RunContext()
+        module, probs, names, predicted, tgt, seg = _prepare_target(
+            model, x, volume, target, segmentation, mask, point, output_index, 26, self.ctx)
+        self.module, self.names, self.predicted, self.target = module, list(names), int(predicted), int(tgt)
+        self.segmentation = seg
+        self.base_logits = self.logits([volume.data])[0]
+
+    def _model_input(self, data: np.ndarray):
+        from . import geometry
+        from .explain import normalize
+
+        d = np.asarray(data, dtype=np.float32)
+        if tuple(d.shape[1:]) != tuple(self.model_shape):
+            d = geometry.resize(d, self.model_shape)
+        return normalize(d, self.normalization)
+
+    def logits(self, volumes: Sequence[np.ndarray]) -> np.ndarray:
+        """(n, classes) scores for ``volumes`` (each (C, i, j, k) on the input grid)."""
+        import torch
+
+        from .explain import _forward
+
+        out = []
+        for start in range(0, len(volumes), BATCH):
+            batch = np.stack([self._model_input(v) for v in volumes[start:start + BATCH]])
+            y = _forward(self.module, torch.from_numpy(np.ascontiguousarray(batch)).to(self.model.device))
+            if isinstance(y, (tuple, list)):
+                y = y[0]
+            out.append(y.detach().float().cpu().numpy().reshape(len(batch), -1))
+        return np.concatenate(out, axis=0)
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Softmax over classes (sigmoid for one output), per row; segmentation scores have no probabilities (NaN)."""
+        z = np.asarray(logits, dtype=np.float64)
+        if self.segmentation is not None:
+            return np.full_like(z, np.nan)
+        if z.shape[1] == 1:
+            return 1.0 / (1.0 + np.exp(-z))
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def predict_flipped(model: Any, volume: Volume, mask: np.ndarray, baseline: str = "zero",
+                    target: int | str | None = None, scorer: Scorer | None = None, **kwargs) -> dict:
+    """Scores before and after flipping the voxels of ``mask``: the user's interactive check (paint, predict).
+
+    Returns a dict with ``names``, ``target``, ``voxels``, ``before`` and
+    ``after`` (``logits``, ``probabilities``, ``predicted``) and the target
+    logit's change ``delta``.
+    """
+    scorer = scorer or Scorer(model, volume, target, **kwargs)
+    flipped = flip_voxels(volume, mask, baseline)
+    after = scorer.logits([flipped.data])[0]
+
+    def state(z):
+        p = scorer.probabilities(z[None])[0]
+        return {"logits": [float(v) for v in z], "probabilities": [float(v) for v in p], "predicted": int(np.argmax(z))}
+
+    t = scorer.target
+    return {"names": scorer.names, "target": t, "target_name": scorer.names[t] if t < len(scorer.names) else str(t),
+            "voxels": int(np.count_nonzero(mask)), "baseline": baseline,
+            "before": state(scorer.base_logits), "after": state(after),
+            "delta": float(after[t] - scorer.base_logits[t])}
+
+
+# --------------------------------------------------------------------------- flipping curves
+
+
+@dataclass
+class FlipCurve:
+    """Target score while regions are flipped in one order."""
+
+    order: str
+    baseline: str
+    region: int
+    fractions: list[float]  # share of the regions flipped at each step (0 first)
+    voxels: list[int]  # voxels flipped at each step
+    scores: list[float]  # target logit at each step
+    probabilities: list[float]
+    target: int
+    target_name: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def aopc(self) -> float:
+        """Area over the perturbation curve: mean over steps of (score at step 0 - score at step k)."""
+        s = np.asarray(self.scores, dtype=float)
+        return float(np.mean(s[0] - s)) if s.size else float("nan")
+
+    def record(self) -> dict:
+        return {"order": self.order, "baseline": self.baseline, "region": self.region, "fractions": self.fractions,
+                "voxels": self.voxels, "scores": self.scores, "probabilities": self.probabilities,
+                "aopc": self.aopc, "target": self.target, "target_name": self.target_name}
+
+
+def region_ranking(relevance: np.ndarray, region: int, order: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Region labels (i, j, k) of cubes of edge ``region`` and the region indices in flipping order."""
+    r = np.asarray(relevance, dtype=np.float64)
+    if r.ndim == 4:
+        r = r.sum(axis=0)
+    if r.ndim != 3:
+        raise UserError(f"relevance must be a 3D volume (i, j, k), got shape {r.shape}.")
+    if int(region) < 1:
+        raise UserError(f"region must be at least 1 voxel, got {region}.")
+    if order not in ORDERS:
+        raise UserError(f"order must be one of {', '.join(ORDERS)}, got {order!r}.")
+    region = int(region)
+    nb = [math.ceil(s / region) for s in r.shape]
+    idx = [np.arange(s) // region for s in r.shape]
+    labels = (idx[0][:, None, None] * nb[1] + idx[1][None, :, None]) * nb[2] + idx[2][None, None, :]
+    sums = np.bincount(labels.ravel(), weights=np.nan_to_num(r).ravel(), minlength=int(np.prod(nb)))
+    if order == "random":
+        ranked = np.random.default_rng(seed).permutation(sums.size)
+    else:
+        # stable sort; ties (e.g. all-zero regions) keep their index order in both directions
+        ranked = np.argsort(-sums if order == "morf" else sums, kind="stable")
+    return labels, ranked
+
+
+def flip_curve(
+    model: Any,
+    volume: Volume,
+    relevance: np.ndarray,
+    target: int | str | None = None,
+    *,
+    order: str = "morf",
+    baseline: str = "zero",
+    region: int = 3,
+    steps: int = 20,
+    max_fraction: float = 0.2,
+    seed: int = 0,
+    scorer: Scorer | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **kwargs,
+) -> FlipCurve:
+    """Flip regions of ``volume`` in the order of ``relevance`` and record the target score after each step.
+
+    Parameters
+    ----------
+    relevance : np.ndarray
+        (i, j, k) or (C, i, j, k) on the volume's grid (channels are summed).
+    order : str
+        ``morf`` (most relevant first), ``lerf`` (least relevant first) or ``random``.
+    baseline : str
+        ``zero``, ``mean`` or ``blur`` (see :func:`replacement`).
+    region : int
+        Edge of the cubic regions in voxels (1 = single voxels).
+    steps, max_fraction : int, float
+        ``steps`` equal steps from 0 to ``max_fraction`` of all regions.
+    """
+    if not 0 < float(max_fraction) <= 1:
+        raise UserError(f"max_fraction must be in (0, 1], got {max_fraction}.")
+    if int(steps) < 1:
+        raise UserError(f"steps must be at least 1, got {steps}.")
+    rel = np.asarray(relevance)
+    if rel.shape[-3:] != tuple(volume.shape):
+        raise UserError(f"the relevance has shape {rel.shape[-3:]} but the input volume has {tuple(volume.shape)}; "
+                        "explain this input first.")
+    scorer = scorer or Scorer(model, volume, target, **kwargs)
+    labels, ranked = region_ranking(rel, region, order, seed)
+    n_regions = ranked.size
+    base = replacement(volume.data, baseline)
+    fractions = [float(max_fraction) * k / int(steps) for k in range(int(steps) + 1)]
+    counts = [int(round(f * n_regions)) for f in fractions]
+    # position of every region in the flipping order: region r is flipped at step k when rank[r] < counts[k]
+    rank = np.empty(n_regions, dtype=np.int64)
+    rank[ranked] = np.arange(n_regions)
+    voxel_rank = rank[labels]
+    scores: list[float] = []
+    probs: list[float] = []
+    voxels: list[int] = []
+    stop = should_stop or (lambda: False)
+    t = scorer.target
+    for start in range(0, len(counts), BATCH):
+        if stop():
+            raise Cancelled("cancelled by the user")
+        batch = []
+        for c in counts[start:start + BATCH]:
+            m = voxel_rank < c
+            d = np.array(volume.data, dtype=np.float32, copy=True)
+            d[:, m] = base[:, m]
+            batch.append(d)
+            voxels.append(int(m.sum()))
+        z = scorer.logits(batch)
+        scores += [float(v) for v in z[:, t]]
+        probs += [float(v) for v in scorer.probabilities(z)[:, t]]
+        if progress is not None:
+            progress(min(1.0, (start + len(batch)) / len(counts)), f"{order}: {start + len(batch)}/{len(counts)} steps")
+    name = scorer.names[t] if t < len(scorer.names) else str(t)
+    return FlipCurve(order, baseline, int(region), fractions, voxels, scores, probs, t, name)
+
+
+# --------------------------------------------------------------------------- channel ablation
+
+
+def _layer(module, name: str):
+    modules = dict(module.named_modules())
+    if name not in modules:
+        raise UserError(f"layer {name!r} does not exist in the model; choose one from the layer list.")
+    return modules[name]
+
+
+def channel_relevance(model: Any, volume: Volume, layer: str, target: int | str | None = None, config=None,
+                      *, scorer: Scorer | None = None, ctx=None, **kwargs) -> dict:
+    """Per-channel positive and negative relevance at ``layer``'s output (one LRP pass) and mean activation.
+
+    ``config`` is an :class:`~napari_xai.core.lrp_config.LrpConfig` (default:
+    the γ | ε | 0 composite). Returns ``{"layer", "target", "channels": [{"channel",
+    "positive", "negative", "activation"}], "volumes": (C, i, j, k) channel relevance
+    on the input grid, "conservation": {...}}``.
+    """
+    import torch
+
+    from .explain import prepare_input
+    from .geometry import relevance_to_grid
+    from .lrp_config import run_config
+
+    scorer = scorer or Scorer(model, volume, target, **kwargs)
+    x, *_ = prepare_input(volume, model, scorer.normalization, scorer.model_shape)
+    target_module = _layer(scorer.module, layer)
+    acts: dict = {}
+
+    def keep(_m, _i, out):
+        if torch.is_tensor(out) and "a" not in acts:
+            acts["a"] = out.detach()
+
+    handle = target_module.register_forward_hook(keep)
+    try:
+        out = run_config(scorer.module, x, scorer.target, config, ctx, capture=[layer], boundaries=False)
+    finally:
+        handle.remove()
+    captured = out.used["_arrays"]["captured"].get(layer)
+    if captured is None:
+        raise UserError(f"no relevance reached layer {layer!r}; it is not on the path to the target.")
+    rel = captured[0].float()
+    if rel.ndim < 2:
+        raise UserError(f"layer {layer!r} has no channels (its output has shape {tuple(captured.shape)}).")
+    act = acts.get("a")
+    flat = rel.reshape(rel.shape[0], -1)
+    pos = flat.clamp(min=0).sum(dim=1)
+    neg = flat.clamp(max=0).sum(dim=1)
+    mean_act = act[0].float().reshape(act.shape[1], -1).mean(dim=1) if act is not None else torch.full_like(pos, float("nan"))
+    channels = [{"channel": c, "positive": float(pos[c]), "negative": float(neg[c]), "activation": float(mean_act[c])}
+                for c in range(rel.shape[0])]
+    volumes = None
+    if rel.ndim == 4:
+        volumes = relevance_to_grid(rel.cpu().numpy(), tuple(volume.shape)).astype(np.float32)
+    return {"layer": layer, "target": scorer.target, "channels": channels, "volumes": volumes,
+            "conservation": out.used.get("conservation")}
+
+
+def ablate(model: Any, volume: Volume, layer: str, channels: Sequence[int], target: int | str | None = None,
+           *, scorer: Scorer | None = None, **kwargs) -> dict:
+    """Scores before and after zeroing ``channels`` of ``layer``'s output (the rest of the network unchanged)."""
+    import torch
+
+    scorer = scorer or Scorer(model, volume, target, **kwargs)
+    module = _layer(scorer.module, layer)
+    chans = sorted({int(c) for c in channels})
+    if not chans:
+        raise UserError("choose at least one channel to ablate.")
+    seen: dict = {}
+
+    def zero(_m, _i, out):
+        if not torch.is_tensor(out) or out.ndim < 2:
+            raise UserError(f"layer {layer!r} returns no channels to ablate; choose a convolution or linear layer.")
+        bad = [c for c in chans if not 0 <= c < out.shape[1]]
+        if bad:
+            raise UserError(f"channel {bad[0]} does not exist: layer {layer!r} has {out.shape[1]} channels (0..{out.shape[1] - 1}).")
+        seen["channels"] = int(out.shape[1])
+        out = out.clone()
+        out[:, chans] = 0
+        return out
+
+    handle = module.register_forward_hook(zero)
+    try:
+        after = scorer.logits([volume.data])[0]
+    finally:
+        handle.remove()
+
+    def state(z):
+        p = scorer.probabilities(z[None])[0]
+        return {"logits": [float(v) for v in z], "probabilities": [float(v) for v in p], "predicted": int(np.argmax(z))}
+
+    t = scorer.target
+    return {"names": scorer.names, "target": t, "layer": layer, "channels": chans, "layer_channels": seen.get("channels"),
+            "before": state(scorer.base_logits), "after": state(after), "delta": float(after[t] - scorer.base_logits[t])}
