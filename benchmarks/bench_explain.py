@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import torch
 
 from napari_xai.core.explain import explain, prepare_input

@@ -36,10 +36,8 @@ def wait(app, widget) -> None:
         raise SystemExit(widget.status.text())
 
 
-def main(outdir: str = "docs/images", angles: str | None = None) -> int:
-    global ANGLES
-    if angles:
-        ANGLES = tuple(float(v) for v in angles.split(","))
+def demo_designer(title: str = "napari-xai LRP designer"):
+    """A shown viewer (1800x1150) with the demo brain and the LRP designer docked: (viewer, widget, app)."""
     import napari
     import torch
     from qtpy.QtCore import QCoreApplication
@@ -48,9 +46,7 @@ def main(outdir: str = "docs/images", angles: str | None = None) -> int:
     from napari_xai._sample_data import demo_brain
 
     torch.set_num_threads(1)
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    viewer = napari.Viewer(show=True, title="napari-xai LRP designer")
+    viewer = napari.Viewer(show=True, title=title)
     viewer.window.resize(1800, 1150)
     for data, kwargs, kind in demo_brain():
         getattr(viewer, f"add_{kind}")(data, **kwargs)
@@ -58,6 +54,16 @@ def main(outdir: str = "docs/images", angles: str | None = None) -> int:
     viewer.window.add_dock_widget(w, name="LRP designer", area="right")
     app = QCoreApplication.instance()
     settle(app)
+    return viewer, w, app
+
+
+def main(outdir: str = "docs/images", angles: str | None = None) -> int:
+    global ANGLES
+    if angles:
+        ANGLES = tuple(float(v) for v in angles.split(","))
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    viewer, w, app = demo_designer()
 
     layers = w.list_layers()
     print(f"{len(layers)} layers:", ", ".join(l.name for l in layers))

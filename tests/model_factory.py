@@ -104,3 +104,67 @@ def nifti(path: Path, shape=(12, 12, 12), affine=None, seed: int = 0, channels: 
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(data, aff), str(path))
     return path
+
+
+# --------------------------------------------------------------------------- hand-computable nets
+
+#: ``y = W x`` (bias-free): zeroing voxel i lowers logit c by exactly W[c, i] x_i, and LRP-0 / input x gradient
+#: give R = W[c] * x. ``n`` is the number of input voxels.
+LIN_PY = textwrap.dedent(
+    """
+    from torch import nn
+
+
+    class Lin(nn.Module):
+        def __init__(self, n=120):
+            super().__init__()
+            self.flat = nn.Flatten()
+            self.fc = nn.Linear(n, 2, bias=False)
+
+        def forward(self, x):
+            return self.fc(self.flat(x))
+    """
+)
+
+
+class ThreeChannels(torch.nn.Module):
+    """1x1 conv with weights (1, 2, 3), ReLU, global mean, then logit 1 = the sum: 6 mean(x) for x > 0.
+
+    Channel c carries w_c mean(x) of logit 1 (LRP-0 conserves it); logit 0 is 0.
+    """
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.conv = nn.Conv3d(1, 3, 1, bias=False)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(3, 2, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([1.0, 2.0, 3.0]).view(3, 1, 1, 1, 1))
+            self.fc.weight.copy_(torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]))
+
+    def forward(self, x):
+        return self.fc(self.flat(self.pool(self.act(self.conv(x)))))
+
+
+def lin_source(folder: Path, weight: np.ndarray, name: str = "w") -> tuple[str, Path]:
+    """(``lin.py:Lin``, weights path) for a bias-free linear model with ``weight`` (2, n)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    py = folder / "lin.py"
+    if not py.exists():
+        py.write_text(LIN_PY)
+    path = folder / f"{name}.pt"
+    torch.save({"fc.weight": torch.from_numpy(np.asarray(weight, np.float32))}, path)
+    return f"{py}:Lin", path
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """Run ``napari-xai`` in-process: (exit code, stdout, stderr)."""
+    from napari_xai.cli import main
+
+    capsys.readouterr()  # drop what fixtures printed
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("napari")
-pytest.importorskip("pytestqt")
+import napari  # noqa: E402,F401  - a missing GUI stack fails these tests, never skips them
+import pytestqt  # noqa: E402,F401
 
 from napari_xai._qt.atlas_widget import CUSTOM, AtlasWidget, atlas_grid_for_viewer, layer_affine  # noqa: E402
 from qtpy.QtCore import Qt  # noqa: E402

@@ -8,50 +8,24 @@ saved weights and the saved volume, not by the code under test.
 from __future__ import annotations
 
 import json
-import textwrap
 
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
-from napari_xai.cli import main
+from model_factory import lin_source
+from model_factory import run_cli as run
 from napari_xai.core.lrp_config import LrpConfig, save_configs
 from napari_xai.core.lrp_rules import preset_params
 
 SHAPE = (5, 4, 6)
-LIN = textwrap.dedent(
-    """
-    from torch import nn
-
-
-    class Lin(nn.Module):
-        def __init__(self, n=120):
-            super().__init__()
-            self.flat = nn.Flatten()
-            self.fc = nn.Linear(n, 2, bias=False)
-
-        def forward(self, x):
-            return self.fc(self.flat(x))
-    """
-)
-
-
-def run(capsys, *argv):
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.fixture
 def case(tmp_path):
-    (tmp_path / "lin.py").write_text(LIN)
     rng = np.random.default_rng(7)
     weights = {}
     for name in ("wa", "wb"):
         w = rng.normal(size=(2, int(np.prod(SHAPE)))).astype(np.float32)
-        torch.save({"fc.weight": torch.from_numpy(w)}, tmp_path / f"{name}.pt")
+        lin_source(tmp_path, w, name)
         weights[name] = w
     x = (rng.random(SHAPE) + 0.5).astype(np.float32)
     vol = tmp_path / "v.nii.gz"

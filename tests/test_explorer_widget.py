@@ -18,8 +18,8 @@ from scipy import ndimage
 from napari_xai.core import postprocess as pp
 from napari_xai.core.explorer import run
 
-pytest.importorskip("napari")
-pytest.importorskip("pytestqt")
+import napari  # noqa: E402,F401  - a missing GUI stack fails these tests, never skips them
+import pytestqt  # noqa: E402,F401
 
 from napari_xai._qt.explorer_widget import CLUSTERS_NAME, FILTERED_NAME, ExplorerWidget  # noqa: E402
 

@@ -17,8 +17,8 @@ import textwrap
 import numpy as np
 import pytest
 
-pytest.importorskip("napari")
-pytest.importorskip("pytestqt")
+import napari  # noqa: E402,F401  - a missing GUI stack fails these tests, never skips them
+import pytestqt  # noqa: E402,F401
 
 from napari_xai._layers import COMPARE_STRIDE  # noqa: E402
 from napari_xai._qt.lrp_widget import LrpDesignerWidget  # noqa: E402

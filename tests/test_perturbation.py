@@ -20,6 +20,7 @@ import pytest
 import torch
 from torch import nn
 
+from model_factory import ThreeChannels
 from napari_xai.core.errors import Cancelled, UserError
 from napari_xai.core.lrp_config import LrpConfig
 from napari_xai.core.lrp_rules import preset_params
@@ -30,6 +31,7 @@ from napari_xai.core.perturbation import (
     channel_relevance,
     flip_curve,
     flip_voxels,
+    flipped_mask,
     predict_flipped,
     region_ranking,
     replacement,
@@ -109,6 +111,9 @@ def test_morf_curve_is_the_logit_minus_the_running_sum_of_sorted_relevance(linea
     rand = flip_curve(model, vol, rel, "sick", order="random", baseline="zero", region=1, steps=10, max_fraction=0.5)
     assert all(m <= r + 1e-4 and r <= l + 1e-4 for m, r, l in zip(morf.scores, rand.scores, lerf.scores))
     assert morf.aopc > rand.aopc > lerf.aopc
+    # the mask of the last step holds exactly the most relevant half of the voxels
+    last = flipped_mask(rel, 0.5, region=1, order="morf")
+    assert last.sum() == counts[-1] and rel[last].min() >= rel[~last].max()
 
 
 def test_region_ranking_sums_cubes():
@@ -133,22 +138,6 @@ def test_curve_bad_input_and_cancel(linear):
         flip_curve(model, vol, rel, max_fraction=0)
     with pytest.raises(Cancelled):
         flip_curve(model, vol, rel, should_stop=lambda: True)
-
-
-class ThreeChannels(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv3d(1, 3, 1, bias=False)
-        self.act = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool3d(1)
-        self.flat = nn.Flatten()
-        self.fc = nn.Linear(3, 2, bias=False)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.tensor([1.0, 2.0, 3.0]).view(3, 1, 1, 1, 1))
-            self.fc.weight.copy_(torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]))
-
-    def forward(self, x):
-        return self.fc(self.flat(self.pool(self.act(self.conv(x)))))
 
 
 def test_channel_relevance_and_ablation_are_hand_computed():

@@ -1,4 +1,4 @@
-"""Command line: ``napari-xai explain | methods | demo | clusters | regions | atlases | lrp-layers | compare``.
+"""Command line: ``napari-xai explain | methods | demo | clusters | regions | atlases | lrp-layers | compare | flip``.
 
 Exit codes: 0 success, 2 user error (one line on stderr, no traceback), 1 internal error.
 """
@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ._cli_clusters import add_subcommand as add_clusters
     from ._cli_compare import add_subcommand as add_compare
+    from ._cli_flip import add_subcommand as add_flip
     from ._cli_lrp import add_subcommand as add_lrp_layers
     from ._cli_regions import add_subcommand as add_regions
 
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_regions(sub)
     add_lrp_layers(sub)
     add_compare(sub)
+    add_flip(sub)
     return parser
 
 

@@ -14,6 +14,8 @@ Models", for 3D medical networks inside napari:
   readouts; runs the active configuration and shows the relevance per channel
   and their sum, the relevance at segment boundaries and chosen layers, the
   predicted segmentation, conservation, channel shares and mask readouts.
+* **Check** tab (:mod:`.check_panel`): voxel flipping (painted, or ranked by a
+  relevance layer as a flipping curve with AOPC) and channel ablation.
 * **Compare** tab: runs every ticked configuration/method for every ticked
   target and model (``core.compare``) on the same input and shows the cells
   side by side in napari's grid mode with identical colour limits, each cell
@@ -247,6 +249,10 @@ class LrpDesignerWidget(QWidget):
         self.tabs.addTab(self._build_design(), "Design")
         self.tabs.addTab(self._build_run(), "Run")
         self.tabs.addTab(self._build_compare(), "Compare")
+        from .check_panel import CheckPanel
+
+        self.check = CheckPanel(self)
+        self.tabs.addTab(self.check, "Check")
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.progress = QProgressBar()
@@ -519,7 +525,8 @@ class LrpDesignerWidget(QWidget):
 
         images = [l.name for l in self._viewer.layers if isinstance(l, Image) and META_KEY not in l.metadata
                   and "xai_relevance" not in l.metadata and "xai_explorer" not in l.metadata]
-        labels = [l.name for l in self._viewer.layers if isinstance(l, Labels) and META_KEY not in l.metadata]
+        labels = [l.name for l in self._viewer.layers if isinstance(l, Labels) and META_KEY not in l.metadata
+                  and "xai_check" not in l.metadata]
         selected = {i.text() for i in self.inputs.selectedItems()}
         self.inputs.clear()
         for name in images:
@@ -606,6 +613,7 @@ class LrpDesignerWidget(QWidget):
             self._fail(str(exc))
             return []
         self._set_classes(names)
+        self.check.refresh_layers()
         self._fill_layer_table()
         self._refresh_segment_editor()
         n_rule = sum(l.kind == "rule" for l in self.layers)

@@ -35,7 +35,7 @@ from .errors import Cancelled, UserError
 from .volumes import Volume
 
 __all__ = ["BASELINES", "ORDERS", "FlipCurve", "Scorer", "ablate", "channel_relevance", "flip_curve",
-           "flip_voxels", "predict_flipped", "replacement"]
+           "flip_voxels", "flipped_mask", "predict_flipped", "replacement"]
 
 #: What flipped voxels become: 0, the channel's mean, or a Gaussian blur of the image (sigma in voxels).
 BASELINES = ("zero", "mean", "blur")
@@ -218,6 +218,13 @@ def region_ranking(relevance: np.ndarray, region: int, order: str, seed: int = 0
         # stable sort; ties (e.g. all-zero regions) keep their index order in both directions
         ranked = np.argsort(-sums if order == "morf" else sums, kind="stable")
     return labels, ranked
+
+
+def flipped_mask(relevance: np.ndarray, fraction: float, region: int = 3, order: str = "morf", seed: int = 0) -> np.ndarray:
+    """The voxels (i, j, k) that :func:`flip_curve` has flipped once ``fraction`` of the regions are flipped."""
+    labels, ranked = region_ranking(relevance, region, order, seed)
+    count = int(round(float(fraction) * ranked.size))
+    return np.isin(labels, ranked[:count])
 
 
 def flip_curve(

@@ -1,0 +1,97 @@
+"""Screenshots of the LRP designer's Check tab on the demo (run under Xvfb).
+
+    xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python benchmarks/check_screenshots.py [OUTDIR]
+
+Runs the γ | ε | 0 composite on the demo brain for "atrophy", then
+
+* flips a painted ball on the left hippocampus (zero baseline) and shows the
+  prediction before and after;
+* runs the flipping curves (MoRF, LeRF, random; regions of 3 voxels, up to 10 %)
+  for that relevance and shows the flipped regions;
+* ranks the channels of the last convolution and ablates the two most relevant.
+
+Writes ``check_tab.png`` (window, 2D slice through the hippocampi) and prints
+the numbers used in docs/lrp-designer.md.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def main(outdir: str = "docs/images") -> int:
+    import numpy as np
+
+    from lrp_screenshots import demo_designer, settle, wait
+
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    viewer, w, app = demo_designer("napari-xai: check the relevance")
+    layers = w.list_layers()
+    w.configs.clear()
+    w.new_config("γ | ε | 0 composite")
+    w.target.setCurrentText("atrophy")
+    w.run()
+    wait(app, w)
+    panel = w.check
+    w.tabs.setCurrentIndex(3)
+
+    # 1. a painted flip on the left hippocampus (ground truth tells where it is)
+    gt = next(l for l in viewer.layers if "ground truth" in l.name.lower())
+    ii, jj, kk = np.nonzero(np.asarray(gt.data))
+    centre = np.array([ii.mean(), jj.mean(), kk.mean()])
+    left = np.asarray(gt.data).copy()
+    left[: int(centre[0])] = 0  # one hemisphere's part of the ground truth
+    li, lj, lk = np.nonzero(left)
+    c = np.array([li.mean(), lj.mean(), lk.mean()]).round().astype(int)
+    mask_layer = panel.new_flip_mask()
+    grid = np.indices(mask_layer.data.shape)
+    ball = ((grid[0] - c[0]) ** 2 + (grid[1] - c[1]) ** 2 + (grid[2] - c[2]) ** 2) <= 6 ** 2
+    mask_layer.data = ball.astype(np.uint8)
+    panel.predict()
+    wait(app, panel)
+    print("painted flip:", panel.status.text())
+
+    # 2. flipping curves for the LRP relevance
+    rel_name = next(n for n in (panel.relevance_layer.itemText(i) for i in range(panel.relevance_layer.count()))
+                    if "composite" in n)
+    panel.relevance_layer.setCurrentText(rel_name)
+    for cb in panel.order_boxes.values():
+        cb.setChecked(True)
+    panel.max_fraction.setValue(0.1)
+    panel.run_curve()
+    wait(app, panel)
+    print("curves:", panel.status.text())
+
+    # 3. channel ablation at the last convolution
+    rule = [l.name for l in layers if l.kind == "rule"]
+    conv = [n for n in rule if panel.ablate_layer.findText(n) >= 0][-2]
+    panel.ablate_layer.setCurrentText(conv)
+    panel.rank_channels()
+    wait(app, panel)
+    top = [int(panel.channel_table.item(r, 1).text()) for r in range(2)]
+    panel.tick_channels(top)
+    panel.ablate()
+    wait(app, panel)
+    print("ablation:", panel.ablation_label.text())
+
+    viewer.dims.ndisplay = 2
+    viewer.dims.order = (2, 0, 1)  # axial
+    viewer.dims.set_point(2, float(viewer.layers[0].data_to_world(c)[2]))
+    for layer in viewer.layers:
+        if "(−)" in layer.name or "boundary" in layer.name or " · at " in layer.name:
+            layer.visible = False
+    viewer.reset_view()
+    settle(app, 20)
+    viewer.screenshot(str(out / "check_tab.png"), canvas_only=False, flash=False)
+    print("wrote check_tab.png")
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))

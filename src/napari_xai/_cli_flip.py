@@ -1,0 +1,139 @@
+"""``napari-xai flip``: region-flipping curves and AOPC for relevance maps, headless.
+
+For every ``--relevance`` file (a map of ``explain`` or a cell of ``compare``)
+and every ``--order``, the input's cubic regions are ranked by their summed
+relevance and flipped step by step to the baseline; the target logit after
+each step is one row of the CSV (:func:`napari_xai.core.perturbation.flip_curve`).
+The JSON sidecar holds the AOPC of every curve, the parameters, the model
+hash and the command. The target is the one recorded in each relevance file's
+sidecar (else ``--target``, else the predicted class), so a map is always
+checked against the class it explains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
+
+from .core.errors import UserError
+
+HELP = "flip input regions in the order of relevance map(s) and write the score curves and their AOPC"
+
+
+def add_subcommand(subparsers) -> argparse.ArgumentParser:
+    from ._cli_lrp import _point
+    from .core.perturbation import BASELINES, ORDERS
+
+    p = subparsers.add_parser("flip", help=HELP, description=HELP + ".")
+    p.add_argument("volume", nargs="+", metavar="VOLUME", help="the NIfTI file(s) the relevance explains (several = channels)")
+    p.add_argument("--model", required=True, metavar="SOURCE", help="demo | MONAI bundle folder | file.py:Class | TorchScript file")
+    p.add_argument("--weights", help="state_dict checkpoint for a file.py:Class model")
+    p.add_argument("--model-kwargs", metavar="JSON", help="constructor keyword arguments as JSON for file.py:Class")
+    p.add_argument("--trust-model", action="store_true",
+                   help="allow full unpickling and bundle code execution: this RUNS CODE from the model files")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--relevance", action="append", required=True, metavar="REL.nii.gz",
+                   help="relevance map on the volume's grid; repeat to compare maps (e.g. the cells of 'compare')")
+    p.add_argument("--target", help="class when a relevance file has no sidecar (default: the predicted class)")
+    p.add_argument("--order", action="append", choices=ORDERS,
+                   help="morf (most relevant first), lerf, random; repeatable (default: morf and random)")
+    p.add_argument("--baseline", choices=BASELINES, default="zero", help="what flipped voxels become (default zero)")
+    p.add_argument("--region", type=int, default=3, metavar="VOXELS", help="edge of the cubic regions (default 3)")
+    p.add_argument("--steps", type=int, default=20, help="steps from 0 to --max-fraction (default 20)")
+    p.add_argument("--max-fraction", type=float, default=0.2, metavar="F", help="share of regions flipped at the end (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random order")
+    p.add_argument("--normalization", choices=("none", "zscore", "minmax"), help="override the model's intensity normalisation")
+    p.add_argument("--input-shape", metavar="D,H,W", help="model grid when the model does not declare one")
+    p.add_argument("--segmentation", action="store_true", help="the model returns a logit map: score the masked sum")
+    p.add_argument("--mask", metavar="MASK.nii.gz", help="segmentation target mask on the input grid")
+    p.add_argument("--point", type=_point, metavar="I,J,K", help="segmentation: the predicted component at this voxel")
+    p.add_argument("--output-index", type=int, default=0, metavar="N", help="output of a tuple-returning model (default 0)")
+    p.add_argument("--out", required=True, metavar="curves.csv", help="CSV of the curves (a .json sidecar with the AOPC goes beside it)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_flip)
+    return p
+
+
+def _target_of(path: str, fallback):
+    from .core.provenance import read_sidecar
+
+    side = read_sidecar(path) or {}
+    index = (side.get("target") or {}).get("index")
+    return (int(index), "sidecar") if index is not None else (fallback, "option" if fallback is not None else "predicted")
+
+
+def cmd_flip(args: argparse.Namespace) -> int:
+    from .core.models import load_model
+    from .core.perturbation import Scorer, flip_curve
+    from .core.provenance import package_versions, sha256_file, sidecar_path, write_sidecar
+    from .core.volumes import atomic_write_bytes, load_nifti, remove_files, stack_channels
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".csv":
+        raise UserError(f"--out {out} must end in .csv.")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} exists; choose another --out or pass --overwrite.")
+    if not out.parent.exists():
+        raise UserError(f"the folder of --out does not exist: {out.parent}")
+    orders = list(dict.fromkeys(args.order or ["morf", "random"]))
+    volume = stack_channels([load_nifti(p) for p in args.volume])
+    maps = []
+    for path in args.relevance:
+        rel = load_nifti(path)
+        if tuple(rel.shape) != tuple(volume.shape):
+            raise UserError(f"--relevance {path} has shape {tuple(rel.shape)} but the input has {tuple(volume.shape)}; "
+                            "give the map of this input.")
+        maps.append((path, rel.data.sum(axis=0)))
+    model = load_model(args.model, weights=args.weights, model_kwargs=args.model_kwargs, device=args.device,
+                       trust=args.trust_model)
+    kwargs: dict = {"normalization": args.normalization, "input_shape": args.input_shape,
+                    "output_index": args.output_index}
+    if args.mask:
+        m = load_nifti(args.mask)
+        kwargs["mask"] = m.data[0]
+    if args.point:
+        kwargs["point"] = tuple(args.point)
+    kwargs["segmentation"] = bool(args.segmentation or args.mask or args.point)
+    scorers: dict = {}
+    rows, curves = [], []
+    for path, rel in maps:
+        target, source = _target_of(path, args.target)
+        if target not in scorers:
+            scorers[target] = Scorer(model, volume, target, **kwargs)
+        for order in orders:
+            c = flip_curve(model, volume, rel, order=order, baseline=args.baseline, region=args.region,
+                           steps=args.steps, max_fraction=args.max_fraction, seed=args.seed, scorer=scorers[target])
+            curves.append({"relevance": str(path), "target_from": source, **c.record()})
+            for k, (f, v, s, p) in enumerate(zip(c.fractions, c.voxels, c.scores, c.probabilities)):
+                rows.append([str(path), c.target_name, order, k, f"{f:.6g}", v, f"{s:.8g}", f"{p:.8g}"])
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["relevance", "target", "order", "step", "fraction", "voxels", "score", "probability"])
+    writer.writerows(rows)
+    record = {
+        "kind": "flipping-curves", "command": " ".join(["napari-xai", *sys.argv[1:]]) if sys.argv else "napari-xai flip",
+        "volumes": [str(p) for p in args.volume],
+        "model": {"source": str(args.model), "sha256": model.sha256, "name": model.name},
+        "params": {"baseline": args.baseline, "region": args.region, "steps": args.steps,
+                   "max_fraction": args.max_fraction, "seed": args.seed, "orders": orders},
+        "relevance": {str(p): sha256_file(p) for p, _ in maps},
+        "curves": [{k: v for k, v in c.items() if k in ("relevance", "target", "target_name", "target_from", "order", "aopc")}
+                   for c in curves],
+        "versions": package_versions(),
+    }
+    try:
+        atomic_write_bytes(out, buf.getvalue().encode("utf-8"))
+        write_sidecar(out, record)
+    except BaseException:
+        remove_files((out, sidecar_path(out)))
+        raise
+    width = max(len(Path(c["relevance"]).name) for c in curves)
+    print(f"{'relevance':{width}}  {'target':12}  {'order':7}  {'AOPC':>10}  {'score 0':>10}  {'score end':>10}")
+    for c in curves:
+        print(f"{Path(c['relevance']).name:{width}}  {c['target_name'][:12]:12}  {c['order']:7}  {c['aopc']:10.4g}  "
+              f"{c['scores'][0]:10.4g}  {c['scores'][-1]:10.4g}")
+    print(f"wrote {out} and {sidecar_path(out)}")
+    return 0

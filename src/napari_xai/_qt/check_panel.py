@@ -1,0 +1,591 @@
+"""The LRP designer's Check tab: does the relevance explain the model? Voxel flipping and channel ablation.
+
+After Huang et al. (VisLRPDesigner §6.3 pixel flipping, §6.4 neuron ablation)
+in 3D, with the quantitative flipping curve of Samek et al. 2017:
+
+* **Flip painted voxels**: paint a Labels layer over the input (*New flip
+  mask* makes one on the input's grid); *Predict* (or every paint stroke, with
+  *live*) shows the class scores before and after those voxels take the
+  baseline's values.
+* **Flipping curve**: regions ranked by a relevance layer (any method's, or
+  a comparison cell's) are flipped step by step, most relevant first, least
+  relevant first and at random; the curves and their AOPC show whether the map
+  ranks the evidence the model uses. The flipped regions at the last step are
+  added as a Labels layer.
+* **Channel ablation**: the channels of a layer ranked by their positive
+  relevance (LRP with the active configuration), with negative relevance and
+  mean activation; tick channels to show their relevance as layers or to
+  ablate them (set to zero) and see the new prediction.
+
+Thin: all numbers come from :mod:`napari_xai.core.perturbation`; work runs in a
+worker thread, and layers change only on the GUI thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QPointF, QRectF, Qt, QTimer
+from qtpy.QtGui import QColor, QFont, QPainter, QPen
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.errors import Cancelled, UserError
+from ..core.perturbation import BASELINES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .lrp_widget import LrpDesignerWidget
+
+log = logging.getLogger(__name__)
+
+META_KEY = "xai_check"
+ORDER_COLOURS = {"morf": "#e6550d", "lerf": "#3182bd", "random": "#969696"}
+ORDER_TEXT = {"morf": "most relevant first", "lerf": "least relevant first", "random": "random"}
+LIVE_DELAY_MS = 400
+
+
+class CurvePlot(QWidget):
+    """Target score against the share of flipped regions, one line per order, with AOPC in the legend."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.curves: list = []
+        self.setMinimumHeight(170)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+
+    def set_curves(self, curves: list) -> None:
+        self.curves = list(curves)
+        self.update()
+
+    def paintEvent(self, event):  # noqa: N802 (Qt API)
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        p.fillRect(self.rect(), QColor("#262930"))
+        font = QFont()
+        font.setPointSize(8)
+        p.setFont(font)
+        p.setPen(QColor("#bbbbbb"))
+        if not self.curves:
+            p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, "run a flipping curve")
+            return
+        left, right, top, bottom = 52, 10, 10, 34
+        w, h = self.width() - left - right, self.height() - top - bottom
+        xs = [c.fractions for c in self.curves]
+        ys = np.concatenate([np.asarray(c.scores, float) for c in self.curves])
+        x1 = max(max(x) for x in xs) or 1.0
+        y0, y1 = float(ys.min()), float(ys.max())
+        if y1 - y0 < 1e-12:
+            y0, y1 = y0 - 1, y1 + 1
+        pad = 0.05 * (y1 - y0)
+        y0, y1 = y0 - pad, y1 + pad
+
+        def pt(fx, fy):
+            return QPointF(left + w * fx / x1, top + h * (1 - (fy - y0) / (y1 - y0)))
+
+        p.drawRect(QRectF(left, top, w, h))
+        for k in range(3):
+            v = y0 + (y1 - y0) * k / 2
+            p.drawText(QRectF(0, pt(0, v).y() - 7, left - 4, 14), Qt.AlignmentFlag.AlignRight, f"{v:.3g}")
+            f = x1 * k / 2
+            p.drawText(QRectF(pt(f, y0).x() - 20, top + h + 2, 40, 14), Qt.AlignmentFlag.AlignCenter, f"{100 * f:.0f}%")
+        p.drawText(QRectF(left, top + h + 16, w, 14), Qt.AlignmentFlag.AlignCenter,
+                   "regions flipped → target score (logit)")
+        for i, c in enumerate(self.curves):
+            pen = QPen(QColor(ORDER_COLOURS.get(c.order, "#ffffff")))
+            pen.setWidthF(2.0)
+            p.setPen(pen)
+            for a, b in zip(range(len(c.scores) - 1), range(1, len(c.scores))):
+                p.drawLine(pt(c.fractions[a], c.scores[a]), pt(c.fractions[b], c.scores[b]))
+            p.drawText(QRectF(left + 6, top + 4 + 13 * i, w - 12, 13), Qt.AlignmentFlag.AlignRight,
+                       f"{ORDER_TEXT.get(c.order, c.order)}: AOPC {c.aopc:.4g}")
+        p.end()
+
+
+def _table(headers: list[str]) -> QTableWidget:
+    t = QTableWidget(0, len(headers))
+    t.setHorizontalHeaderLabels(headers)
+    t.verticalHeader().setVisible(False)
+    t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+    t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    return t
+
+
+def _fill(table: QTableWidget, rows: list[list[str]]) -> None:
+    table.setRowCount(len(rows))
+    for r, row in enumerate(rows):
+        for c, text in enumerate(row):
+            table.setItem(r, c, QTableWidgetItem(text))
+
+
+class CheckPanel(QWidget):
+    """The Check tab (see the module docstring); ``host`` is the LRP designer that owns it."""
+
+    def __init__(self, host: "LrpDesignerWidget"):
+        super().__init__()
+        self.host = host
+        self._viewer = host._viewer
+        self._worker = None
+        self._cancel = threading.Event()
+        self._watched = None
+        self.last_prediction: dict | None = None
+        self.last_curves: list = []
+        self.last_channels: dict | None = None
+        self.last_ablation: dict | None = None
+        self._live_timer = QTimer(self)
+        self._live_timer.setSingleShot(True)
+        self._live_timer.setInterval(LIVE_DELAY_MS)
+        self._live_timer.timeout.connect(self.predict)
+        self._build()
+        self._viewer.layers.events.inserted.connect(self.refresh_choices)
+        self._viewer.layers.events.removed.connect(self.refresh_choices)
+        self.refresh_choices()
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        lay = QVBoxLayout(self)
+        box = QGroupBox("Flip painted voxels")
+        form = QFormLayout(box)
+        self.flip_layer = QComboBox()
+        self.flip_layer.setToolTip("Labels layer on the input's grid; its non-zero voxels are flipped.")
+        self.flip_layer.currentTextChanged.connect(self._watch)
+        self.new_mask_btn = QPushButton("New flip mask")
+        self.new_mask_btn.setToolTip("Add an empty Labels layer on the input's grid and start painting.")
+        self.new_mask_btn.clicked.connect(self.new_flip_mask)
+        row = QHBoxLayout()
+        row.addWidget(self.flip_layer, 1)
+        row.addWidget(self.new_mask_btn)
+        form.addRow("flip mask", row)
+        self.baseline = QComboBox()
+        self.baseline.addItems(BASELINES)
+        self.baseline.setToolTip("What flipped voxels become: 0, the image's mean, or a Gaussian blur of the image.")
+        form.addRow("baseline", self.baseline)
+        row = QHBoxLayout()
+        self.live = QCheckBox("live (after each paint stroke)")
+        self.live.setChecked(True)
+        self.predict_btn = QPushButton("Predict")
+        self.predict_btn.clicked.connect(self.predict)
+        row.addWidget(self.live)
+        row.addWidget(self.predict_btn)
+        form.addRow(row)
+        self.predict_table = _table(["class", "before", "after"])
+        self.predict_table.setMaximumHeight(110)
+        form.addRow(self.predict_table)
+        lay.addWidget(box)
+
+        box = QGroupBox("Flipping curve")
+        form = QFormLayout(box)
+        self.relevance_layer = QComboBox()
+        self.relevance_layer.setToolTip("A relevance layer (any method, or a comparison cell); regions are ranked by it.")
+        form.addRow("relevance", self.relevance_layer)
+        orders = QHBoxLayout()
+        self.order_boxes = {}
+        for key, text in (("morf", "MoRF"), ("lerf", "LeRF"), ("random", "random")):
+            cb = QCheckBox(text)
+            cb.setChecked(key != "lerf")
+            cb.setToolTip(ORDER_TEXT[key])
+            self.order_boxes[key] = cb
+            orders.addWidget(cb)
+        form.addRow("orders", orders)
+        self.region = QSpinBox()
+        self.region.setRange(1, 32)
+        self.region.setValue(3)
+        self.region.setToolTip("Edge of the cubic regions in voxels of the input grid (1 = single voxels).")
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 200)
+        self.steps.setValue(20)
+        self.max_fraction = QDoubleSpinBox()
+        self.max_fraction.setRange(0.01, 1.0)
+        self.max_fraction.setSingleStep(0.05)
+        self.max_fraction.setValue(0.2)
+        self.max_fraction.setToolTip("Share of all regions flipped at the last step.")
+        row = QHBoxLayout()
+        for label, w in (("region", self.region), ("steps", self.steps), ("up to", self.max_fraction)):
+            row.addWidget(QLabel(label))
+            row.addWidget(w)
+        form.addRow(row)
+        self.curve_btn = QPushButton("Run flipping curve")
+        self.curve_btn.clicked.connect(self.run_curve)
+        form.addRow(self.curve_btn)
+        self.plot = CurvePlot()
+        form.addRow(self.plot)
+        lay.addWidget(box, 2)
+
+        box = QGroupBox("Channel ablation")
+        form = QFormLayout(box)
+        self.ablate_layer = QComboBox()
+        self.ablate_layer.setToolTip("A layer with channels (from 'List layers' in the Design tab).")
+        self.rank_btn = QPushButton("Rank channels")
+        self.rank_btn.setToolTip("One LRP pass with the active configuration: relevance per channel of this layer.")
+        self.rank_btn.clicked.connect(self.rank_channels)
+        row = QHBoxLayout()
+        row.addWidget(self.ablate_layer, 1)
+        row.addWidget(self.rank_btn)
+        form.addRow("layer", row)
+        self.channel_table = _table(["ablate", "channel", "R+", "R−", "activation"])
+        form.addRow(self.channel_table)
+        row = QHBoxLayout()
+        self.show_channels_btn = QPushButton("Show relevance of ticked")
+        self.show_channels_btn.clicked.connect(self.show_channels)
+        self.ablate_btn = QPushButton("Ablate ticked")
+        self.ablate_btn.clicked.connect(self.ablate)
+        row.addWidget(self.show_channels_btn)
+        row.addWidget(self.ablate_btn)
+        form.addRow(row)
+        self.ablation_label = QLabel("")
+        self.ablation_label.setWordWrap(True)
+        form.addRow(self.ablation_label)
+        lay.addWidget(box, 2)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        self._buttons = [self.predict_btn, self.curve_btn, self.rank_btn, self.ablate_btn]
+
+    # ------------------------------------------------------------------ choices
+    def refresh_choices(self, *_):
+        from napari.layers import Image, Labels
+
+        def fill(combo, names):
+            current = combo.currentText()
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(names)
+            if current in names:
+                combo.setCurrentText(current)
+            combo.blockSignals(False)
+
+        labels = [l.name for l in self._viewer.layers if isinstance(l, Labels)
+                  and not l.metadata.get("xai_lrp") and not l.metadata.get(META_KEY, {}).get("kind") == "flipped"]
+        fill(self.flip_layer, [""] + labels)
+        rel = [l.name for l in self._viewer.layers if isinstance(l, Image) and "xai_relevance" in l.metadata
+               and not l.name.endswith(" (−)")]
+        fill(self.relevance_layer, rel)
+        self._watch()
+
+    def refresh_layers(self) -> None:
+        """Layers with channels, after the designer listed them."""
+        names = [l.name for l in self.host.layers if l.output_shape and len(l.output_shape) >= 2
+                 and l.kind in ("rule", "pass", "gradient", "sum")]
+        current = self.ablate_layer.currentText()
+        self.ablate_layer.clear()
+        self.ablate_layer.addItems(names)
+        if current in names:
+            self.ablate_layer.setCurrentText(current)
+
+    def _watch(self, *_):
+        """Follow paint strokes on the flip mask (live prediction)."""
+        name = self.flip_layer.currentText()
+        layer = self._viewer.layers[name] if name and name in self._viewer.layers else None
+        if layer is self._watched:
+            return
+        if self._watched is not None:
+            for ev in ("paint", "data"):
+                emitter = getattr(self._watched.events, ev, None)
+                if emitter is not None:
+                    try:
+                        emitter.disconnect(self._on_paint)
+                    except (TypeError, RuntimeError, ValueError):
+                        pass
+        self._watched = layer
+        if layer is not None:
+            emitter = getattr(layer.events, "paint", None) or layer.events.data
+            emitter.connect(self._on_paint)
+
+    def _on_paint(self, *_):
+        if self.live.isChecked():
+            self._live_timer.start()
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def _context(self) -> dict:
+        """What the designer's Run tab says: input volume, model source, target, mask, output index."""
+        req = self.host._request()
+        req["kwargs"] = {"output_index": req["output_index"], **req["mask"]}
+        if req["mask"]:
+            req["kwargs"]["segmentation"] = True
+        return req
+
+    def _scorer(self, req, target=None):
+        from ..core.explain import prepare_input
+        from ..core.perturbation import Scorer
+        from .lrp_widget import is_segmentation
+
+        model = self.host._load_for_worker(req)
+        kwargs = dict(req["kwargs"])
+        if "segmentation" not in kwargs:
+            kwargs["segmentation"] = is_segmentation(model, prepare_input(req["volume"], model)[0], req["output_index"])
+        return model, Scorer(model, req["volume"], req["target"] if target is None else target, **kwargs)
+
+    def _start(self, work, message: str, done) -> None:
+        from napari.qt.threading import create_worker
+
+        if self._worker is not None:
+            return
+        self._cancel.clear()
+        worker = create_worker(work, _start_thread=False, _connect={"errored": self._on_error})
+        worker.returned.connect(done)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        for b in self._buttons:
+            b.setEnabled(False)
+        self.status.setText(message + "…")
+        worker.start()
+
+    def _on_finished(self):
+        self._worker = None
+        for b in self._buttons:
+            b.setEnabled(True)
+
+    def _on_error(self, exc):
+        if isinstance(exc, Cancelled):
+            self.status.setText("cancelled; no layer was changed.")
+        elif isinstance(exc, UserError):
+            self._fail(str(exc))
+        else:
+            log.exception("napari-xai internal error", exc_info=exc)
+            self._fail(f"internal error: {type(exc).__name__}: {exc}")
+
+    def _fail(self, message: str) -> None:
+        from napari.utils.notifications import show_error
+
+        self.status.setText(f"error: {message}")
+        show_error(f"napari-xai: {message}")
+
+    # ------------------------------------------------------------------ flip painted voxels
+    def new_flip_mask(self) -> Any:
+        """An empty Labels layer on the first input layer's grid, selected for painting."""
+        names = self.host.input_names()
+        if not names:
+            self._fail("select the input image layer(s) in the Design tab first.")
+            return None
+        src = self._viewer.layers[names[0]]
+        base, name, n = "flip mask", "flip mask", 2
+        while name in self._viewer.layers:
+            name, n = f"{base} {n}", n + 1
+        layer = self._viewer.add_labels(np.zeros(np.asarray(src.data).shape, np.uint8), name=name,
+                                        affine=src.affine.affine_matrix, opacity=0.6)
+        layer.brush_size = 6
+        layer.mode = "paint"
+        self._viewer.layers.selection.active = layer
+        self.refresh_choices()
+        self.flip_layer.setCurrentText(name)
+        self.status.setText(f"paint the voxels to flip on '{name}'; the prediction updates after each stroke.")
+        return layer
+
+    def predict(self, *_):
+        if self._worker is not None:
+            self._live_timer.start()  # try again when the running job is done
+            return
+        try:
+            name = self.flip_layer.currentText()
+            if not name:
+                raise UserError("choose the flip mask (a Labels layer), or press 'New flip mask' and paint.")
+            mask = np.asarray(self._viewer.layers[name].data) != 0
+            if not mask.any():
+                raise UserError(f"the flip mask '{name}' is empty; paint the voxels to flip.")
+            req = self._context()
+            baseline = self.baseline.currentText()
+        except UserError as exc:
+            self._fail(str(exc))
+            return
+
+        def work():
+            from ..core.perturbation import predict_flipped
+
+            model, scorer = self._scorer(req)
+            return predict_flipped(model, req["volume"], mask, baseline, scorer=scorer)
+
+        self._start(work, "predicting with flipped voxels", self._show_prediction)
+
+    def _show_prediction(self, res: dict) -> None:
+        self.last_prediction = res
+        use_p = not np.isnan(res["before"]["probabilities"][0])
+        key = "probabilities" if use_p else "logits"
+        rows = []
+        for i, n in enumerate(res["names"]):
+            b, a = res["before"][key][i], res["after"][key][i]
+            rows.append([n + (" ◀ target" if i == res["target"] else ""), f"{b:.4g}", f"{a:.4g}"])
+        _fill(self.predict_table, rows)
+        names = res["names"]
+        self.status.setText(
+            f"{res['voxels']} voxels flipped to '{res['baseline']}': target '{res['target_name']}' logit "
+            f"{res['before']['logits'][res['target']]:.4g} → {res['after']['logits'][res['target']]:.4g} "
+            f"(Δ {res['delta']:+.4g}); predicted {names[res['before']['predicted']]} → {names[res['after']['predicted']]}.")
+
+    # ------------------------------------------------------------------ flipping curves
+    def run_curve(self, *_):
+        try:
+            name = self.relevance_layer.currentText()
+            if not name:
+                raise UserError("no relevance layer yet; run the active configuration (Run tab) or another method first.")
+            layer = self._viewer.layers[name]
+            rel = np.asarray(layer.metadata["xai_relevance"], dtype=np.float32)
+            target = (layer.metadata.get("provenance") or {}).get("target", {}).get("index")
+            orders = [k for k, cb in self.order_boxes.items() if cb.isChecked()]
+            if not orders:
+                raise UserError("tick at least one order (MoRF, LeRF or random).")
+            req = self._context()
+            if rel.shape != tuple(req["volume"].shape):
+                raise UserError(f"relevance layer '{name}' has shape {rel.shape} but the input has "
+                                f"{tuple(req['volume'].shape)}; choose the input it explains.")
+            opts = {"baseline": self.baseline.currentText(), "region": self.region.value(),
+                    "steps": self.steps.value(), "max_fraction": self.max_fraction.value()}
+        except UserError as exc:
+            self._fail(str(exc))
+            return
+
+        def work():
+            from ..core.perturbation import flip_curve, flipped_mask
+
+            model, scorer = self._scorer(req, target)
+            curves = []
+            for order in orders:
+                if self._cancel.is_set():
+                    raise Cancelled("cancelled by the user")
+                curves.append(flip_curve(model, req["volume"], rel, order=order, scorer=scorer,
+                                         should_stop=self._cancel.is_set, **opts))
+            flipped = flipped_mask(rel, opts["max_fraction"], opts["region"], "morf")
+            return name, curves, flipped, req["volume"].affine
+
+        self._start(work, f"flipping regions ({', '.join(orders)})", self._show_curves)
+
+    def _show_curves(self, result) -> None:
+        from .._layers import upsert
+
+        name, curves, flipped, affine = result
+        self.last_curves = curves
+        self.plot.set_curves(curves)
+        c0 = curves[0]
+        # label 2: another colour than the painted flip mask's label 1
+        upsert(self._viewer, [(2 * flipped.astype(np.uint8), {
+            "name": f"flipped: top {100 * c0.fractions[-1]:.0f}% of regions · {name.removesuffix(' (+)')}",
+            "affine": affine, "opacity": 0.45,
+            "metadata": {META_KEY: {"kind": "flipped", "relevance": name, "region": c0.region,
+                                    "fraction": c0.fractions[-1]}}}, "labels")])
+        text = "; ".join(f"{ORDER_TEXT[c.order]}: AOPC {c.aopc:.4g}" for c in curves)
+        self.status.setText(f"target '{c0.target_name}', score {c0.scores[0]:.4g} before flipping; {text} "
+                            f"({len(c0.scores)} steps, regions of {c0.region} voxels, baseline {c0.baseline}).")
+
+    # ------------------------------------------------------------------ channel ablation
+    def _ticked_channels(self) -> list[int]:
+        out = []
+        for r in range(self.channel_table.rowCount()):
+            item = self.channel_table.item(r, 0)
+            if item is not None and item.checkState() == Qt.CheckState.Checked:
+                out.append(int(self.channel_table.item(r, 1).text()))
+        return out
+
+    def tick_channels(self, channels: list[int]) -> None:
+        for r in range(self.channel_table.rowCount()):
+            c = int(self.channel_table.item(r, 1).text())
+            self.channel_table.item(r, 0).setCheckState(Qt.CheckState.Checked if c in channels else Qt.CheckState.Unchecked)
+
+    def rank_channels(self, *_):
+        try:
+            layer = self.ablate_layer.currentText()
+            if not layer:
+                raise UserError("list the model's layers first (Design tab), then choose a layer with channels.")
+            req = self._context()
+            cfg = self.host.config_named(self.host.active).copy() if self.host.active else None
+        except UserError as exc:
+            self._fail(str(exc))
+            return
+
+        def work():
+            from ..core.perturbation import channel_relevance
+
+            model, scorer = self._scorer(req)
+            return channel_relevance(model, req["volume"], layer, config=cfg, scorer=scorer)
+
+        self._start(work, f"relevance per channel of '{layer}'", self._show_channels_table)
+
+    def _show_channels_table(self, res: dict) -> None:
+        self.last_channels = res
+        rows = sorted(res["channels"], key=lambda c: -c["positive"])
+        self.channel_table.setRowCount(len(rows))
+        for r, c in enumerate(rows):
+            tick = QTableWidgetItem("")
+            tick.setFlags(tick.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            tick.setCheckState(Qt.CheckState.Unchecked)
+            self.channel_table.setItem(r, 0, tick)
+            for k, text in enumerate([str(c["channel"]), f"{c['positive']:.4g}", f"{c['negative']:.4g}",
+                                      f"{c['activation']:.4g}"], start=1):
+                self.channel_table.setItem(r, k, QTableWidgetItem(text))
+        total = sum(c["positive"] + c["negative"] for c in res["channels"])
+        self.status.setText(f"{len(rows)} channels of '{res['layer']}', sorted by positive relevance; "
+                            f"their relevance sums to {total:.4g}. Tick channels to show or ablate them.")
+
+    def show_channels(self, *_):
+        from .lrp_widget import META_KEY as LRP_KEY
+        from .lrp_widget import signed_layers
+
+        res = self.last_channels
+        chans = self._ticked_channels()
+        if res is None or not chans:
+            self._fail("rank the channels of a layer and tick the ones to show.")
+            return
+        if res["volumes"] is None:
+            self._fail(f"layer '{res['layer']}' has no spatial output to show.")
+            return
+        from .._layers import upsert
+
+        affine = self.host._request()["volume"].affine
+        tuples = []
+        for c in chans:
+            tuples += signed_layers(res["volumes"][c], f"{res['layer']} · channel {c}", affine,
+                                    {LRP_KEY: {"kind": "channel", "layer": res["layer"], "channel": c}})
+        upsert(self._viewer, tuples)
+        self.status.setText(f"relevance of {len(chans)} channel(s) of '{res['layer']}' added as layers.")
+
+    def ablate(self, *_):
+        try:
+            layer = self.ablate_layer.currentText()
+            chans = self._ticked_channels()
+            if not layer or not chans:
+                raise UserError("rank the channels of a layer and tick the ones to ablate.")
+            req = self._context()
+        except UserError as exc:
+            self._fail(str(exc))
+            return
+
+        def work():
+            from ..core.perturbation import ablate
+
+            model, scorer = self._scorer(req)
+            return ablate(model, req["volume"], layer, chans, scorer=scorer)
+
+        self._start(work, f"ablating {len(chans)} channel(s) of '{layer}'", self._show_ablation)
+
+    def _show_ablation(self, res: dict) -> None:
+        self.last_ablation = res
+        names, t = res["names"], res["target"]
+        b, a = res["before"], res["after"]
+        probs = ""
+        if not np.isnan(b["probabilities"][0]):
+            probs = f"; p({names[t]}) {b['probabilities'][t]:.3f} → {a['probabilities'][t]:.3f}"
+        self.ablation_label.setText(
+            f"channels {', '.join(map(str, res['channels']))} of '{res['layer']}' set to zero: '{names[t]}' logit "
+            f"{b['logits'][t]:.4g} → {a['logits'][t]:.4g} (Δ {res['delta']:+.4g}){probs}; predicted "
+            f"{names[b['predicted']]} → {names[a['predicted']]}.")
+        self.status.setText("ablation done; the model itself is unchanged.")
