@@ -10,8 +10,12 @@ Runs the γ | ε | 0 composite on the demo brain for "atrophy", then
   for that relevance and shows the flipped regions;
 * ranks the channels of the last convolution and ablates the two most relevant.
 
-Writes ``check_tab.png`` (window, 2D slice through the hippocampi) and prints
-the numbers used in docs/lrp-designer.md.
+Then compares four maps of "atrophy" (the composite, integrated gradients,
+LRP-ε+ and Grad-CAM) and runs the flipping curves for every comparison cell.
+
+Writes ``check_tab.png`` (window, 2D slice through the hippocampi) and
+``check_cells.png`` (the Check tab with the per-cell AOPC table) and prints the
+numbers used in docs/lrp-designer.md.
 """
 
 from __future__ import annotations
@@ -89,6 +93,22 @@ def main(outdir: str = "docs/images") -> int:
     settle(app, 20)
     viewer.screenshot(str(out / "check_tab.png"), canvas_only=False, flash=False)
     print("wrote check_tab.png")
+
+    # 4. flipping curves for every cell of a comparison of four maps of "atrophy"
+    w.compare_3d.setChecked(False)
+    w.compare(["config: γ | ε | 0 composite", "method: integrated-gradients", "method: lrp-epsilon-plus",
+               "method: grad-cam"], targets=["atrophy"])
+    wait(app, w)
+    w.tabs.setCurrentIndex(3)
+    for key, cb in panel.order_boxes.items():
+        cb.setChecked(key != "lerf")
+    panel.run_cell_curves()
+    wait(app, panel)
+    for label, curves in panel.last_cell_curves:
+        print(f"cell {label:28s} " + "  ".join(f"{c.order} AOPC {c.aopc:.4g}" for c in curves))
+    settle(app, 10)
+    panel.grab().save(str(out / "check_cells.png"))
+    print("wrote check_cells.png;", panel.status.text())
     viewer.close()
     return 0
 

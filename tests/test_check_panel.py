@@ -162,3 +162,35 @@ def test_channel_ranking_show_and_ablation(setup, qtbot):
     panel.tick_channels([])
     panel.ablate()
     assert panel.status.text() == "error: rank the channels of a layer and tick the ones to ablate."
+
+
+def test_curves_for_every_comparison_cell(setup, qtbot):
+    """Two maps of one linear model: input x gradient (R = w x) and signed saliency (R = w); MoRF curves by hand."""
+    viewer, x, make = setup
+    w = make("Lin")
+    w.target.setCurrentText("class 1")
+    w.compare_3d.setChecked(False)
+    w.compare(["method: input-x-gradient", "method: saliency"], targets=["class 1"])
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
+    assert not w.status.text().startswith("error"), w.status.text()
+    panel = w.check
+    panel.region.setValue(1)
+    panel.steps.setValue(4)
+    panel.max_fraction.setValue(0.4)
+    for key, cb in panel.order_boxes.items():
+        cb.setChecked(key == "morf")
+    panel.run_cell_curves()
+    wait(qtbot, panel)
+    W1 = weights()[1]
+    contrib = W1 * x.ravel()
+    logit = float(contrib.sum())
+    (label_a, (ixg,)), (label_b, (sal,)) = panel.last_cell_curves
+    assert (label_a, label_b) == ("input-x-gradient", "saliency")
+    for curve, ranking in ((ixg, np.argsort(-contrib, kind="stable")), (sal, np.argsort(-W1, kind="stable"))):
+        expected = [logit - contrib[ranking[:v]].sum() for v in curve.voxels]
+        np.testing.assert_allclose(curve.scores, expected, rtol=1e-4, atol=1e-4)
+    # w x ranks the logit's own terms, so its top-k removes the most at every step: its AOPC is the largest possible
+    assert all(a <= b + 1e-4 for a, b in zip(ixg.scores, sal.scores)) and ixg.aopc >= sal.aopc
+    assert not panel.aopc_table.isHidden() and panel.aopc_table.rowCount() == 2
+    assert panel.aopc_table.horizontalHeaderItem(2).text() == "AOPC MoRF"
+    assert float(panel.aopc_table.item(0, 2).text()) == pytest.approx(ixg.aopc, rel=1e-3)

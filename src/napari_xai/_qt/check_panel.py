@@ -11,7 +11,9 @@ in 3D, with the quantitative flipping curve of Samek et al. 2017:
   a comparison cell's) are flipped step by step, most relevant first, least
   relevant first and at random; the curves and their AOPC show whether the map
   ranks the evidence the model uses. The flipped regions at the last step are
-  added as a Labels layer.
+  added as a Labels layer. *Curves for every comparison cell* does this for
+  each cell of the last comparison, with the cell's own model and target, and
+  tabulates the AOPC per cell and order.
 * **Channel ablation**: the channels of a layer ranked by their positive
   relevance (LRP with the active configuration), with negative relevance and
   mean activation; tick channels to show their relevance as layers or to
@@ -60,20 +62,31 @@ log = logging.getLogger(__name__)
 META_KEY = "xai_check"
 ORDER_COLOURS = {"morf": "#e6550d", "lerf": "#3182bd", "random": "#969696"}
 ORDER_TEXT = {"morf": "most relevant first", "lerf": "least relevant first", "random": "random"}
+ORDER_SHORT = {"morf": "MoRF", "lerf": "LeRF", "random": "random"}
 LIVE_DELAY_MS = 400
 
 
+CELL_COLOURS = ["#e6550d", "#31a354", "#3182bd", "#756bb1", "#de2d26", "#fd8d3c", "#6baed6", "#74c476"]
+
+
 class CurvePlot(QWidget):
-    """Target score against the share of flipped regions, one line per order, with AOPC in the legend."""
+    """Target score against the share of flipped regions, one line per curve, with AOPC in the legend.
+
+    ``set_curves`` takes FlipCurves (labelled and coloured by their order) or
+    ``(label, colour, curve)`` triples (e.g. one MoRF curve per comparison cell).
+    """
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.curves: list = []
+        self.entries: list = []
         self.setMinimumHeight(170)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
     def set_curves(self, curves: list) -> None:
-        self.curves = list(curves)
+        self.entries = [c if isinstance(c, tuple) else (ORDER_TEXT.get(c.order, c.order),
+                                                        ORDER_COLOURS.get(c.order, "#ffffff"), c) for c in curves]
+        self.curves = [e[2] for e in self.entries]
         self.update()
 
     def paintEvent(self, event):  # noqa: N802 (Qt API)
@@ -109,14 +122,19 @@ class CurvePlot(QWidget):
             p.drawText(QRectF(pt(f, y0).x() - 20, top + h + 2, 40, 14), Qt.AlignmentFlag.AlignCenter, f"{100 * f:.0f}%")
         p.drawText(QRectF(left, top + h + 16, w, 14), Qt.AlignmentFlag.AlignCenter,
                    "regions flipped → target score (logit)")
-        for i, c in enumerate(self.curves):
-            pen = QPen(QColor(ORDER_COLOURS.get(c.order, "#ffffff")))
+        for label, colour, c in self.entries:
+            pen = QPen(QColor(colour))
             pen.setWidthF(2.0)
             p.setPen(pen)
             for a, b in zip(range(len(c.scores) - 1), range(1, len(c.scores))):
                 p.drawLine(pt(c.fractions[a], c.scores[a]), pt(c.fractions[b], c.scores[b]))
-            p.drawText(QRectF(left + 6, top + 4 + 13 * i, w - 12, 13), Qt.AlignmentFlag.AlignRight,
-                       f"{ORDER_TEXT.get(c.order, c.order)}: AOPC {c.aopc:.4g}")
+        # legend on a translucent box, over the lines
+        texts = [f"{label}: AOPC {c.aopc:.4g}" for label, _, c in self.entries]
+        width = max(p.fontMetrics().horizontalAdvance(t) for t in texts) + 10
+        p.fillRect(QRectF(left + w - width - 4, top + 2, width + 2, 13 * len(texts) + 4), QColor(38, 41, 48, 210))
+        for i, ((_, colour, _), text) in enumerate(zip(self.entries, texts)):
+            p.setPen(QColor(colour))
+            p.drawText(QRectF(left + 6, top + 4 + 13 * i, w - 12, 13), Qt.AlignmentFlag.AlignRight, text)
         p.end()
 
 
@@ -224,9 +242,20 @@ class CheckPanel(QWidget):
         form.addRow(row)
         self.curve_btn = QPushButton("Run flipping curve")
         self.curve_btn.clicked.connect(self.run_curve)
-        form.addRow(self.curve_btn)
+        self.cells_btn = QPushButton("Curves for every comparison cell")
+        self.cells_btn.setToolTip("Each cell of the last comparison (Compare tab) with its own model and target:\n"
+                                  "AOPC per cell and order, to compare how faithful the maps are.")
+        self.cells_btn.clicked.connect(self.run_cell_curves)
+        row = QHBoxLayout()
+        row.addWidget(self.curve_btn)
+        row.addWidget(self.cells_btn)
+        form.addRow(row)
         self.plot = CurvePlot()
         form.addRow(self.plot)
+        self.aopc_table = _table(["cell", "target"])
+        self.aopc_table.setVisible(False)
+        self.aopc_table.setMaximumHeight(140)
+        form.addRow(self.aopc_table)
         lay.addWidget(box, 2)
 
         box = QGroupBox("Channel ablation")
@@ -257,7 +286,8 @@ class CheckPanel(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         lay.addWidget(self.status)
-        self._buttons = [self.predict_btn, self.curve_btn, self.rank_btn, self.ablate_btn]
+        self._buttons = [self.predict_btn, self.curve_btn, self.cells_btn, self.rank_btn, self.ablate_btn]
+        self.last_cell_curves: list = []
 
     # ------------------------------------------------------------------ choices
     def refresh_choices(self, *_):
@@ -486,6 +516,62 @@ class CheckPanel(QWidget):
         text = "; ".join(f"{ORDER_TEXT[c.order]}: AOPC {c.aopc:.4g}" for c in curves)
         self.status.setText(f"target '{c0.target_name}', score {c0.scores[0]:.4g} before flipping; {text} "
                             f"({len(c0.scores)} steps, regions of {c0.region} voxels, baseline {c0.baseline}).")
+
+    def run_cell_curves(self, *_):
+        """Flipping curves for every cell of the last comparison, each with the cell's model and target."""
+        try:
+            if not self.host.last_cells:
+                raise UserError("run a comparison first (Compare tab), then compute its flipping curves.")
+            req, cells, loaded = self.host.last_cells
+            orders = [k for k, cb in self.order_boxes.items() if cb.isChecked()]
+            if not orders:
+                raise UserError("tick at least one order (MoRF, LeRF or random).")
+            opts = {"baseline": self.baseline.currentText(), "region": self.region.value(),
+                    "steps": self.steps.value(), "max_fraction": self.max_fraction.value()}
+            kwargs = {"output_index": req["output_index"], **req["mask"]}
+        except UserError as exc:
+            self._fail(str(exc))
+            return
+
+        def work():
+            from ..core.explain import prepare_input
+            from ..core.perturbation import Scorer, flip_curve
+            from .lrp_widget import is_segmentation
+
+            scorers: dict = {}
+            out = []
+            for cell in cells:
+                if self._cancel.is_set():
+                    raise Cancelled("cancelled by the user")
+                model, rel = loaded[cell.item.model], cell.relevance
+                key = (cell.item.model, rel.target)
+                if key not in scorers:
+                    kw = dict(kwargs)
+                    kw["segmentation"] = bool(req["mask"]) or is_segmentation(
+                        model, prepare_input(req["volume"], model)[0], req["output_index"])
+                    scorers[key] = Scorer(model, req["volume"], rel.target, **kw)
+                curves = [flip_curve(model, req["volume"], rel.data.sum(axis=0), order=o, scorer=scorers[key],
+                                     should_stop=self._cancel.is_set, **opts) for o in orders]
+                out.append((cell.label, curves))
+            return orders, out
+
+        self._start(work, f"flipping curves for {len(cells)} comparison cells", self._show_cell_curves)
+
+    def _show_cell_curves(self, result) -> None:
+        orders, rows = result
+        self.last_cell_curves = rows
+        headers = ["cell", "target"] + [f"AOPC {ORDER_SHORT[o]}" for o in orders]
+        self.aopc_table.setColumnCount(len(headers))
+        self.aopc_table.setHorizontalHeaderLabels(headers)
+        _fill(self.aopc_table, [[label, curves[0].target_name] + [f"{c.aopc:.4g}" for c in curves]
+                                for label, curves in rows])
+        self.aopc_table.setVisible(True)
+        first = orders[0]
+        self.plot.set_curves([(f"{label} ({first})", CELL_COLOURS[i % len(CELL_COLOURS)], curves[0])
+                              for i, (label, curves) in enumerate(rows)])
+        best = max(rows, key=lambda r: r[1][0].aopc)
+        self.status.setText(f"{len(rows)} cells; largest {ORDER_TEXT[first]} AOPC: '{best[0]}' ({best[1][0].aopc:.4g}). "
+                            "Compare AOPC only between cells with the same model and target.")
 
     # ------------------------------------------------------------------ channel ablation
     def _ticked_channels(self) -> list[int]:

@@ -221,6 +221,7 @@ class LrpDesignerWidget(QWidget):
         self.point: tuple[int, int, int] | None = None
         self.last_result = None
         self.last_comparison: list = []
+        self.last_cells: tuple | None = None  # (request, core.compare cells, loaded models) of the last comparison
         self.readouts: dict[str, Any] = {}
         self._model = None
         self._model_key = None
@@ -1142,6 +1143,7 @@ class LrpDesignerWidget(QWidget):
                 progress=lambda f, m: self._progress.__setitem__(slice(None), [f, m]),
                 should_stop=self._cancel.is_set, segmentation=seg, output_index=req["output_index"], **req["mask"],
             )
+            self.last_cells = (req, cells, loaded)  # for the Check tab's per-cell flipping curves
             return "compare", (req, [(c.label, c.relevance) for c in cells])
 
         self._start(work, f"comparing {len(plan_items)} cells")
