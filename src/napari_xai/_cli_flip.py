@@ -18,6 +18,7 @@ import io
 import sys
 from pathlib import Path
 
+from ._cli_common import add_model_options, load_model_from
 from .core.errors import UserError
 
 HELP = "flip input regions in the order of relevance map(s) and write the score curves and their AOPC"
@@ -29,12 +30,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser("flip", help=HELP, description=HELP + ".")
     p.add_argument("volume", nargs="+", metavar="VOLUME", help="the NIfTI file(s) the relevance explains (several = channels)")
-    p.add_argument("--model", required=True, metavar="SOURCE", help="demo | MONAI bundle folder | file.py:Class | TorchScript file")
-    p.add_argument("--weights", help="state_dict checkpoint for a file.py:Class model")
-    p.add_argument("--model-kwargs", metavar="JSON", help="constructor keyword arguments as JSON for file.py:Class")
-    p.add_argument("--trust-model", action="store_true",
-                   help="allow full unpickling and bundle code execution: this RUNS CODE from the model files")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    add_model_options(p)
     p.add_argument("--relevance", action="append", required=True, metavar="REL.nii.gz",
                    help="relevance map on the volume's grid; repeat to compare maps (e.g. the cells of 'compare')")
     p.add_argument("--target", help="class when a relevance file has no sidecar (default: the predicted class)")
@@ -66,7 +62,6 @@ def _target_of(path: str, fallback):
 
 
 def cmd_flip(args: argparse.Namespace) -> int:
-    from .core.models import load_model
     from .core.perturbation import Scorer, flip_curve
     from .core.provenance import package_versions, sha256_file, sidecar_path, write_sidecar
     from .core.volumes import atomic_write_bytes, load_nifti, remove_files, stack_channels
@@ -87,8 +82,7 @@ def cmd_flip(args: argparse.Namespace) -> int:
             raise UserError(f"--relevance {path} has shape {tuple(rel.shape)} but the input has {tuple(volume.shape)}; "
                             "give the map of this input.")
         maps.append((path, rel.data.sum(axis=0)))
-    model = load_model(args.model, weights=args.weights, model_kwargs=args.model_kwargs, device=args.device,
-                       trust=args.trust_model)
+    model = load_model_from(args)
     kwargs: dict = {"normalization": args.normalization, "input_shape": args.input_shape,
                     "output_index": args.output_index}
     if args.mask:

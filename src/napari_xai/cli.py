@@ -1,4 +1,4 @@
-"""Command line: ``napari-xai explain | methods | demo | clusters | regions | atlases | lrp-layers | compare | flip``.
+"""Command line: ``napari-xai explain | methods | demo | clusters | regions | atlases | lrp-layers | compare | flip | cohort``.
 
 Exit codes: 0 success, 2 user error (one line on stderr, no traceback), 1 internal error.
 """
@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     from ._cli_clusters import add_subcommand as add_clusters
+    from ._cli_cohort import add_subcommand as add_cohort
     from ._cli_compare import add_subcommand as add_compare
     from ._cli_flip import add_subcommand as add_flip
     from ._cli_lrp import add_subcommand as add_lrp_layers
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_lrp_layers(sub)
     add_compare(sub)
     add_flip(sub)
+    add_cohort(sub)
     return parser
 
 
