@@ -33,7 +33,7 @@ def _one_thread():
 NAMES = [
     "saliency", "input-x-gradient", "integrated-gradients", "smoothgrad", "guided-backprop", "deconvolution",
     "grad-cam", "guided-grad-cam", "occlusion", "lrp-epsilon", "lrp-epsilon-plus", "lrp-epsilon-plus-flat",
-    "lrp-alpha1-beta0", "lrp-alpha2-beta1", "lrp-gamma", "lrp",
+    "lrp-alpha1-beta0", "lrp-alpha2-beta1", "lrp-gamma", "lrp", "region-ablation", "lime", "kernel-shap",
 ]
 
 

@@ -298,6 +298,7 @@ def explain(
         ctx.warn(w)
     ctx.step(0.0, "preparing input")
     x, resampled, model_shape, norm_mode = prepare_input(volume, model, normalization, input_shape)
+    ctx.grid_affine = geometry.model_grid_affine(volume.affine, volume.shape, model_shape)
     module, probs, names, predicted, tgt, seg = _prepare_target(
         model, x, volume, target, segmentation, mask, point, output_index, connectivity, ctx
     )

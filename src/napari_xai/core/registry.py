@@ -102,6 +102,8 @@ class RunContext:
     should_stop: Callable[[], bool] | None = None
     warnings: list[str] = field(default_factory=list)
     is_scripted: bool = False
+    #: 4x4 voxel -> world (mm) affine of the model grid (for methods that use anatomy, e.g. atlas regions).
+    grid_affine: Any = None
 
     def step(self, fraction: float, message: str = "") -> None:
         """Report progress in [0, 1] and raise :class:`Cancelled` if asked to stop."""
@@ -165,7 +167,7 @@ def register(method: Method) -> Method:
 
 def _ensure_loaded() -> None:
     # Importing the method modules registers their entries.
-    from . import attribution, lrp  # noqa: F401
+    from . import attribution, lrp, region_attribution  # noqa: F401
 
 
 def get_method(name: str) -> Method:

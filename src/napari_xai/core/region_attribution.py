@@ -1,0 +1,256 @@
+"""Region-level attribution: region ablation, LIME and KernelSHAP over cubes or atlas regions.
+
+The input is cut into interpretable features, either cubes of ``size`` voxels
+on the model grid or the regions of an atlas (for inputs in MNI space; every
+voxel outside the atlas forms one more feature, "outside atlas"). A coalition
+``z`` keeps the features with ``z_m = 1`` and sets the others to the baseline.
+A feature's value is spread evenly over its voxels (and channels), so the map
+is piecewise constant and sums over a feature to that feature's value (for
+KernelSHAP the whole map sums to ``f(x) - f(baseline)``); the largest 50
+per-feature values are recorded in the provenance (``features``).
+
+* **region-ablation**: ``R_m = f(x) - f(x without feature m)`` (occlusion by
+  region, one forward pass per feature).
+* **lime** (Ribeiro et al. 2016): random coalitions (each feature kept with
+  probability 1/2), weighted by ``exp(-d^2 / width^2)`` with ``d`` the cosine
+  distance between ``z`` and the all-ones coalition, and a weighted linear fit
+  ``f(z) ~ b + sum_m c_m z_m`` (a tiny ridge keeps it well posed); ``R_m = c_m``.
+* **kernel-shap** (Lundberg & Lee 2017): the Shapley-kernel weighted linear fit
+  with the efficiency constraint ``sum_m phi_m = f(x) - f(baseline)``. With at
+  most ``samples`` coalitions in all (``2^M - 2 <= samples``) every coalition is
+  evaluated and the result is the exact Shapley value; otherwise coalitions are
+  drawn from the Shapley kernel.
+
+All three are written here rather than taken from Captum, whose LIME and
+KernelSHAP fit their surrogate with scikit-learn by default (not a dependency
+of napari-xai); the fits are a few lines of numpy least squares.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .attribution import BASELINES, ScoreFn, make_baseline
+from .errors import UserError
+from .registry import Method, MethodOutput, Param, RunContext, register
+
+MAX_FEATURES = 4096
+
+
+def _builtin_atlases() -> tuple[str, ...]:
+    from .atlas import builtin_atlas_names
+
+    return tuple(builtin_atlas_names())
+
+
+def feature_mask(shape: tuple[int, ...], regions: str, size: int, ctx: RunContext | None) -> tuple[np.ndarray, list[str]]:
+    """Feature index (D, H, W) in 0..M-1 on the model grid, and the feature names."""
+    shape = tuple(int(s) for s in shape)
+    if regions == "cubes":
+        size = int(size)
+        nb = [math.ceil(s / size) for s in shape]
+        idx = [np.arange(s) // size for s in shape]
+        labels = (idx[0][:, None, None] * nb[1] + idx[1][None, :, None]) * nb[2] + idx[2][None, None, :]
+        # drop empty cube indices (none here, but keep 0..M-1 dense in general)
+        uniq, dense = np.unique(labels, return_inverse=True)
+        names = []
+        for u in uniq:
+            a, rest = divmod(int(u), nb[1] * nb[2])
+            b, c = divmod(rest, nb[2])
+            names.append(f"cube {a * size}:{b * size}:{c * size}")
+        return dense.reshape(shape).astype(np.int64), names
+    from .atlas import atlas_on_grid, load_atlas
+
+    grid_affine = getattr(ctx, "grid_affine", None) if ctx is not None else None
+    if grid_affine is None:
+        raise UserError(f"regions={regions!r} needs the input's position in space (its affine); run the method "
+                        "through explain(), the CLI or the widget.")
+    atlas = load_atlas(regions)
+    grid = atlas_on_grid(atlas, shape, grid_affine)
+    values, dense = np.unique(np.asarray(grid.labels), return_inverse=True)
+    names = ["outside atlas" if int(v) == 0 else atlas.name_of(int(v)) for v in values]
+    if len(values) < 2:
+        raise UserError(f"the {atlas.name} atlas has no region on this input; regions from an atlas need an input "
+                        "in MNI space (use regions=cubes otherwise).")
+    return dense.reshape(shape).astype(np.int64), names
+
+
+def _features(x: torch.Tensor, params: dict, ctx: RunContext) -> tuple[torch.Tensor, list[str], torch.Tensor, dict]:
+    labels, names = feature_mask(tuple(x.shape[2:]), params.get("regions") or "cubes", params.get("size") or 8, ctx)
+    if len(names) > MAX_FEATURES:
+        raise UserError(f"{len(names)} features are too many (at most {MAX_FEATURES}); use larger cubes (size).")
+    base, used = make_baseline(x.detach(), params.get("baseline", "zero"), None)
+    return torch.from_numpy(labels).to(x.device), names, base, used
+
+
+def _scores(f: ScoreFn, x: torch.Tensor, base: torch.Tensor, labels: torch.Tensor, coalitions: np.ndarray,
+            target: int, ppe: int) -> np.ndarray:
+    """Target score for each coalition row (1 = keep the feature, 0 = baseline)."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(coalitions), ppe):
+            z = torch.from_numpy(coalitions[start:start + ppe].astype(np.float32)).to(x.device)
+            keep = z[:, labels][:, None]  # (n, 1, D, H, W)
+            batch = x * keep + base * (1 - keep)
+            out.append(f(batch)[:, int(target)].detach().double().cpu().numpy())
+    return np.concatenate(out)
+
+
+def _to_map(values: np.ndarray, labels: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Spread each feature's value evenly over its voxels (and channels): the map sums to the value per feature."""
+    counts = np.bincount(labels.cpu().numpy().ravel(), minlength=len(values)).astype(np.float64)
+    density = np.asarray(values, dtype=np.float64) / np.maximum(counts, 1) / x.shape[1]
+    v = torch.from_numpy(density.astype(np.float32)).to(x.device)
+    return v[labels][None, None].expand(1, x.shape[1], *x.shape[2:]).clone()
+
+
+def _record(names: list[str], values: np.ndarray, labels: torch.Tensor, extra: dict) -> dict:
+    counts = np.bincount(labels.cpu().numpy().ravel(), minlength=len(names))
+    order = np.argsort(-np.abs(values))
+    top = [{"feature": names[i], "value": float(values[i]), "voxels": int(counts[i])} for i in order[:50]]
+    return {"n_features": len(names), "features": top, **extra}
+
+
+def _region_ablation(model, x, target, params, ctx) -> MethodOutput:
+    """Occlusion by region: f(x) minus f(x with one feature set to the baseline), per feature."""
+    ctx = ctx if ctx is not None else RunContext()
+    labels, names, base, used = _features(x, params, ctx)
+    m = len(names)
+    ppe = int(params.get("perturbations_per_eval") or 8)
+    f = ScoreFn(model, ctx, target, 1 + math.ceil(m / ppe), "region ablation")
+    coalitions = np.ones((m + 1, m), dtype=np.uint8)
+    coalitions[np.arange(1, m + 1), np.arange(m)] = 0
+    s = _scores(f, x, base, labels, coalitions, target, ppe)
+    values = s[0] - s[1:]
+    return MethodOutput(_to_map(values, labels, x), _record(names, values, labels, {**used, "forward_passes": f.calls}))
+
+
+def _weighted_fit(z: np.ndarray, y: np.ndarray, w: np.ndarray, ridge: float = 1e-6) -> np.ndarray:
+    """Coefficients c of y ~ b + z c, weighted least squares with a tiny ridge on c (not on b)."""
+    n, m = z.shape
+    a = np.hstack([np.ones((n, 1)), z.astype(np.float64)])
+    sw = np.sqrt(np.asarray(w, dtype=np.float64))[:, None]
+    reg = math.sqrt(ridge * max(float(np.sum(w)), 1.0)) * np.eye(m + 1)[1:]
+    coef, *_ = np.linalg.lstsq(np.vstack([a * sw, reg]), np.concatenate([y * sw[:, 0], np.zeros(m)]), rcond=None)
+    return coef[1:]
+
+
+def _lime(model, x, target, params, ctx) -> MethodOutput:
+    """LIME over region features: a weighted linear surrogate fitted to random coalitions."""
+    ctx = ctx if ctx is not None else RunContext()
+    labels, names, base, used = _features(x, params, ctx)
+    m = len(names)
+    n = int(params.get("samples") or 200)
+    width = float(params.get("kernel_width") or 0.25)
+    ppe = int(params.get("perturbations_per_eval") or 8)
+    rng = np.random.default_rng(int(params.get("seed") or 0))
+    z = (rng.random((n, m)) < 0.5).astype(np.uint8)
+    z[0] = 1  # the input itself
+    f = ScoreFn(model, ctx, target, math.ceil(n / ppe), "LIME")
+    y = _scores(f, x, base, labels, z, target, ppe)
+    kept = z.sum(axis=1)
+    d = 1.0 - np.sqrt(kept / m)  # cosine distance to the all-ones coalition
+    w = np.exp(-(d ** 2) / width ** 2)
+    values = _weighted_fit(z, y, w)
+    if n < 2 * m:
+        ctx.warn(f"lime: {n} samples for {m} features; the surrogate is underdetermined (use samples >= {2 * m} "
+                 "or larger regions).")
+    return MethodOutput(_to_map(values, labels, x), _record(names, values, labels, {**used, "forward_passes": f.calls}))
+
+
+def _shapley_coalitions(m: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Coalitions (without the empty and the full one) and their regression weights; True if exhaustive."""
+    if m <= 20 and 2 ** m - 2 <= n:
+        z = ((np.arange(1, 2 ** m - 1)[:, None] >> np.arange(m)[None, :]) & 1).astype(np.uint8)
+        k = z.sum(axis=1)
+        w = (m - 1) / (np.array([math.comb(m, int(s)) for s in k], dtype=float) * k * (m - k))
+        return z, w, True
+    sizes = np.arange(1, m)
+    p = (m - 1) / (sizes * (m - sizes))
+    p = p / p.sum()
+    k = rng.choice(sizes, size=n, p=p)
+    z = np.zeros((n, m), dtype=np.uint8)
+    for i, s in enumerate(k):
+        z[i, rng.choice(m, size=int(s), replace=False)] = 1
+    return z, np.ones(n), False  # drawn from the kernel: equal weights
+
+
+def _kernel_shap(model, x, target, params, ctx) -> MethodOutput:
+    """KernelSHAP over region features: Shapley values of the target score (exact for few features)."""
+    ctx = ctx if ctx is not None else RunContext()
+    labels, names, base, used = _features(x, params, ctx)
+    m = len(names)
+    if m < 2:
+        raise UserError("kernel-shap needs at least two features; use smaller cubes (size).")
+    n = int(params.get("samples") or 200)
+    ppe = int(params.get("perturbations_per_eval") or 8)
+    rng = np.random.default_rng(int(params.get("seed") or 0))
+    z, w, exact = _shapley_coalitions(m, n, rng)
+    f = ScoreFn(model, ctx, target, math.ceil((len(z) + 2) / ppe), "KernelSHAP")
+    ends = _scores(f, x, base, labels, np.stack([np.ones(m, np.uint8), np.zeros(m, np.uint8)]), target, ppe)
+    f_full, f_empty = float(ends[0]), float(ends[1])
+    y = _scores(f, x, base, labels, z, target, ppe) - f_empty
+    delta = f_full - f_empty
+    # efficiency constraint: phi_last = delta - sum(phi_others); fit the other m - 1 by weighted least squares
+    zl = z[:, -1:].astype(np.float64)
+    a = z[:, :-1].astype(np.float64) - zl
+    b = y - zl[:, 0] * delta
+    sw = np.sqrt(w)[:, None]
+    phi_rest, *_ = np.linalg.lstsq(a * sw, b * sw[:, 0], rcond=None)
+    values = np.append(phi_rest, delta - phi_rest.sum())
+    if not exact and n < 2 * m:
+        ctx.warn(f"kernel-shap: {n} sampled coalitions for {m} features; Shapley values are rough (use samples >= "
+                 f"{2 * m} or larger regions).")
+    rec = _record(names, values, labels, {**used, "forward_passes": f.calls, "exact": exact,
+                                          "score_input": f_full, "score_baseline": f_empty})
+    return MethodOutput(_to_map(values, labels, x), rec)
+
+
+def _common(samples: bool) -> tuple[Param, ...]:
+    out = (
+        Param("regions", str, "cubes", "Interpretable features: 'cubes' of 'size' model-grid voxels, or an atlas "
+              "(the input must be in MNI space; voxels outside the atlas form one more feature).",
+              choices=("cubes", *_builtin_atlases())),
+        Param("size", int, 8, "Edge of the cubes in model-grid voxels (regions=cubes).", minimum=1, maximum=256),
+        Param("baseline", str, "zero", "What a removed feature becomes: zeros, each channel's minimum, or a strong blur.",
+              choices=BASELINES),
+        Param("perturbations_per_eval", int, 8, "Perturbed inputs per forward pass (memory vs speed).", minimum=1,
+              maximum=256),
+    )
+    if samples:
+        out += (Param("samples", int, 200, "Coalitions to evaluate (forward passes).", minimum=4, maximum=100000),
+                Param("seed", int, 0, "Seed of the random coalitions.", minimum=0))
+    return out
+
+
+register(Method(
+    name="region-ablation",
+    family="perturbation",
+    summary="Score drop when one region (cube or atlas region) is set to the baseline; one pass per region.",
+    fn=_region_ablation,
+    params=_common(False),
+    signed=True,
+    reference="Zeiler & Fergus 2014 (occlusion), per region",
+))
+register(Method(
+    name="lime",
+    family="perturbation",
+    summary="LIME: weighted linear surrogate over random region coalitions (cubes or atlas regions).",
+    fn=_lime,
+    params=_common(True) + (Param("kernel_width", float, 0.25, "Width of the exponential kernel on the cosine "
+                                  "distance to the input.", minimum=1e-3, maximum=10.0),),
+    signed=True,
+    reference="Ribeiro, Singh & Guestrin 2016, arXiv:1602.04938",
+))
+register(Method(
+    name="kernel-shap",
+    family="perturbation",
+    summary="KernelSHAP: Shapley values of regions (exact when all coalitions fit in 'samples').",
+    fn=_kernel_shap,
+    params=_common(True),
+    signed=True,
+    reference="Lundberg & Lee 2017, arXiv:1705.07874",
+))
