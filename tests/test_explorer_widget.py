@@ -386,6 +386,18 @@ def test_atlas_columns_cursor_region_and_save(make_napari_viewer, qtbot, tmp_pat
     assert "cluster 2 " in w.cursor_label.text() and "Thalamus_R" in w.cursor_label.text()
     _hover(viewer, (0.0, 60.0, 80.0))  # outside the brain
     assert "cluster under cursor: –" in w.cursor_label.text() and "none" in w.cursor_label.text()
+    # 3D: the region is the first labelled one along the view ray (here +x from outside the head, through the
+    # left hippocampus' y and z), found by hand on the atlas grid: x = 90 - 4 i, so +x walks i downwards
+    viewer.dims.ndisplay = 3
+    viewer.cursor._view_direction = np.array([1.0, 0.0, 0.0])
+    viewer.cursor.position = (-120.0, HIPPO_L_MM[1], HIPPO_L_MM[2])
+    j, k = int(round((HIPPO_L_MM[1] + 126) / 4)), int(round((HIPPO_L_MM[2] + 72) / 4))
+    row = lab[:, j, k]
+    first = int(np.flatnonzero(row)[-1])
+    expected = w.atlas_grid.atlas.name_of(int(row[first]))
+    assert expected and expected != "Hippocampus_L"  # cortex comes first from outside
+    assert f"region ({w.atlas_grid.atlas.name}): {expected}" in w.cursor_label.text()
+    viewer.dims.ndisplay = 2
 
     # a size step keeps the columns in step with the rows (the negative cluster drops out)
     w.min_size_spin.setValue(float(res.table.voxels[0]))

@@ -83,6 +83,22 @@ def atlas_widget_for_viewer(viewer) -> "AtlasWidget | None":
     return _WIDGETS.get(id(viewer))
 
 
+def cursor_voxel(viewer, grid) -> tuple[int, int, int] | None:
+    """Voxel of an atlas ``grid`` under the mouse: at the cursor in 2D, the first labelled voxel on the view ray in 3D."""
+    pos = np.asarray(viewer.cursor.position, dtype=float)
+    if pos.size < 3:
+        return None
+    xyz = pos[-3:]
+    if viewer.dims.ndisplay == 3:
+        direction = getattr(viewer.cursor, "_view_direction", None)
+        if direction is None:
+            direction = viewer.camera.calculate_nd_view_direction(viewer.dims.ndim, viewer.dims.displayed)
+        if direction is None:
+            return None
+        return at.first_nonzero_along_ray(grid.labels, grid.affine, xyz, np.asarray(direction, dtype=float)[-3:])
+    return grid.voxel_of(xyz)
+
+
 def layer_affine(layer) -> np.ndarray:
     """4x4 voxel -> world (mm) affine of a 3D napari layer, from its own transforms."""
     ndim = layer.ndim
@@ -659,20 +675,7 @@ class AtlasWidget(QWidget):
     def _cursor_voxel(self) -> tuple[int, int, int] | None:
         """Grid voxel under the mouse: the voxel at the cursor (2D) or the first labelled voxel on the ray (3D)."""
         assert self.grid is not None
-        pos = np.asarray(self.viewer.cursor.position, dtype=float)
-        if pos.size < 3:
-            return None
-        xyz = pos[-3:]
-        if self.viewer.dims.ndisplay == 3:
-            direction = getattr(self.viewer.cursor, "_view_direction", None)
-            nd = self.viewer.dims.ndim
-            if direction is None:
-                direction = self.viewer.camera.calculate_nd_view_direction(nd, self.viewer.dims.displayed)
-            if direction is None:
-                return None
-            d = np.asarray(direction, dtype=float)[-3:]
-            return at.first_nonzero_along_ray(self.grid.labels, self.grid.affine, xyz, d)
-        return self.grid.voxel_of(xyz)
+        return cursor_voxel(self.viewer, self.grid)
 
     def _on_cursor(self, event=None) -> None:
         if self.grid is None:

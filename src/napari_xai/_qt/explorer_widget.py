@@ -956,11 +956,22 @@ class ExplorerWidget(QWidget):
         return cols
 
     def region_under_cursor(self) -> str | None:
-        """The atlas region at the cursor ("" outside every region), None without an atlas."""
+        """The atlas region under the mouse ("" outside every region), None without an atlas.
+
+        2D: the region at the cursor; 3D: the first labelled region along the view ray (as the Atlas widget).
+        """
+        from .atlas_widget import cursor_voxel
+
         grid = self._atlas_grid
         if grid is None:
             return None
-        lk = grid.lookup(np.asarray(self.viewer.cursor.position, dtype=float)[-3:])
+        if self.viewer.dims.ndisplay == 3:
+            ijk = cursor_voxel(self.viewer, grid)
+            if ijk is None:
+                return ""
+            lk = grid.lookup_voxel(ijk)
+        else:
+            lk = grid.lookup(np.asarray(self.viewer.cursor.position, dtype=float)[-3:])
         if lk.name and lk.probability is not None:
             return f"{lk.name} {lk.probability * 100:.0f}%"
         return lk.name
