@@ -112,3 +112,29 @@ def test_channel_mismatch_is_user_error():
     vol2 = Volume(data=np.concatenate([vol.data, vol.data]), affine=vol.affine)
     with pytest.raises(UserError, match="expects 1 channel"):
         explain(vol2, model, "saliency")
+
+
+def test_remembered_prediction_is_used_only_while_input_and_weights_are_unchanged():
+    vol, model, w = make()
+    calls = []
+    model.module.register_forward_hook(lambda m, i, o: calls.append(1))
+
+    def passes(fn):
+        before = len(calls)
+        out = fn()
+        return out, len(calls) - before
+
+    first, n = passes(lambda: explain(vol, model, "saliency", target="sick"))
+    assert n == 2  # the prediction and saliency's own pass
+    _, n = passes(lambda: explain(vol, model, "saliency", target="sick"))
+    assert n == 1  # the same input and weights: the prediction is remembered
+    with torch.no_grad():
+        model.module.w.mul_(-2.0)  # in-place change of the weights: the remembered prediction is stale
+    after, n = passes(lambda: explain(vol, model, "saliency", target="sick"))
+    assert n == 2
+    np.testing.assert_allclose(after.data, -2.0 * first.data, rtol=1e-5)
+    logit = float((-2.0 * w[0] * vol.data).sum())
+    assert after.probabilities["sick"] == pytest.approx(1 / (1 + np.exp(-logit)), rel=1e-4, abs=1e-6)
+    other = Volume(data=vol.data + 1.0, affine=vol.affine, name="v2")
+    _, n = passes(lambda: explain(other, model, "saliency", target="sick"))
+    assert n == 2  # another input is predicted afresh
