@@ -589,3 +589,56 @@ def test_monai_networks_are_canonised_and_conserve(kind):
     assert torch.isfinite(run_config(net, x, t, zplus, RunContext(), boundaries=False).relevance).all()
     preset = get_method("lrp-epsilon-plus")
     assert torch.isfinite(preset.fn(net, x, t, preset.parse({}), RunContext()).relevance).all()
+
+
+class TwoLayer(nn.Module):
+    """x (4) -> Linear A (3, no bias) -> ReLU -> Linear B (2, no bias): LRP-0 by hand in numpy."""
+
+    def __init__(self):
+        super().__init__()
+        self.flat = nn.Flatten()
+        self.a = nn.Linear(4, 3, bias=False)
+        self.act = nn.ReLU()
+        self.b = nn.Linear(3, 2, bias=False)
+        with torch.no_grad():
+            self.a.weight.copy_(torch.tensor([[1.0, 0.5, 0.0, 0.2], [0.3, 1.0, 0.4, 0.0], [0.0, 0.2, 1.0, 0.9]]))
+            self.b.weight.copy_(torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.25, 2.0]]))
+
+    def forward(self, x):
+        return self.b(self.act(self.a(self.flat(x))))
+
+
+@pytest.mark.parametrize(("kind", "alpha"), [("pass", [0.0, 0.4]), ("clamp", [0.0, 0.2]), ("pass", [0.1, 1.0])])
+def test_relevance_filter_inside_lrp_equals_the_hand_computation(kind, alpha):
+    """Filters within LRP layers (Joa et al.): filter the hidden relevance, then LRP-0 down to the input."""
+    from napari_xai.core.lrp_config import LayerFilter
+
+    net = TwoLayer().eval()
+    x = torch.tensor([0.8, 0.6, 1.0, 0.5]).view(1, 1, 1, 2, 2)
+    xv = x.numpy().ravel()
+    A, B = net.a.weight.detach().numpy(), net.b.weight.detach().numpy()
+    h = np.maximum(A @ xv, 0)
+    r_hidden = h * B[1]  # LRP-0 at the output of layer a (the logit split by h_j w_j)
+    n = np.abs(r_hidden).max()
+    frac = np.abs(r_hidden) / n
+    if kind == "pass":
+        filtered = np.where((frac >= alpha[0]) & (frac <= alpha[1]), r_hidden, 0.0)
+    else:
+        filtered = np.sign(r_hidden) * np.clip(frac, *alpha) * n
+    z = A @ xv
+    expected = (xv[None, :] * A / z[:, None] * filtered[:, None]).sum(axis=0)  # LRP-0 through layer a
+    cfg = LrpConfig(name="f", default=preset_params("lrp-0"), filter=LayerFilter(kind, *alpha))
+    out = run_config(net, x, 1, cfg)
+    np.testing.assert_allclose(out.relevance.numpy().ravel(), expected, rtol=1e-5, atol=1e-7)
+    assert out.used["filtered_layers"] == 1 and out.used["conservation"]["expected"] is False
+    assert not np.allclose(expected.sum(), h @ B[1])  # the filter really changed the relevance
+    # without the filter, LRP-0 on this bias-free net conserves the logit
+    plain = run_config(net, x, 1, LrpConfig(name="plain", default=preset_params("lrp-0")))
+    assert float(plain.relevance.sum()) == pytest.approx(float(h @ B[1]), rel=1e-5)
+    # JSON round trip and bad ranges
+    back = LrpConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back.filter == cfg.filter
+    with pytest.raises(UserError, match="must satisfy 0 <= alpha1 < alpha2 <= 1"):
+        LrpConfig.from_dict({**cfg.to_dict(), "filter": {"kind": "pass", "alpha": [0.5, 0.2]}})
+    with pytest.raises(UserError, match="filter kind must be one of pass, clamp"):
+        LrpConfig.from_dict({**cfg.to_dict(), "filter": {"kind": "band", "alpha": 0.4}})

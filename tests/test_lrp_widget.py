@@ -452,3 +452,32 @@ def test_worker_never_touches_layers(make_napari_viewer_proxy, nets, qtbot):
     w.run()
     wait(qtbot, w)
     assert "Reordered · configuration 1 (+)" in viewer.layers
+
+
+def test_relevance_filter_inside_lrp_is_part_of_the_configuration(make_napari_viewer, nets, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs(), name="t1", affine=AFF)
+    w = make(viewer, nets)
+    w.list_layers()
+    plain = w.config
+    filtered = w.duplicate_config("filtered")
+    w.set_filter("pass", 0.0, 0.4)
+    assert filtered.filter is not None and filtered.filter.to_dict() == {"kind": "pass", "alpha": [0.0, 0.4]}
+    assert plain.filter is None
+    w.set_filter("pass", 0.6, 0.2)  # an empty range is refused, the previous filter stays
+    assert w.status.text().startswith("error: filter range") and filtered.filter.alpha2 == 0.4
+    w.set_filter("pass", 0.0, 0.4)
+    # switching configurations shows each one's filter
+    w.config_combo.setCurrentText(plain.name)
+    assert w.filter_kind.currentText() == "no filter"
+    w.config_combo.setCurrentText("filtered")
+    assert w.filter_kind.currentText() == "pass" and w.filter_a2.value() == pytest.approx(0.4)
+    # saved and loaded with the library; a run records it and no longer expects conservation
+    path = w.save_configs(tmp_path / "lib.json")
+    assert json.loads(path.read_text())["configurations"][1]["filter"] == {"kind": "pass", "alpha": [0.0, 0.4]}
+    w.activate("filtered")
+    w.run()
+    wait(qtbot, w)
+    used = w.last_result.provenance["params"]
+    assert used["filter"] == {"kind": "pass", "alpha": [0.0, 0.4]} and used["filtered_layers"] >= 1
+    assert used["conservation"]["expected"] is False

@@ -334,6 +334,28 @@ class LrpDesignerWidget(QWidget):
                                   "epsilon conserve relevance exactly.")
         self.zero_bias.toggled.connect(self._on_zero_bias)
         grid.addWidget(self.zero_bias, 2, 3)
+        frow = QHBoxLayout()
+        self.filter_kind = QComboBox()
+        self.filter_kind.addItems(["no filter", "pass", "clamp"])
+        self.filter_kind.setToolTip(
+            "Filter inside LRP (Joa et al.): at every rule layer but the last, the relevance is divided by its largest\n"
+            "|value|; 'pass' zeroes values outside [α1, α2], 'clamp' clamps them into it; then it is scaled back.\n"
+            "E.g. pass [0, 0.4] removes the top 60 % of the amplitude range, clamp [0, 0.2] flattens the top 80 %.")
+        self.filter_a1, self.filter_a2 = QDoubleSpinBox(), QDoubleSpinBox()
+        for spin, value in ((self.filter_a1, 0.0), (self.filter_a2, 1.0)):
+            spin.setRange(0.0, 1.0)
+            spin.setSingleStep(0.05)
+            spin.setDecimals(3)
+            spin.setValue(value)
+            spin.valueChanged.connect(self._on_filter)
+        self.filter_kind.currentTextChanged.connect(self._on_filter)
+        frow.addWidget(QLabel("relevance filter inside LRP"))
+        frow.addWidget(self.filter_kind)
+        frow.addWidget(QLabel("α1"))
+        frow.addWidget(self.filter_a1)
+        frow.addWidget(QLabel("α2"))
+        frow.addWidget(self.filter_a2)
+        grid.addLayout(frow, 3, 0, 1, 4)
         lay.addWidget(box)
 
         # segments
@@ -831,10 +853,37 @@ class LrpDesignerWidget(QWidget):
         cfg = self.config
         self._updating = True
         self.zero_bias.setChecked(bool(cfg.zero_bias) if cfg else False)
+        filt = cfg.filter if cfg else None
+        self.filter_kind.setCurrentText(filt.kind if filt else "no filter")
+        self.filter_a1.setValue(filt.alpha1 if filt else 0.0)
+        self.filter_a2.setValue(filt.alpha2 if filt else 1.0)
         self._updating = False
         self._fill_segment_table()
         if self.layers:
             self._fill_layer_table()
+
+    def set_filter(self, kind: str | None, alpha1: float = 0.0, alpha2: float = 1.0) -> None:
+        """Set the active configuration's in-LRP relevance filter (None: no filter)."""
+        self.filter_a1.setValue(alpha1)
+        self.filter_a2.setValue(alpha2)
+        self.filter_kind.setCurrentText(kind or "no filter")
+        self._on_filter()
+
+    def _on_filter(self, *_):
+        from ..core.lrp_config import LayerFilter
+
+        if self._updating or self.config is None:
+            return
+        kind = self.filter_kind.currentText()
+        if kind == "no filter":
+            self.config.filter = None
+            return
+        try:
+            self.config.filter = LayerFilter(kind, self.filter_a1.value(), self.filter_a2.value())
+        except UserError as exc:
+            self.status.setText(f"error: {exc}")
+            return
+        self.status.setText(f"'{self.config.name}': {self.config.filter.label()} filter at every rule layer but the last.")
 
     def _on_zero_bias(self, on: bool) -> None:
         if not self._updating and self.config is not None:

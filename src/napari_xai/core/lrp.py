@@ -554,6 +554,50 @@ class RelevanceCapture:
         self.remove()
 
 
+class RelevanceFilterHooks:
+    """Apply a function to the relevance arriving at chosen layers' outputs during the backward pass.
+
+    Like :class:`RelevanceCapture` (a tensor hook on the layer's output, first
+    call only), but the hook returns ``fn(relevance)``, which then propagates
+    on. Register before the Zennit composite and before any capture, so that
+    captures see the filtered relevance.
+    """
+
+    def __init__(self, model: nn.Module, names: list[str], fn: Callable[[torch.Tensor], torch.Tensor]):
+        self.count = 0
+        self._handles: list = []
+        modules = dict(model.named_modules())
+        for name in names:
+            module = modules.get(name)
+            if module is None:
+                raise UserError(f"layer {name!r} does not exist in the model; choose a layer from the layer list.")
+            self._handles.append(module.register_forward_hook(self._make(fn)))
+
+    def _make(self, fn):
+        seen = [False]
+
+        def apply(grad):
+            self.count += 1
+            return fn(grad)
+
+        def hook(module, inputs, output):
+            if seen[0] or not (torch.is_tensor(output) and output.requires_grad):
+                return None
+            seen[0] = True
+            output.register_hook(apply)
+            return None
+
+        return hook
+
+    def __enter__(self) -> "RelevanceFilterHooks":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
 # --------------------------------------------------------------------------- BatchNorm merging
 
 _MERGES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -623,6 +667,7 @@ class Propagation:
     captured: dict[str, torch.Tensor]
     composite: Any  # what ``make_composite`` returned
     trace: Any  # the traced forward pass (:func:`trace_model`)
+    filtered: int = 0  # how many layer outputs the relevance filter changed
 
 
 def propagate(
@@ -636,6 +681,7 @@ def propagate(
     points: dict[str, tuple[str, str]] | None = None,
     stabilizer: float = STABILIZER,
     check: Callable[[Any], None] | None = None,
+    filters: tuple[list[str], Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> Propagation:
     """The LRP pass shared by the presets and the configurations.
 
@@ -646,7 +692,9 @@ def propagate(
     optional relevance capture at ``points``, and injects the target score as
     the output relevance. ``rule_layers(trace, modules)`` names the layers whose
     repeated use deserves the warning; ``check(trace)`` may reject the model
-    (a layer without a rule) before any work is done.
+    (a layer without a rule) before any work is done. ``filters`` = (layer
+    names, function) changes the relevance arriving at those layers' outputs
+    (:class:`RelevanceFilterHooks`).
     """
     require_eager(model, ctx, label, "LRP attaches rules to its layers")
     with model_session(model):
@@ -667,7 +715,8 @@ def propagate(
         xg = x.detach().clone().requires_grad_(True)
         sums = ResidualSums(stabilizer)
         ctx.step(0.2, f"{label}: forward")
-        with RelevanceCapture(model, points or {}) as cap:
+        names, fn = filters if filters is not None else ([], None)
+        with RelevanceFilterHooks(model, names, fn) as filt, RelevanceCapture(model, points or {}) as cap:
             with composite.context(model) as modified:
                 with sums:
                     out = modified(xg)
@@ -677,7 +726,7 @@ def propagate(
                 ctx.step(0.5, f"{label}: relevance backward")
                 (rel,) = torch.autograd.grad(scores, xg, grad_outputs=start)
     return Propagation(rel.detach(), float(start[0, int(target)]), len(name_map), sums.count,
-                       getattr(sums, "gates", 0), dict(cap.relevance), made, trace)
+                       getattr(sums, "gates", 0), dict(cap.relevance), made, trace, filt.count)
 
 
 def lrp(model: nn.Module, x: torch.Tensor, target: int, params: dict, ctx: RunContext | None, preset: LrpPreset) -> MethodOutput:

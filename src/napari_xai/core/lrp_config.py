@@ -225,6 +225,65 @@ def _rule_from(data: Any, where: str) -> RuleParams:
     return RuleParams.from_dict({**base.to_dict(), **params}, where)
 
 
+FILTER_KINDS = ("pass", "clamp")
+
+
+@dataclass
+class LayerFilter:
+    """A fraction filter on relevance inside LRP (Joa et al., LRP on 3D U-Nets for stroke lesions).
+
+    At each filtered layer the relevance R is normalised by N = max|R|; with
+    ``kind="pass"`` values whose |R|/N lies outside [alpha1, alpha2] become 0,
+    with ``kind="clamp"`` |R|/N is clamped into [alpha1, alpha2] (sign kept),
+    then multiplied by N again. ``pass`` with [0, 0.4] removes the top 60 % of
+    the amplitude range, ``clamp`` with [0, 0.2] flattens the top 80 %.
+    """
+
+    kind: str = "pass"
+    alpha1: float = 0.0
+    alpha2: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in FILTER_KINDS:
+            raise UserError(f"filter kind must be one of {', '.join(FILTER_KINDS)}, got {self.kind!r}.")
+        if not 0.0 <= float(self.alpha1) < float(self.alpha2) <= 1.0:
+            raise UserError(f"filter range [{self.alpha1:g}, {self.alpha2:g}] must satisfy 0 <= alpha1 < alpha2 <= 1 "
+                            "(fractions of the largest |relevance|).")
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "alpha": [float(self.alpha1), float(self.alpha2)]}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "LayerFilter | None":
+        if data in (None, {}, ""):
+            return None
+        if not isinstance(data, dict) or "kind" not in data:
+            raise UserError(f"{where}: 'filter' must be an object like {{\"kind\": \"pass\", \"alpha\": [0, 0.4]}}.")
+        alpha = data.get("alpha", [0.0, 1.0])
+        if isinstance(alpha, (int, float)):
+            alpha = [0.0, float(alpha)]
+        if not isinstance(alpha, list) or len(alpha) != 2:
+            raise UserError(f"{where}: filter 'alpha' must be a number (the range [0, alpha]) or [alpha1, alpha2].")
+        return cls(str(data["kind"]), float(alpha[0]), float(alpha[1]))
+
+    def apply(self, rel):
+        """The filtered relevance tensor (a new tensor; an all-zero input comes back unchanged)."""
+        import torch
+
+        n = rel.detach().abs().amax()
+        if not bool(n > 0):
+            return rel
+        frac = rel.abs() / n
+        if self.kind == "pass":
+            keep = (frac >= self.alpha1) & (frac <= self.alpha2)
+            return torch.where(keep, rel, torch.zeros_like(rel))
+        return torch.sign(rel) * frac.clamp(self.alpha1, self.alpha2) * n
+
+    def label(self) -> str:
+        rng = f"{self.alpha2:g}" if self.alpha1 == 0 else f"[{self.alpha1:g}, {self.alpha2:g}]"
+        return f"{rng}-{self.kind}"
+
+
 @dataclass
 class LrpConfig:
     """A named LRP configuration: segments with rules, a default rule and options.
@@ -242,6 +301,9 @@ class LrpConfig:
         ``pass``, ``sum`` or ``gradient`` for named layers, e.g. layers without a rule.
     intermediate : list of str
         Layers whose incoming relevance (at their output) is kept as a volume.
+    filter : LayerFilter or None
+        Fraction-pass or fraction-clamp filter applied to the relevance arriving
+        at every rule layer but the last (Joa et al.: filters within LRP layers).
     description : str
     """
 
@@ -252,6 +314,7 @@ class LrpConfig:
     layer_rules: dict[str, str] = field(default_factory=dict)
     intermediate: list[str] = field(default_factory=list)
     description: str = ""
+    filter: "LayerFilter | None" = None
 
     def to_dict(self) -> dict:
         return {
@@ -264,6 +327,7 @@ class LrpConfig:
             "segments": [s.to_dict() for s in self.segments],
             "layer_rules": dict(self.layer_rules),
             "intermediate": list(self.intermediate),
+            "filter": self.filter.to_dict() if self.filter is not None else None,
         }
 
     @classmethod
@@ -275,7 +339,8 @@ class LrpConfig:
             raise UserError(f"{where}: format {fmt!r} is not an LRP configuration ({FORMAT}).")
         if int(data.get("version", VERSION)) > VERSION:
             raise UserError(f"{where}: version {data.get('version')} is newer than this napari-xai reads ({VERSION}); update napari-xai.")
-        known = {"format", "version", "name", "description", "zero_bias", "default", "segments", "layer_rules", "intermediate"}
+        known = {"format", "version", "name", "description", "zero_bias", "default", "segments", "layer_rules", "intermediate",
+                 "filter"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}.")
@@ -301,7 +366,8 @@ class LrpConfig:
             raise UserError(f"{where}: 'intermediate' must be a list of layer names.")
         cfg = cls(name=name, segments=segments, default=_rule_from(data.get("default"), f"{where} default rule"),
                   zero_bias=bool(data.get("zero_bias", False)), layer_rules={str(k): str(v) for k, v in rules.items()},
-                  intermediate=[str(v) for v in inter], description=str(data.get("description") or ""))
+                  intermediate=[str(v) for v in inter], description=str(data.get("description") or ""),
+                  filter=LayerFilter.from_dict(data.get("filter"), where))
         cfg.check_names()
         return cfg
 
@@ -609,9 +675,16 @@ def run_config(model: nn.Module, x: torch.Tensor, target: int, config: LrpConfig
             return passthrough
         return None
 
+    filters = None
+    if config.filter is not None:
+        order = {l.name: l.index for l in layers}
+        ruled = sorted(resolved.rules, key=lambda n: order.get(n, 0))
+        # every rule layer but the last: at the output the relevance is the target score itself
+        filters = (ruled[:-1], config.filter.apply)
     prop = propagate(model, x, target, label, ctx,
                      make_composite=lambda trace, canonizers: Composite(module_map=module_map, canonizers=canonizers),
-                     rule_layers=lambda trace, modules: list(resolved.rules), points=points, stabilizer=stab)
+                     rule_layers=lambda trace, modules: list(resolved.rules), points=points, stabilizer=stab,
+                     filters=filters)
     modules = dict(model.named_modules())
     rel, r_out = prop.relevance, prop.output_relevance
     r_in = float(rel.sum())
@@ -619,7 +692,7 @@ def run_config(model: nn.Module, x: torch.Tensor, target: int, config: LrpConfig
     biased = [n for n in resolved.rules if getattr(modules.get(n), "bias", None) is not None
               and bool(torch.any(modules[n].bias.detach() != 0))]
     merged_bias = prop.merged_batchnorm  # merging BatchNorm adds a bias
-    expected = resolved.conserving
+    expected = resolved.conserving and config.filter is None  # a filter changes the relevance on purpose
     intermediate = {}
     sums_at: dict[str, float] = {}
     for key in points:
@@ -649,6 +722,8 @@ def run_config(model: nn.Module, x: torch.Tensor, target: int, config: LrpConfig
         "conservation": {"input": r_in, "output": r_out, "ratio": ratio, "expected": expected,
                          "biased_layers": len(biased) + merged_bias, "zero_bias": bool(config.zero_bias)},
         "intermediate_sums": sums_at,
+        "filter": config.filter.to_dict() if config.filter is not None else None,
+        "filtered_layers": prop.filtered,
         "_arrays": {"intermediate": intermediate,
                     "captured": {k: prop.captured[k] for k in capture if k in prop.captured}},
     }
