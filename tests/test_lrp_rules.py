@@ -642,3 +642,22 @@ def test_relevance_filter_inside_lrp_equals_the_hand_computation(kind, alpha):
         LrpConfig.from_dict({**cfg.to_dict(), "filter": {"kind": "pass", "alpha": [0.5, 0.2]}})
     with pytest.raises(UserError, match="filter kind must be one of pass, clamp"):
         LrpConfig.from_dict({**cfg.to_dict(), "filter": {"kind": "band", "alpha": 0.4}})
+
+
+def test_the_documented_example_configurations_fit_the_shipped_demo_model():
+    """docs/images/lrp_configs_example.json must name layers the demo model has (docs drift when it is retrained)."""
+    from pathlib import Path
+
+    from napari_xai.core.demo import demo_volume
+    from napari_xai.core.explain import prepare_input
+    from napari_xai.core.models import load_model
+
+    model = load_model("demo", device="cpu")
+    vol, _ = demo_volume(seed=0, condition=True)
+    x, *_ = prepare_input(vol, model)
+    layers = list_layers(model.module, x)
+    configs, active = load_configs(Path(__file__).resolve().parents[1] / "docs" / "images" / "lrp_configs_example.json")
+    assert len(configs) == 5
+    for cfg in configs:
+        resolved = resolve(cfg, layers)
+        assert len(resolved.spans) == len(cfg.segments)
