@@ -105,3 +105,27 @@ def test_user_errors_exit_2_with_one_line(case, capsys, argv_tail, message):
     assert code == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp / "o").exists() or not any((tmp / "o").iterdir())
+
+
+def test_truth_readouts_per_cell_and_readable_file_names(case, capsys):
+    from napari_xai.core.compare import slug
+
+    assert slug("γ | ε | 0 composite") == "gamma-epsilon-0_composite" and slug("z⁺ convs") == "zplus_convs"
+    tmp, vol, x, weights = case
+    truth = np.zeros(SHAPE, np.uint8)
+    truth[1:3, :, 2:5] = 1
+    nib.save(nib.Nifti1Image(truth, np.diag([2.0, 2.0, 2.0, 1.0])), str(tmp / "gt.nii.gz"))
+    out = tmp / "gt_out"
+    code, stdout, err = run(capsys, "compare", vol, "--model", f"{tmp / 'lin.py'}:Lin", "--weights", tmp / "wa.pt",
+                            "--method", "input-x-gradient", "--target", "1", "--truth", tmp / "gt.nii.gz",
+                            "--out-dir", out, "--quiet")
+    assert code == 0, err
+    row = json.loads((out / "comparison.json").read_text())["cells"][0]
+    r = weights["wa"][1].reshape(SHAPE) * x
+    pos = np.clip(r, 0, None)
+    assert row["relevance_mass"] == pytest.approx(pos[truth > 0].sum() / pos.sum(), rel=1e-4)
+    assert "mass-in-GT" in stdout
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4)), str(tmp / "bad.nii.gz"))
+    code, _, err = run(capsys, "compare", vol, "--model", f"{tmp / 'lin.py'}:Lin", "--weights", tmp / "wa.pt",
+                       "--method", "saliency", "--truth", tmp / "bad.nii.gz", "--out-dir", tmp / "o2")
+    assert code == 2 and "give one 3D mask on the input's grid" in err

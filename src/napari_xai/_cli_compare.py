@@ -52,6 +52,8 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     from ._cli_lrp import _point
 
     g.add_argument("--point", type=_point, metavar="I,J,K", help="connected predicted component at this voxel")
+    p.add_argument("--truth", metavar="MASK.nii.gz",
+                   help="ground-truth mask on the input grid: relevance mass, rank accuracy and inclusivity per cell")
     p.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the cell NIfTIs, comparison.json (and .png)")
     p.add_argument("--png", action="store_true", help="also render comparison.png (napari grid, one colour scale)")
     p.add_argument("--view", choices=("3d", "2d"), default="3d", help="view of --png (default 3d)")
@@ -124,6 +126,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.point:
         kwargs["point"] = tuple(args.point)
     kwargs["segmentation"] = bool(args.segmentation or args.mask or args.point)
+    truth = None
+    if args.truth:
+        t = load_nifti(args.truth)
+        if t.channels != 1 or tuple(t.shape) != tuple(volume.shape):
+            raise UserError(f"--truth {args.truth} has shape {tuple(t.shape)} (channels {t.channels}) but the input has "
+                            f"{tuple(volume.shape)}; give one 3D mask on the input's grid.")
+        truth = t.data[0] != 0
+        if not truth.any():
+            raise UserError(f"--truth {args.truth} is empty (no voxel set).")
     plan(whats, targets, [str(i) for i in range(len(args.model))])  # too many cells: say so before loading models
     models = _models(args)
     items = plan(whats, targets, list(models))
@@ -163,12 +174,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
                       "comparison": {"cell": i + 1, "label": cell.label, "limit": limit}}
             written.append(write_sidecar(path, record))
             cons = rel.provenance["params"].get("conservation") or {}
+            readouts = {}
+            if truth is not None:
+                from .core.metrics import mask_report
+
+                rep = mask_report(rel.data, truth, image=volume.data)
+                readouts = {k: rep[k] for k in ("relevance_mass", "rank_accuracy", "ground_truth_inclusivity",
+                                                "input_inclusivity")}
             rows.append({
                 "cell": i + 1, "label": cell.label, "kind": cell.item.kind, "name": cell.item.name,
                 "target": rel.target_name, "target_index": rel.target, "model": cell.item.model,
                 "file": path.name, "relevance_sum": float(summed.sum()),
                 "positive_sum": float(summed[summed > 0].sum()), "negative_sum": float(summed[summed < 0].sum()),
-                "conservation_ratio": cons.get("ratio"), "warnings": list(rel.warnings),
+                "conservation_ratio": cons.get("ratio"), "warnings": list(rel.warnings), **readouts,
             })
         summary = {"command": command, "volumes": [str(p) for p in args.volume], "limit": limit,
                    "scale": args.scale, "png_limits": shown if args.scale == "per-cell" else [limit] * len(cells),
@@ -185,10 +203,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         remove_files(written)
         raise
     width = max(len(r["label"]) for r in rows)
-    print(f"{'#':>3}  {'cell':{width}}  {'sum':>11}  {'positive':>11}  {'negative':>11}  file")
+    extra = "  mass-in-GT  rank-acc  D(R,GT)  D(R,x)" if truth is not None else ""
+    print(f"{'#':>3}  {'cell':{width}}  {'sum':>11}  {'positive':>11}  {'negative':>11}{extra}  file")
     for r in rows:
+        more = (f"  {r['relevance_mass']:10.3f}  {r['rank_accuracy']:8.3f}  {r['ground_truth_inclusivity']:7.3f}  "
+                f"{r['input_inclusivity']:6.3f}") if truth is not None else ""
         print(f"{r['cell']:>3}  {r['label']:{width}}  {r['relevance_sum']:11.4g}  {r['positive_sum']:11.4g}  "
-              f"{r['negative_sum']:11.4g}  {r['file']}")
+              f"{r['negative_sum']:11.4g}{more}  {r['file']}")
         for w in r["warnings"]:
             print(f"napari-xai: warning: cell {r['cell']}: {w}", file=sys.stderr)
     scale = f"colour limit 0…{limit:.4g}" if args.scale == "common" else "each cell its own colour limit"

@@ -73,11 +73,18 @@ def model_name(source: str, weights: str | None = None, taken: Sequence[str] = (
     return name
 
 
+GREEK = {"α": "alpha", "β": "beta", "γ": "gamma", "ε": "epsilon", "θ": "theta", "⁺": "plus", "⁻": "minus",
+         "²": "2", "σ": "sigma", "μ": "mu", "|": "-"}
+
+
 def slug(text: str) -> str:
-    """A file-name-safe version of a cell label."""
+    """A file-name-safe version of a cell label (Greek rule letters spelled out: γ | ε | 0 -> gamma-epsilon-0)."""
     import re
 
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_.") or "cell"
+    for k, v in GREEK.items():
+        text = text.replace(k, v)
+    text = re.sub(r"[^A-Za-z0-9.+-]+", "_", text)
+    return re.sub(r"_?-_?", "-", text).strip("_.-") or "cell"
 
 
 def plan(whats: Sequence[tuple[str, str]], targets: Sequence[int | str | None] = (None,),
