@@ -395,6 +395,18 @@ def test_comparison_across_targets_and_models(make_napari_viewer, nets, qtbot):
     titles = [l.name for l in viewer.layers if l.metadata.get("xai_lrp", {}).get("kind") == "compare"
               and l.name_overlay.visible]
     assert titles == [f"{i + 1}. {label}" for i, label in enumerate(labels)]
+    # the ground truth of the Run tab gives every cell its mask readouts (positive mass by hand)
+    gt = np.zeros(data.shape, np.uint8)
+    gt[7:11, 7:11, 7:11] = 1
+    viewer.add_labels(gt, name="ground truth", affine=AFF)
+    assert w.truth_layer.currentText() == "ground truth"
+    w.compare([f"config: {cfg.name}"], targets=["class 1"], models=[key_a, key_b])
+    wait(qtbot, w)
+    assert w.cell_table.rowCount() == 2 and len(w.cell_readouts) == 2
+    for (label, rel), row in zip(w.last_comparison, w.cell_readouts):
+        pos = np.clip(rel.data.sum(axis=0), 0, None)
+        assert row["cell"] == label and row["relevance_mass"] == pytest.approx(pos[gt > 0].sum() / pos.sum(), rel=1e-5)
+    assert w.cell_table.item(0, 2).text() == f"{w.cell_readouts[0]['relevance_mass']:.3f}"
     # a model that is not in the list is refused with one line
     w.compare([f"config: {cfg.name}"], models=["nope"])
     assert w.status.text() == "error: model 'nope' is not in the models list; add it with 'Add model'."

@@ -221,7 +221,8 @@ class LrpDesignerWidget(QWidget):
         self.point: tuple[int, int, int] | None = None
         self.last_result = None
         self.last_comparison: list = []
-        self.last_cells: tuple | None = None  # (request, core.compare cells, loaded models) of the last comparison
+        self.last_cells: tuple | None = None
+        self.cell_readouts: list[dict] = []  # (request, core.compare cells, loaded models) of the last comparison
         self.readouts: dict[str, Any] = {}
         self._model = None
         self._model_key = None
@@ -541,6 +542,14 @@ class LrpDesignerWidget(QWidget):
         row.addWidget(self.save_png_btn)
         row.addWidget(self.exit_grid_btn)
         lay.addLayout(row)
+        self.cell_table = QTableWidget(0, 6)
+        self.cell_table.setHorizontalHeaderLabels(["cell", "Σ relevance", "mass in GT", "rank acc.", "D(R,GT)", "D(R,x)"])
+        self.cell_table.verticalHeader().setVisible(False)
+        self.cell_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.cell_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.cell_table.setToolTip("Per cell: the relevance sum and, with a ground truth chosen in the Run tab, the mask "
+                                   "readouts (relevance mass, rank accuracy, inclusivity).")
+        lay.addWidget(self.cell_table, 1)
         return page
 
     # ------------------------------------------------------------------ viewer choices
@@ -1480,8 +1489,32 @@ class LrpDesignerWidget(QWidget):
         show_grid(viewer, comparison_layer_data(req["volume"].data[0], results, limit, META_KEY),
                   three_d=self.compare_3d.isChecked())
         self.last_comparison = results
+        self._fill_cell_table(req, results)
         scale = f"colour limit 0…{limit:.3g} for all" if common else "each cell scaled to its own 99.99th percentile"
         self.status.setText(f"{len(results)} cells side by side; {scale} (hot: positive, cyan: negative relevance).")
+
+    def _fill_cell_table(self, req, results: list) -> None:
+        """One row per comparison cell: relevance sum and, with a ground truth, the mask readouts."""
+        from ..core.metrics import mask_report
+
+        self.cell_readouts = []
+        self.cell_table.setRowCount(len(results))
+        for r, (label, rel) in enumerate(results):
+            row = {"cell": label, "sum": float(rel.data.sum())}
+            if req.get("truth") is not None:
+                try:
+                    rep = mask_report(rel.data, req["truth"], image=req["volume"].data)
+                except UserError:
+                    rep = None
+                if rep is not None:
+                    row.update({k: rep[k] for k in ("relevance_mass", "rank_accuracy", "ground_truth_inclusivity",
+                                                    "input_inclusivity")})
+            self.cell_readouts.append(row)
+            texts = [label, f"{row['sum']:.4g}"] + [
+                f"{row[k]:.3f}" if k in row else "–"
+                for k in ("relevance_mass", "rank_accuracy", "ground_truth_inclusivity", "input_inclusivity")]
+            for c, text in enumerate(texts):
+                self.cell_table.setItem(r, c, QTableWidgetItem(text))
 
     def exit_grid(self) -> None:
         viewer = self._viewer
