@@ -493,3 +493,21 @@ def test_relevance_filter_inside_lrp_is_part_of_the_configuration(make_napari_vi
     used = w.last_result.provenance["params"]
     assert used["filter"] == {"kind": "pass", "alpha": [0.0, 0.4]} and used["filtered_layers"] >= 1
     assert used["conservation"]["expected"] is False
+
+
+def test_alpha_sweep_adds_filtered_copies_and_ticks_them(make_napari_viewer, nets, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs(), name="t1", affine=AFF)
+    w = make(viewer, nets)
+    w.list_layers()
+    base = w.active
+    labels = w.sweep_filter("clamp", (0.2, 0.5))
+    assert labels == [f"config: {base}", f"config: {base} · 0.2-clamp", f"config: {base} · 0.5-clamp"]
+    assert w.config_named(f"{base} · 0.5-clamp").filter.to_dict() == {"kind": "clamp", "alpha": [0.0, 0.5]}
+    assert w.config_named(base).filter is None
+    assert w._checked(w.compare_list) == labels
+    w.compare_3d.setChecked(False)
+    w.compare()
+    wait(qtbot, w)
+    sums = [row["sum"] for row in w.cell_readouts]
+    assert len(sums) == 3 and len({round(v, 6) for v in sums}) == 3  # the filters change the relevance

@@ -542,6 +542,16 @@ class LrpDesignerWidget(QWidget):
         row.addWidget(self.save_png_btn)
         row.addWidget(self.exit_grid_btn)
         lay.addLayout(row)
+        srow = QHBoxLayout()
+        self.sweep_btn = QPushButton("Add α sweep of the active configuration")
+        self.sweep_btn.setToolTip("Copies of the active configuration with a [0, α] filter inside LRP for α = 0.2, 0.4, "
+                                  "0.6, 0.8, ticked with the original (Joa et al.'s α sweep).")
+        self.sweep_btn.clicked.connect(self._sweep_clicked)
+        self.sweep_kind = QComboBox()
+        self.sweep_kind.addItems(["pass", "clamp"])
+        srow.addWidget(self.sweep_btn, 1)
+        srow.addWidget(self.sweep_kind)
+        lay.addLayout(srow)
         self.cell_table = QTableWidget(0, 6)
         self.cell_table.setHorizontalHeaderLabels(["cell", "Σ relevance", "mass in GT", "rank acc.", "D(R,GT)", "D(R,x)"])
         self.cell_table.verticalHeader().setVisible(False)
@@ -777,6 +787,37 @@ class LrpDesignerWidget(QWidget):
         self.configs.append(cfg)
         self._refresh_configs(cfg.name)
         return cfg
+
+    def sweep_filter(self, kind: str = "pass", alphas: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)) -> list[str]:
+        """Copies of the active configuration with an in-LRP filter [0, α] for each α, ticked for comparison.
+
+        With the original (no filter) and a ground truth in the Run tab, the
+        Compare tab's table then shows how the readouts change with α (the α
+        sweep of Joa et al.). Returns the compare-list labels of the sweep.
+        """
+        from ..core.lrp_config import LayerFilter
+
+        base = self.config_named(self.active) if self.active else self.config
+        if base is None:
+            raise UserError("create a configuration first.")
+        names = []
+        for a in alphas:
+            cfg = base.copy(self._unique(f"{base.name} · {a:g}-{kind}"))
+            cfg.filter = LayerFilter(kind, 0.0, float(a))
+            self.configs.append(cfg)
+            names.append(cfg.name)
+        self._refresh_configs(base.name)
+        labels = [f"config: {base.name}"] + [f"config: {n}" for n in names]
+        self._tick(self.compare_list, labels)
+        self.status.setText(f"{len(names)} filtered copies of '{base.name}' added and ticked with it; press "
+                            "'Compare in grid'.")
+        return labels
+
+    def _sweep_clicked(self):
+        try:
+            self.sweep_filter(self.sweep_kind.currentText())
+        except UserError as exc:
+            self._fail(str(exc))
 
     def rename_config(self, name: str) -> None:
         cfg = self.config
