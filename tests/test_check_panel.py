@@ -152,6 +152,7 @@ def test_channel_ranking_show_and_ablation(setup, qtbot):
     panel.tick_channels([2])
     panel.show_channels()
     assert "conv · channel 2 (+)" in viewer.layers
+    np.testing.assert_allclose(viewer.layers["conv · channel 2 activation"].data, 3 * x, rtol=1e-5)  # 3 x, by hand
     panel.ablate()
     wait(qtbot, panel)
     res = panel.last_ablation

@@ -156,6 +156,7 @@ def test_channel_relevance_and_ablation_are_hand_computed():
     np.testing.assert_allclose([c["activation"] for c in res["channels"]], [m, 2 * m, 3 * m], rtol=1e-5)
     assert res["volumes"].shape == (3, 4, 4, 4)
     np.testing.assert_allclose(res["volumes"][2], 3 * x[0] / x.size, rtol=1e-4)  # relevance of channel 2 per voxel
+    np.testing.assert_allclose(res["activations"][1], 2 * x[0], rtol=1e-5)  # conv output of channel 1 = 2 x
     out = ablate(model, vol, "conv", [2], scorer=scorer)
     assert out["after"]["logits"][1] == pytest.approx(3 * m, rel=1e-5) and out["delta"] == pytest.approx(-3 * m, rel=1e-5)
     assert out["layer_channels"] == 3

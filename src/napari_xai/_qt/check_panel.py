@@ -641,8 +641,17 @@ class CheckPanel(QWidget):
         for c in chans:
             tuples += signed_layers(res["volumes"][c], f"{res['layer']} · channel {c}", affine,
                                     {LRP_KEY: {"kind": "channel", "layer": res["layer"], "channel": c}})
+            if res.get("activations") is not None:
+                # the designer paper shows each neuron's activation beside its relevance (hidden at first)
+                act = res["activations"][c]
+                hi = float(np.abs(act).max()) or 1.0
+                tuples.append((act, {"name": f"{res['layer']} · channel {c} activation", "affine": affine,
+                                     "colormap": "magma", "contrast_limits": (0.0, hi), "visible": False,
+                                     "metadata": {LRP_KEY: {"kind": "activation", "layer": res["layer"],
+                                                            "channel": c}}}, "image"))
         upsert(self._viewer, tuples)
-        self.status.setText(f"relevance of {len(chans)} channel(s) of '{res['layer']}' added as layers.")
+        self.status.setText(f"relevance of {len(chans)} channel(s) of '{res['layer']}' added as layers"
+                            + (" (their activation maps too, hidden)." if res.get("activations") is not None else "."))
 
     def ablate(self, *_):
         try:

@@ -317,7 +317,8 @@ def channel_relevance(model: Any, volume: Volume, layer: str, target: int | str 
     ``config`` is an :class:`~napari_xai.core.lrp_config.LrpConfig` (default:
     the γ | ε | 0 composite). Returns ``{"layer", "target", "channels": [{"channel",
     "positive", "negative", "activation"}], "volumes": (C, i, j, k) channel relevance
-    on the input grid, "conservation": {...}}``.
+    on the input grid, "activations": (C, i, j, k) the layer's activation maps
+    resized to the input grid, "conservation": {...}}``.
     """
     import torch
 
@@ -352,11 +353,16 @@ def channel_relevance(model: Any, volume: Volume, layer: str, target: int | str 
     mean_act = act[0].float().reshape(act.shape[1], -1).mean(dim=1) if act is not None else torch.full_like(pos, float("nan"))
     channels = [{"channel": c, "positive": float(pos[c]), "negative": float(neg[c]), "activation": float(mean_act[c])}
                 for c in range(rel.shape[0])]
-    volumes = None
+    volumes = activations = None
     if rel.ndim == 4:
         volumes = relevance_to_grid(rel.cpu().numpy(), tuple(volume.shape)).astype(np.float32)
+        if act is not None and act.ndim == 5:
+            # activations are values, not amounts: resample them (trilinear), do not redistribute their sum
+            from .geometry import resize
+
+            activations = resize(act[0].float().cpu().numpy(), tuple(volume.shape)).astype(np.float32)
     return {"layer": layer, "target": scorer.target, "channels": channels, "volumes": volumes,
-            "conservation": out.used.get("conservation")}
+            "activations": activations, "conservation": out.used.get("conservation")}
 
 
 def ablate(model: Any, volume: Volume, layer: str, channels: Sequence[int], target: int | str | None = None,
