@@ -138,3 +138,15 @@ def test_remembered_prediction_is_used_only_while_input_and_weights_are_unchange
     other = Volume(data=vol.data + 1.0, affine=vol.affine, name="v2")
     _, n = passes(lambda: explain(other, model, "saliency", target="sick"))
     assert n == 2  # another input is predicted afresh
+
+
+def test_explanations_from_several_threads_agree():
+    """Widgets explain from worker threads; the remembered predictions are shared safely."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    vol, model, w = make()
+    others = [Volume(data=vol.data + k, affine=vol.affine, name=f"v{k}") for k in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda v: explain(v, model, "input-x-gradient", target="sick"), others * 3))
+    for v, rel in zip(others * 3, results):
+        np.testing.assert_allclose(rel.data, w[0] * v.data, rtol=1e-5, atol=1e-6)  # input x gradient = w x, by hand

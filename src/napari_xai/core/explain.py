@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -157,6 +158,7 @@ def _forward(module: Any, x):
 
 _PREDICTIONS: Any = None  # weakref.WeakKeyDictionary: module -> OrderedDict(key -> output), see _predict_cached
 PREDICTION_CACHE_SIZE = 2
+_PREDICTIONS_LOCK = threading.Lock()  # widgets explain from worker threads
 
 
 def _state_key(module: Any) -> tuple:
@@ -187,23 +189,26 @@ def _predict_cached(module: Any, x):
     global _PREDICTIONS
     if getattr(module, "training", False):
         return _forward(module, x)
-    if _PREDICTIONS is None:
-        _PREDICTIONS = weakref.WeakKeyDictionary()
     digest = hashlib.blake2b(x.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
     key = (digest, tuple(x.shape), str(x.dtype), str(x.device), _state_key(module))
-    try:
-        store = _PREDICTIONS.setdefault(module, OrderedDict())
-    except TypeError:  # not weak-referenceable (e.g. some scripted modules)
-        return _forward(module, x)
-    if key in store:
-        store.move_to_end(key)
-        return store[key]
+    with _PREDICTIONS_LOCK:
+        if _PREDICTIONS is None:
+            _PREDICTIONS = weakref.WeakKeyDictionary()
+        try:
+            store = _PREDICTIONS.setdefault(module, OrderedDict())
+        except TypeError:  # not weak-referenceable (e.g. some scripted modules)
+            store = None
+        if store is not None and key in store:
+            store.move_to_end(key)
+            return store[key]
     out = _forward(module, x)
     detached = tuple(o.detach() if torch.is_tensor(o) else o for o in out) if isinstance(out, (tuple, list)) else (
         out.detach() if torch.is_tensor(out) else out)
-    store[key] = detached
-    while len(store) > PREDICTION_CACHE_SIZE:
-        store.popitem(last=False)
+    if store is not None:
+        with _PREDICTIONS_LOCK:
+            store[key] = detached
+            while len(store) > PREDICTION_CACHE_SIZE:
+                store.popitem(last=False)
     return detached
 
 
