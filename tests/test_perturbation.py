@@ -169,3 +169,26 @@ def test_channel_relevance_and_ablation_are_hand_computed():
         ablate(model, vol, "nope", [0], scorer=scorer)
     with pytest.raises(UserError, match="choose at least one channel"):
         ablate(model, vol, "conv", [], scorer=scorer)
+
+
+class VoxelSeg(nn.Module):
+    """Two-class logit map: class 1 = 2 relu(x - 0.5) per voxel, class 0 = relu(0.5 - x)."""
+
+    def forward(self, x):
+        return torch.cat([torch.relu(0.5 - x), 2 * torch.relu(x - 0.5)], dim=1)
+
+
+def test_segmentation_curve_keeps_the_unperturbed_mask():
+    """Score = sum over the predicted class-1 region of 2 (x - 0.5); zeroing a voxel there removes its term."""
+    rng = np.random.default_rng(8)
+    x = rng.random((1, 5, 5, 5)).astype(np.float32)
+    vol = Volume(data=x, affine=np.eye(4), name="v")
+    model = loaded(VoxelSeg())
+    inside = x[0] > 0.5
+    terms = np.where(inside, 2 * (x[0] - 0.5), 0.0)
+    rel = terms  # the relevance of each voxel is its own term
+    curve = flip_curve(model, vol, rel, "sick", order="morf", region=1, steps=5, max_fraction=0.5, segmentation=True)
+    top = np.sort(terms.ravel())[::-1]
+    expected = [terms.sum() - top[:v].sum() for v in curve.voxels]
+    np.testing.assert_allclose(curve.scores, expected, rtol=1e-5, atol=1e-5)
+    assert np.isnan(curve.probabilities[0])  # segmentation scores are masked sums, not probabilities
