@@ -2,8 +2,8 @@
 
     .venv/bin/python scripts/make_demo_cohort.py OUTDIR [--n 16] [--first-seed 100]
 
-Odd seeds are atrophic, even seeds healthy (``napari_xai.core.demo.demo_sample``).
-Covariates: the simulated atrophy ``severity`` (0 for healthy subjects), the
+Odd seeds are atrophic, even seeds healthy (``napari_xai.core.demo.demo_sample``);
+atrophic subjects get their atrophied region as ``truth`` mask. Covariates: the simulated atrophy ``severity`` (0 for healthy subjects), the
 class ``atrophy`` (0/1) and ``hippocampal_tissue``, the summed image intensity
 inside the hippocampus/amygdala region (a stand-in for a hippocampus volume).
 Then, for example::
@@ -30,13 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = ["id,path,severity,atrophy,hippocampal_tissue"]
+    rows = ["id,path,truth,severity,atrophy,hippocampal_tissue"]
     for seed in range(args.first_seed, args.first_seed + args.n):
         s = demo_sample(seed)
         name = f"sub-{seed}.nii.gz"
         save_nifti(out / name, s.volume.data[0], s.volume.affine)
         tissue = float(s.volume.data[0][s.region.astype(bool)].sum())
-        rows.append(f"sub-{seed},{name},{s.severity:.4f},{int(s.condition)},{tissue:.1f}")
+        truth = ""
+        if s.condition:  # the atrophied region is the ground truth of atrophic subjects
+            truth = f"sub-{seed}_truth.nii.gz"
+            save_nifti(out / truth, s.region.astype("uint8"), s.volume.affine)
+        rows.append(f"sub-{seed},{name},{truth},{s.severity:.4f},{int(s.condition)},{tissue:.1f}")
     atomic_write_bytes(out / "subjects.csv", ("\n".join(rows) + "\n").encode("utf-8"))
     print(f"wrote {args.n} subjects and {out / 'subjects.csv'}")
     return 0

@@ -53,6 +53,7 @@ def test_read_subjects_paths_channels_covariates_and_errors(tmp_path):
         ("id,path\ns1,missing.nii.gz\n", "line 2: file not found"),
         ("id,path\n", "lists no subject"),
         ("id,path\ns/1,a.nii.gz\n", "contains '/'"),
+        ("id,path,truth\ns1,a.nii.gz,none.nii.gz\n", "line 2: truth mask not found"),
     ]
     for text, message in cases:
         table.write_text(text)
@@ -151,3 +152,37 @@ def test_cohort_resume_refuses_other_settings_and_survives_a_bad_subject(cohort,
     status = {r["id"]: r["status"] for r in csv.DictReader((tmp / "out2" / "subjects.csv").open())}
     assert status == {"s0": "ok", "odd": "failed", "s2": "ok"}
     assert (tmp / "out2" / "maps" / "s2.nii.gz").exists() and not (tmp / "out2" / "maps" / "odd.nii.gz").exists()
+
+
+def test_truth_masks_and_flipping_readouts_per_subject(cohort, capsys):
+    """relevance mass by hand; AOPC by hand: 3-voxel cubes ranked by summed w x, flipped to 0, 10 steps up to 20 %."""
+    tmp, model, w, xs = cohort
+    truth = np.zeros(SHAPE, np.uint8)
+    truth[1:4, 1:3, 2:5] = 1
+    nii(tmp / "gt.nii.gz", truth)
+    lines = ["id,path,truth"] + [f"{k},{k}.nii.gz,gt.nii.gz" for k in ("s0", "s1", "s2")]
+    (tmp / "with_truth.csv").write_text("\n".join(lines) + "\n")
+    out = tmp / "gt_out"
+    code, stdout, err = run(capsys, "cohort", tmp / "with_truth.csv", *model, "--method", "input-x-gradient",
+                            "--target", "1", "--flip", "--out-dir", out, "--quiet")
+    assert code == 0, err
+    rows = {r["id"]: r for r in csv.DictReader((out / "subjects.csv").open())}
+    W1 = w[1].reshape(SHAPE)
+    idx = [np.arange(n) // 3 for n in SHAPE]
+    cube = (idx[0][:, None, None] * 2 + idx[1][None, :, None]) * 2 + idx[2][None, None, :]  # 2 x 2 x 2 cubes
+    aopcs = []
+    for sid in ("s0", "s1", "s2"):
+        r = W1 * xs[sid]
+        pos = np.clip(r, 0, None)
+        assert float(rows[sid]["relevance_mass"]) == pytest.approx(pos[truth > 0].sum() / pos.sum(), rel=1e-4)
+        sums = np.bincount(cube.ravel(), weights=r.ravel(), minlength=8)
+        order = np.argsort(-sums, kind="stable")
+        counts = [int(round(0.2 * k / 10 * 8)) for k in range(11)]
+        scores = [r.sum() - sums[order[:c]].sum() for c in counts]
+        aopc = float(np.mean(scores[0] - np.asarray(scores)))
+        assert float(rows[sid]["aopc_morf"]) == pytest.approx(aopc, rel=1e-4, abs=1e-5)
+        aopcs.append(aopc)
+    summary = json.loads((out / "subjects.json").read_text())["readouts"]
+    assert summary["aopc_morf"]["n"] == 3 and summary["aopc_morf"]["mean"] == pytest.approx(np.mean(aopcs), rel=1e-4)
+    assert summary["aopc_morf"]["sd"] == pytest.approx(np.std(aopcs, ddof=1), rel=1e-3)
+    assert "aopc_morf: mean" in stdout

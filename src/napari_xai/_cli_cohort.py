@@ -13,7 +13,12 @@ Writes into ``--out-dir``:
   share the first subject's grid;
 * with ``--atlas``: ``regions.csv`` (relevance per subject and region) and, when
   the cohort CSV has numeric covariates, ``correlations.csv`` (Pearson's r and
-  p of each region's relevance with each covariate).
+  p of each region's relevance with each covariate);
+* with a ``truth`` column (ground-truth masks), the relevance mass inside the
+  mask, rank accuracy and inclusivity per subject, and with ``--flip`` the
+  AOPC of region flipping (most relevant first and random); their mean and SD
+  over the cohort go into ``subjects.json``, so methods and models can be
+  ranked on a whole cohort.
 
 A subject that fails with a user error (a bad file, a wrong channel count) is
 reported and skipped; the others go on, and the exit code is 2.
@@ -51,11 +56,45 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
                    help="probabilistic atlases: minimum probability of a region (default 25)")
     p.add_argument("--measure", choices=MEASURES, default="pos_sum",
                    help="region relevance correlated with the covariates (default pos_sum)")
+    p.add_argument("--flip", action="store_true",
+                   help="also score each map by region flipping: AOPC most relevant first and random (3-voxel "
+                        "regions, 10 steps up to 20 %%, zero baseline)")
     p.add_argument("--out-dir", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="recompute maps made with other settings; replace the tables")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_cohort)
     return p
+
+
+READOUTS = ("relevance_mass", "rank_accuracy", "ground_truth_inclusivity", "input_inclusivity", "aopc_morf", "aopc_random")
+FLIP = {"region": 3, "steps": 10, "max_fraction": 0.2, "baseline": "zero"}
+
+
+def _readouts(args, subject, data, model, target) -> dict:
+    """Ground-truth readouts (with a ``truth`` column) and flipping AOPC (with ``--flip``) for one subject's map."""
+    from .core.volumes import load_nifti, stack_channels
+
+    out: dict = {}
+    if subject.truth is None and not args.flip:
+        return out
+    volume = stack_channels([load_nifti(p) for p in subject.paths])
+    if subject.truth is not None:
+        from .core.metrics import mask_report
+
+        t = load_nifti(subject.truth)
+        if t.channels != 1 or tuple(t.shape) != tuple(data.shape):
+            raise UserError(f"truth mask {subject.truth.name} has shape {tuple(t.shape)} but the map has "
+                            f"{tuple(data.shape)}; give the mask on the subject's grid.")
+        rep = mask_report(data, t.data[0] != 0, image=volume.data)
+        out.update({k: float(rep[k]) for k in READOUTS[:4]})
+    if args.flip:
+        from .core.perturbation import Scorer, flip_curve
+
+        scorer = Scorer(model, volume, int(target["index"]), normalization=args.normalization,
+                        input_shape=args.input_shape)
+        for order in ("morf", "random"):
+            out[f"aopc_{order}"] = flip_curve(model, volume, data, order=order, scorer=scorer, **FLIP).aopc
+    return out
 
 
 def _csv_bytes(header: list[str], rows: list[list]) -> bytes:
@@ -77,7 +116,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
 
     from .cli import _parse_params
     from .core import atlas as at
-    from .core.cohort import RunningMean, correlations, read_subjects, subjects_from_paths
+    from .core.cohort import RunningMean, correlations, read_subjects, subjects_from_paths, summarize
     from .core.explain import explain
     from .core.provenance import package_versions, read_sidecar, sha256_file, write_sidecar
     from .core.registry import get_method
@@ -141,12 +180,13 @@ def cmd_cohort(args: argparse.Namespace) -> int:
                 write_sidecar(path, record)
                 for w in rel.warnings:
                     print(f"napari-xai: warning: {s.id}: {w}", file=sys.stderr)
+            data = np.asarray(data, dtype=np.float64)
+            readouts = _readouts(args, s, data, model, target)
         except UserError as exc:
             failures.append({"id": s.id, "error": str(exc)})
             print(f"napari-xai: error: subject {s.id}: {exc}", file=sys.stderr)
-            rows.append([s.id, "failed", "", "", "", "", "", "", "", str(exc), *[_fmt(v) for v in s.covariates.values()]])
+            rows.append({"id": s.id, "status": "failed", "error": str(exc), **s.covariates})
             continue
-        data = np.asarray(data, dtype=np.float64)
         mean.add(data, affine, s.id)
         if atlas is not None:
             gkey = (tuple(data.shape), tuple(np.round(np.asarray(affine), 4).ravel()))
@@ -157,16 +197,18 @@ def cmd_cohort(args: argparse.Namespace) -> int:
             region_rows += [[s.id, r["region"], r["voxels"], _fmt(r["pos_sum"]), _fmt(r["neg_sum"]),
                              _fmt(r["sum"]), _fmt(r["mean"])] for r in table.rows]
         prob = pred.get("probabilities", {}).get(pred.get("name"), float("nan")) if isinstance(pred, dict) else float("nan")
-        rows.append([s.id, status, pred.get("name", ""), _fmt(float(prob)), target.get("name", ""),
-                     _fmt(float(data.sum())), _fmt(float(data[data > 0].sum())), _fmt(float(data[data < 0].sum())),
-                     f"maps/{path.name}", "", *[_fmt(v) for v in s.covariates.values()]])
+        rows.append({"id": s.id, "status": status, "predicted": pred.get("name", ""), "probability": float(prob),
+                     "target": target.get("name", ""), "relevance_sum": float(data.sum()),
+                     "positive_sum": float(data[data > 0].sum()), "negative_sum": float(data[data < 0].sum()),
+                     "map": f"maps/{path.name}", "error": "", **readouts, **s.covariates})
         if not args.quiet:
             print(f"[{k}/{len(subjects)}] {s.id}: {status}; predicted {pred.get('name')}, explained {target.get('name')}",
                   file=sys.stderr)
     covariates = list(subjects[0].covariates) if subjects else []
+    metrics = [k for k in READOUTS if any(k in r for r in rows)]
     header = ["id", "status", "predicted", "probability", "target", "relevance_sum", "positive_sum", "negative_sum",
-              "map", "error", *covariates]
-    atomic_write_bytes(tables[0], _csv_bytes(header, rows))
+              "map", "error", *metrics, *covariates]
+    atomic_write_bytes(tables[0], _csv_bytes(header, [[_fmt(r.get(h, "")) for h in header] for r in rows]))
     corr = []
     if atlas is not None:
         atomic_write_bytes(tables[1], _csv_bytes(["id", "region", "voxels", "pos_sum", "neg_sum", "sum", "mean"], region_rows))
@@ -185,14 +227,17 @@ def cmd_cohort(args: argparse.Namespace) -> int:
                "atlas": {"name": atlas.name, "threshold_percent": args.atlas_threshold} if atlas is not None else None,
                "subjects": len(subjects), "ok": len(subjects) - len(failures), "failures": failures,
                "mean_over": mean.count, "mean_skipped_other_grid": mean.skipped,
+               "readouts": summarize([r for r in rows if r["status"] != "failed"], metrics) if metrics else None,
                "seconds": round(time.perf_counter() - t0, 2), "versions": package_versions()}
     write_sidecar(tables[0], summary)
-    reused = sum(1 for r in rows if r[1] == "reused")
+    reused = sum(1 for r in rows if r["status"] == "reused")
     print(f"{len(subjects) - len(failures)} of {len(subjects)} subjects explained ({reused} reused) in "
           f"{time.perf_counter() - t0:.1f} s; mean map over {mean.count}; wrote {outdir}/subjects.csv"
           + (", regions.csv" if atlas is not None else "") + (", correlations.csv" if corr else ""))
     for c in corr[:3]:
         print(f"  r = {c['r']:+.3f} (p = {c['p']:.2g}, n = {c['n']}): {c['measure']} in {c['region']} vs {c['covariate']}")
+    for k, v in (summary["readouts"] or {}).items():
+        print(f"  {k}: mean {v['mean']:.4g}, sd {v['sd']:.4g} (n = {v['n']})")
     if failures:
         raise UserError(f"{len(failures)} subject(s) failed ({', '.join(f['id'] for f in failures[:5])}); "
                         "see the lines above and subjects.csv.")

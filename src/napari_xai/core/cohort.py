@@ -1,8 +1,9 @@
 """Cohorts: one model and method over many subjects, region relevance per subject, group maps, correlations.
 
 A cohort is a CSV with one row per subject: an ``id``, the ``path`` of its
-NIfTI file (several co-registered channels separated by ``;``), and any
-number of numeric covariates (age, a hippocampus volume, a clinical score...).
+NIfTI file (several co-registered channels separated by ``;``), optionally a
+``truth`` mask (a lesion, a region the model should use), and any number of
+numeric covariates (age, a hippocampus volume, a clinical score...).
 Paths are relative to the CSV's folder unless absolute.
 
 The pieces here are pure; ``napari-xai cohort`` (``_cli_cohort.py``) runs them:
@@ -26,7 +27,7 @@ import numpy as np
 
 from .errors import UserError
 
-__all__ = ["RunningMean", "Subject", "correlations", "pearson", "read_subjects", "subjects_from_paths"]
+__all__ = ["RunningMean", "Subject", "correlations", "pearson", "read_subjects", "subjects_from_paths", "summarize"]
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Subject:
     id: str
     paths: list[Path]
     covariates: dict[str, float] = field(default_factory=dict)
+    truth: Path | None = None  # ground-truth mask (e.g. a lesion) on the subject's grid
 
 
 def _safe_id(text: str, where: str) -> str:
@@ -77,7 +79,7 @@ def read_subjects(path: str | Path) -> list[Subject]:
         rows.append((n, row))
     if not rows:
         raise UserError(f"{p.name} lists no subject; add one row per subject (id,path,...).")
-    covariate_cols = [c for c in cols if c not in ("id", "path")]
+    covariate_cols = [c for c in cols if c not in ("id", "path", "truth")]
     for c in covariate_cols:
         numeric[c] = all(_number(row.get(c, "")) is not None or row.get(c, "") == "" for _, row in rows)
     for n, row in rows:
@@ -98,7 +100,13 @@ def read_subjects(path: str | Path) -> list[Subject]:
         if not paths:
             raise UserError(f"{where}: subject {sid!r} has no path; give its NIfTI file (channels separated by ';').")
         cov = {c: _number(row.get(c, "")) for c in covariate_cols if numeric[c]}
-        subjects.append(Subject(sid, paths, {k: (float("nan") if v is None else v) for k, v in cov.items()}))
+        truth = None
+        if row.get("truth"):
+            truth = Path(row["truth"]).expanduser()
+            truth = truth if truth.is_absolute() else p.parent / truth
+            if not truth.exists():
+                raise UserError(f"{where}: truth mask not found: {truth}")
+        subjects.append(Subject(sid, paths, {k: (float("nan") if v is None else v) for k, v in cov.items()}, truth))
     return subjects
 
 
@@ -196,4 +204,14 @@ def correlations(values: dict[str, dict[str, float]], subjects: Sequence[Subject
             r, p, n = pearson(xs, ys)
             out.append({"region": region, "covariate": c, "measure": measure, "n": n, "r": r, "p": p})
     out.sort(key=lambda row: (math.isnan(row["r"]), -abs(row["r"]) if not math.isnan(row["r"]) else 0.0))
+    return out
+
+
+def summarize(rows: Sequence[dict], keys: Sequence[str]) -> dict:
+    """Mean, standard deviation (n - 1) and n of each key over the rows that have a finite value."""
+    out = {}
+    for k in keys:
+        v = np.asarray([r[k] for r in rows if k in r and r[k] is not None and np.isfinite(r[k])], dtype=float)
+        out[k] = {"mean": float(v.mean()) if v.size else float("nan"),
+                  "sd": float(v.std(ddof=1)) if v.size > 1 else float("nan"), "n": int(v.size)}
     return out
