@@ -129,3 +129,23 @@ def test_truth_readouts_per_cell_and_readable_file_names(case, capsys):
     code, _, err = run(capsys, "compare", vol, "--model", f"{tmp / 'lin.py'}:Lin", "--weights", tmp / "wa.pt",
                        "--method", "saliency", "--truth", tmp / "bad.nii.gz", "--out-dir", tmp / "o2")
     assert code == 2 and "give one 3D mask on the input's grid" in err
+
+
+def test_flip_readouts_per_cell(case, capsys):
+    """AOPC by hand: 3-voxel cubes ranked by summed w x, zeroed, 10 steps up to 20 % of the 8 cubes."""
+    tmp, vol, x, weights = case
+    out = tmp / "flip_out"
+    code, stdout, err = run(capsys, "compare", vol, "--model", f"{tmp / 'lin.py'}:Lin", "--weights", tmp / "wa.pt",
+                            "--method", "input-x-gradient", "--method", "saliency", "--target", "1", "--flip",
+                            "--out-dir", out, "--quiet")
+    assert code == 0, err
+    cells = json.loads((out / "comparison.json").read_text())["cells"]
+    r = weights["wa"][1].reshape(SHAPE) * x
+    idx = [np.arange(n) // 3 for n in SHAPE]
+    cube = (idx[0][:, None, None] * 2 + idx[1][None, :, None]) * 2 + idx[2][None, None, :]
+    sums = np.bincount(cube.ravel(), weights=r.ravel(), minlength=8)
+    order = np.argsort(-sums, kind="stable")
+    scores = [r.sum() - sums[order[:int(round(0.02 * k * 8))]].sum() for k in range(11)]
+    assert cells[0]["aopc_morf"] == pytest.approx(float(np.mean(scores[0] - np.asarray(scores))), rel=1e-4, abs=1e-5)
+    assert cells[0]["aopc_random"] == pytest.approx(cells[1]["aopc_random"], rel=1e-6)  # same model, target, seed
+    assert "AOPC-MoRF" in stdout

@@ -54,6 +54,8 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--point", type=_point, metavar="I,J,K", help="connected predicted component at this voxel")
     p.add_argument("--truth", metavar="MASK.nii.gz",
                    help="ground-truth mask on the input grid: relevance mass, rank accuracy and inclusivity per cell")
+    p.add_argument("--flip", action="store_true",
+                   help="also score each cell by region flipping: AOPC most relevant first and random (as 'cohort --flip')")
     p.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the cell NIfTIs, comparison.json (and .png)")
     p.add_argument("--png", action="store_true", help="also render comparison.png (napari grid, one colour scale)")
     p.add_argument("--view", choices=("3d", "2d"), default="3d", help="view of --png (default 3d)")
@@ -162,6 +164,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     shown = limit if args.scale == "common" else cell_limits(maps)
     command = " ".join(["napari-xai", *sys.argv[1:]]) if sys.argv else "napari-xai compare"
     rows = []
+    scorers: dict = {}
     written: list[Path] = []
     outdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -181,6 +184,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 rep = mask_report(rel.data, truth, image=volume.data)
                 readouts = {k: rep[k] for k in ("relevance_mass", "rank_accuracy", "ground_truth_inclusivity",
                                                 "input_inclusivity")}
+            if args.flip:
+                readouts.update(_flip_readouts(models[cell.item.model], volume, rel, kwargs, scorers))
             rows.append({
                 "cell": i + 1, "label": cell.label, "kind": cell.item.kind, "name": cell.item.name,
                 "target": rel.target_name, "target_index": rel.target, "model": cell.item.model,
@@ -204,10 +209,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise
     width = max(len(r["label"]) for r in rows)
     extra = "  mass-in-GT  rank-acc  D(R,GT)  D(R,x)" if truth is not None else ""
+    extra += "  AOPC-MoRF  AOPC-rand" if args.flip else ""
     print(f"{'#':>3}  {'cell':{width}}  {'sum':>11}  {'positive':>11}  {'negative':>11}{extra}  file")
     for r in rows:
         more = (f"  {r['relevance_mass']:10.3f}  {r['rank_accuracy']:8.3f}  {r['ground_truth_inclusivity']:7.3f}  "
                 f"{r['input_inclusivity']:6.3f}") if truth is not None else ""
+        more += f"  {r['aopc_morf']:9.4g}  {r['aopc_random']:9.4g}" if args.flip else ""
         print(f"{r['cell']:>3}  {r['label']:{width}}  {r['relevance_sum']:11.4g}  {r['positive_sum']:11.4g}  "
               f"{r['negative_sum']:11.4g}{more}  {r['file']}")
         for w in r["warnings"]:
@@ -216,6 +223,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"{len(rows)} cells in {seconds:.1f} s; {scale}; wrote {table}"
           + (f" and {png}" if args.png else ""))
     return 0
+
+
+def _flip_readouts(model, volume, rel, kwargs: dict, scorers: dict) -> dict:
+    """AOPC of region flipping (most relevant first, random) for one cell, with the cell's model and target."""
+    from ._cli_cohort import FLIP
+    from .core.perturbation import Scorer, flip_curve
+
+    key = (id(model), rel.target)
+    if key not in scorers:
+        scorers[key] = Scorer(model, volume, rel.target, **{k: v for k, v in kwargs.items() if v is not None})
+    return {f"aopc_{o}": flip_curve(model, volume, rel.data.sum(axis=0), order=o, scorer=scorers[key], **FLIP).aopc
+            for o in ("morf", "random")}
 
 
 def render_png(anatomy, results: list, limit, path: Path, three_d: bool = True) -> None:
