@@ -181,6 +181,28 @@ def test_smoothgrad_noise_is_relative_to_intensity_range():
     assert (out.relevance - expected).abs().max() < 0.1  # 400 Bernoulli samples: sd <= 0.025
 
 
+def test_smoothgrad_variants_on_a_gradient_that_ignores_the_noise():
+    """f = w . x has the gradient w at every noisy copy: mean w, mean square w^2, variance 0 (by hand)."""
+
+    class Dot(nn.Module):
+        def __init__(self, w):
+            super().__init__()
+            self.w = w
+
+        def forward(self, x):
+            s = (x * self.w).sum(dim=(1, 2, 3, 4))
+            return torch.stack([s, -s], 1)
+
+    torch.manual_seed(1)
+    w = torch.randn(1, 1, 3, 3, 3)
+    x = torch.randn(1, 1, 3, 3, 3)
+    expected = {"smoothgrad": w, "smoothgrad-sq": w ** 2, "vargrad": torch.zeros_like(w)}
+    for variant, value in expected.items():
+        out, _ = run("smoothgrad", Dot(w), x, 0, samples=8, noise=0.5, variant=variant)
+        assert out.used["variant"] == variant
+        assert torch.allclose(out.relevance, value, atol=1e-5), variant
+
+
 def test_grad_cam_equals_hand_computed_weighted_feature_maps():
     torch.manual_seed(0)
     model = ConvHead(cin=2, k=3, stride=2).eval()

@@ -502,6 +502,8 @@ def _smoothgrad(model, x, target, params, ctx) -> MethodOutput:
     to Captum's NoiseTunnel is ``noise * (max(x) - min(x))`` in intensity units
     (reported as ``noise_stdev``). Signed like ``saliency``. The noise comes from
     torch's global generator; the pipeline seeds it, so runs are reproducible.
+    ``variant``: ``smoothgrad`` (mean gradient), ``smoothgrad-sq`` (mean squared
+    gradient) or ``vargrad`` (variance of the gradient, Adebayo et al. 2018).
     """
     from captum.attr import NoiseTunnel, Saliency
 
@@ -515,16 +517,18 @@ def _smoothgrad(model, x, target, params, ctx) -> MethodOutput:
         if span == 0.0:
             ctx.warn("smoothgrad: the input is constant, so the relative noise level gives zero noise (plain gradient).")
         f = ScoreFn(model, ctx, target, math.ceil(samples / batch), "smoothgrad")
+        variant = str(params.get("variant") or "smoothgrad")
         rel = NoiseTunnel(Saliency(f)).attribute(
             xi,
-            nt_type="smoothgrad",
+            nt_type={"smoothgrad": "smoothgrad", "smoothgrad-sq": "smoothgrad_sq", "vargrad": "vargrad"}[variant],
             nt_samples=samples,
             nt_samples_batch_size=min(batch, samples),
             stdevs=stdev,
             target=int(target),
             abs=bool(params.get("absolute", False)),
         )
-    return MethodOutput(rel.detach(), {"noise_stdev": stdev, "intensity_range": span, "forward_passes": f.calls})
+    return MethodOutput(rel.detach(), {"noise_stdev": stdev, "intensity_range": span, "forward_passes": f.calls,
+                                       "variant": variant})
 
 
 @contextmanager
@@ -734,8 +738,10 @@ register(Method(
         Param("noise", float, 0.15, "Noise stdev as a fraction of the input's intensity range (max - min).", minimum=0.0, maximum=2.0),
         Param("batch_size", int, 4, "Noisy copies per forward/backward pass (memory).", minimum=1, maximum=1024),
         _ABS,
+        Param("variant", str, "smoothgrad", "Mean gradient (smoothgrad), mean squared gradient (smoothgrad-sq) or "
+              "the gradient's variance over the noisy copies (vargrad).", choices=("smoothgrad", "smoothgrad-sq", "vargrad")),
     ),
-    reference="Smilkov et al. 2017, arXiv:1706.03825",
+    reference="Smilkov et al. 2017, arXiv:1706.03825; VarGrad: Adebayo et al. 2018, arXiv:1810.03307",
 ))
 register(Method(
     name="guided-backprop",
