@@ -78,3 +78,26 @@ def test_user_errors_exit_2_with_one_line(case, capsys, make_rel, tail, message)
     code, _, err = run(capsys, "flip", vol, *model, "--relevance", rel, *tail)
     assert code == 2 and message in err and err.count("\n") == 1
     assert not (tmp / "c.csv").exists()
+
+
+def test_atlas_regions_are_flipped_and_named(case, capsys):
+    tmp, vol, x, w, model = case
+    lab = np.zeros(SHAPE, np.int16)
+    lab[:2] = 1
+    lab[3:] = 2
+    nib.save(nib.Nifti1Image(lab, np.diag([2.0, 2.0, 2.0, 1.0])), str(tmp / "atlas.nii.gz"))
+    rel = tmp / "rel.nii.gz"
+    code, _, err = run(capsys, "explain", vol, *model, "--method", "input-x-gradient", "--target", "1", "--out", rel, "--quiet")
+    assert code == 0, err
+    out = tmp / "atlas_curves.csv"
+    code, stdout, err = run(capsys, "flip", vol, *model, "--relevance", rel, "--atlas", tmp / "atlas.nii.gz",
+                            "--order", "morf", "--steps", "2", "--max-fraction", "1", "--out", out)
+    assert code == 0, err
+    r = (w[1] * x.ravel()).reshape(SHAPE)
+    sums = {1: float(r[:2].sum()), 2: float(r[3:].sum())}
+    first = max(sums, key=sums.get)
+    side = json.loads((tmp / "atlas_curves.json").read_text())
+    assert side["curves"][0]["flipped"] == [f"label {first}", f"label {3 - first}"]
+    scores = [float(row["score"]) for row in csv.DictReader(out.open())]
+    assert scores == pytest.approx([r.sum(), r.sum() - sums[first], r.sum() - sums[1] - sums[2]], rel=1e-4, abs=1e-4)
+    assert "most relevant regions first: label" in stdout

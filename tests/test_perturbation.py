@@ -192,3 +192,25 @@ def test_segmentation_curve_keeps_the_unperturbed_mask():
     expected = [terms.sum() - top[:v].sum() for v in curve.voxels]
     np.testing.assert_allclose(curve.scores, expected, rtol=1e-5, atol=1e-5)
     assert np.isnan(curve.probabilities[0])  # segmentation scores are masked sums, not probabilities
+
+
+def test_flipping_atlas_regions_in_relevance_order(linear, tmp_path):
+    """Regions of a user atlas (slabs 1, 2, 3; the rest never flipped): each step removes one slab's w x, by hand."""
+    import nibabel as nib
+
+    model, vol, w, x = linear
+    lab = np.zeros(SHAPE, np.int16)
+    lab[0:2] = 1
+    lab[2:4] = 2
+    lab[4:5] = 3  # i = 5 stays outside the atlas
+    nib.save(nib.Nifti1Image(lab, vol.affine), str(tmp_path / "slabs.nii.gz"))
+    rel = (w[1] * x.ravel()).reshape(SHAPE)
+    curve = flip_curve(model, vol, rel, "sick", order="morf", baseline="zero", steps=3, max_fraction=1.0,
+                       atlas=str(tmp_path / "slabs.nii.gz"))
+    sums = {v: float(rel[lab == v].sum()) for v in (1, 2, 3)}
+    order = sorted(sums, key=lambda v: -sums[v])
+    logit = float(rel.sum())
+    expected = [logit - sum(sums[v] for v in order[:k]) for k in range(4)]
+    np.testing.assert_allclose(curve.scores, expected, rtol=1e-4, atol=1e-4)
+    assert curve.voxels[-1] == int((lab > 0).sum())  # the voxels outside the atlas are never flipped
+    assert curve.flipped == [f"label {v}" for v in order] and curve.record()["atlas"].endswith("slabs.nii.gz")

@@ -41,6 +41,9 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20, help="steps from 0 to --max-fraction (default 20)")
     p.add_argument("--max-fraction", type=float, default=0.2, metavar="F", help="share of regions flipped at the end (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random order")
+    p.add_argument("--atlas", metavar="NAME_OR_PATH",
+                   help="flip atlas regions instead of cubes (a built-in atlas for MNI-space inputs, or a label NIfTI); "
+                        "voxels outside the atlas are never flipped")
     p.add_argument("--normalization", choices=("none", "zscore", "minmax"), help="override the model's intensity normalisation")
     p.add_argument("--input-shape", metavar="D,H,W", help="model grid when the model does not declare one")
     p.add_argument("--segmentation", action="store_true", help="the model returns a logit map: score the masked sum")
@@ -99,7 +102,8 @@ def cmd_flip(args: argparse.Namespace) -> int:
             scorers[target] = Scorer(model, volume, target, **kwargs)
         for order in orders:
             c = flip_curve(model, volume, rel, order=order, baseline=args.baseline, region=args.region,
-                           steps=args.steps, max_fraction=args.max_fraction, seed=args.seed, scorer=scorers[target])
+                           steps=args.steps, max_fraction=args.max_fraction, seed=args.seed, scorer=scorers[target],
+                           atlas=args.atlas)
             curves.append({"relevance": str(path), "target_from": source, **c.record()})
             for k, (f, v, s, p) in enumerate(zip(c.fractions, c.voxels, c.scores, c.probabilities)):
                 rows.append([str(path), c.target_name, order, k, f"{f:.6g}", v, f"{s:.8g}", f"{p:.8g}"])
@@ -111,10 +115,12 @@ def cmd_flip(args: argparse.Namespace) -> int:
         "kind": "flipping-curves", "command": " ".join(["napari-xai", *sys.argv[1:]]) if sys.argv else "napari-xai flip",
         "volumes": [str(p) for p in args.volume],
         "model": {"source": str(args.model), "sha256": model.sha256, "name": model.name},
-        "params": {"baseline": args.baseline, "region": args.region, "steps": args.steps,
+        "params": {"baseline": args.baseline, "region": None if args.atlas else args.region, "atlas": args.atlas,
+                   "steps": args.steps,
                    "max_fraction": args.max_fraction, "seed": args.seed, "orders": orders},
         "relevance": {str(p): sha256_file(p) for p, _ in maps},
-        "curves": [{k: v for k, v in c.items() if k in ("relevance", "target", "target_name", "target_from", "order", "aopc")}
+        "curves": [{k: v for k, v in c.items() if k in ("relevance", "target", "target_name", "target_from", "order", "aopc",
+                                                        "atlas", "flipped")}
                    for c in curves],
         "versions": package_versions(),
     }
@@ -129,5 +135,9 @@ def cmd_flip(args: argparse.Namespace) -> int:
     for c in curves:
         print(f"{Path(c['relevance']).name:{width}}  {c['target_name'][:12]:12}  {c['order']:7}  {c['aopc']:10.4g}  "
               f"{c['scores'][0]:10.4g}  {c['scores'][-1]:10.4g}")
+    for c in curves:
+        if c.get("flipped") and c["order"] == "morf":
+            print(f"{Path(c['relevance']).name}: most relevant regions first: {', '.join(c['flipped'][:6])}"
+                  + (" …" if len(c["flipped"]) > 6 else ""))
     print(f"wrote {out} and {sidecar_path(out)}")
     return 0

@@ -183,6 +183,8 @@ class FlipCurve:
     target: int
     target_name: str
     notes: list[str] = field(default_factory=list)
+    atlas: str | None = None  # regions are this atlas's, not cubes
+    flipped: list[str] = field(default_factory=list)  # atlas regions flipped by the last step, in order
 
     @property
     def aopc(self) -> float:
@@ -191,27 +193,52 @@ class FlipCurve:
         return float(np.mean(s[0] - s)) if s.size else float("nan")
 
     def record(self) -> dict:
-        return {"order": self.order, "baseline": self.baseline, "region": self.region, "fractions": self.fractions,
-                "voxels": self.voxels, "scores": self.scores, "probabilities": self.probabilities,
-                "aopc": self.aopc, "target": self.target, "target_name": self.target_name}
+        out = {"order": self.order, "baseline": self.baseline, "region": self.region, "fractions": self.fractions,
+               "voxels": self.voxels, "scores": self.scores, "probabilities": self.probabilities,
+               "aopc": self.aopc, "target": self.target, "target_name": self.target_name}
+        if self.atlas:
+            out.update(atlas=self.atlas, flipped=list(self.flipped))
+        return out
 
 
-def region_ranking(relevance: np.ndarray, region: int, order: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Region labels (i, j, k) of cubes of edge ``region`` and the region indices in flipping order."""
+def region_ranking(relevance: np.ndarray, region: int, order: str, seed: int = 0,
+                   parcels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Region labels (i, j, k) and the region indices in flipping order.
+
+    Regions are cubes of edge ``region`` voxels, or, with ``parcels`` (integer
+    labels on the same grid, e.g. an atlas; 0 = never flipped), one region per
+    distinct non-zero label in increasing label order; voxels with label 0 get
+    region -1.
+    """
     r = np.asarray(relevance, dtype=np.float64)
     if r.ndim == 4:
         r = r.sum(axis=0)
     if r.ndim != 3:
         raise UserError(f"relevance must be a 3D volume (i, j, k), got shape {r.shape}.")
-    if int(region) < 1:
-        raise UserError(f"region must be at least 1 voxel, got {region}.")
     if order not in ORDERS:
         raise UserError(f"order must be one of {', '.join(ORDERS)}, got {order!r}.")
-    region = int(region)
-    nb = [math.ceil(s / region) for s in r.shape]
-    idx = [np.arange(s) // region for s in r.shape]
-    labels = (idx[0][:, None, None] * nb[1] + idx[1][None, :, None]) * nb[2] + idx[2][None, None, :]
-    sums = np.bincount(labels.ravel(), weights=np.nan_to_num(r).ravel(), minlength=int(np.prod(nb)))
+    if parcels is not None:
+        p = np.asarray(parcels)
+        if p.shape != r.shape:
+            raise UserError(f"the regions have shape {p.shape} but the relevance has {r.shape}.")
+        values, dense = np.unique(p, return_inverse=True)
+        dense = dense.reshape(p.shape).astype(np.int64)
+        if values[0] == 0:
+            dense -= 1  # label 0 -> -1 (never flipped)
+            values = values[1:]
+        if values.size == 0:
+            raise UserError("no region to flip: the region labels are all 0 on this input.")
+        labels = dense
+        sums = np.bincount(labels[labels >= 0].ravel(), weights=np.nan_to_num(r)[labels >= 0].ravel(),
+                           minlength=values.size)
+    else:
+        if int(region) < 1:
+            raise UserError(f"region must be at least 1 voxel, got {region}.")
+        region = int(region)
+        nb = [math.ceil(s / region) for s in r.shape]
+        idx = [np.arange(s) // region for s in r.shape]
+        labels = (idx[0][:, None, None] * nb[1] + idx[1][None, :, None]) * nb[2] + idx[2][None, None, :]
+        sums = np.bincount(labels.ravel(), weights=np.nan_to_num(r).ravel(), minlength=int(np.prod(nb)))
     if order == "random":
         ranked = np.random.default_rng(seed).permutation(sums.size)
     else:
@@ -242,6 +269,8 @@ def flip_curve(
     scorer: Scorer | None = None,
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    atlas: str | None = None,
+    atlas_threshold: float = 0.25,
     **kwargs,
 ) -> FlipCurve:
     """Flip regions of ``volume`` in the order of ``relevance`` and record the target score after each step.
@@ -258,6 +287,11 @@ def flip_curve(
         Edge of the cubic regions in voxels (1 = single voxels).
     steps, max_fraction : int, float
         ``steps`` equal steps from 0 to ``max_fraction`` of all regions.
+    atlas : str, optional
+        Flip the regions of this atlas (a built-in name or a label NIfTI, the
+        input in its space) instead of cubes; voxels outside the atlas are
+        never flipped, and ``FlipCurve.flipped`` names the regions flipped by
+        the last step, in order.
     """
     if not 0 < float(max_fraction) <= 1:
         raise UserError(f"max_fraction must be in (0, 1], got {max_fraction}.")
@@ -268,7 +302,15 @@ def flip_curve(
         raise UserError(f"the relevance has shape {rel.shape[-3:]} but the input volume has {tuple(volume.shape)}; "
                         "explain this input first.")
     scorer = scorer or Scorer(model, volume, target, **kwargs)
-    labels, ranked = region_ranking(rel, region, order, seed)
+    parcels, names = None, None
+    if atlas:
+        from .atlas import atlas_on_grid, load_atlas
+
+        a = load_atlas(atlas)
+        parcels = np.asarray(atlas_on_grid(a, volume.shape, volume.affine, threshold=atlas_threshold).labels)
+        values = np.unique(parcels)
+        names = [a.name_of(int(v)) for v in values if v != 0]
+    labels, ranked = region_ranking(rel, region, order, seed, parcels)
     n_regions = ranked.size
     data = np.asarray(volume.data, dtype=np.float32)
     base = replacement(data, baseline)
@@ -277,7 +319,7 @@ def flip_curve(
     # position of every region in the flipping order: region r is flipped at step k when rank[r] < counts[k]
     rank = np.empty(n_regions, dtype=np.int64)
     rank[ranked] = np.arange(n_regions)
-    voxel_rank = rank[labels]
+    voxel_rank = np.where(labels >= 0, rank[np.maximum(labels, 0)], np.iinfo(np.int64).max)
     scores: list[float] = []
     probs: list[float] = []
     voxels: list[int] = []
@@ -297,7 +339,11 @@ def flip_curve(
         if progress is not None:
             progress(min(1.0, (start + len(batch)) / len(counts)), f"{order}: {start + len(batch)}/{len(counts)} steps")
     name = scorer.names[t] if t < len(scorer.names) else str(t)
-    return FlipCurve(order, baseline, int(region), fractions, voxels, scores, probs, t, name)
+    curve = FlipCurve(order, baseline, 0 if atlas else int(region), fractions, voxels, scores, probs, t, name)
+    if names is not None:
+        curve.atlas = str(atlas)
+        curve.flipped = [names[i] for i in ranked[:counts[-1]]]
+    return curve
 
 
 # --------------------------------------------------------------------------- channel ablation
