@@ -194,7 +194,9 @@ class CheckPanel(QWidget):
         form.addRow("flip mask", row)
         self.baseline = QComboBox()
         self.baseline.addItems(BASELINES)
-        self.baseline.setToolTip("What flipped voxels become: 0, the image's mean, or a Gaussian blur of the image.")
+        self.baseline.setToolTip("What flipped voxels become: 0, the image's mean, or a Gaussian blur of the image.\n"
+                                 "Choose one that is neutral for the model: zero intensity can look like pathology\n"
+                                 "(e.g. tissue loss for an atrophy model) and then adds evidence instead of removing it.")
         form.addRow("baseline", self.baseline)
         row = QHBoxLayout()
         self.live = QCheckBox("live (after each paint stroke)")
