@@ -164,3 +164,15 @@ def first_nonzero_along_ray(
     if hit.size == 0:
         return None
     return tuple(int(v) for v in pts[hit[0]])  # type: ignore[return-value]
+
+
+def cube_labels(shape: Sequence[int], size: int) -> tuple[Array, tuple[int, int, int]]:
+    """Index (i, j, k) -> number of its cube of edge ``size`` voxels, i-major; cubes at the far edges may be cut.
+
+    Returns the int64 labels 0..M-1 (every cube has a voxel) and the number of cubes per axis.
+    """
+    size = int(size)
+    nb = tuple(-(-int(s) // size) for s in shape)
+    idx = [np.arange(int(s)) // size for s in shape]
+    labels = (idx[0][:, None, None] * nb[1] + idx[1][None, :, None]) * nb[2] + idx[2][None, None, :]
+    return labels.astype(np.int64), nb  # type: ignore[return-value]

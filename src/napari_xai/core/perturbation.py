@@ -25,7 +25,6 @@ the mask fixed from the unperturbed prediction).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -234,10 +233,9 @@ def region_ranking(relevance: np.ndarray, region: int, order: str, seed: int = 0
     else:
         if int(region) < 1:
             raise UserError(f"region must be at least 1 voxel, got {region}.")
-        region = int(region)
-        nb = [math.ceil(s / region) for s in r.shape]
-        idx = [np.arange(s) // region for s in r.shape]
-        labels = (idx[0][:, None, None] * nb[1] + idx[1][None, :, None]) * nb[2] + idx[2][None, None, :]
+        from .geometry import cube_labels
+
+        labels, nb = cube_labels(r.shape, int(region))
         sums = np.bincount(labels.ravel(), weights=np.nan_to_num(r).ravel(), minlength=int(np.prod(nb)))
     if order == "random":
         ranked = np.random.default_rng(seed).permutation(sums.size)

@@ -50,18 +50,13 @@ def feature_mask(shape: tuple[int, ...], regions: str, size: int, ctx: RunContex
     """Feature index (D, H, W) in 0..M-1 on the model grid, and the feature names."""
     shape = tuple(int(s) for s in shape)
     if regions == "cubes":
+        from .geometry import cube_labels
+
         size = int(size)
-        nb = [math.ceil(s / size) for s in shape]
-        idx = [np.arange(s) // size for s in shape]
-        labels = (idx[0][:, None, None] * nb[1] + idx[1][None, :, None]) * nb[2] + idx[2][None, None, :]
-        # drop empty cube indices (none here, but keep 0..M-1 dense in general)
-        uniq, dense = np.unique(labels, return_inverse=True)
-        names = []
-        for u in uniq:
-            a, rest = divmod(int(u), nb[1] * nb[2])
-            b, c = divmod(rest, nb[2])
-            names.append(f"cube {a * size}:{b * size}:{c * size}")
-        return dense.reshape(shape).astype(np.int64), names
+        labels, nb = cube_labels(shape, size)
+        names = [f"cube {a * size}:{b * size}:{c * size}"
+                 for a in range(nb[0]) for b in range(nb[1]) for c in range(nb[2])]
+        return labels, names
     from .atlas import atlas_on_grid, load_atlas
 
     grid_affine = getattr(ctx, "grid_affine", None) if ctx is not None else None
