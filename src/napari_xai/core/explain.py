@@ -99,18 +99,22 @@ def prepare_input(volume: Volume, model: Any, normalization: str | None = None, 
             f"the model expects {spec.channels} channel(s) but the input has {volume.channels}; "
             f"select {spec.channels} image layer(s) / file(s) of one grid."
         )
-    data = volume.model_copy()
     if input_shape is not None:
         model_shape = parse_shape(input_shape)
     else:
         model_shape = tuple(spec.input_shape) if spec.input_shape else volume.shape
     resampled = tuple(model_shape) != tuple(volume.shape)
-    if resampled:
-        data = geometry.resize(data, model_shape)
     mode = normalization or getattr(spec, "normalization", "none") or "none"
-    data = normalize(data, mode)
+    data = to_model_grid(volume.model_copy(), model_shape, mode)
     x = torch.from_numpy(np.ascontiguousarray(data))[None].to(model.device)
     return x, resampled, tuple(int(s) for s in model_shape), mode
+
+
+def to_model_grid(data: np.ndarray, model_shape, mode: str) -> np.ndarray:
+    """(C, i, j, k) input-grid data resized to ``model_shape`` (if it differs) and normalised with ``mode``."""
+    if tuple(data.shape[1:]) != tuple(model_shape):
+        data = geometry.resize(data, tuple(model_shape))
+    return normalize(data, mode)
 
 
 def parse_shape(value) -> tuple[int, int, int]:

@@ -107,24 +107,16 @@ class Scorer:
         self.segmentation = seg
         self.base_logits = self.logits([volume.data])[0]
 
-    def _model_input(self, data: np.ndarray):
-        from . import geometry
-        from .explain import normalize
-
-        d = np.asarray(data, dtype=np.float32)
-        if tuple(d.shape[1:]) != tuple(self.model_shape):
-            d = geometry.resize(d, self.model_shape)
-        return normalize(d, self.normalization)
-
     def logits(self, volumes: Sequence[np.ndarray]) -> np.ndarray:
         """(n, classes) scores for ``volumes`` (each (C, i, j, k) on the input grid)."""
         import torch
 
-        from .explain import _forward
+        from .explain import _forward, to_model_grid
 
         out = []
         for start in range(0, len(volumes), BATCH):
-            batch = np.stack([self._model_input(v) for v in volumes[start:start + BATCH]])
+            batch = np.stack([to_model_grid(np.asarray(v, dtype=np.float32), self.model_shape, self.normalization)
+                              for v in volumes[start:start + BATCH]])
             y = _forward(self.module, torch.from_numpy(np.ascontiguousarray(batch)).to(self.model.device))
             if isinstance(y, (tuple, list)):
                 y = y[0]
