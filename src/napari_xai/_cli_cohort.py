@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ._cli_common import add_model_options, load_model_from
 from .core.errors import UserError
+from .core.metrics import MASK_READOUTS
 
 HELP = "explain every subject of a cohort (CSV or files) with one model and method; mean map, region table, correlations"
 MEASURES = ("pos_sum", "sum", "mean", "neg_sum")
@@ -58,7 +59,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
                    help="region relevance correlated with the covariates (default pos_sum)")
     p.add_argument("--flip", action="store_true",
                    help="also score each map by region flipping: AOPC most relevant first and random (3-voxel "
-                        "regions, 10 steps up to 20 %%, zero baseline)")
+                        "regions, 10 steps up to 20 %%, zero baseline: core.perturbation.READOUT_FLIP)")
     p.add_argument("--out-dir", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="recompute maps made with other settings; replace the tables")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -66,18 +67,21 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-READOUTS = ("relevance_mass", "rank_accuracy", "ground_truth_inclusivity", "input_inclusivity", "aopc_morf", "aopc_random")
-FLIP = {"region": 3, "steps": 10, "max_fraction": 0.2, "baseline": "zero"}
+READOUTS = (*MASK_READOUTS, "aopc_morf", "aopc_random")
 
 
-def _readouts(args, subject, data, model, target) -> dict:
-    """Ground-truth readouts (with a ``truth`` column) and flipping AOPC (with ``--flip``) for one subject's map."""
+def _readouts(args, subject, data, model, target, volume=None) -> dict:
+    """Ground-truth readouts (with a ``truth`` column) and flipping AOPC (with ``--flip``) for one subject's map.
+
+    ``volume`` is the subject's input if it is loaded already (a reused map's input is loaded here, once).
+    """
     from .core.volumes import load_nifti, stack_channels
 
     out: dict = {}
     if subject.truth is None and not args.flip:
         return out
-    volume = stack_channels([load_nifti(p) for p in subject.paths])
+    if volume is None:
+        volume = stack_channels([load_nifti(p) for p in subject.paths])
     if subject.truth is not None:
         from .core.metrics import mask_report
 
@@ -86,14 +90,13 @@ def _readouts(args, subject, data, model, target) -> dict:
             raise UserError(f"truth mask {subject.truth.name} has shape {tuple(t.shape)} but the map has "
                             f"{tuple(data.shape)}; give the mask on the subject's grid.")
         rep = mask_report(data, t.data[0] != 0, image=volume.data)
-        out.update({k: float(rep[k]) for k in READOUTS[:4]})
+        out.update({k: float(rep[k]) for k in MASK_READOUTS})
     if args.flip:
-        from .core.perturbation import Scorer, flip_curve
+        from .core.perturbation import Scorer, aopc_readouts
 
         scorer = Scorer(model, volume, int(target["index"]), normalization=args.normalization,
                         input_shape=args.input_shape)
-        for order in ("morf", "random"):
-            out[f"aopc_{order}"] = flip_curve(model, volume, data, order=order, scorer=scorer, **FLIP).aopc
+        out.update(aopc_readouts(model, volume, data, scorer))
     return out
 
 
@@ -157,6 +160,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
         path = outdir / "maps" / f"{s.id}.nii.gz"
         key = {**settings, "inputs": [sha256_file(p) for p in s.paths]}
         status = "ok"
+        volume = None
         try:
             side = read_sidecar(path) if path.exists() else None
             if side is not None and side.get("cohort_key") == key:
@@ -181,7 +185,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
                 for w in rel.warnings:
                     print(f"napari-xai: warning: {s.id}: {w}", file=sys.stderr)
             data = np.asarray(data, dtype=np.float64)
-            readouts = _readouts(args, s, data, model, target)
+            readouts = _readouts(args, s, data, model, target, volume)
         except UserError as exc:
             failures.append({"id": s.id, "error": str(exc)})
             print(f"napari-xai: error: subject {s.id}: {exc}", file=sys.stderr)

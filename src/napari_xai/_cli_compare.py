@@ -179,11 +179,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
             cons = rel.provenance["params"].get("conservation") or {}
             readouts = {}
             if truth is not None:
-                from .core.metrics import mask_report
+                from .core.metrics import MASK_READOUTS, mask_report
 
                 rep = mask_report(rel.data, truth, image=volume.data)
-                readouts = {k: rep[k] for k in ("relevance_mass", "rank_accuracy", "ground_truth_inclusivity",
-                                                "input_inclusivity")}
+                readouts = {k: rep[k] for k in MASK_READOUTS}
             if args.flip:
                 readouts.update(_flip_readouts(models[cell.item.model], volume, rel, kwargs, scorers))
             rows.append({
@@ -227,14 +226,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _flip_readouts(model, volume, rel, kwargs: dict, scorers: dict) -> dict:
     """AOPC of region flipping (most relevant first, random) for one cell, with the cell's model and target."""
-    from ._cli_cohort import FLIP
-    from .core.perturbation import Scorer, flip_curve
+    from .core.perturbation import Scorer, aopc_readouts
 
     key = (id(model), rel.target)
     if key not in scorers:
         scorers[key] = Scorer(model, volume, rel.target, **{k: v for k, v in kwargs.items() if v is not None})
-    return {f"aopc_{o}": flip_curve(model, volume, rel.data.sum(axis=0), order=o, scorer=scorers[key], **FLIP).aopc
-            for o in ("morf", "random")}
+    return aopc_readouts(model, volume, rel.data.sum(axis=0), scorers[key])
 
 
 def render_png(anatomy, results: list, limit, path: Path, three_d: bool = True) -> None:

@@ -1536,7 +1536,7 @@ class LrpDesignerWidget(QWidget):
 
     def _fill_cell_table(self, req, results: list) -> None:
         """One row per comparison cell: relevance sum and, with a ground truth, the mask readouts."""
-        from ..core.metrics import mask_report
+        from ..core.metrics import MASK_READOUTS, mask_report
 
         self.cell_readouts = []
         self.cell_table.setRowCount(len(results))
@@ -1548,12 +1548,11 @@ class LrpDesignerWidget(QWidget):
                 except UserError:
                     rep = None
                 if rep is not None:
-                    row.update({k: rep[k] for k in ("relevance_mass", "rank_accuracy", "ground_truth_inclusivity",
-                                                    "input_inclusivity")})
+                    row.update({k: rep[k] for k in MASK_READOUTS})
             self.cell_readouts.append(row)
             texts = [label, f"{row['sum']:.4g}"] + [
                 f"{row[k]:.3f}" if k in row else "–"
-                for k in ("relevance_mass", "rank_accuracy", "ground_truth_inclusivity", "input_inclusivity")]
+                for k in MASK_READOUTS]
             for c, text in enumerate(texts):
                 self.cell_table.setItem(r, c, QTableWidgetItem(text))
 

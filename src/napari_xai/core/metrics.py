@@ -205,6 +205,10 @@ def channel_shares(relevance: np.ndarray, names: list[str] | None = None) -> lis
     ]
 
 
+#: The four scalar readouts of :func:`mask_report` that tables show (relevance mass, rank accuracy, inclusivity).
+MASK_READOUTS = ("relevance_mass", "rank_accuracy", "ground_truth_inclusivity", "input_inclusivity")
+
+
 def mask_report(relevance: np.ndarray, mask: np.ndarray, image: np.ndarray | None = None, mode: str = "positive",
                 threshold: float = 0.0, smooth: float = 0.0, input_threshold: float | None = None) -> dict:
     """All readouts against a ground-truth mask (channel-summed relevance), as one JSON-ready dict."""

@@ -336,6 +336,16 @@ def flip_curve(
     return curve
 
 
+#: Flipping settings of the AOPC readouts of ``cohort --flip`` and ``compare --flip``.
+READOUT_FLIP = {"region": 3, "steps": 10, "max_fraction": 0.2, "baseline": "zero"}
+
+
+def aopc_readouts(model: Any, volume: Volume, relevance: np.ndarray, scorer: Scorer) -> dict:
+    """``aopc_morf`` and ``aopc_random`` of one map with :data:`READOUT_FLIP` (the scorer fixes model and target)."""
+    return {f"aopc_{o}": flip_curve(model, volume, relevance, order=o, scorer=scorer, **READOUT_FLIP).aopc
+            for o in ("morf", "random")}
+
+
 # --------------------------------------------------------------------------- channel ablation
 
 
