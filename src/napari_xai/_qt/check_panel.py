@@ -138,7 +138,8 @@ class CurvePlot(QWidget):
         p.end()
 
 
-def _table(headers: list[str]) -> QTableWidget:
+def read_only_table(headers: list[str]) -> QTableWidget:
+    """A read-only table with these column headers, stretched columns and no row numbers."""
     t = QTableWidget(0, len(headers))
     t.setHorizontalHeaderLabels(headers)
     t.verticalHeader().setVisible(False)
@@ -147,7 +148,8 @@ def _table(headers: list[str]) -> QTableWidget:
     return t
 
 
-def _fill(table: QTableWidget, rows: list[list[str]]) -> None:
+def fill_table(table: QTableWidget, rows: list[list[str]]) -> None:
+    """Replace the table's rows by these texts."""
     table.setRowCount(len(rows))
     for r, row in enumerate(rows):
         for c, text in enumerate(row):
@@ -206,7 +208,7 @@ class CheckPanel(QWidget):
         row.addWidget(self.live)
         row.addWidget(self.predict_btn)
         form.addRow(row)
-        self.predict_table = _table(["class", "before", "after"])
+        self.predict_table = read_only_table(["class", "before", "after"])
         self.predict_table.setMaximumHeight(110)
         form.addRow(self.predict_table)
         lay.addWidget(box)
@@ -254,7 +256,7 @@ class CheckPanel(QWidget):
         form.addRow(row)
         self.plot = CurvePlot()
         form.addRow(self.plot)
-        self.aopc_table = _table(["cell", "target"])
+        self.aopc_table = read_only_table(["cell", "target"])
         self.aopc_table.setVisible(False)
         self.aopc_table.setMaximumHeight(140)
         form.addRow(self.aopc_table)
@@ -271,7 +273,7 @@ class CheckPanel(QWidget):
         row.addWidget(self.ablate_layer, 1)
         row.addWidget(self.rank_btn)
         form.addRow("layer", row)
-        self.channel_table = _table(["ablate", "channel", "R+", "R−", "activation"])
+        self.channel_table = read_only_table(["ablate", "channel", "R+", "R−", "activation"])
         form.addRow(self.channel_table)
         row = QHBoxLayout()
         self.show_channels_btn = QPushButton("Show relevance of ticked")
@@ -458,7 +460,7 @@ class CheckPanel(QWidget):
         for i, n in enumerate(res["names"]):
             b, a = res["before"][key][i], res["after"][key][i]
             rows.append([n + (" ◀ target" if i == res["target"] else ""), f"{b:.4g}", f"{a:.4g}"])
-        _fill(self.predict_table, rows)
+        fill_table(self.predict_table, rows)
         names = res["names"]
         self.status.setText(
             f"{res['voxels']} voxels flipped to '{res['baseline']}': target '{res['target_name']}' logit "
@@ -565,7 +567,7 @@ class CheckPanel(QWidget):
         headers = ["cell", "target"] + [f"AOPC {ORDER_SHORT[o]}" for o in orders]
         self.aopc_table.setColumnCount(len(headers))
         self.aopc_table.setHorizontalHeaderLabels(headers)
-        _fill(self.aopc_table, [[label, curves[0].target_name] + [f"{c.aopc:.4g}" for c in curves]
+        fill_table(self.aopc_table, [[label, curves[0].target_name] + [f"{c.aopc:.4g}" for c in curves]
                                 for label, curves in rows])
         self.aopc_table.setVisible(True)
         first = orders[0]

@@ -69,6 +69,7 @@ from ..core.errors import Cancelled, UserError
 from ..core.lrp_config import LayerInfo, LrpConfig, Segment, default_config, load_configs, resolve, save_configs
 from ..core.lrp_rules import CUSTOM, PARAM_HELP, PRESETS, STEPS, RuleParams, formula, match_preset
 from ..core.compare import cell_limits, common_limit
+from .check_panel import fill_table, read_only_table
 from ..core.segmentation import Ray
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -479,11 +480,7 @@ class LrpDesignerWidget(QWidget):
         row.addWidget(self.run_btn)
         row.addWidget(self.cancel_btn)
         lay.addLayout(row)
-        self.readout_table = QTableWidget(0, 2)
-        self.readout_table.setHorizontalHeaderLabels(["readout", "value"])
-        self.readout_table.verticalHeader().setVisible(False)
-        self.readout_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.readout_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.readout_table = read_only_table(["readout", "value"])
         lay.addWidget(self.readout_table, 1)
         return page
 
@@ -552,11 +549,7 @@ class LrpDesignerWidget(QWidget):
         srow.addWidget(self.sweep_btn, 1)
         srow.addWidget(self.sweep_kind)
         lay.addLayout(srow)
-        self.cell_table = QTableWidget(0, 6)
-        self.cell_table.setHorizontalHeaderLabels(["cell", "Σ relevance", "mass in GT", "rank acc.", "D(R,GT)", "D(R,x)"])
-        self.cell_table.verticalHeader().setVisible(False)
-        self.cell_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.cell_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.cell_table = read_only_table(["cell", "Σ relevance", "mass in GT", "rank acc.", "D(R,GT)", "D(R,x)"])
         self.cell_table.setToolTip("Per cell: the relevance sum and, with a ground truth chosen in the Run tab, the mask "
                                    "readouts (relevance mass, rank accuracy, inclusivity).")
         lay.addWidget(self.cell_table, 1)
@@ -1472,10 +1465,7 @@ class LrpDesignerWidget(QWidget):
                          ("ground-truth inclusivity D(R, y_GT)", f"{rep['ground_truth_inclusivity']:.3f}"),
                          ("input inclusivity D(R, x)", f"{rep['input_inclusivity']:.3f}")]
         self.readouts = out
-        self.readout_table.setRowCount(len(rows))
-        for r, (k, v) in enumerate(rows):
-            self.readout_table.setItem(r, 0, QTableWidgetItem(k))
-            self.readout_table.setItem(r, 1, QTableWidgetItem(v))
+        fill_table(self.readout_table, [list(r) for r in rows])
 
     # ------------------------------------------------------------------ comparison
     def _refresh_compare_list(self) -> None:
@@ -1539,8 +1529,8 @@ class LrpDesignerWidget(QWidget):
         from ..core.metrics import MASK_READOUTS, mask_report
 
         self.cell_readouts = []
-        self.cell_table.setRowCount(len(results))
-        for r, (label, rel) in enumerate(results):
+        texts = []
+        for label, rel in results:
             row = {"cell": label, "sum": float(rel.data.sum())}
             if req.get("truth") is not None:
                 try:
@@ -1550,11 +1540,8 @@ class LrpDesignerWidget(QWidget):
                 if rep is not None:
                     row.update({k: rep[k] for k in MASK_READOUTS})
             self.cell_readouts.append(row)
-            texts = [label, f"{row['sum']:.4g}"] + [
-                f"{row[k]:.3f}" if k in row else "–"
-                for k in MASK_READOUTS]
-            for c, text in enumerate(texts):
-                self.cell_table.setItem(r, c, QTableWidgetItem(text))
+            texts.append([label, f"{row['sum']:.4g}"] + [f"{row[k]:.3f}" if k in row else "–" for k in MASK_READOUTS])
+        fill_table(self.cell_table, texts)
 
     def exit_grid(self) -> None:
         viewer = self._viewer
