@@ -108,10 +108,10 @@ def volume_from_layers(viewer, names: list[str]):
 
 def model_outputs(model, x, index: int = 0) -> tuple[bool, int]:
     """(does output ``index`` hold a logit map (N, C, D, H, W)?, how many tensors the model returns) for input ``x``."""
-    from ..core.explain import _forward
+    from ..core.explain import _predict_cached
     from ..core.segmentation import is_segmentation_output, pick_output
 
-    raw = _forward(model.module, x)
+    raw = _predict_cached(model.module, x)  # the explanation that follows reuses this prediction
     count = sum(1 for o in raw if hasattr(o, "shape")) if isinstance(raw, (tuple, list)) else 1
     return is_segmentation_output(pick_output(raw, min(index, max(count - 1, 0)))), count
 
