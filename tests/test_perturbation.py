@@ -214,3 +214,24 @@ def test_flipping_atlas_regions_in_relevance_order(linear, tmp_path):
     np.testing.assert_allclose(curve.scores, expected, rtol=1e-4, atol=1e-4)
     assert curve.voxels[-1] == int((lab > 0).sum())  # the voxels outside the atlas are never flipped
     assert curve.flipped == [f"label {v}" for v in order] and curve.record()["atlas"].endswith("slabs.nii.gz")
+
+
+def test_nan_voxels_count_as_zero_as_in_explain(linear):
+    """A NaN/Inf voxel is 0 for the model (Volume.model_copy); flipping scores stay finite and hand-computed."""
+    model, vol, w, x = linear
+    bad = x.copy()
+    bad[0, 0, 0, 0], bad[0, 5, 4, 3] = np.nan, np.inf
+    clean = x.copy()
+    clean[0, 0, 0, 0] = clean[0, 5, 4, 3] = 0.0
+    nan_vol = Volume(data=bad, affine=vol.affine, name="t1")
+    mask = np.zeros(SHAPE, bool)
+    mask[2:4, 1:3, 1:3] = True
+    res = predict_flipped(model, nan_vol, mask, "blur", target="sick")
+    np.testing.assert_allclose(res["before"]["logits"], w @ clean.ravel(), rtol=1e-5)
+    assert np.isfinite(res["after"]["logits"]).all()
+    rel = (w[1] * clean.ravel()).reshape(SHAPE)
+    curve = flip_curve(model, nan_vol, rel, "sick", order="morf", baseline="zero", region=1, steps=4, max_fraction=0.5)
+    top = np.sort(rel.ravel())[::-1]
+    expected = [float(w[1] @ clean.ravel()) - top[:c].sum() for c in curve.voxels]
+    np.testing.assert_allclose(curve.scores, expected, rtol=1e-4, atol=1e-4)
+    assert np.isnan(nan_vol.data[0, 0, 0, 0])  # the user's volume is untouched

@@ -71,7 +71,7 @@ def _check_mask(mask: np.ndarray, shape: tuple[int, ...], what: str = "flip mask
 def flip_voxels(volume: Volume, mask: np.ndarray, baseline: str = "zero") -> Volume:
     """A copy of ``volume`` whose voxels inside ``mask`` (i, j, k; every channel) take the baseline's values."""
     m = _check_mask(mask, volume.shape)
-    data = np.array(volume.data, dtype=np.float32, copy=True)
+    data = volume.model_copy()  # NaN/Inf become 0, as the model sees them
     base = replacement(data, baseline)
     data[:, m] = base[:, m]
     return Volume(data=data, affine=volume.affine, header=volume.header, name=volume.name, source=volume.source)
@@ -105,17 +105,18 @@ class Scorer:
             model, x, volume, target, segmentation, mask, point, output_index, 26, self.ctx)
         self.module, self.names, self.predicted, self.target = module, list(names), int(predicted), int(tgt)
         self.segmentation = seg
-        self.base_logits = self.logits([volume.data])[0]
+        self.base_logits = self.logits([volume.model_copy()])[0]
 
     def logits(self, volumes: Sequence[np.ndarray]) -> np.ndarray:
-        """(n, classes) scores for ``volumes`` (each (C, i, j, k) on the input grid)."""
+        """(n, classes) scores for ``volumes`` (each (C, i, j, k) on the input grid; NaN/Inf count as 0)."""
         import torch
 
         from .explain import _forward, to_model_grid
 
         out = []
         for start in range(0, len(volumes), BATCH):
-            batch = np.stack([to_model_grid(np.asarray(v, dtype=np.float32), self.model_shape, self.normalization)
+            batch = np.stack([to_model_grid(np.nan_to_num(np.asarray(v, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0),
+                                            self.model_shape, self.normalization)
                               for v in volumes[start:start + BATCH]])
             y = _forward(self.module, torch.from_numpy(np.ascontiguousarray(batch)).to(self.model.device))
             if isinstance(y, (tuple, list)):
@@ -302,7 +303,7 @@ def flip_curve(
         names = [a.name_of(int(v)) for v in values if v != 0]
     labels, ranked = region_ranking(rel, region, order, seed, parcels)
     n_regions = ranked.size
-    data = np.asarray(volume.data, dtype=np.float32)
+    data = volume.model_copy()
     base = replacement(data, baseline)
     fractions = [float(max_fraction) * k / int(steps) for k in range(int(steps) + 1)]
     counts = [int(round(f * n_regions)) for f in fractions]
@@ -436,7 +437,7 @@ def ablate(model: Any, volume: Volume, layer: str, channels: Sequence[int], targ
 
     handle = module.register_forward_hook(zero)
     try:
-        after = scorer.logits([volume.data])[0]
+        after = scorer.logits([volume.model_copy()])[0]
     finally:
         handle.remove()
 
