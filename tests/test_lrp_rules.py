@@ -405,6 +405,12 @@ def test_lrp_method_with_config_file_and_conservation_report(tmp_path):
     m = get_method("lrp")
     ctx = RunContext()
     res = m.fn(model, x, t, m.parse({"config": str(path)}), ctx)
+    # the configuration object itself (the designer's and the comparison's way, no file) gives the same relevance;
+    # the record names no file then, and holds the whole configuration as JSON
+    direct = m.fn(model, x, t, m.parse({"config": cfg}), RunContext())
+    torch.testing.assert_close(direct.relevance, res.relevance)
+    assert res.used["config"] == str(path) and direct.used["config"] is None
+    assert json.loads(json.dumps(direct.used["configuration"])) == cfg.to_dict()
     cons = res.used["conservation"]
     assert cons["expected"] and cons["ratio"] == pytest.approx(1.0, abs=1e-4) and not ctx.warnings
     assert cons["output"] == pytest.approx(float(out[t]))

@@ -1300,31 +1300,21 @@ class LrpDesignerWidget(QWidget):
         return model
 
     def _explain(self, model, req, cfg: LrpConfig | None, method: str = "lrp", boundaries: bool | None = None):
-        """Run :func:`explain` (worker thread); an LRP configuration goes through a temporary JSON file."""
-        import tempfile
-
+        """Run :func:`explain` (worker thread) with the configuration object itself (no file)."""
         from ..core.explain import explain, prepare_input
 
         params: dict = {}
-        tmp = None
         if method == "lrp":
-            tmp = tempfile.NamedTemporaryFile(suffix=".json", delete=False)
-            tmp.close()
-            save_configs(tmp.name, [cfg])
-            params = {"config": tmp.name, "boundaries": req["boundaries"] if boundaries is None else boundaries}
+            params = {"config": cfg, "boundaries": req["boundaries"] if boundaries is None else boundaries}
         if "segmentation" not in req:
             req["segmentation"] = bool(req["mask"]) or is_segmentation(model, prepare_input(req["volume"], model)[0],
                                                                        req["output_index"])
-        try:
-            return explain(
-                req["volume"], model, method, params=params, target=req["target"],
-                progress=lambda f, m: self._progress.__setitem__(slice(None), [f, m]),
-                should_stop=self._cancel.is_set, segmentation=req["segmentation"], output_index=req["output_index"],
-                **req["mask"],
-            )
-        finally:
-            if tmp is not None:
-                Path(tmp.name).unlink(missing_ok=True)
+        return explain(
+            req["volume"], model, method, params=params, target=req["target"],
+            progress=lambda f, m: self._progress.__setitem__(slice(None), [f, m]),
+            should_stop=self._cancel.is_set, segmentation=req["segmentation"], output_index=req["output_index"],
+            **req["mask"],
+        )
 
     def _start(self, work, message: str) -> None:
         from napari.qt.threading import create_worker

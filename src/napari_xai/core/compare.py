@@ -18,7 +18,6 @@ Compare tab) share this code.
 from __future__ import annotations
 
 import itertools
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -175,7 +174,6 @@ def run_comparison(
     A failing cell raises :class:`UserError` naming the cell; nothing is returned then.
     """
     from .explain import explain
-    from .lrp_config import save_configs
 
     configs = dict(configs or {})
     missing = sorted({i.model for i in items if i.model not in models})
@@ -187,34 +185,25 @@ def run_comparison(
     labels = label_items(items)
     stop = should_stop or (lambda: False)
     cells: list[Cell] = []
-    with tempfile.TemporaryDirectory(prefix="napari-xai-compare-") as tmp:
-        library = None
-        used = [configs[n] for n in dict.fromkeys(i.name for i in items if i.kind == "config")]
-        if used:
-            library = Path(tmp) / "configurations.json"
-            save_configs(library, used)
-        for k, (item, label) in enumerate(zip(items, labels)):
-            if stop():
-                raise Cancelled("cancelled by the user")
-            n = len(items)
+    for k, (item, label) in enumerate(zip(items, labels)):
+        if stop():
+            raise Cancelled("cancelled by the user")
+        n = len(items)
 
-            def sub(f: float, m: str, k=k, label=label) -> None:
-                if progress is not None:
-                    progress((k + min(max(f, 0.0), 1.0)) / n, f"{k + 1}/{n} {label}: {m}")
+        def sub(f: float, m: str, k=k, label=label) -> None:
+            if progress is not None:
+                progress((k + min(max(f, 0.0), 1.0)) / n, f"{k + 1}/{n} {label}: {m}")
 
-            if item.kind == "config":
-                method, params = "lrp", {"config": str(library), "configuration": item.name, "boundaries": False}
-            else:
-                method, params = item.name, {}
-            try:
-                rel = explain(volume, models[item.model], method, params=params, target=item.target,
-                              progress=sub, should_stop=stop, **explain_kwargs)
-            except UserError as exc:
-                raise UserError(f"comparison cell '{label}': {exc}") from None
-            if item.kind == "config":
-                # the temporary library path means nothing later; the full configuration is in 'configuration'
-                rel.provenance["params"]["config"] = None
-            cells.append(Cell(label, item, rel))
+        if item.kind == "config":
+            method, params = "lrp", {"config": configs[item.name], "boundaries": False}
+        else:
+            method, params = item.name, {}
+        try:
+            rel = explain(volume, models[item.model], method, params=params, target=item.target,
+                          progress=sub, should_stop=stop, **explain_kwargs)
+        except UserError as exc:
+            raise UserError(f"comparison cell '{label}': {exc}") from None
+        cells.append(Cell(label, item, rel))
     # labels name the explained classes (e.g. 'sick', not '1', as the first model that explains it calls it);
     # 'predicted' stays as asked
     display: dict = {}

@@ -813,17 +813,23 @@ def _lrp_configured(model, x, target, params, ctx) -> MethodOutput:
     """LRP with a designer configuration: the unified rule (Huang et al. Eqn. 5) per segment of layers.
 
     ``config`` is a JSON file written by the LRP designer (or by hand, see
-    ``docs/lrp-designer.md``); without one, the composite of Montavon et al.
+    ``docs/lrp-designer.md``) or an :class:`~napari_xai.core.lrp_config.LrpConfig`; without one, the composite of Montavon et al.
     2019 is used (LRP-gamma on the lower third of the Conv/Linear layers in
     execution order, LRP-epsilon in the middle, LRP-0 on top). The run reports
     relevance conservation (input sum against the target score) and warns when
     rules that should conserve are more than 10 % off.
     """
-    from .lrp_config import load_config, run_config
+    from .lrp_config import LrpConfig, load_config, run_config
 
-    path = params.get("config")
-    cfg = load_config(path, params.get("configuration") or None) if path else None
-    return run_config(model, x, target, cfg, ctx, boundaries=bool(params.get("boundaries", True)))
+    given = params.get("config")
+    if isinstance(given, LrpConfig):  # from the designer or a comparison: no file behind it
+        cfg, given = given, None
+    else:
+        cfg = load_config(given, params.get("configuration") or None) if given else None
+    out = run_config(model, x, target, cfg, ctx, boundaries=bool(params.get("boundaries", True)))
+    # the provenance names the file (if any); the full configuration is in out.used["configuration"]
+    out.used["config"] = given
+    return out
 
 
 register(Method(

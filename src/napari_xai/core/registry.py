@@ -80,6 +80,10 @@ class Param:
                 out = int(value)
             elif self.type is float:
                 out = float(value)
+            elif hasattr(value, "to_dict"):
+                # a str parameter that names a file may take the in-memory object instead (e.g. an LrpConfig);
+                # the method records its to_dict() in the provenance, never the object
+                return value
             else:
                 out = str(value)
         except (TypeError, ValueError):
