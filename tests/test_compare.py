@@ -37,9 +37,9 @@ class LinearNet(nn.Module):
         return getattr(self, self._layer)(self.flat(x))
 
 
-def loaded(weight, layer="fc", name="m"):
+def loaded(weight, layer="fc", name="m", classes=("healthy", "sick")):
     return LoadedModel(module=LinearNet(weight, layer).eval(),
-                       spec=ModelSpec(channels=1, class_names=["healthy", "sick"]),
+                       spec=ModelSpec(channels=1, class_names=list(classes or ())),
                        source=name, kind="python", sha256="0" * 64, device=torch.device("cpu"), is_scripted=False)
 
 
@@ -101,6 +101,28 @@ def test_cells_across_methods_configurations_targets_and_models_are_hand_compute
     # the configuration is recorded in full, not as the temporary library path
     params = cells[0].relevance.provenance["params"]
     assert params["config"] is None and params["configuration"]["name"] == "lrp-0 everywhere"
+
+
+def test_a_class_name_means_each_models_own_class(setup):
+    """Model C orders its classes the other way round, model D names none: 'sick' is C's output 0, D's output 1."""
+    vol, models, weights = setup
+    wc, wd = weights["A"][::-1].copy(), weights["B"]
+    models = {"A": models["A"], "C": loaded(wc, name="C", classes=("sick", "healthy")),
+              "D": loaded(wd, name="D", classes=None)}
+    cells = run_comparison(vol, plan([("method", "input-x-gradient")], ["sick"], ["A", "C", "D"]), models)
+    rows = {c.item.model: c for c in cells}
+    assert (rows["A"].relevance.target, rows["C"].relevance.target, rows["D"].relevance.target) == (1, 0, 1)
+    for key, w, t in (("A", weights["A"], 1), ("C", wc, 0), ("D", wd, 1)):
+        expected = (w[t] * vol.data.ravel()).reshape(vol.data.shape)
+        np.testing.assert_allclose(rows[key].relevance.data, expected, rtol=1e-4, atol=1e-6, err_msg=key)
+    # A and C explain the same class: their maps are equal; D's position fallback is said in its cell only
+    np.testing.assert_allclose(rows["A"].relevance.data, rows["C"].relevance.data, rtol=1e-5)
+    assert not rows["A"].relevance.warnings and not rows["C"].relevance.warnings
+    assert any("names no class 'sick'" in w for w in rows["D"].relevance.provenance["warnings"])
+    # an explicit reference list wins over the first model's names
+    cells = run_comparison(vol, plan([("method", "input-x-gradient")], ["sick"], ["D"]), models,
+                           classes=["sick", "healthy"])
+    assert cells[0].relevance.target == 0
 
 
 def test_a_failing_cell_is_named_and_cancel_stops(setup):

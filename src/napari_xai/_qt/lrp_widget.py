@@ -1210,11 +1210,10 @@ class LrpDesignerWidget(QWidget):
                 sources = {m: self._compare_sources[m] for m in models}
             else:
                 sources = {"": self.model_source()}
-            # class names of the Design tab's model become indices, so models that name classes differently
-            # (or not at all) explain the same output
+            # each model explains its own class of a ticked name; a model that does not name it (e.g. a
+            # randomised copy) explains the name's position among the Design tab model's classes, with a note
             classes = [self.target.itemText(i) for i in range(1, self.target.count())]
-            idx = [None if t == "predicted" else classes.index(t) if t in classes else t for t in targets or [None]]
-            plan_items = plan(whats, idx, list(sources))
+            plan_items = plan(whats, [None if t == "predicted" else t for t in targets or [None]], list(sources))
             req = self._request()
         except UserError as exc:
             self._fail(str(exc))
@@ -1232,7 +1231,7 @@ class LrpDesignerWidget(QWidget):
             first = next(iter(loaded.values()))
             seg = bool(req["mask"]) or is_segmentation(first, self._prepare(req, first), req["output_index"])
             cells = run_comparison(
-                req["volume"], plan_items, loaded, configs,
+                req["volume"], plan_items, loaded, configs, classes=classes,
                 progress=lambda f, m: self._progress.__setitem__(slice(None), [f, m]),
                 should_stop=self._cancel.is_set, segmentation=seg, output_index=req["output_index"], **req["mask"],
             )

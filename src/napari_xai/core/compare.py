@@ -144,12 +144,38 @@ def common_limit(arrays: Sequence[np.ndarray], percentile: float = 99.99) -> flo
     return max(lims) if lims else 1.0
 
 
+def _named_classes(model: Any) -> list[str]:
+    spec = getattr(model, "spec", None)
+    return [str(c) for c in (getattr(spec, "class_names", None) or [])]
+
+
+def model_target(target: int | str | None, model: Any, reference: Sequence[str], key: str = "") -> tuple[Any, str]:
+    """The target to ask ``model`` for, and a note when a class name had to become a position.
+
+    A name the model knows (case-insensitive) stays a name, so each model
+    explains its own class of that name; a name it does not know but
+    ``reference`` does becomes that position. Indices, ``None`` and unknown
+    names pass unchanged (``explain`` reports the latter).
+    """
+    if not isinstance(target, str) or target.strip().lstrip("-").isdigit() or target.strip().lower() in ("", "predicted"):
+        return target, ""
+    own = [c.lower() for c in _named_classes(model)]
+    ref = [c.lower() for c in reference]
+    want = target.strip().lower()
+    if want in own or want not in ref:
+        return target, ""
+    k = ref.index(want)
+    return k, (f"model {key or 'model'!r} names no class {target!r}; it explains its output {k}, the position of "
+               f"{target!r} in the reference classes ({', '.join(reference)}).")
+
+
 def run_comparison(
     volume,
     items: Sequence[Item],
     models: Mapping[str, Any],
     configs: Mapping[str, Any] | None = None,
     *,
+    classes: Sequence[str] | None = None,
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     **explain_kwargs,
@@ -165,6 +191,11 @@ def run_comparison(
         Model key -> :class:`~napari_xai.core.models.LoadedModel`.
     configs : mapping, optional
         Configuration name -> :class:`~napari_xai.core.lrp_config.LrpConfig` for ``config`` items.
+    classes : sequence of str, optional
+        The reference class names (default: those of the first model that names
+        its classes). A target given by name is each model's own class of that
+        name; a model that does not name it explains the output at the name's
+        position in ``classes``, with a warning in that cell.
     progress, should_stop
         As for :func:`explain`; progress covers the whole comparison.
     **explain_kwargs
@@ -184,6 +215,7 @@ def run_comparison(
         raise UserError(f"no LRP configuration named {unknown[0]!r}; choose one of: {', '.join(configs) or 'none'}.")
     labels = label_items(items)
     stop = should_stop or (lambda: False)
+    reference = list(classes) if classes else next((_named_classes(m) for m in models.values() if _named_classes(m)), [])
     cells: list[Cell] = []
     for k, (item, label) in enumerate(zip(items, labels)):
         if stop():
@@ -198,11 +230,15 @@ def run_comparison(
             method, params = "lrp", {"config": configs[item.name], "boundaries": False}
         else:
             method, params = item.name, {}
+        target, note = model_target(item.target, models[item.model], reference, item.model)
         try:
-            rel = explain(volume, models[item.model], method, params=params, target=item.target,
+            rel = explain(volume, models[item.model], method, params=params, target=target,
                           progress=sub, should_stop=stop, **explain_kwargs)
         except UserError as exc:
             raise UserError(f"comparison cell '{label}': {exc}") from None
+        if note:
+            rel.warnings.append(note)
+            rel.provenance["warnings"].append(note)
         cells.append(Cell(label, item, rel))
     # labels name the explained classes (e.g. 'sick', not '1', as the first model that explains it calls it);
     # 'predicted' stays as asked
