@@ -38,7 +38,8 @@ class Relevance:
     segmentation: np.ndarray | None = None
     #: The target mask (i, j, k) bool on the volume grid, for segmentation models.
     mask: np.ndarray | None = None
-    #: Channel-summed relevance (i, j, k) at intermediate layers (LRP configurations), on the volume grid.
+    #: Channel-summed relevance (i, j, k) at intermediate layers (LRP configurations), or each attention gate's
+    #: coefficients (attention-gates), on the volume grid.
     intermediate: dict[str, np.ndarray] = field(default_factory=dict)
 
     def channel_shares(self, names: list[str] | None = None) -> list[dict]:
@@ -367,16 +368,18 @@ def explain(
     torch.manual_seed(seed)
     out = entry.fn(module, x, tgt, parsed, ctx)
     arrays = (out.used or {}).pop("_arrays", {}) if isinstance(out.used, dict) else {}
+    # maps of per-voxel values (attention coefficients) are interpolated; relevance also keeps its total
+    to_grid = geometry.resize if arrays.get("per_voxel") else geometry.relevance_to_grid
     rel = out.relevance.detach().float().cpu().numpy()[0]
     if rel.shape[0] != volume.channels:
         # single-map methods (e.g. CAM) give one map for all channels
         rel = np.repeat(rel[:1], volume.channels, axis=0)
-    rel = geometry.relevance_to_grid(rel, volume.shape).astype(np.float32, copy=False)
+    rel = to_grid(rel, volume.shape).astype(np.float32, copy=False)
     if not np.all(np.isfinite(rel)):
         ctx.warn("the relevance contains NaN/Inf values (numerical overflow in the method); they were set to 0.")
         rel = np.nan_to_num(rel, nan=0.0, posinf=0.0, neginf=0.0)
     intermediate = {
-        k: geometry.relevance_to_grid(np.asarray(v, dtype=np.float32)[None], volume.shape)[0].astype(np.float32)
+        k: to_grid(np.asarray(v, dtype=np.float32)[None], volume.shape)[0].astype(np.float32)
         for k, v in (arrays.get("intermediate") or {}).items()
     }
     seg_labels = seg_mask = None

@@ -171,7 +171,7 @@ def register(method: Method) -> Method:
 
 def _ensure_loaded() -> None:
     # Importing the method modules registers their entries.
-    from . import attribution, lrp, region_attribution  # noqa: F401
+    from . import attribution, lrp, region_attribution, attention  # noqa: F401  (this order is the listing order)
 
 
 def get_method(name: str) -> Method:

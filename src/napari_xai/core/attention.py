@@ -1,0 +1,213 @@
+"""Trainable attention maps: the coefficients of a network's own attention gates.
+
+Attention-gated networks (Schlemper et al. 2019; Oktay et al. 2018's Attention
+U-Net, MONAI's :class:`monai.networks.nets.AttentionUnet`) multiply skip
+features by coefficients in [0, 1] that the network computes itself. Those
+coefficients are an explanation the model was trained to produce; this module
+reads them out with forward hooks (registry entry ``attention-gates``).
+
+A *gate* is a module with a child ``psi`` that is an ``nn.Sequential`` ending
+in ``nn.Sigmoid``: MONAI's ``attentionunet.AttentionBlock`` (``psi`` = 1x1x1
+convolution, BatchNorm, Sigmoid, output (N, 1, d, h, w)) and the common
+PyTorch copies of it. The hooked module is that ``psi``. Any other module whose
+output is a single-channel spatial map (N, 1, d, h, w) with values in [0, 1]
+can be named with the ``layer`` parameter.
+
+The coefficients do not depend on the target class: the map is the same for
+every class and every segmentation mask.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attribution import model_session, require_eager
+from .errors import UserError
+from .registry import Method, MethodOutput, Param, RunContext, register
+
+__all__ = ["COMBINE", "combine_maps", "find_gates", "gate_maps"]
+
+COMBINE = ("mean", "max", "product")
+_AUTO = ("", "none", "auto", "default")
+_TOL = 1e-6  # float slack on the [0, 1] check
+
+
+def _is_gate(module: nn.Module) -> bool:
+    psi = getattr(module, "psi", None)
+    return isinstance(psi, nn.Sequential) and len(psi) > 0 and isinstance(psi[-1], nn.Sigmoid)
+
+
+def find_gates(model: nn.Module) -> list[str]:
+    """Names (``named_modules``) of the ``psi`` modules of every attention gate, outermost first."""
+    return [f"{name}.psi" if name else "psi" for name, m in model.named_modules() if _is_gate(m)]
+
+
+def _is_map(out: Any, batch: int) -> bool:
+    """A single-channel spatial map (N, 1, d, h, w) of at least 2 voxels with values in [0, 1]."""
+    if not (torch.is_tensor(out) and out.ndim == 5 and out.shape[0] == batch and out.shape[1] == 1):
+        return False
+    if math.prod(out.shape[2:]) < 2 or not torch.is_floating_point(out):
+        return False
+    return bool(out.min() >= -_TOL) and bool(out.max() <= 1 + _TOL)
+
+
+def _forward_with_hooks(model: nn.Module, x: torch.Tensor, wanted: list[str]):
+    """One no-grad forward pass: the output of each ``wanted`` module, call counts, and every map-like module.
+
+    Returns ``(outputs, counts, candidates)``; ``candidates`` are the modules
+    whose output is a single-channel map in [0, 1] (one name per output tensor:
+    the outermost module that returned it), in execution order.
+    """
+    outputs: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    seen: dict[int, str] = {}  # id(output tensor) -> name of the outermost module that returned it
+    keep: list[torch.Tensor] = []  # keeps the ids in ``seen`` unique during the pass
+
+    def make_hook(name: str):
+        def hook(module, inputs, out):
+            counts[name] = counts.get(name, 0) + 1
+            if name in wanted and torch.is_tensor(out):
+                outputs[name] = out.detach()
+            if _is_map(out, x.shape[0]):
+                seen[id(out)] = name  # containers finish after their children: the last name is the outermost
+                keep.append(out)
+
+        return hook
+
+    handles = [m.register_forward_hook(make_hook(n)) for n, m in model.named_modules() if n]
+    try:
+        with model_session(model), torch.no_grad():
+            model(x.detach().clone())
+    finally:
+        for h in handles:
+            h.remove()
+    candidates = list(dict.fromkeys(seen.values()))
+    return outputs, counts, candidates
+
+
+def _hint(candidates: list[str]) -> str:
+    return ", ".join(candidates[:8]) + (f" (+{len(candidates) - 8} more)" if len(candidates) > 8 else "") if candidates else "none"
+
+
+def gate_maps(model: nn.Module, x: torch.Tensor, layer: str | None = None) -> dict[str, torch.Tensor]:
+    """The attention coefficients (1, 1, d, h, w) of each gate, by hooked module name.
+
+    ``layer``: one module name or several separated by commas; empty (or
+    ``auto``) = every gate found by :func:`find_gates`. Raises a one-line
+    :class:`UserError` when the model has no gate, a name does not exist, or a
+    module's output is not a single-channel map in [0, 1].
+    """
+    text = "" if layer is None else str(layer).strip()
+    modules = dict(model.named_modules())
+    if text.lower() in _AUTO:
+        names = find_gates(model)
+    else:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+    outputs, counts, candidates = _forward_with_hooks(model, x, names)
+    gates = [g for g in find_gates(model) if g in candidates]
+    candidates = gates + [c for c in candidates if c not in gates]  # the gates first in every hint
+    if not names:
+        raise UserError(
+            "this model has no attention gates (modules of type AttentionBlock); pick one with layer=NAME "
+            f"(single-channel maps in [0, 1] here: {_hint(candidates)}) or use another method."
+        )
+    for name in names:
+        if name not in modules:
+            raise UserError(f"attention-gates layer {name!r} does not exist; single-channel maps in [0, 1]: {_hint(candidates)}.")
+        if counts.get(name, 0) == 0:
+            raise UserError(f"attention-gates layer {name!r} does not run in a forward pass; choose one of: {_hint(candidates)}.")
+        if counts[name] > 1:
+            raise UserError(
+                f"attention-gates layer {name!r} runs {counts[name]} times per forward pass (a shared module); "
+                f"choose one of: {_hint(candidates)}."
+            )
+        out = outputs.get(name)
+        if not _is_map(out, x.shape[0]):
+            what = f"output shape {tuple(out.shape)}" if torch.is_tensor(out) else "no tensor output"
+            if torch.is_tensor(out) and out.ndim == 5 and out.shape[1] == 1 and out.numel():
+                what += f" with values in [{float(out.min()):.3g}, {float(out.max()):.3g}]"
+            raise UserError(
+                f"attention-gates layer {name!r} has {what}, not a single-channel map (N, 1, d, h, w) in [0, 1]; "
+                f"choose one of: {_hint(candidates)}."
+            )
+    return {name: outputs[name][:1].float().clamp(0.0, 1.0) for name in names}
+
+
+def combine_maps(maps: list[torch.Tensor], combine: str) -> torch.Tensor:
+    """Combine (1, 1, D, H, W) maps of one grid voxel by voxel: ``mean``, ``max`` or ``product``."""
+    stack = torch.cat(maps, dim=1)
+    if combine == "mean":
+        return stack.mean(dim=1, keepdim=True)
+    if combine == "max":
+        return stack.amax(dim=1, keepdim=True)
+    if combine == "product":
+        return stack.prod(dim=1, keepdim=True)
+    raise UserError(f"combine must be one of {', '.join(COMBINE)}; got {combine!r}.")
+
+
+def _attention_gates(model, x, target, params, ctx) -> MethodOutput:
+    """Attention coefficients of the model's attention gates, upsampled trilinearly to the input grid.
+
+    Gates: every module with a ``psi`` child that is an ``nn.Sequential``
+    ending in ``nn.Sigmoid`` (MONAI's ``AttentionBlock`` in ``AttentionUnet``;
+    Schlemper et al. 2019), or the module(s) named by ``layer`` (any module,
+    or several separated by commas, whose output is a single-channel map
+    (N, 1, d, h, w) with values in [0, 1]). Each gate's map is upsampled
+    trilinearly (``align_corners=False``) to the model's input grid and the
+    maps are combined per voxel: ``mean``, ``max`` or ``product`` (high only
+    where every gate passes the signal). With two or more gates each gate's
+    map is also returned (napari: one layer per gate). Values stay in [0, 1]:
+    the pipeline interpolates the map to the volume grid without the
+    total-keeping factor used for relevance. The map is read from one forward
+    pass and does not depend on the target class or segmentation mask; the
+    target is recorded only for provenance (``target_independent``). The map
+    is one for all channels: it is replicated per input channel.
+    """
+    ctx = ctx if ctx is not None else RunContext()
+    require_eager(model, ctx, "attention-gates", "it hooks the attention gates")
+    combine = str(params.get("combine") or "mean")
+    ctx.step(0.1, "attention gates: forward pass")
+    maps = gate_maps(model, x, params.get("layer"))
+    size = tuple(int(s) for s in x.shape[2:])
+    up = {n: F.interpolate(m, size=size, mode="trilinear", align_corners=False) for n, m in maps.items()}
+    combined = combine_maps(list(up.values()), combine).clamp(0.0, 1.0)
+    ctx.step(0.9, "attention gates: combined")
+    used: dict = {
+        "layer": ", ".join(maps),
+        "gates": list(maps),
+        "gate_shapes": {n: list(m.shape[2:]) for n, m in maps.items()},
+        "gate_means": {n: float(m.mean()) for n, m in maps.items()},
+        "combine": combine,
+        "target_independent": True,
+    }
+    arrays: dict = {"per_voxel": True}
+    if len(up) > 1:
+        arrays["intermediate"] = {n: m[0, 0].cpu().numpy() for n, m in up.items()}
+    used["_arrays"] = arrays
+    rel = combined.to(x.dtype).expand(-1, x.shape[1], -1, -1, -1).contiguous()
+    return MethodOutput(rel, used)
+
+
+register(Method(
+    name="attention-gates",
+    family="attention",
+    summary="Coefficients in [0, 1] of the model's own attention gates (e.g. MONAI AttentionUnet), upsampled "
+            "trilinearly; the same map for every target class.",
+    fn=_attention_gates,
+    params=(
+        Param("layer", str, None,
+              "Gate module name(s) (named_modules, comma-separated) whose output is an (N, 1, d, h, w) map in [0, 1]; "
+              "empty = every attention gate (the 'psi' of each AttentionBlock)."),
+        Param("combine", str, "mean", "How the upsampled gate maps are combined per voxel: mean, max, or product "
+              "(high only where every gate is open).", choices=COMBINE),
+    ),
+    needs_module=True,
+    signed=False,
+    reference="Schlemper et al. 2019, Med. Image Anal. 53:197-207, arXiv:1808.08114; "
+              "Oktay et al. 2018, arXiv:1804.03999",
+))
