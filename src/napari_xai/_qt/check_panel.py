@@ -53,6 +53,7 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import Cancelled, UserError
 from ..core.perturbation import BASELINES
+from ._jobs import fail, report_error, start_worker
 
 if TYPE_CHECKING:  # pragma: no cover
     from .lrp_widget import LrpDesignerWidget
@@ -372,19 +373,13 @@ class CheckPanel(QWidget):
         return model, Scorer(model, req["volume"], req["target"] if target is None else target, **kwargs)
 
     def _start(self, work, message: str, done) -> None:
-        from napari.qt.threading import create_worker
-
         if self._worker is not None:
             return
         self._cancel.clear()
-        worker = create_worker(work, _start_thread=False, _connect={"errored": self._on_error})
-        worker.returned.connect(done)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
         for b in self._buttons:
             b.setEnabled(False)
         self.status.setText(message + "…")
-        worker.start()
+        self._worker = start_worker(work, returned=done, errored=self._on_error, finished=self._on_finished)
 
     def _on_finished(self):
         self._worker = None
@@ -392,19 +387,10 @@ class CheckPanel(QWidget):
             b.setEnabled(True)
 
     def _on_error(self, exc):
-        if isinstance(exc, Cancelled):
-            self.status.setText("cancelled; no layer was changed.")
-        elif isinstance(exc, UserError):
-            self._fail(str(exc))
-        else:
-            log.exception("napari-xai internal error", exc_info=exc)
-            self._fail(f"internal error: {type(exc).__name__}: {exc}")
+        report_error(exc, self.status.setText)
 
     def _fail(self, message: str) -> None:
-        from napari.utils.notifications import show_error
-
-        self.status.setText(f"error: {message}")
-        show_error(f"napari-xai: {message}")
+        fail(self.status.setText, message)
 
     # ------------------------------------------------------------------ flip painted voxels
     def new_flip_mask(self) -> Any:

@@ -30,6 +30,7 @@ from qtpy.QtCore import QTimer
 
 from ..core.errors import Cancelled, UserError
 from ..core.registry import Param, all_methods, get_method
+from ._jobs import fail, report_error
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -378,21 +379,14 @@ class ExplainWidget(Container):
                     w.value = current if current in w.choices else AUTO
 
     def _on_error(self, exc):
-        if isinstance(exc, Cancelled):
-            self.status.value = "cancelled; no layer was changed."
+        if report_error(exc, self._set_status):
             self.progress.value = 0
-            return
-        if isinstance(exc, UserError):
-            self._fail(str(exc))
-        else:
-            log.exception("napari-xai internal error", exc_info=exc)
-            self._fail(f"internal error: {type(exc).__name__}: {exc}")
+
+    def _set_status(self, text: str) -> None:
+        self.status.value = text
 
     def _fail(self, message: str):
-        from napari.utils.notifications import show_error
-
-        self.status.value = f"error: {message}"
-        show_error(f"napari-xai: {message}")
+        fail(self._set_status, message)
 
     def _on_finished(self):
         self._timer.stop()

@@ -69,6 +69,7 @@ from ..core.errors import Cancelled, UserError
 from ..core.lrp_config import LayerInfo, LrpConfig, Segment, default_config, load_configs, resolve, save_configs
 from ..core.lrp_rules import CUSTOM, PARAM_HELP, PRESETS, STEPS, RuleParams, formula, match_preset
 from ..core.compare import cell_limits, common_limit
+from ._jobs import fail, report_error, start_worker
 from .check_panel import fill_table, read_only_table
 from ..core.segmentation import Ray
 
@@ -1316,21 +1317,15 @@ class LrpDesignerWidget(QWidget):
         )
 
     def _start(self, work, message: str) -> None:
-        from napari.qt.threading import create_worker
-
         self._cancel.clear()
         self._progress[:] = [0.0, message]
-        # errors go to _on_error only (without _connect, superqt would also re-raise them in the event loop)
-        worker = create_worker(work, _start_thread=False, _connect={"errored": self._on_error})
-        worker.returned.connect(self._on_returned)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
         self.run_btn.setEnabled(False)
         self.compare_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         self.status.setText(message + "…")
         self._timer.start()
-        worker.start()
+        self._worker = start_worker(work, returned=self._on_returned, errored=self._on_error,
+                                    finished=self._on_finished)
 
     def cancel(self, *_):
         self._cancel.set()
@@ -1350,14 +1345,8 @@ class LrpDesignerWidget(QWidget):
         self.progress.setValue(100)
 
     def _on_error(self, exc):
-        if isinstance(exc, Cancelled):
-            self.status.setText("cancelled; no layer was changed.")
+        if report_error(exc, self.status.setText):
             self.progress.setValue(0)
-        elif isinstance(exc, UserError):
-            self._fail(str(exc))
-        else:
-            log.exception("napari-xai internal error", exc_info=exc)
-            self._fail(f"internal error: {type(exc).__name__}: {exc}")
 
     def _on_finished(self):
         self._timer.stop()
@@ -1367,10 +1356,7 @@ class LrpDesignerWidget(QWidget):
         self.cancel_btn.setEnabled(False)
 
     def _fail(self, message: str) -> None:
-        from napari.utils.notifications import show_error
-
-        self.status.setText(f"error: {message}")
-        show_error(f"napari-xai: {message}")
+        fail(self.status.setText, message)
 
     # ------------------------------------------------------------------ showing results
     def _meta(self, rel, extra: dict | None = None) -> dict:
