@@ -1,4 +1,4 @@
-"""Command line: ``napari-xai explain | methods | demo | clusters | regions | atlases | lrp-layers | compare | flip | cohort``.
+"""Command line: ``napari-xai explain | methods | demo | clusters | regions | atlases | lrp-layers | compare | flip | cohort | sanity``.
 
 Exit codes: 0 success, 2 user error (one line on stderr, no traceback), 1 internal error.
 """
@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ._cli_flip import add_subcommand as add_flip
     from ._cli_lrp import add_subcommand as add_lrp_layers
     from ._cli_regions import add_subcommand as add_regions
+    from ._cli_sanity import add_subcommand as add_sanity
 
     add_clusters(sub)
     add_regions(sub)
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare(sub)
     add_flip(sub)
     add_cohort(sub)
+    add_sanity(sub)
     return parser
 
 

@@ -1,0 +1,546 @@
+"""Sanity checks for attribution maps: the model-parameter randomization test.
+
+Adebayo et al. (2018, "Sanity checks for saliency maps") ask whether a map
+depends on what the model learned: randomize the model's weights and explain
+again. A method whose map barely changes is not explaining the model (it may
+be an edge detector of the input).
+
+* **Cascading** (the paper's main test): the parametrised layers (every layer
+  with weights of its own: Conv, Linear, norm layers, ...) are randomized
+  cumulatively from the output end towards the input; after each layer the map
+  is computed again and compared with the original.
+* **Independent**: one layer at a time is randomized, the others keep their
+  trained weights.
+
+Layers are listed in **execution order** by
+:func:`napari_xai.core.lrp_config.list_layers` (one traced forward pass), so a
+model whose modules are registered in another order is still randomized from
+the real top. Everything happens on a deep copy; the user's model is never
+touched.
+
+**Re-initialisation** (``init``), drawn from ``numpy.random.default_rng([seed,
+i])`` where ``i`` is the layer's execution index, so a layer gets the same
+weights in both modes and for every method:
+
+* ``"normal"`` (default): every parameter tensor of the layer (weight, bias,
+  a norm layer's γ and β) becomes N(mean, std) with that tensor's own original
+  mean and standard deviation: the scale is kept, the learned pattern is gone.
+  A constant tensor (std 0, e.g. an untouched γ = 1 or a zero bias) gets std
+  √(2 / fan_in) if it has two or more axes, else 0.1·max(|mean|, 1).
+* ``"kaiming"``: tensors with two or more axes become N(0, √(2 / fan_in))
+  (He et al. 2015, fan_in = input channels × kernel voxels); 1-axis tensors as
+  in ``"normal"``.
+
+Buffers (a BatchNorm's running mean and variance) are kept: they are
+statistics of the data, not learned weights.
+
+**Similarity** of each randomized map to the original (channel-summed maps):
+:func:`spearman` of the maps and of their absolute values, :func:`ssim` of
+``|map| / max|map|`` (Gaussian window, σ = 1.5 voxels, data range 1) and
+:func:`top_overlap` of the top 5 % voxels by ``|map|`` (the fraction of the
+original's top voxels that stay on top; chance level is the fraction itself).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import UserError
+from .provenance import now_iso
+from .registry import RunContext
+
+__all__ = [
+    "INITS",
+    "MODES",
+    "MapComparer",
+    "SanityResult",
+    "compare_maps",
+    "parametrised_layers",
+    "randomization_test",
+    "randomize_layer",
+    "sanity_check",
+    "spearman",
+    "ssim",
+    "top_overlap",
+    "weights_sha256",
+]
+
+MODES = ("cascading", "independent")
+INITS = ("normal", "kaiming")
+#: Keys of the similarity metrics in every row, in table order.
+METRICS = ("spearman", "spearman_abs", "ssim", "top_overlap")
+TEST_NAME = "model-parameter randomization (Adebayo et al. 2018)"
+
+
+# --------------------------------------------------------------------------- similarity metrics
+
+
+def _ranks(a: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of the flattened values, ties sharing their average rank."""
+    from scipy.stats import rankdata
+
+    return rankdata(np.asarray(a, dtype=np.float64).ravel(), method="average")
+
+
+def _rank_correlation(ra: np.ndarray, rb: np.ndarray) -> float:
+    da, db = ra - ra.mean(), rb - rb.mean()
+    den = float(np.sqrt((da * da).sum() * (db * db).sum()))
+    return float((da * db).sum() / den) if den > 0 else float("nan")
+
+
+def _same_size(a: np.ndarray, b: np.ndarray) -> None:
+    if a.size != b.size:
+        raise UserError(f"maps of {a.size} and {b.size} values cannot be compared; give maps of one grid.")
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two arrays of one size (ties get their average rank).
+
+    The Pearson correlation of the ranks; ``nan`` when either array is
+    constant (the correlation is undefined).
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    _same_size(a, b)
+    return _rank_correlation(_ranks(a), _ranks(b))
+
+
+def ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5, data_range: float | None = None) -> float:
+    """Mean structural similarity (Wang et al. 2004) of two arrays of one shape, any dimension.
+
+    Local means, variances and the covariance are Gaussian-weighted (σ in
+    voxels, ``scipy.ndimage.gaussian_filter``); C1 = (0.01 L)², C2 = (0.03 L)²
+    with ``L = data_range`` (default: the joint max minus min, 1 if that is 0).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise UserError(f"maps of shapes {a.shape} and {b.shape} cannot be compared; give maps of one grid.")
+    if data_range is None:
+        data_range = float(max(a.max(), b.max()) - min(a.min(), b.min())) if a.size else 1.0
+    L = float(data_range) if data_range > 0 else 1.0
+    c1, c2 = (0.01 * L) ** 2, (0.03 * L) ** 2
+
+    def blur(v: np.ndarray) -> np.ndarray:
+        return gaussian_filter(v, sigma)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = np.maximum(blur(a * a) - mu_a * mu_a, 0.0)
+    var_b = np.maximum(blur(b * b) - mu_b * mu_b, 0.0)
+    cov = blur(a * b) - mu_a * mu_b
+    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    den = (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)
+    return float(np.mean(num / den))
+
+
+def _top(a: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest |values| (ties: the earlier index first)."""
+    return np.argsort(-np.abs(np.asarray(a, dtype=np.float64).ravel()), kind="stable")[:k]
+
+
+def _top_k(size: int, fraction: float) -> int:
+    if not 0 < fraction <= 1:
+        raise UserError(f"the top fraction must be in (0, 1], got {fraction}.")
+    return max(1, int(round(fraction * size)))
+
+
+def _overlap(top_a: np.ndarray, top_b: np.ndarray, jaccard: bool = False) -> float:
+    k = top_a.size
+    inter = np.intersect1d(top_a, top_b, assume_unique=True).size
+    return float(inter / (2 * k - inter) if jaccard else inter / k)
+
+
+def top_overlap(a: np.ndarray, b: np.ndarray, fraction: float = 0.05, jaccard: bool = False) -> float:
+    """Overlap of the top ``fraction`` of voxels by |value| of two maps.
+
+    With k = max(1, round(fraction · voxels)): |A ∩ B| / k (the share of
+    ``a``'s top voxels that are also on top in ``b``), or with ``jaccard``
+    |A ∩ B| / |A ∪ B|. Two unrelated maps give about ``fraction``.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    _same_size(a, b)
+    k = _top_k(a.size, fraction)
+    return _overlap(_top(a, k), _top(b, k), jaccard)
+
+
+def _as_map(m: np.ndarray) -> np.ndarray:
+    """A (C, i, j, k) relevance is compared channel-summed, as the other tools show it."""
+    m = np.asarray(m, dtype=np.float64)
+    return m.sum(axis=0) if m.ndim == 4 else m
+
+
+def _unit_abs(m: np.ndarray) -> np.ndarray:
+    v = np.abs(m)
+    top = float(v.max()) if v.size else 0.0
+    return v / top if top > 0 else v
+
+
+class MapComparer:
+    """The similarities of maps to one ``original`` (its ranks and top voxels computed once).
+
+    :meth:`compare` gives ``spearman``, ``spearman_abs``, ``ssim`` and
+    ``top_overlap`` as defined in the module docstring, plus the other map's
+    ``max_abs``. Maps of shape (C, i, j, k) are summed over channels first.
+    """
+
+    def __init__(self, original: np.ndarray, top_fraction: float = 0.05, sigma: float = 1.5):
+        self.map = _as_map(original)
+        self.sigma = float(sigma)
+        self.k = _top_k(self.map.size, top_fraction)
+        self.ranks = _ranks(self.map)
+        self.ranks_abs = _ranks(np.abs(self.map))
+        self.unit = _unit_abs(self.map)
+        self.top = _top(self.map, self.k)
+
+    def compare(self, other: np.ndarray) -> dict:
+        b = _as_map(other)
+        if b.shape != self.map.shape:
+            raise UserError(f"maps of shapes {self.map.shape} and {b.shape} cannot be compared; give maps of one grid.")
+        return {
+            "spearman": _rank_correlation(self.ranks, _ranks(b)),
+            "spearman_abs": _rank_correlation(self.ranks_abs, _ranks(np.abs(b))),
+            "ssim": ssim(self.unit, _unit_abs(b), sigma=self.sigma, data_range=1.0),
+            "top_overlap": _overlap(self.top, _top(b, self.k)),
+            "max_abs": float(np.abs(b).max()) if b.size else 0.0,
+        }
+
+
+def compare_maps(original: np.ndarray, other: np.ndarray, top_fraction: float = 0.05, sigma: float = 1.5) -> dict:
+    """The four similarities of ``other`` to ``original`` (see :class:`MapComparer`)."""
+    return MapComparer(original, top_fraction, sigma).compare(other)
+
+
+# --------------------------------------------------------------------------- layers and randomization
+
+
+def _module_of(model: Any):
+    """The ``nn.Module`` of a LoadedModel, or the module itself."""
+    return getattr(model, "module", model)
+
+
+def parametrised_layers(module: Any, x) -> list:
+    """The layers with parameters of their own, in execution order (:class:`~napari_xai.core.lrp_config.LayerInfo`).
+
+    Traced by one forward pass of ``x`` (see :func:`~napari_xai.core.lrp_config.list_layers`);
+    layers that did not run are left out.
+    """
+    import torch
+
+    from .lrp_config import list_layers
+
+    if isinstance(module, torch.jit.ScriptModule):
+        raise UserError("the randomization test replaces the weights of named layers, which needs an eager nn.Module, "
+                        "but the model is TorchScript; load it as file.py:Class with --weights.")
+    layers = [layer for layer in list_layers(module, x) if layer.parameters > 0]
+    if not layers:
+        raise UserError("the model has no layers with weights of their own; there is nothing to randomize.")
+    return layers
+
+
+def weights_sha256(module: Any) -> str:
+    """SHA-256 of a module's state (every parameter and buffer, by name, dtype, shape and bytes)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in _module_of(module).state_dict().items():
+        arr = t.detach().cpu().contiguous()
+        h.update(f"{name}|{arr.dtype}|{tuple(arr.shape)}|".encode())
+        h.update(arr.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _fallback_std(t, mean: float) -> float:
+    if t.dim() >= 2:
+        return float(np.sqrt(2.0 / max(t[0].numel(), 1)))
+    return 0.1 * max(abs(mean), 1.0)
+
+
+def randomize_layer(layer: Any, seed: int, index: int, init: str = "normal") -> dict:
+    """Replace the parameters of one layer (its own, not its children's) with seeded random values, in place.
+
+    Returns what was drawn: per parameter its shape, mean and std of the
+    distribution. See the module docstring for ``init``.
+    """
+    import torch
+
+    if init not in INITS:
+        raise UserError(f"unknown initialisation {init!r}; use one of {', '.join(INITS)}.")
+    rng = np.random.default_rng([int(seed), int(index)])
+    drawn = {}
+    with torch.no_grad():
+        for name, p in layer.named_parameters(recurse=False):
+            orig = p.detach().double().cpu()
+            mean = float(orig.mean()) if orig.numel() else 0.0
+            std = float(orig.std(unbiased=False)) if orig.numel() > 1 else 0.0
+            if init == "kaiming" and p.dim() >= 2:
+                mean, std = 0.0, _fallback_std(p, 0.0)
+            elif std == 0.0 or not np.isfinite(std):
+                std = _fallback_std(p, mean)
+            new = rng.standard_normal(tuple(p.shape)) * std + mean
+            p.copy_(torch.from_numpy(new).to(dtype=p.dtype, device=p.device))
+            drawn[name] = {"shape": list(p.shape), "mean": mean, "std": std}
+    return drawn
+
+
+@dataclass
+class SanityResult:
+    """The randomization test of one map.
+
+    Attributes
+    ----------
+    rows : list of dict
+        Step 0 is the original model; then one row per randomization step:
+        ``step``, ``layer`` (randomized at this step), ``type``, ``randomized``
+        (every layer random in this model), the metrics of :func:`compare_maps`
+        and, through :func:`sanity_check`, the ``predicted`` class and the
+        target's probability.
+    layers : list of str
+        The parametrised layers in the order they are randomized (output end first).
+    maps : list of np.ndarray or None
+        The map of every step (index 0: the original), when asked to keep them.
+    step_provenance : list of dict or None
+        With :func:`sanity_check` and ``keep_maps``, each step's relevance record.
+    provenance : dict
+        Test, mode, seed, initialisation, layers, method, parameters, target, model hashes.
+    original : Relevance or None
+        With :func:`sanity_check`: the explanation by the intact model (affine, segmentation, mask...).
+    warnings : list of str
+        Warnings of every step's explanation.
+    """
+
+    rows: list[dict]
+    layers: list[str]
+    provenance: dict
+    maps: list[np.ndarray] | None = None
+    step_provenance: list[dict] | None = None
+    original: Any = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _copy_model(model: Any) -> Any:
+    """A deep copy of a LoadedModel's module (wrapped in a new LoadedModel), or of a bare module."""
+    module = _module_of(model)
+    clone = copy.deepcopy(module)
+    if module is model:
+        return clone
+    return dataclasses.replace(model, module=clone)
+
+
+def randomization_test(
+    model: Any,
+    map_fn: Callable[[Any], Any],
+    x,
+    *,
+    mode: str = "cascading",
+    seed: int = 0,
+    last: int | None = None,
+    init: str = "normal",
+    top_fraction: float = 0.05,
+    keep_maps: bool = False,
+    progress: Callable[[float, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    pass_progress: bool = False,
+) -> SanityResult:
+    """Randomize ``model``'s parametrised layers (on a deep copy) and compare ``map_fn``'s maps with the original.
+
+    Parameters
+    ----------
+    model : LoadedModel or nn.Module
+        Never modified: every step works on a copy.
+    map_fn : callable
+        ``map_fn(model_copy) -> array`` (or ``(array, info)`` with a dict of
+        extra row entries); it gets the same kind of object as ``model``.
+        Called once on the intact copy, then once per step.
+    x : torch.Tensor
+        An input of the model (1, C, D, H, W) for tracing the execution order.
+    mode : {"cascading", "independent"}
+    seed : int
+        Seed of the re-initialisation (non-negative).
+    last : int, optional
+        Randomize only the last ``last`` layers (in execution order).
+    init : {"normal", "kaiming"}
+    top_fraction : float
+        Share of voxels for :func:`top_overlap`.
+    keep_maps : bool
+        Keep every step's map in the result.
+    progress, should_stop : callable, optional
+        Progress ``(fraction, message)`` over the whole test, and cancellation.
+    pass_progress : bool
+        Call ``map_fn(model_copy, step_progress)``: ``step_progress(fraction, message)``
+        reports progress within one map (e.g. :func:`explain`'s ``progress``).
+    """
+    if mode not in MODES:
+        raise UserError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}.")
+    if init not in INITS:
+        raise UserError(f"unknown initialisation {init!r}; use one of {', '.join(INITS)}.")
+    if int(seed) < 0:
+        raise UserError(f"the seed must be a non-negative integer, got {seed}.")
+    if last is not None and int(last) < 1:
+        raise UserError(f"the number of layers to randomize must be at least 1, got {last}.")
+    if not 0 < top_fraction <= 1:
+        raise UserError(f"the top fraction must be in (0, 1], got {top_fraction}.")
+    ctx = RunContext(progress=progress, should_stop=should_stop)
+    work = _copy_model(model)
+    module = _module_of(work)
+    ctx.step(0.0, "listing layers")
+    layers = parametrised_layers(module, x)
+    chosen = list(reversed(layers))[: int(last)] if last is not None else list(reversed(layers))
+    modules = dict(module.named_modules())
+    n = len(chosen) + 1
+
+    def run(k: int, label: str):
+        head = f"{k}/{n - 1} {label}"
+        ctx.step(k / n, head)
+
+        def step_progress(f: float, msg: str) -> None:
+            ctx.step((k + min(max(f, 0.0), 1.0)) / n, f"{head}: {msg}")
+
+        out = map_fn(work, step_progress) if pass_progress else map_fn(work)
+        info: dict = {}
+        if isinstance(out, tuple):
+            out, info = out
+        return np.asarray(out), dict(info or {})
+
+    original, info0 = run(0, "original model")
+    maps = [original] if keep_maps else None
+    comparer = MapComparer(original, top_fraction)
+    rows = [{"step": 0, "layer": "", "type": "", "randomized": [], **comparer.compare(original), **info0}]
+    drawn: dict = {}
+    done: list[str] = []
+    for k, layer in enumerate(chosen, start=1):
+        target = modules[layer.name]
+        saved = None
+        if mode == "independent":
+            saved = {name: p.detach().clone() for name, p in target.named_parameters(recurse=False)}
+            done = [layer.name]
+        else:
+            done = done + [layer.name]
+        drawn[layer.name] = randomize_layer(target, seed, layer.index, init)
+        try:
+            m, info = run(k, f"randomized {layer.name}")
+        finally:
+            if saved is not None:
+                import torch
+
+                with torch.no_grad():
+                    for name, p in target.named_parameters(recurse=False):
+                        p.copy_(saved[name])
+        if maps is not None:
+            maps.append(m)
+        rows.append({"step": k, "layer": layer.name, "type": layer.type, "randomized": list(done),
+                     **comparer.compare(m), **info})
+    ctx.step(1.0, f"randomized {len(chosen)} layer(s)")
+    provenance = {
+        "kind": "sanity-check",
+        "created": now_iso(),
+        "test": TEST_NAME,
+        "mode": mode,
+        "seed": int(seed),
+        "init": init,
+        "layers": [layer.name for layer in chosen],
+        "layers_in_model": len(layers),
+        "drawn": drawn,
+        "metrics": {"compared": "channel-summed maps", "spearman": "rank correlation of the maps",
+                    "spearman_abs": "rank correlation of |map|",
+                    "ssim": "SSIM of |map|/max|map|, Gaussian window sigma 1.5 voxels, data range 1",
+                    "top_overlap": f"share of the original's top {top_fraction:g} voxels by |map| that stay on top",
+                    "top_fraction": top_fraction},
+        "model": {"weights_sha256": weights_sha256(model)},
+    }
+    return SanityResult(rows=rows, layers=[layer.name for layer in chosen], provenance=provenance, maps=maps)
+
+
+def sanity_check(
+    volume,
+    model: Any,
+    method: str,
+    params: dict | None = None,
+    target: int | str | None = None,
+    *,
+    mode: str = "cascading",
+    seed: int = 0,
+    last: int | None = None,
+    init: str = "normal",
+    top_fraction: float = 0.05,
+    keep_maps: bool = False,
+    progress: Callable[[float, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **explain_kwargs,
+) -> SanityResult:
+    """The randomization test of a registry ``method`` on ``volume``, through :func:`~napari_xai.core.explain.explain`.
+
+    Every step explains the **same class** as the original map (the
+    randomized model may predict another), and for segmentation models the
+    same target mask (the original's, so it does not follow the randomized
+    prediction). ``seed`` also seeds stochastic methods (SmoothGrad noise is
+    the same at every step). Other arguments as :func:`randomization_test`;
+    ``explain_kwargs`` go to every :func:`explain` call (``normalization``,
+    ``input_shape``, ``segmentation``, ``mask``, ``point``, ``output_index``).
+    """
+    from .explain import explain, prepare_input
+    from .registry import get_method
+
+    entry = get_method(method)
+    entry.parse(params)  # a bad parameter fails before any work
+    if getattr(model, "is_scripted", False):
+        raise UserError("the randomization test replaces the weights of named layers, which needs an eager nn.Module, "
+                        "but the model is TorchScript; load it as file.py:Class with --weights.")
+    x, *_ = prepare_input(volume, model, explain_kwargs.get("normalization"), explain_kwargs.get("input_shape"))
+    fixed: dict = {"target": target, "kwargs": dict(explain_kwargs)}
+    records: list[dict] = []
+    warnings: list[str] = []
+    seen: set[str] = set()
+
+    def map_fn(work, step_progress):
+        rel = explain(volume, work, entry.name, params=params, target=fixed["target"], seed=seed,
+                      progress=step_progress, should_stop=should_stop, **fixed["kwargs"])
+        if not records:
+            fixed["target"] = rel.target
+            if rel.mask is not None:
+                kw = {key: v for key, v in fixed["kwargs"].items() if key != "point"}
+                fixed["kwargs"] = {**kw, "segmentation": True, "mask": rel.mask}
+            fixed["first"] = rel
+        for w in rel.warnings:  # each message once, naming the first randomized step that raised it
+            if w not in seen:
+                seen.add(w)
+                warnings.append(f"step {len(records)} (randomized model): {w}" if records else w)
+        records.append(rel.provenance if keep_maps else {})
+        info = {"predicted": rel.provenance["prediction"]["name"],
+                "target_probability": float(rel.probabilities.get(rel.target_name, float("nan")))}
+        return rel.data, info
+
+    result = randomization_test(model, map_fn, x, mode=mode, seed=seed, last=last, init=init,
+                                top_fraction=top_fraction, keep_maps=keep_maps, progress=progress,
+                                should_stop=should_stop, pass_progress=True)
+    first = fixed["first"]
+    for rec, row in zip(records, result.rows):
+        if rec:
+            rec["sanity"] = {"test": TEST_NAME, "mode": mode, "seed": int(seed), "init": init, "step": row["step"],
+                             "randomized_layers": row["randomized"],
+                             "weights": "original" if not row["randomized"] else "randomized (see randomized_layers)",
+                             **{key: row[key] for key in METRICS}}
+    prov = first.provenance
+    result.provenance.update({
+        "method": first.method,
+        "params": prov["params"],
+        "target": prov["target"],
+        "prediction": prov["prediction"],
+        "input": prov["input"],
+        "grid": prov["grid"],
+        "model": {**{k: prov["model"][k] for k in ("name", "source", "kind", "sha256")}, **result.provenance["model"]},
+        "explain_seed": int(seed),
+        "versions": prov["versions"],
+    })
+    if "segmentation" in prov:
+        result.provenance["segmentation"] = prov["segmentation"]
+    result.step_provenance = records if keep_maps else None
+    result.original = first
+    result.warnings = warnings
+    return result
