@@ -187,10 +187,9 @@ def test_d_explain_classifier_with_a_gate():
     assert rel.provenance["params"]["gates"] == ["gate.psi"] and rel.target == 2
 
 
-def test_e_cli_explains_a_saved_attention_unet_bundle(tmp_path, capsys):
-    import nibabel as nib
-
-    bundle = tmp_path / "att_bundle"
+def attention_bundle(folder, gates):
+    """A MONAI bundle folder holding an AttentionUnet with hand-set gates (classes background, organ)."""
+    bundle = folder / "att_bundle"
     (bundle / "configs").mkdir(parents=True)
     (bundle / "models").mkdir()
     network = {"_target_": "monai.networks.nets.AttentionUnet", **KWARGS}
@@ -199,14 +198,35 @@ def test_e_cli_explains_a_saved_attention_unet_bundle(tmp_path, capsys):
         "inputs": {"image": {"type": "image", "num_channels": 1, "spatial_shape": [16, 16, 16]}},
         "outputs": {"pred": {"type": "segmentation", "channel_def": {"0": "background", "1": "organ"}}}}}
     (bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
-    torch.save(attention_unet(gates=(1.0, -0.5)).state_dict(), bundle / "models" / "model.pt")
+    torch.save(attention_unet(gates=gates).state_dict(), bundle / "models" / "model.pt")
+    return bundle
+
+
+def test_e_cli_explains_a_saved_attention_unet_bundle(tmp_path, capsys):
+    import nibabel as nib
+
+    bundle = attention_bundle(tmp_path, (1.0, -0.5))
     vol = nifti(tmp_path / "t1.nii.gz", shape=(16, 16, 16))
     mask = tmp_path / "mask.nii.gz"
     nib.save(nib.Nifti1Image(np.pad(np.ones((4, 4, 4), np.uint8), 6), np.diag([2.0, 2.0, 2.0, 1.0])), str(mask))
     out = tmp_path / "att.nii.gz"
     code, _, err = run_cli(capsys, "explain", vol, "--model", bundle, "--method", "attention-gates", "--mask", mask,
-                           "--target", "organ", "--param", "combine=product", "--out", out, "--quiet")
+                           "--target", "organ", "--param", "combine=product", "--out", out, "--quiet",
+                           "--out-intermediate")
     assert code == 0, err
+    # each gate's own map beside --out, with its sidecar: the hand-set coefficients
+    for point, b in ((OUTER, 1.0), (INNER, -0.5)):
+        gate = tmp_path / f"att.at-{point}.nii.gz"
+        np.testing.assert_allclose(np.asarray(nib.load(str(gate)).dataobj), coefficient(b), atol=1e-6)
+        side = json.loads((tmp_path / f"att.at-{point}.json").read_text())
+        assert side["kind"] == "intermediate" and side["point"] == point
+    # run again without --overwrite: refused in one line, and nothing written is lost
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = run_cli(capsys, "explain", vol, "--model", bundle, "--method", "attention-gates", "--mask", mask,
+                           "--target", "organ", "--out", tmp_path / "att2.nii.gz", "--quiet", "--out-intermediate", "--param",
+                           f"layer={OUTER}")
+    assert code == 2 and "no intermediate maps" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
     data = np.asarray(nib.load(str(out)).dataobj)
     assert data.shape == (16, 16, 16)
     np.testing.assert_allclose(data, coefficient(1.0) * coefficient(-0.5), atol=1e-6)

@@ -155,3 +155,31 @@ def test_segmentation_model_with_labels_mask(make_napari_viewer, qtbot, tmp_path
     # hand-computed: score = sum over the mask of (x - 0.5) for class 1, so input x gradient = x inside the mask
     assert signed[3, 3, 3] == pytest.approx(1.0, abs=1e-5)
     assert signed[9, 9, 9] == 0.0, "the bright block outside the mask does not contribute"
+
+
+def test_attention_gates_appear_as_hidden_layers(make_napari_viewer, qtbot, tmp_path):
+    """Each gate of a hand-set AttentionUnet is one hidden layer holding its coefficient sigmoid(b) (test_attention)."""
+    from test_attention import INNER, OUTER, attention_bundle, coefficient
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((16, 16, 16)).astype(np.float32), name="scan")
+    mask = np.zeros((16, 16, 16), np.uint8)
+    mask[4:12, 4:12, 4:12] = 1
+    viewer.add_labels(mask, name="roi")
+    widget = ExplainWidget(viewer)
+    widget.source.value = "MONAI bundle folder"
+    widget.path.value = str(attention_bundle(tmp_path, (1.0, -0.5)))
+    widget.method.value = "attention-gates"
+    widget.segmentation.value = True
+    widget.mask.value = "roi"
+    run_and_wait(qtbot, widget)
+    # the model predicts only background; the error offers the bundle's classes as targets right away
+    assert "choose a target class" in widget.status.value and "organ" in widget.target.choices
+    widget.target.value = "organ"
+    run_and_wait(qtbot, widget)
+    assert widget.status.value.startswith("predicted"), widget.status.value
+    for point, b in ((OUTER, 1.0), (INNER, -0.5)):
+        gate = [ly for ly in viewer.layers if f"· at {point}" in ly.name]
+        assert len(gate) == 1 and gate[0].name.endswith("(+)"), [ly.name for ly in gate]  # no empty (−) layer
+        assert not gate[0].visible and gate[0].metadata["xai_explain"] == {"kind": "intermediate", "point": point}
+        np.testing.assert_allclose(gate[0].data, coefficient(b), atol=1e-6)

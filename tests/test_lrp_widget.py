@@ -225,7 +225,8 @@ def test_run_adds_relevance_intermediate_layers_and_readouts(make_napari_viewer,
     # intermediate layers: the boundary below the segment (= the input) and act2, hidden at first
     at_act2 = viewer.layers[f"{base} · at act2 (+)"]
     assert not at_act2.visible and at_act2.data.shape == data.shape
-    inter = at_act2.data - viewer.layers[f"{base} · at act2 (−)"].data
+    neg_name = f"{base} · at act2 (−)"  # no (−) layer when the map has no negative voxel
+    inter = at_act2.data - (viewer.layers[neg_name].data if neg_name in viewer.layers else 0.0)
     assert float(inter.sum()) == pytest.approx(cons["output"], rel=1e-3)  # conserved down to act2
     assert f"{base} · at after all (+)" in viewer.layers
     # ground-truth readouts (the Labels layer whose name says 'ground truth' is picked by itself)

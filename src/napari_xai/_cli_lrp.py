@@ -6,7 +6,7 @@
   default (LRP-γ low, LRP-ε middle, LRP-0 top) as a starting point.
 * :func:`add_explain_options` / :func:`explain_options` / :func:`write_extras`:
   the ``explain`` options ``--config``, ``--configuration``, ``--segmentation``,
-  ``--mask``, ``--point``, ``--output-index`` and ``--out-segmentation`` for
+  ``--mask``, ``--point``, ``--output-index``, ``--out-segmentation`` and ``--out-intermediate`` for
   ``cli.py`` to wire into ``explain`` (three calls).
 """
 
@@ -97,6 +97,9 @@ def add_explain_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--output-index", type=int, default=0, metavar="N",
                    help="which output of a model returning a tuple (deep supervision) to explain (default 0)")
     g.add_argument("--out-segmentation", metavar="SEG.nii.gz", help="also write the predicted segmentation (uint16)")
+    g.add_argument("--out-intermediate", action="store_true",
+                   help="also write each intermediate map (LRP segment boundaries, attention gates) beside --out "
+                        "as OUT.at-<point>.nii.gz with a sidecar")
 
 
 def explain_options(args: argparse.Namespace, volume) -> tuple[dict, dict]:
@@ -123,25 +126,52 @@ def explain_options(args: argparse.Namespace, volume) -> tuple[dict, dict]:
     return params, kwargs
 
 
-def write_extras(args: argparse.Namespace, rel, header=None) -> list[Path]:
-    """Write ``--out-segmentation`` (with a sidecar) if asked; returns the written paths."""
+def intermediate_paths(out: Path, rel) -> dict[str, Path]:
+    """``OUT.at-<point>.nii.gz`` beside ``out`` for each intermediate map of ``rel``."""
+    from .core.compare import slug
+
+    stem = out.name[: -len(".nii.gz")] if out.name.lower().endswith(".nii.gz") else out.with_suffix("").name
+    return {key: out.with_name(f"{stem}.at-{slug(key)}.nii.gz") for key in (rel.intermediate or {})}
+
+
+def write_extras(args: argparse.Namespace, rel, header=None, out: Path | None = None) -> list[Path]:
+    """Write ``--out-segmentation`` and ``--out-intermediate`` (each with a sidecar) if asked; returns the written
+    paths. Nothing is left behind when one of them fails."""
     import numpy as np
 
     from .core.provenance import sidecar_path, write_sidecar
-    from .core.volumes import save_nifti
+    from .core.volumes import remove_files, save_nifti
 
-    out = getattr(args, "out_segmentation", None)
-    if not out:
-        return []
-    if rel.segmentation is None:
-        raise UserError("--out-segmentation needs a segmentation model (and --segmentation, --mask or --point).")
-    path = Path(out)
-    if path.exists() and not getattr(args, "overwrite", False):
-        raise UserError(f"{path} exists; choose another --out-segmentation or pass --overwrite.")
-    save_nifti(path, np.asarray(rel.segmentation, dtype=np.uint16), rel.affine, header=header)
-    record = {**rel.provenance, "kind": "segmentation", "output": str(path)}
-    write_sidecar(path, record)
-    return [path, sidecar_path(path)]
+    jobs: list[tuple[Path, np.ndarray, dict]] = []
+    seg_out = getattr(args, "out_segmentation", None)
+    if seg_out:
+        if rel.segmentation is None:
+            raise UserError("--out-segmentation needs a segmentation model (and --segmentation, --mask or --point).")
+        path = Path(seg_out)
+        if path.exists() and not getattr(args, "overwrite", False):
+            raise UserError(f"{path} exists; choose another --out-segmentation or pass --overwrite.")
+        jobs.append((path, np.asarray(rel.segmentation, dtype=np.uint16), {"kind": "segmentation"}))
+    if getattr(args, "out_intermediate", False) and out is not None:
+        paths = intermediate_paths(Path(out), rel)
+        if not paths:
+            raise UserError(f"method '{rel.method}' gave no intermediate maps; --out-intermediate applies to "
+                            "--method lrp (segment boundaries) and attention-gates with two or more gates.")
+        taken = [p for p in paths.values() if p.exists()]
+        if taken and not getattr(args, "overwrite", False):
+            raise UserError(f"{taken[0]} exists; choose another --out or pass --overwrite.")
+        jobs += [(p, np.asarray(rel.intermediate[k], np.float32), {"kind": "intermediate", "point": k})
+                 for k, p in paths.items()]
+    written: list[Path] = []
+    try:
+        for path, data, extra in jobs:
+            save_nifti(path, data, rel.affine, header=header)
+            written.append(path)
+            write_sidecar(path, {**rel.provenance, **extra, "output": str(path)})
+            written.append(sidecar_path(path))
+    except BaseException:
+        remove_files(written)
+        raise
+    return written
 
 
 if __name__ == "__main__":  # pragma: no cover

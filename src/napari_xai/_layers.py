@@ -10,6 +10,8 @@ writer and the explorer always work on the true relevance.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 POS_SUFFIX = " (+)"
@@ -49,6 +51,38 @@ def relevance_layer_data(rel, channel: int = 0, name: str | None = None) -> list
     ]
 
 
+def signed_layers(data: np.ndarray, name: str, affine, meta: dict, limit: float | None = None) -> list[tuple]:
+    """Layer tuples (positive, negative) for one signed map; ``meta`` keys starting with ``xai_`` (a widget's
+    own record, e.g. ``xai_lrp``) and its provenance, header and warnings go into the layers' metadata."""
+    rel = SimpleNamespace(data=np.asarray(data, np.float32)[None], label=name, affine=affine,
+                          header=meta.get("nifti_header"), provenance=meta.get("provenance", {}),
+                          warnings=meta.get("warnings", []))
+    tuples = relevance_layer_data(rel, 0, name)
+    for _, kw, _ in tuples:
+        kw["metadata"].update({k: dict(v) for k, v in meta.items() if k.startswith("xai_") and isinstance(v, dict)})
+        if limit is not None:
+            kw["contrast_limits"] = (0.0, float(limit))
+    return tuples
+
+
+def intermediate_layer_data(rel, base: str | None = None, meta: dict | None = None) -> list[tuple]:
+    """Hidden layer tuples for a result's intermediate maps (LRP segment boundaries, attention gates), named
+    ``<base> · at <point>``; an all-zero negative part (a non-negative map) gets no layer. A widget's own
+    record in ``meta`` (``xai_...`` with ``kind: "intermediate"``) gets the point's name as ``point``."""
+    meta = {"affine": rel.affine, "nifti_header": rel.header, "provenance": rel.provenance, **(meta or {})}
+    out: list[tuple] = []
+    for key, vol in (getattr(rel, "intermediate", None) or {}).items():
+        for data, kw, kind in signed_layers(vol, f"{base or rel.label} · at {key}", rel.affine, meta):
+            if kw["name"].endswith(NEG_SUFFIX) and not np.any(data):
+                continue
+            kw["visible"] = False  # start hidden; switch them on in the layer list
+            for tag in kw["metadata"].values():
+                if isinstance(tag, dict) and tag.get("kind") == "intermediate":
+                    tag["point"] = key
+            out.append((data, kw, kind))
+    return out
+
+
 def upsert(viewer, layer_tuples: list[tuple]) -> list:
     """Add layers, or update the data and metadata of same-named layers (no pile-up)."""
     out = []
@@ -79,7 +113,6 @@ def comparison_layer_data(anatomy: np.ndarray, results: list, limit, meta_key: s
     per cell. Each layer's metadata holds ``{meta_key: {"kind": "compare",
     "item": label, "limit": limit}}``.
     """
-    from types import SimpleNamespace
 
     limits = [float(limit)] * len(results) if np.ndim(limit) == 0 else [float(v) for v in limit]
     tuples: list[tuple] = []

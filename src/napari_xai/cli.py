@@ -75,13 +75,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     try:
         save_nifti(out, data, rel.affine, header=volume.header)
         write_sidecar(out, record)
-        write_extras(args, rel, header=volume.header)
+        extras = write_extras(args, rel, header=volume.header, out=out)
     except BaseException:
         remove_files((out, sidecar_path(out)))
         raise
     probs = ", ".join(f"{k}={v:.3f}" for k, v in rel.probabilities.items())
     print(f"predicted: {rel.provenance['prediction']['name']} ({probs}); explained: {rel.target_name}")
-    print(f"wrote {out} and {sidecar_path(out)}")
+    print(f"wrote {out} and {sidecar_path(out)}" + (f" (+ {len(extras) // 2} more maps)" if extras else ""))
     return 0
 
 

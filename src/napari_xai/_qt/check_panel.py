@@ -614,7 +614,7 @@ class CheckPanel(QWidget):
 
     def show_channels(self, *_):
         from .lrp_widget import META_KEY as LRP_KEY
-        from .lrp_widget import signed_layers
+        from .._layers import signed_layers
 
         res = self.last_channels
         chans = self._ticked_channels()

@@ -88,6 +88,7 @@ class ExplainWidget(Container):
         self._viewer = viewer
         self._model_cache: dict[tuple, Any] = {}
         self._worker = None
+        self._loaded = None
         self._cancel = threading.Event()
         self._progress = [0.0, ""]
         self._layer_names: list[str] = []
@@ -298,6 +299,7 @@ class ExplainWidget(Container):
             model = self._model_cache.get(key)
             if model is None:
                 model = load_model(source, device=device, trust=trust, **extra)
+            self._loaded = model  # read on the main thread after the worker ends (class names after an error)
             if self._cancel.is_set():
                 raise Cancelled("cancelled by the user")
             rel = explain(
@@ -336,17 +338,23 @@ class ExplainWidget(Container):
         status, payload = outcome
         if status == "ok":
             self._on_returned(payload)
-        else:
-            self._on_error(payload)
+            return
+        # the model loaded but the run failed (e.g. "choose a target class"): offer its classes as targets
+        names = list(getattr(getattr(self._loaded, "spec", None), "class_names", None) or [])
+        if names:
+            self._set_classes(names)
+        self._on_error(payload)
 
     def _on_returned(self, result):
-        from .._layers import relevance_layer_data, upsert
+        from .._layers import intermediate_layer_data, relevance_layer_data, upsert
 
         key, model, rel = result
         self._model_cache = {key: model}
         self._set_classes(list(rel.provenance["model"]["class_names"]))
         self._update_layer_choices(model)
         tuples = [t for c in range(rel.data.shape[0]) for t in relevance_layer_data(rel, channel=c)]
+        # LRP segment boundaries, attention gates: hidden layers, switched on in the layer list
+        tuples += intermediate_layer_data(rel, meta={"xai_explain": {"kind": "intermediate"}})
         if getattr(rel, "segmentation", None) is not None:
             tuples.append((
                 rel.segmentation,

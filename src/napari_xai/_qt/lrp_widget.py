@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -69,6 +68,7 @@ from ..core.errors import Cancelled, UserError
 from ..core.lrp_config import LayerInfo, LrpConfig, Segment, default_config, load_configs, resolve, save_configs
 from ..core.lrp_rules import CUSTOM, PARAM_HELP, PRESETS, STEPS, RuleParams, formula, match_preset
 from ..core.compare import cell_limits, common_limit
+from .._layers import intermediate_layer_data, signed_layers
 from ._jobs import fail, report_error, start_worker
 from .check_panel import fill_table, read_only_table
 from ..core.segmentation import Ray
@@ -130,21 +130,6 @@ def layer_affine(layer) -> np.ndarray:
     a[:3, :3] = a[:3, :3] @ np.diag(np.asarray(layer.scale, dtype=float)[-3:])
     a[:3, 3] = a[:3, 3] + np.asarray(layer.translate, dtype=float)[-3:]
     return a
-
-
-def signed_layers(data: np.ndarray, name: str, affine, meta: dict, limit: float | None = None) -> list[tuple]:
-    """Layer tuples (positive, negative) for one signed map, with the conventions of ``_layers``."""
-    from .._layers import relevance_layer_data
-
-    rel = SimpleNamespace(data=np.asarray(data, np.float32)[None], label=name, affine=affine,
-                          header=meta.get("nifti_header"), provenance=meta.get("provenance", {}),
-                          warnings=meta.get("warnings", []))
-    tuples = relevance_layer_data(rel, 0, name)
-    for _, kw, _ in tuples:
-        kw["metadata"][META_KEY] = dict(meta.get(META_KEY, {}))
-        if limit is not None:
-            kw["contrast_limits"] = (0.0, float(limit))
-    return tuples
 
 
 # ---------------------------------------------------------------------------
@@ -1377,12 +1362,7 @@ class LrpDesignerWidget(QWidget):
         if channels > 1:
             tuples += signed_layers(rel.data.sum(axis=0), f"{base} [Σ channels]", rel.affine,
                                     self._meta(rel, {"kind": "relevance", "channel": "sum"}))
-        for key, vol in rel.intermediate.items():
-            inter = signed_layers(vol, f"{base} · at {key}", rel.affine,
-                                  self._meta(rel, {"kind": "intermediate", "point": key}))
-            for _, kw, _ in inter:
-                kw["visible"] = False  # new intermediate layers start hidden; switch them on in the layer list
-            tuples += inter
+        tuples += intermediate_layer_data(rel, base, self._meta(rel, {"kind": "intermediate"}))
         if rel.segmentation is not None:
             tuples.append((rel.segmentation, {"name": f"{model.name} · predicted segmentation", "affine": rel.affine,
                                               "opacity": 0.4, "metadata": {**self._meta(rel, {"kind": "segmentation"}),
