@@ -134,7 +134,8 @@ def render() -> str:
             f"{'needed' if m.needs_module else 'no'} | {params} |"
         )
     out.append("")
-    family_titles = {"gradient": "Gradient family", "cam": "CAM family", "perturbation": "Perturbation", "lrp": "LRP (Zennit)"}
+    family_titles = {"gradient": "Gradient family", "cam": "CAM family", "perturbation": "Perturbation", "lrp": "LRP (Zennit)",
+                     "attention": "Trainable attention"}
     seen: set[str] = set()
     for m in methods:
         if m.family not in seen:
@@ -173,7 +174,10 @@ def render() -> str:
                 out.append(f"| `{p.name}` | {_type_name(p)} | {_default(p)} | {_range(p)} | {p.help.replace('|', chr(92) + '|')} |")
             out.append("")
         example = " ".join(f"--param {p.name}={_example(p)}" for p in m.params[:2])
-        out.append(f"```\nnapari-xai explain T1.nii.gz --model demo --method {m.name} {example}".rstrip() + " --out rel.nii.gz\n```\n")
+        # the demo CNN has no attention gates: show a gated segmentation network instead
+        model = "attention_unet_bundle/ --mask ROI.nii.gz --target 1" if m.family == "attention" else "demo"
+        out.append(f"```\nnapari-xai explain T1.nii.gz --model {model} --method {m.name} {example}".rstrip()
+                   + " --out rel.nii.gz\n```\n")
     out.append(CHECKS)
     return "\n".join(out).rstrip() + "\n"
 
