@@ -1,4 +1,4 @@
-"""Command line: ``napari-xai explain | methods | demo | clusters | regions | atlases | lrp-layers | compare | flip | cohort | sanity``.
+"""Command line: ``napari-xai explain | methods | demo | clusters | regions | atlases | lrp-layers | compare | flip | cohort | sanity | reproduce``.
 
 Exit codes: 0 success, 2 user error (one line on stderr, no traceback), 1 internal error.
 """
@@ -72,6 +72,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     record = dict(rel.provenance)
     record["output"] = str(out)
     record["command"] = " ".join([PROG, *sys.argv[1:]]) if sys.argv else PROG
+    if getattr(args, "mask", None) and "segmentation" in record:
+        from .core.provenance import file_hashes
+
+        record["segmentation"] = {**record["segmentation"], "mask_file": str(Path(args.mask).resolve()),
+                                  "mask_sha256": file_hashes([args.mask]).get(args.mask)}
     try:
         save_nifti(out, data, rel.affine, header=volume.header)
         write_sidecar(out, record)
@@ -166,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ._cli_flip import add_subcommand as add_flip
     from ._cli_lrp import add_subcommand as add_lrp_layers
     from ._cli_regions import add_subcommand as add_regions
+    from ._cli_reproduce import add_subcommand as add_reproduce
     from ._cli_sanity import add_subcommand as add_sanity
 
     add_clusters(sub)
@@ -175,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flip(sub)
     add_cohort(sub)
     add_sanity(sub)
+    add_reproduce(sub)
     return parser
 
 

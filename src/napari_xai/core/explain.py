@@ -13,7 +13,7 @@ import numpy as np
 
 from . import geometry
 from .errors import UserError
-from .provenance import now_iso, package_versions
+from .provenance import file_hashes, now_iso, package_versions
 from .registry import RunContext, get_method
 from .volumes import Volume
 
@@ -390,12 +390,14 @@ def explain(
         seg_mask = resize_labels(seg.mask, volume.shape).astype(bool)
     ctx.step(1.0, "done")
     params_rec = {**parsed, **(out.used or {})}
+    files = (volume.source or "").split(";") if volume.source else []
     provenance = {
         "kind": "relevance",
         "created": now_iso(),
         "input": {
             "name": volume.name,
-            "files": (volume.source or "").split(";") if volume.source else [],
+            "files": files,
+            "sha256": file_hashes(files),
             "shape": list(volume.shape),
             "channels": volume.channels,
             "affine": np.asarray(volume.affine).tolist(),
@@ -410,6 +412,9 @@ def explain(
             "normalization": norm_mode,
             "device": str(model.device),
             "notes": list(getattr(model, "notes", None) or []),
+            "weights": getattr(model, "weights", None),
+            "model_kwargs": dict(getattr(model, "model_kwargs", None) or {}),
+            "files": dict(getattr(model, "files", None) or {}),
         },
         "grid": {"resampled": bool(resampled), "model_shape": list(model_shape)},
         "method": entry.name,

@@ -204,6 +204,13 @@ class LoadedModel:
     notes : list of str
         Things the loader did that the user should know (key prefixes
         stripped, normalisation inferred...). Show them with the result.
+    weights : str or None
+        The weights file given to :func:`load_model` (absolute path), if any.
+    model_kwargs : dict
+        The constructor arguments given to :func:`load_model`.
+
+    Together with ``source`` these are what the provenance records, so a
+    result can be made again (``napari-xai reproduce``).
     """
 
     module: torch.nn.Module
@@ -215,6 +222,8 @@ class LoadedModel:
     is_scripted: bool
     files: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    weights: str | None = None
+    model_kwargs: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -1187,6 +1196,13 @@ def load_model(
     UserError
         For every problem the user can fix, in one line.
     """
+    model = _load_model(source, weights, model_kwargs, device, trust)
+    model.weights = os.path.abspath(os.path.expanduser(os.fspath(weights))) if weights else None
+    model.model_kwargs = parse_model_kwargs(model_kwargs)
+    return model
+
+
+def _load_model(source, weights, model_kwargs, device, trust) -> LoadedModel:
     dev = resolve_device(device)
     text = os.fspath(source).strip() if source is not None else ""
     if not text:

@@ -37,6 +37,24 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_hashes(paths) -> dict[str, str]:
+    """SHA-256 of each existing file in ``paths`` (others are skipped), remembered per path, size and mtime."""
+    out: dict[str, str] = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except (OSError, TypeError, ValueError):
+            continue
+        key = (os.path.abspath(p), st.st_size, st.st_mtime_ns)
+        if key not in _FILE_HASHES:
+            _FILE_HASHES[key] = sha256_file(p)
+        out[str(p)] = _FILE_HASHES[key]
+    return out
+
+
 @functools.lru_cache(maxsize=1)
 def _package_versions() -> tuple[tuple[str, str], ...]:
     out = {"python": platform.python_version()}

@@ -1,0 +1,244 @@
+"""Make a relevance map again from its provenance record, and say whether it came out the same.
+
+Every relevance file has a JSON sidecar (see :mod:`provenance`) that records
+the input files (with their SHA-256), the model (source, weights, constructor
+arguments, SHA-256 of its files), the method with every parameter (resolved
+defaults included, such as the Grad-CAM layer), the target, the seed, the
+model grid, the normalisation and, for segmentation networks, how the target
+mask was made. :func:`reproduce` reads that record, checks that the input and
+the model files are still the ones hashed in it, runs :func:`explain` with the
+recorded settings and compares the new map with the recorded file.
+
+What a record cannot hold has to be given again: a mask drawn in napari (no
+file), or an input that was a napari layer without a file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import UserError
+
+#: A map is "reproduced" when the largest voxel difference is at most this fraction of the recorded map's max |r|.
+TOLERANCE = 1e-4
+
+_DEMO = re.compile(r"^napari-xai demo seed=(-?\d+) condition=(True|False)$")
+
+
+@dataclass
+class Reproduction:
+    """The new relevance, what was checked on the way, and how it compares with the recorded map."""
+
+    relevance: Any  # napari_xai.core.explain.Relevance
+    checks: list[str] = field(default_factory=list)
+    #: ``max_abs_diff``, ``max_abs_recorded``, ``relative``, ``pearson`` and ``reproduced``; None without a recorded map.
+    comparison: dict | None = None
+
+    @property
+    def reproduced(self) -> bool | None:
+        return None if self.comparison is None else bool(self.comparison["reproduced"])
+
+
+def _resolve(path: str, base: Path | None) -> Path | None:
+    p = Path(os.path.expanduser(path))
+    if p.exists():
+        return p
+    if base is not None and not p.is_absolute() and (base / p).exists():
+        return base / p
+    return None
+
+
+def _inputs(record: dict, given: list[str] | None, base: Path | None, checks: list[str]):
+    from .demo import demo_volume
+    from .provenance import file_hashes
+    from .volumes import load_nifti, stack_channels
+
+    rec = record.get("input") or {}
+    if given:
+        checks.append(f"input: {', '.join(given)} (given; the record's files are not checked)")
+        return stack_channels([load_nifti(p) for p in given])
+    files = [str(f) for f in rec.get("files") or []]
+    if len(files) == 1 and _DEMO.match(files[0]):
+        seed, condition = _DEMO.match(files[0]).groups()
+        checks.append(f"input: the demo brain, seed {seed}, condition {condition} (made again)")
+        return demo_volume(int(seed), condition == "True")[0]
+    if not files:
+        raise UserError("the record names no input file (the input was a napari layer without a file); "
+                        "give it with --input FILE.nii.gz.")
+    paths = []
+    for f in files:
+        p = _resolve(f, base)
+        if p is None:
+            raise UserError(f"input file {f} is not found; give the input with --input FILE.nii.gz.")
+        paths.append(p)
+    recorded = rec.get("sha256") or {}
+    now = file_hashes([str(p) for p in paths])
+    for f, p in zip(files, paths):
+        want, have = recorded.get(f), now.get(str(p))
+        if want is None:
+            checks.append(f"input: {p} (the record has no hash for it; not checked)")
+        elif want != have:
+            raise UserError(f"input file {p} changed since the result was made (SHA-256 {have[:12]}… is not the "
+                            f"recorded {want[:12]}…); give the original with --input.")
+        else:
+            checks.append(f"input: {p} (SHA-256 matches)")
+    return stack_channels([load_nifti(p) for p in paths])
+
+
+def _model(record: dict, source: str | None, weights: str | None, device: str | None, trust: bool,
+           allow_changed_model: bool, base: Path | None, checks: list[str]):
+    from .models import load_model
+
+    rec = record.get("model") or {}
+    src = source or rec.get("source")
+    if not src:
+        raise UserError("the record names no model; give it with --model.")
+    wts = weights or rec.get("weights")
+    if source is None and src != "demo":
+        path_part = src.rsplit(":", 1)[0] if ".py:" in src else src  # file.py:ClassName -> file.py
+        found = _resolve(path_part, base)
+        if found is None:
+            raise UserError(f"model {src} is not found; give it with --model (and --weights).")
+        if found != Path(os.path.expanduser(path_part)):
+            src = src.replace(path_part, str(found), 1)
+    if wts and weights is None and _resolve(wts, base) is None:
+        raise UserError(f"the model's weights file {wts} is not found; give it with --weights.")
+    model = load_model(src, weights=wts, model_kwargs=rec.get("model_kwargs") or None, device=device, trust=trust)
+    want = rec.get("sha256")
+    if want and model.sha256 != want:
+        if not allow_changed_model:
+            raise UserError(f"the model files changed since the result was made (SHA-256 {model.sha256[:12]}… is not "
+                            f"the recorded {want[:12]}…); pass --allow-changed-model to explain the new model anyway.")
+        checks.append(f"model: {model.name} CHANGED (SHA-256 {model.sha256[:12]}…, recorded {want[:12]}…)")
+    else:
+        checks.append(f"model: {model.name} (SHA-256 {'matches' if want else 'not recorded'})")
+    return model
+
+
+def explain_arguments(record: dict) -> dict:
+    """The :func:`explain` keyword arguments a record asks for (method, params, target, seed, grid, ...)."""
+    from .registry import get_method
+
+    if record.get("kind") not in (None, "relevance"):
+        kind = record.get("kind")
+        hint = (" Clusters, filtered maps and tables are made again with 'napari-xai clusters --params-from'."
+                if kind in ("clusters", "filtered_relevance", "cluster_table") else "")
+        raise UserError(f"this record is a {kind!r} result, not a relevance map.{hint}")
+    if "method" not in record:
+        raise UserError("the record has no 'method'; is it the sidecar of a relevance file?")
+    method = get_method(record["method"])
+    known = {p.name for p in method.params}
+    recorded = record.get("params") or {}
+    params = {k: v for k, v in recorded.items() if k in known and v is not None}
+    if method.name == "lrp" and isinstance(recorded.get("configuration"), dict):
+        from .lrp_config import LrpConfig
+
+        # the whole configuration is in the record; the file it came from may be gone or edited since
+        params["config"] = LrpConfig.from_dict(recorded["configuration"], "the recorded configuration")
+        params.pop("configuration", None)
+    grid = record.get("grid") or {}
+    model = record.get("model") or {}
+    target = record.get("target") or {}
+    kwargs = {
+        "method": method.name,
+        "params": params,
+        "target": target.get("index"),
+        "seed": int(record.get("seed", 0) or 0),
+        "normalization": model.get("normalization"),
+        "input_shape": tuple(grid["model_shape"]) if grid.get("model_shape") else None,
+        "output_index": int(record.get("output_index", 0) or 0),
+    }
+    seg = record.get("segmentation")
+    if seg:
+        kwargs["segmentation"] = True
+        if seg.get("ray"):
+            from .segmentation import Ray
+
+            kwargs["point"] = Ray(np.asarray(seg["ray"]["origin"], float), np.asarray(seg["ray"]["direction"], float))
+        elif seg.get("point") is not None:
+            kwargs["point"] = tuple(int(v) for v in seg["point"])
+    return kwargs
+
+
+def compare_maps(new: np.ndarray, recorded: np.ndarray, tolerance: float = TOLERANCE) -> dict:
+    """Largest voxel difference (absolute and relative to the recorded max |r|) and Pearson r of two maps."""
+    a = np.asarray(new, dtype=np.float64)
+    b = np.asarray(recorded, dtype=np.float64)
+    if a.shape != b.shape:
+        raise UserError(f"the new map has shape {a.shape} but the recorded one {b.shape}; was the input resampled?")
+    diff = float(np.max(np.abs(a - b))) if a.size else 0.0
+    scale = float(np.max(np.abs(b))) if b.size else 0.0
+    rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
+    if a.std() > 0 and b.std() > 0:
+        r = float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+    else:
+        r = 1.0 if diff == 0 else float("nan")
+    return {"max_abs_diff": diff, "max_abs_recorded": scale, "relative": rel, "pearson": r,
+            "reproduced": bool(rel <= tolerance), "tolerance": tolerance}
+
+
+def reproduce(record: dict, *, sidecar: str | os.PathLike | None = None, inputs: list[str] | None = None,
+              model: str | None = None, weights: str | None = None, mask: np.ndarray | None = None,
+              device: str | None = None, trust: bool = False, allow_changed_model: bool = False,
+              tolerance: float = TOLERANCE, progress: Callable[[float, str], None] | None = None) -> Reproduction:
+    """Run :func:`explain` again as ``record`` says, after checking its input and model files.
+
+    Parameters
+    ----------
+    record : dict
+        A relevance sidecar (``OUT.json``) as written by ``napari-xai explain``,
+        the widgets or ``compare``.
+    sidecar : path-like, optional
+        Where the record was read from: relative paths in it are also looked
+        up beside it, and the recorded map (``output``) is compared.
+    inputs, model, weights
+        Replace the recorded input files / model (e.g. when they moved).
+    mask : ndarray, optional
+        The target mask of a segmentation result whose mask was not a file.
+    allow_changed_model : bool
+        Explain even when the model files' SHA-256 differs from the record.
+    tolerance : float
+        Largest voxel difference, as a fraction of the recorded max |r|, that
+        still counts as reproduced.
+    """
+    from .explain import explain
+    from .volumes import load_nifti
+
+    base = Path(sidecar).resolve().parent if sidecar else None
+    checks: list[str] = []
+    kwargs = explain_arguments(record)
+    seg = record.get("segmentation") or {}
+    if seg.get("mask") == "mask":
+        if mask is None and seg.get("mask_file"):
+            p = _resolve(seg["mask_file"], base)
+            if p is None:
+                raise UserError(f"the target mask {seg['mask_file']} is not found; give it with --mask.")
+            mask = load_nifti(p).data[0]
+            checks.append(f"mask: {p}")
+        if mask is None:
+            raise UserError("the result explained a mask drawn in napari (no file); save it and give it with --mask.")
+        kwargs["mask"] = np.asarray(mask) != 0
+    volume = _inputs(record, inputs, base, checks)
+    loaded = _model(record, model, weights, device, trust, allow_changed_model, base, checks)
+    method = kwargs.pop("method")
+    rel = explain(volume, loaded, method, progress=progress, **kwargs)
+    comparison = None
+    out = record.get("output")
+    if out:
+        p = _resolve(str(out), base)
+        if p is None and base is not None:
+            p = _resolve(Path(str(out)).name, base)
+        if p is not None:
+            old = load_nifti(p).data
+            comparison = compare_maps(rel.data, old, tolerance)
+            comparison["recorded_file"] = str(p)
+            checks.append(f"recorded map: {p}")
+        else:
+            checks.append(f"recorded map {out} not found: nothing to compare with")
+    return Reproduction(rel, checks, comparison)

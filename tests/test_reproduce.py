@@ -1,0 +1,136 @@
+"""``napari-xai reproduce``: a relevance map made again from its sidecar.
+
+Facts used: the pipeline is deterministic on the CPU for a fixed seed, so the
+same input, model files and recorded settings give the same map voxel for
+voxel; a changed file has a different SHA-256; different weights give a
+different map.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from model_factory import nifti, python_source, run_cli
+
+from napari_xai.core.errors import UserError
+from napari_xai.core.reproduce import compare_maps, explain_arguments
+
+
+@pytest.fixture
+def made(tmp_path, capsys):
+    """A relevance file made by 'explain' with a .py model, weights and constructor arguments."""
+    src, weights, kwargs = python_source(tmp_path / "net", in_channels=1, classes=3, seed=1)
+    vol = nifti(tmp_path / "t1.nii.gz", shape=(10, 12, 10), seed=4)
+    out = tmp_path / "rel.nii.gz"
+    code, _, err = run_cli(capsys, "explain", vol, "--model", src, "--weights", weights, "--model-kwargs", kwargs,
+                           "--method", "smoothgrad", "--param", "samples=3", "--target", "2", "--out", out, "--quiet")
+    assert code == 0, err
+    return tmp_path, src, weights, vol, out
+
+
+def test_a_recorded_map_is_made_again_voxel_for_voxel(made, capsys):
+    tmp_path, *_ , out = made
+    record = json.loads((tmp_path / "rel.json").read_text())
+    assert record["model"]["model_kwargs"] == {"in_channels": 1, "classes": 3}
+    assert list(record["input"]["sha256"].values())[0] and record["model"]["weights"].endswith("tiny_net.pt")
+    new = tmp_path / "again.nii.gz"
+    code, stdout, err = run_cli(capsys, "reproduce", tmp_path / "rel.json", "--out", new)
+    assert code == 0, err
+    assert "checked input" in stdout and "SHA-256 matches" in stdout and "reproduced:" in stdout
+    # stochastic SmoothGrad too: the recorded seed makes the same noise
+    np.testing.assert_array_equal(np.asarray(nib.load(str(new)).dataobj), np.asarray(nib.load(str(out)).dataobj))
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["comparison"]["max_abs_diff"] == 0.0 and again["target"]["index"] == 2
+    # the .nii.gz may be named instead of its sidecar, and from another folder (paths beside the sidecar)
+    code, stdout, _ = run_cli(capsys, "reproduce", out)
+    assert code == 0 and "reproduced:" in stdout
+
+
+def test_changed_model_or_input_is_refused_and_a_changed_map_is_reported(made, capsys):
+    tmp_path, src, weights, vol, out = made
+    saved = weights.read_bytes()
+    net = torch.load(weights, weights_only=True)
+    torch.save({k: v + 0.5 for k, v in net.items()}, weights)
+    code, _, err = run_cli(capsys, "reproduce", tmp_path / "rel.json")
+    assert code == 2 and "model files changed" in err and "--allow-changed-model" in err and err.count("\n") == 1
+    code, stdout, _ = run_cli(capsys, "reproduce", tmp_path / "rel.json", "--allow-changed-model")
+    assert code == 3 and "NOT reproduced" in stdout and "CHANGED" in stdout
+    weights.write_bytes(saved)
+    img = nib.load(str(vol))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * 2.0, img.affine), str(vol))
+    code, _, err = run_cli(capsys, "reproduce", tmp_path / "rel.json")
+    assert code == 2 and "input file" in err and "changed" in err and "--input" in err
+    assert np.asarray(nib.load(str(out)).dataobj).any()  # the recorded map is never touched
+
+
+def test_paths_are_also_found_beside_the_sidecar(made, capsys, monkeypatch):
+    tmp_path, *_ = made
+    record = json.loads((tmp_path / "rel.json").read_text())
+    record["input"]["files"] = ["t1.nii.gz"]  # relative to the sidecar's folder
+    record["input"]["sha256"] = {"t1.nii.gz": list(json.loads((tmp_path / "rel.json").read_text())["input"]["sha256"].values())[0]}
+    record["output"] = "rel.nii.gz"
+    (tmp_path / "moved.json").write_text(json.dumps(record))
+    monkeypatch.chdir(tmp_path.parent)
+    code, stdout, err = run_cli(capsys, "reproduce", os.path.join(tmp_path.name, "moved.json"))
+    assert code == 0, err
+
+
+def test_lrp_uses_the_recorded_configuration_when_its_file_is_gone(tmp_path, capsys):
+    from napari_xai.core.lrp_config import LrpConfig, save_configs
+    from napari_xai.core.lrp_rules import preset_params
+
+    src, weights, kwargs = python_source(tmp_path / "net", seed=2)
+    vol = nifti(tmp_path / "t1.nii.gz", shape=(10, 10, 10))
+    cfg = save_configs(tmp_path / "cfg.json", [LrpConfig(name="eps", default=preset_params("lrp-epsilon", epsilon=0.1))])
+    out = tmp_path / "lrp.nii.gz"
+    code, _, err = run_cli(capsys, "explain", vol, "--model", src, "--weights", weights, "--model-kwargs", kwargs,
+                           "--method", "lrp", "--config", cfg, "--out", out, "--quiet")
+    assert code == 0, err
+    cfg.unlink()
+    code, stdout, err = run_cli(capsys, "reproduce", tmp_path / "lrp.json")
+    assert code == 0 and "reproduced:" in stdout, err
+
+
+def test_segmentation_mask_file_is_recorded_and_a_drawn_mask_must_be_given(tmp_path, capsys):
+    from test_attention import attention_bundle
+
+    bundle = attention_bundle(tmp_path, (0.3, -0.2))
+    vol = nifti(tmp_path / "t1.nii.gz", shape=(16, 16, 16))
+    mask = tmp_path / "roi.nii.gz"
+    nib.save(nib.Nifti1Image(np.pad(np.ones((6, 6, 6), np.uint8), 5), np.eye(4)), str(mask))
+    out = tmp_path / "seg.nii.gz"
+    code, _, err = run_cli(capsys, "explain", vol, "--model", bundle, "--method", "input-x-gradient", "--mask", mask,
+                           "--target", "organ", "--out", out, "--quiet")
+    assert code == 0, err
+    record = json.loads((tmp_path / "seg.json").read_text())
+    assert record["segmentation"]["mask_file"] == str(mask.resolve())
+    code, stdout, err = run_cli(capsys, "reproduce", tmp_path / "seg.json")
+    assert code == 0 and "checked mask" in stdout, err
+    del record["segmentation"]["mask_file"]  # as from a mask drawn in napari
+    (tmp_path / "drawn.json").write_text(json.dumps(record))
+    code, _, err = run_cli(capsys, "reproduce", tmp_path / "drawn.json")
+    assert code == 2 and "--mask" in err and err.count("\n") == 1
+    code, stdout, err = run_cli(capsys, "reproduce", tmp_path / "drawn.json", "--mask", mask)
+    assert code == 0 and "reproduced:" in stdout, err
+
+
+def test_records_that_are_not_relevance_maps_are_refused():
+    with pytest.raises(UserError, match="'clusters' result.*--params-from"):
+        explain_arguments({"kind": "clusters"})
+    with pytest.raises(UserError, match="no 'method'"):
+        explain_arguments({"kind": "relevance"})
+
+
+def test_compare_maps_by_hand():
+    a = np.array([[0.0, 1.0, -2.0]])
+    c = compare_maps(a + np.array([[0.0, 0.0, 1e-5]]), a)
+    assert c["max_abs_diff"] == pytest.approx(1e-5) and c["relative"] == pytest.approx(5e-6) and c["reproduced"]
+    c = compare_maps(-a, a)
+    assert c["pearson"] == pytest.approx(-1.0) and c["relative"] == pytest.approx(2.0) and not c["reproduced"]
+    with pytest.raises(UserError, match="shape"):
+        compare_maps(a, a.T)
