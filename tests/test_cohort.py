@@ -186,3 +186,40 @@ def test_truth_masks_and_flipping_readouts_per_subject(cohort, capsys):
     assert summary["aopc_morf"]["n"] == 3 and summary["aopc_morf"]["mean"] == pytest.approx(np.mean(aopcs), rel=1e-4)
     assert summary["aopc_morf"]["sd"] == pytest.approx(np.std(aopcs, ddof=1), rel=1e-3)
     assert "aopc_morf: mean" in stdout
+
+
+def test_pick_subjects_spreads_over_a_covariate():
+    from napari_xai.core.cohort import pick_subjects
+
+    rows = [{"id": f"s{k}", "status": "ok", "group": g, "age": float(a)}
+            for k, (g, a) in enumerate([("AD", 80), ("CN", 60), ("MCI", 70)] * 4)]
+    rows.append({"id": "bad", "status": "failed", "group": "AD", "age": 1.0})
+    assert [r["id"] for r in pick_subjects(rows, 3)] == ["s0", "s1", "s2"]  # table order
+    # 12 rows sorted by group (AD x4, CN x4, MCI x4), 6 evenly spaced picks: 2 per group, failed never picked
+    picked = pick_subjects(rows, 6, "group")
+    assert [r["group"] for r in picked] == ["AD", "AD", "CN", "CN", "MCI", "MCI"] and "bad" not in [r["id"] for r in picked]
+    # numeric covariates sort as numbers: youngest and oldest are the ends
+    assert [r["age"] for r in pick_subjects(rows, 2, "age")] == [60.0, 80.0]
+    assert len(pick_subjects(rows, 50)) == 12
+    with pytest.raises(UserError, match="not a column"):
+        pick_subjects(rows, 2, "sex")
+
+
+def test_cohort_png_grid_of_subjects(cohort, capsys):
+    from PIL import Image
+
+    tmp, model, w, xs = cohort
+    out = tmp / "png"
+    args = ["cohort", tmp / "cohort.csv", *model, "--method", "input-x-gradient", "--target", "1", "--out-dir", out,
+            "--quiet", "--png", "--png-subjects", "4", "--png-by", "score", "--view", "2d"]
+    code, stdout, err = run(capsys, *args)
+    assert code == 0, err
+    img = np.asarray(Image.open(out / "subjects.png").convert("RGB"))
+    assert img.shape[0] > 300 and img.shape[1] > 600 and img.std() > 5  # 2 x 2 cells of 460 px, not blank
+    assert "subjects.png" in stdout
+    # run again without --overwrite: refused in one line; the figure is kept
+    stamp = (out / "subjects.png").stat().st_mtime_ns
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "exists" in err and (out / "subjects.png").stat().st_mtime_ns == stamp
+    code, _, err = run(capsys, *args[:-6], "--png", "--png-by", "age", "--overwrite")
+    assert code == 2 and "--png-by 'age' is not a covariate" in err and "score" in err

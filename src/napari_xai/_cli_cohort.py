@@ -14,6 +14,9 @@ Writes into ``--out-dir``:
 * with ``--atlas``: ``regions.csv`` (relevance per subject and region) and, when
   the cohort CSV has numeric covariates, ``correlations.csv`` (Pearson's r and
   p of each region's relevance with each covariate);
+* with ``--png``, ``subjects.png``: napari's grid view of ``--png-subjects``
+  subjects' maps over their own anatomy with one colour scale, labelled with
+  id, ``--png-by`` covariate and prediction (Dyrba et al.'s Fig. 4);
 * with a ``truth`` column (ground-truth masks), the relevance mass inside the
   mask, rank accuracy and inclusivity per subject, and with ``--flip`` the
   AOPC of region flipping (most relevant first and random); their mean and SD
@@ -60,6 +63,13 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--flip", action="store_true",
                    help="also score each map by region flipping: AOPC most relevant first and random (3-voxel "
                         "regions, 10 steps up to 20 %%, zero baseline: core.perturbation.READOUT_FLIP)")
+    p.add_argument("--png", action="store_true",
+                   help="also render subjects.png: napari's grid of some subjects' maps over their own anatomy, one "
+                        "colour scale (on a private Xvfb display when there is none)")
+    p.add_argument("--png-subjects", type=int, default=6, metavar="N", help="subjects in subjects.png (default 6)")
+    p.add_argument("--png-by", metavar="COVARIATE",
+                   help="pick the --png subjects spread over this covariate (e.g. group, severity) instead of the first N")
+    p.add_argument("--view", choices=("3d", "2d"), default="3d", help="view of --png (default 3d)")
     p.add_argument("--out-dir", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="recompute maps made with other settings; replace the tables")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -114,6 +124,36 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
+def _subjects_png(args, rows: list[dict], subjects, outdir: Path, png: Path) -> None:
+    """subjects.png: the maps of a few subjects over their own anatomy in napari's grid, one colour scale."""
+    from types import SimpleNamespace
+
+    from ._cli_compare import render_png
+    from ._demo_app import virtual_display
+    from .core.cohort import pick_subjects
+    from .core.compare import common_limit
+    from .core.volumes import load_nifti
+
+    paths = {s.id: s.paths for s in subjects}
+    picked = pick_subjects(rows, args.png_subjects, args.png_by)
+    if not picked:
+        return
+    anatomy, results = [], []
+    for r in picked:
+        rel = load_nifti(outdir / r["map"])
+        anatomy.append(load_nifti(paths[r["id"]][0]).data[0])
+        by = r.get(args.png_by) if args.png_by else None
+        label = r["id"] + ("" if by is None else f" · {args.png_by} {by:.2g}" if isinstance(by, float) else f" · {by}")
+        label += f" · {r['predicted']} {r['probability']:.2f}"
+        results.append((label, SimpleNamespace(data=rel.data, affine=rel.affine, header=rel.header, warnings=[],
+                                               provenance={"kind": "cohort-subject", "subject": r["id"]})))
+    limit = common_limit([res.data.sum(axis=0) for _, res in results])
+    with virtual_display():
+        # seen from above (an axial MIP), where bilateral findings such as both hippocampi show side by side
+        render_png(anatomy, results, limit, png, args.view == "3d", title="napari-xai cohort", cell_px=460,
+                   angles=(0.0, 90.0, 0.0))
+
+
 def cmd_cohort(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -137,6 +177,13 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     method = get_method(args.method)
     method.parse(params)  # bad parameters fail before any subject runs
     tables = [outdir / n for n in ("subjects.csv", "regions.csv", "correlations.csv", "mean_relevance.nii.gz")]
+    if args.png:
+        tables.append(outdir / "subjects.png")
+        if args.png_subjects < 1 or args.png_subjects > 24:
+            raise UserError(f"--png-subjects must be 1 to 24 (a readable grid), got {args.png_subjects}.")
+        if args.png_by and args.png_by not in (subjects[0].covariates if subjects else {}):
+            raise UserError(f"--png-by {args.png_by!r} is not a covariate of the cohort table; use one of: "
+                            f"{', '.join(subjects[0].covariates) or 'none (the table has no covariates)'}.")
     if not args.overwrite:
         existing = [p for p in tables if p.exists()]
         if existing:
@@ -226,6 +273,8 @@ def cmd_cohort(args: argparse.Namespace) -> int:
         save_nifti(tables[3], mean.mean, mean.affine)
         write_sidecar(tables[3], {"kind": "cohort-mean-relevance", "subjects": mean.count, "skipped_other_grid": mean.skipped,
                                   "settings": settings, "command": command})
+    if args.png:
+        _subjects_png(args, rows, subjects, outdir, tables[4])
     summary = {"kind": "cohort", "command": command, "settings": settings, "method_params": method.parse(params),
                "model": {"source": str(args.model), "name": model.name, "sha256": model.sha256},
                "atlas": {"name": atlas.name, "threshold_percent": args.atlas_threshold} if atlas is not None else None,
@@ -237,7 +286,8 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     reused = sum(1 for r in rows if r["status"] == "reused")
     print(f"{len(subjects) - len(failures)} of {len(subjects)} subjects explained ({reused} reused) in "
           f"{time.perf_counter() - t0:.1f} s; mean map over {mean.count}; wrote {outdir}/subjects.csv"
-          + (", regions.csv" if atlas is not None else "") + (", correlations.csv" if corr else ""))
+          + (", regions.csv" if atlas is not None else "") + (", correlations.csv" if corr else "")
+          + (", subjects.png" if args.png else ""))
     for c in corr[:3]:
         print(f"  r = {c['r']:+.3f} (p = {c['p']:.2g}, n = {c['n']}): {c['measure']} in {c['region']} vs {c['covariate']}")
     for k, v in (summary["readouts"] or {}).items():

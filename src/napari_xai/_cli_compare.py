@@ -234,8 +234,10 @@ def _flip_readouts(model, volume, rel, kwargs: dict, scorers: dict) -> dict:
     return aopc_readouts(model, volume, rel.data.sum(axis=0), scorers[key])
 
 
-def render_png(anatomy, results: list, limit, path: Path, three_d: bool = True) -> None:
-    """napari's grid view of the comparison, saved as one PNG (atomically)."""
+def render_png(anatomy, results: list, limit, path: Path, three_d: bool = True, title: str = "napari-xai compare",
+               cell_px: int = 330, angles: tuple = (-15.0, 35.0, 145.0)) -> None:
+    """napari's grid view of the comparison, saved as one PNG (atomically); ``anatomy`` as for
+    :func:`~napari_xai._layers.comparison_layer_data` (one array, or one per cell)."""
     from ._demo_app import _preload_torch_extras, save_canvas_png
 
     _preload_torch_extras()
@@ -246,18 +248,19 @@ def render_png(anatomy, results: list, limit, path: Path, three_d: bool = True) 
 
     from qtpy.QtWidgets import QApplication
 
-    viewer = napari.Viewer(show=True, title="napari-xai compare")
+    viewer = napari.Viewer(show=True, title=title)
     try:
         n = len(results)
         cols = int(np.ceil(np.sqrt(n)))  # napari's grid is as square as possible
         rows = -(-n // cols)
-        viewer.window.resize(330 * cols + 60, 330 * rows + 160)
+        viewer.window.resize(cell_px * cols + 60, cell_px * rows + 160)
         QApplication.processEvents()
         show_grid(viewer, comparison_layer_data(anatomy, results, limit), three_d=three_d)
-        if three_d:
-            viewer.camera.angles = (-15.0, 35.0, 145.0)
         QApplication.processEvents()
         viewer.reset_view()
+        if three_d:  # after reset_view, which resets the camera angles too
+            viewer.camera.angles = tuple(angles)
+        QApplication.processEvents()
         save_canvas_png(viewer, path)
     finally:
         viewer.close()

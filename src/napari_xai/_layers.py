@@ -105,18 +105,21 @@ def upsert(viewer, layer_tuples: list[tuple]) -> list:
 COMPARE_STRIDE = 3
 
 
-def comparison_layer_data(anatomy: np.ndarray, results: list, limit, meta_key: str = "xai_compare") -> list[tuple]:
+def comparison_layer_data(anatomy, results: list, limit, meta_key: str = "xai_compare") -> list[tuple]:
     """Layer tuples for a comparison grid: per cell the anatomy (titled) and the channel-summed signed relevance.
 
-    ``results`` are ``(label, Relevance)`` pairs on one grid. ``limit`` is one
+    ``results`` are ``(label, Relevance)`` pairs; ``anatomy`` is one array for
+    all cells (one input) or a list with each cell's own (several subjects, on
+    their own grids). ``limit`` is one
     number (every relevance layer gets contrast limits ``(0, limit)``) or one
     per cell. Each layer's metadata holds ``{meta_key: {"kind": "compare",
     "item": label, "limit": limit}}``.
     """
 
     limits = [float(limit)] * len(results) if np.ndim(limit) == 0 else [float(v) for v in limit]
+    anatomies = list(anatomy) if isinstance(anatomy, (list, tuple)) else [anatomy] * len(results)
     tuples: list[tuple] = []
-    for i, ((label, rel), limit) in enumerate(zip(results, limits)):
+    for i, ((label, rel), limit, anatomy) in enumerate(zip(results, limits, anatomies)):
         title = f"{i + 1}. {label}"
         tag = {"kind": "compare", "item": label, "limit": float(limit)}
         meta = {"affine": rel.affine, "nifti_header": rel.header, "provenance": rel.provenance,

@@ -215,3 +215,25 @@ def summarize(rows: Sequence[dict], keys: Sequence[str]) -> dict:
         out[k] = {"mean": float(v.mean()) if v.size else float("nan"),
                   "sd": float(v.std(ddof=1)) if v.size > 1 else float("nan"), "n": int(v.size)}
     return out
+
+
+def pick_subjects(rows: Sequence[dict], n: int, by: str | None = None) -> list[dict]:
+    """Up to ``n`` rows to show side by side: the first ``n`` in table order, or, with ``by`` (a covariate),
+    rows spread evenly over that covariate's sorted values (each group gets its share, as in a figure of
+    patients and controls). Rows of failed subjects are never picked."""
+    ok = [r for r in rows if r.get("status") != "failed"]
+    n = max(int(n), 0)
+    if by is None or len(ok) <= n:
+        return ok[:n]
+    if any(by not in r for r in ok):
+        raise UserError(f"covariate {by!r} is not a column of the cohort table; use one of its columns.")
+
+    def key(r):
+        v = r[by]
+        return (0, float(v), "") if isinstance(v, (int, float)) and v == v else (1, 0.0, str(v))
+
+    ordered = sorted(ok, key=key)
+    if n == 1:
+        return [ordered[len(ordered) // 2]]
+    picks = [round(i * (len(ordered) - 1) / (n - 1)) for i in range(n)]
+    return [ordered[i] for i in picks]
