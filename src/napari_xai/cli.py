@@ -1,4 +1,4 @@
-"""Command line: ``napari-xai explain | methods | demo | clusters | regions | atlases | lrp-layers | compare | flip | cohort | sanity | reproduce``.
+"""Command line: ``napari-xai explain | methods | demo | clusters | regions | atlases | lrp-layers | compare | flip | cohort | embed | sanity | reproduce``.
 
 Exit codes: 0 success, 2 user error (one line on stderr, no traceback), 1 internal error.
 """
@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ._cli_clusters import add_subcommand as add_clusters
     from ._cli_cohort import add_subcommand as add_cohort
     from ._cli_compare import add_subcommand as add_compare
+    from ._cli_embed import add_subcommand as add_embed
     from ._cli_flip import add_subcommand as add_flip
     from ._cli_lrp import add_subcommand as add_lrp_layers
     from ._cli_regions import add_subcommand as add_regions
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare(sub)
     add_flip(sub)
     add_cohort(sub)
+    add_embed(sub)
     add_sanity(sub)
     add_reproduce(sub)
     return parser
