@@ -159,7 +159,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
 
     from .cli import _parse_params
     from .core import atlas as at
-    from .core.cohort import RunningMean, correlations, read_subjects, subjects_from_paths, summarize
+    from .core.cohort import RunningMean, correlations, subjects_from_inputs, summarize
     from .core.explain import explain
     from .core.provenance import package_versions, read_sidecar, sha256_file, write_sidecar
     from .core.registry import get_method
@@ -169,10 +169,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     outdir = Path(args.out_dir)
     if outdir.exists() and not outdir.is_dir():
         raise UserError(f"--out-dir {outdir} is a file; give a folder.")
-    if len(args.inputs) == 1 and args.inputs[0].lower().endswith((".csv", ".tsv")):
-        subjects = read_subjects(args.inputs[0])
-    else:
-        subjects = subjects_from_paths(args.inputs)
+    subjects = subjects_from_inputs(args.inputs)
     params = _parse_params(args.param)
     method = get_method(args.method)
     method.parse(params)  # bad parameters fail before any subject runs

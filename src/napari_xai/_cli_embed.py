@@ -82,17 +82,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ._cli_cohort import _csv_bytes, _fmt
-    from .core.cohort import read_subjects, subjects_from_paths
+    from .core.cohort import subjects_from_inputs
     from .core.embedding import check_layer, features, knn_outliers, pc_correlations, pca
     from .core.provenance import now_iso, package_versions, to_json
     from .core.volumes import atomic_write_bytes, load_nifti, remove_files, stack_channels
 
     t0 = time.perf_counter()
     outdir = _check_args(args)
-    if len(args.inputs) == 1 and args.inputs[0].lower().endswith((".csv", ".tsv")):
-        subjects = read_subjects(args.inputs[0])
-    else:
-        subjects = subjects_from_paths(args.inputs)
+    subjects = subjects_from_inputs(args.inputs)
     covariates = list(subjects[0].covariates)
     if args.color and args.color not in covariates:
         raise UserError(f"--color {args.color!r} is not a numeric covariate of the cohort; "

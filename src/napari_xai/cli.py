@@ -1,4 +1,4 @@
-"""Command line: ``napari-xai explain | methods | demo | clusters | regions | atlases | lrp-layers | compare | flip | cohort | embed | sanity | reproduce``.
+"""Command line: ``napari-xai explain | methods | demo | clusters | regions | atlases | lrp-layers | compare | flip | cohort | embed | sanity | reproduce | dissect``.
 
 Exit codes: 0 success, 2 user error (one line on stderr, no traceback), 1 internal error.
 """
@@ -172,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ._cli_flip import add_subcommand as add_flip
     from ._cli_lrp import add_subcommand as add_lrp_layers
     from ._cli_regions import add_subcommand as add_regions
+    from ._cli_dissect import add_subcommand as add_dissect
     from ._cli_reproduce import add_subcommand as add_reproduce
     from ._cli_sanity import add_subcommand as add_sanity
 
@@ -184,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_embed(sub)
     add_sanity(sub)
     add_reproduce(sub)
+    add_dissect(sub)
     return parser
 
 

@@ -141,6 +141,13 @@ def subjects_from_paths(paths: Iterable[str | Path]) -> list[Subject]:
     return out
 
 
+def subjects_from_inputs(inputs: Sequence[str]) -> list[Subject]:
+    """The subjects of a command line: one cohort CSV/TSV (:func:`read_subjects`) or NIfTI files (one subject each)."""
+    if len(inputs) == 1 and str(inputs[0]).lower().endswith((".csv", ".tsv")):
+        return read_subjects(inputs[0])
+    return subjects_from_paths(inputs)
+
+
 class RunningMean:
     """Mean of maps on one grid (shape and affine), without keeping them all in memory."""
 
