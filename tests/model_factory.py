@@ -149,6 +149,24 @@ class ThreeChannels(torch.nn.Module):
         return self.fc(self.flat(self.pool(self.act(self.conv(x)))))
 
 
+class Shuffled(torch.nn.Module):
+    """Registered conv2, fc, conv1 but runs conv1 -> conv2 -> fc (seeded weights): execution order is not
+    registration order, nor its reverse."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        torch.manual_seed(0)
+        self.conv2 = nn.Conv3d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+        self.act = nn.ReLU()
+        self.conv1 = nn.Conv3d(1, 3, 3, padding=1)
+
+    def forward(self, x):
+        h = self.act(self.conv2(self.act(self.conv1(x))))
+        return self.fc(h.mean(dim=(2, 3, 4)))
+
+
 def lin_source(folder: Path, weight: np.ndarray, name: str = "w") -> tuple[str, Path]:
     """(``lin.py:Lin``, weights path) for a bias-free linear model with ``weight`` (2, n)."""
     folder.mkdir(parents=True, exist_ok=True)

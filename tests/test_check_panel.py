@@ -7,11 +7,18 @@ set S of voxels to 0 lowers logit c by ``sum_{i in S} W[c, i] x_i``, and LRP-0
 gives ``R = W[c] * x``, so the most-relevant-first curve is the logit minus the
 running sum of the sorted relevance. For the three-channel net (1x1 conv with
 weights 1, 2, 3, ReLU, mean, sum) channel c carries ``w_c mean(x)`` of the
-logit ``6 mean(x)``.
+logit ``6 mean(x)``. Randomization sanity check: the same linear model's logit
+after its only layer is randomized is ``W' x`` with ``W'`` drawn by hand as
+docs/sanity.md documents (``default_rng([seed, execution index])``, the
+original tensor's mean and std); a net registered in another order than it
+runs is randomized from its real top; the verdict line follows from the
+table's numbers; *Show maps* adds one grid cell per step as new layers; the
+user's weights and layers stay unchanged.
 """
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import numpy as np
@@ -20,7 +27,9 @@ import pytest
 import napari  # noqa: E402,F401  - a missing GUI stack fails these tests, never skips them
 import pytestqt  # noqa: E402,F401
 
+from napari_xai._qt.check_panel import ACTIVE_CONFIG, META_KEY  # noqa: E402
 from napari_xai._qt.lrp_widget import LrpDesignerWidget  # noqa: E402
+from napari_xai.core.sanity import VERDICT_THRESHOLD  # noqa: E402
 
 TIMEOUT_MS = 60_000
 SHAPE = (6, 5, 4)
@@ -44,16 +53,14 @@ NETS = textwrap.dedent(
             return self.fc(self.flat(x))
 
 
-    from model_factory import ThreeChannels  # noqa: F401  (tests/ is on sys.path under pytest)
+    from model_factory import Shuffled, ThreeChannels  # noqa: F401  (tests/ is on sys.path under pytest)
     """
 )
 
 
-@pytest.fixture
-def setup(make_napari_viewer, tmp_path):
+def _designer(viewer, tmp_path):
     path = tmp_path / "nets.py"
     path.write_text(NETS)
-    viewer = make_napari_viewer()
     x = (np.random.default_rng(4).random(SHAPE) + 0.5).astype(np.float32)
     viewer.add_image(x, name="t1", affine=np.diag([2.0, 2.0, 2.0, 1.0]))
 
@@ -67,6 +74,17 @@ def setup(make_napari_viewer, tmp_path):
         return w
 
     return viewer, x, make
+
+
+@pytest.fixture
+def setup(make_napari_viewer, tmp_path):
+    return _designer(make_napari_viewer(), tmp_path)
+
+
+@pytest.fixture
+def proxy_setup(make_napari_viewer_proxy, tmp_path):
+    """The same with napari's thread-checking viewer proxy (layers touched off the main thread raise)."""
+    return _designer(make_napari_viewer_proxy(), tmp_path)
 
 
 def weights():
@@ -195,3 +213,166 @@ def test_curves_for_every_comparison_cell(setup, qtbot):
     assert not panel.aopc_table.isHidden() and panel.aopc_table.rowCount() == 2
     assert panel.aopc_table.horizontalHeaderItem(2).text() == "AOPC MoRF"
     assert float(panel.aopc_table.item(0, 2).text()) == pytest.approx(ixg.aopc, rel=1e-3)
+
+
+# --------------------------------------------------------------------------- randomization sanity check
+
+
+def column(table, c):
+    return [table.item(r, c).text() for r in range(table.rowCount())]
+
+
+def state_bytes(module):
+    return {k: v.detach().cpu().numpy().tobytes() for k, v in module.state_dict().items()}
+
+
+def test_sanity_table_follows_execution_order_and_the_verdict_follows_the_table(setup, qtbot):
+    viewer, x, make = setup
+    w = make("Shuffled")
+    assert [l.name for l in w.layers if l.parameters] == ["conv1", "conv2", "fc"]  # execution order
+    model = w._model
+    before = state_bytes(model.module)
+    panel = w.check
+    panel.sanity_method.setCurrentText("saliency")
+    w.target.setCurrentText("class 1")
+    panel.run_sanity()
+    assert not panel.cancel_btn.isHidden() and panel.cancel_btn.isEnabled()
+    wait(qtbot, panel)
+    t = panel.sanity_table
+    # one row per parametrised layer, from the real top (not the registration order conv2, fc, conv1)
+    assert column(t, 0) == ["0", "1", "2", "3"]
+    assert column(t, 1) == ["original", "fc", "+ conv2", "+ conv1"]  # "+": the layers above stay random
+    assert t.horizontalHeaderItem(1).toolTip().endswith("(cascading)")
+    assert column(t, 2)[0] == "1.000" and column(t, 5)[0] == "1.000"
+    # the verdict is the documented threshold applied to the table's two rank-correlation columns
+    sims = [max(float(a), float(b)) for a, b in zip(column(t, 2)[1:], column(t, 3)[1:])]
+    worst = max(sims)
+    text = panel.sanity_verdict.text()
+    if worst >= VERDICT_THRESHOLD:
+        assert text.startswith("map barely changes: fails, rank correlation ")
+    else:
+        assert text.startswith("map changes with the weights: passes (rank correlation at most ")
+    shown = float(re.search(r"rank correlation (?:at most )?(-?[0-9.]+)", text).group(1))
+    assert shown == pytest.approx(worst, abs=0.006) and f"threshold {VERDICT_THRESHOLD:g}" in text
+    assert panel.progress.value() == 100 and not panel.cancel_btn.isEnabled()
+    # the user's model (the designer's loaded model) is the same object with the same bytes
+    assert w._model is model and state_bytes(model.module) == before
+
+
+def test_sanity_last_layer_randomized_gives_the_hand_computed_logit(setup, qtbot):
+    viewer, x, make = setup
+    w = make("Lin")
+    x = x.ravel().astype(np.float64)
+    W = weights()
+    panel = w.check
+    assert panel.sanity_method.currentText() == ACTIVE_CONFIG  # the Design tab's active configuration
+    w.target.setCurrentText("class 1")
+    panel.sanity_seed.setValue(11)
+    panel.run_sanity()
+    wait(qtbot, panel)
+    t = panel.sanity_table
+    assert column(t, 1) == ["original", "fc"]
+    # step 0: the intact model's logit W[1] x
+    assert float(column(t, 6)[0]) == pytest.approx(float(W[1].astype(np.float64) @ x), rel=5e-3)
+    # step 1: fc drawn by hand as documented, from its execution index
+    index = next(l.index for l in w.layers if l.name == "fc")
+    W64 = W.astype(np.float64)
+    drawn = (np.random.default_rng([11, index]).standard_normal(W.shape) * W64.std() + W64.mean()).astype(np.float32)
+    logits = drawn.astype(np.float64) @ x
+    res = panel.last_sanity[2]
+    assert res.rows[1]["target_score"] == pytest.approx(float(logits[1]), rel=1e-4)
+    assert float(column(t, 6)[1]) == pytest.approx(float(logits[1]), rel=5e-3)
+    assert abs(logits[1] - W[1] @ x) > 1.0  # the randomization changed the target score
+    p = np.exp(logits - logits.max())
+    assert float(column(t, 7)[1]) == pytest.approx(float(p[1] / p.sum()), abs=1e-3)
+    assert res.provenance["method"] == "lrp" and res.provenance["params"]["configuration"]["name"] == "configuration 1"
+    assert res.provenance["seed"] == 11
+    # the user's weights are untouched
+    np.testing.assert_array_equal(w._model.module.fc.weight.detach().numpy(), W)
+
+
+def test_sanity_show_maps_adds_one_grid_cell_per_step_and_leaves_user_layers(setup, qtbot):
+    viewer, x, make = setup
+    w = make("Shuffled")
+    panel = w.check
+    panel.show_sanity_maps()
+    assert panel.status.text() == "error: run the sanity check first ('Run sanity check'), then show its maps."
+    panel.sanity_method.setCurrentText("input-x-gradient")
+    panel.sanity_mode.setCurrentText("independent")
+    panel.sanity_layers.setValue(2)
+    panel.run_sanity()
+    wait(qtbot, panel)
+    assert column(panel.sanity_table, 1) == ["original", "fc", "conv2"]
+    assert panel.sanity_table.horizontalHeaderItem(1).toolTip().startswith("independent")
+    user = {l.name: np.asarray(l.data).copy() for l in viewer.layers}
+    assert list(user) == ["t1"]
+    panel.show_sanity_maps()
+    ours = [l for l in viewer.layers if l.metadata.get(META_KEY, {}).get("kind") == "sanity"]
+    anatomy = [l for l in ours if l.colormap.name == "gray"]
+    assert len(anatomy) == 3 and len(ours) == 9  # N + 1 cells: anatomy, positive and negative map each
+    assert [l.name for l in anatomy] == ["1. sanity 0: original", "2. sanity 1: fc", "3. sanity 2: conv2"]
+    assert viewer.canvas.grid.enabled and viewer.canvas.grid.stride == 3
+    limits = {tuple(l.contrast_limits) for l in ours if l.colormap.name != "gray"}
+    assert len(limits) == 1  # one colour scale
+    res = panel.last_sanity[2]
+    pos = viewer.layers["2. sanity 1: fc (+)"]
+    np.testing.assert_allclose(pos.metadata["xai_relevance"], res.maps[1].sum(axis=0), rtol=1e-6)
+    assert pos.metadata["provenance"]["sanity"]["randomized_layers"] == ["fc"]
+    # the user's layer: same data, only hidden while the grid is on
+    assert np.array_equal(viewer.layers["t1"].data, user["t1"]) and not viewer.layers["t1"].visible
+    # showing again replaces our layers (no pile-up); Exit grid shows the user's layer again
+    panel.sanity_common.setChecked(False)  # each map on its own scale
+    panel.show_sanity_maps()
+    ours = [l for l in viewer.layers if l.metadata.get(META_KEY, {}).get("kind") == "sanity"]
+    assert len(ours) == 9
+    for k, m in enumerate(res.maps):
+        v = np.abs(m.sum(axis=0))
+        assert viewer.layers[f"{k + 1}. sanity {k}: {['original', 'fc', 'conv2'][k]} (+)"].contrast_limits[1] == \
+            pytest.approx(float(np.percentile(v[v > 0], 99.99)), rel=1e-5)
+    panel.sanity_exit_btn.click()
+    assert not viewer.canvas.grid.enabled and viewer.layers["t1"].visible
+    # the grid's anatomy layers are not offered as inputs of the designer
+    assert [w.inputs.item(i).text() for i in range(w.inputs.count())] == ["t1"]
+
+
+def test_sanity_user_errors_are_one_line(setup, qtbot):
+    viewer, x, make = setup
+    w = make("Lin")
+    panel = w.check
+    w.active = None
+    panel.run_sanity()
+    assert panel.status.text() == ("error: no active LRP configuration; activate one in the Design tab, "
+                                   "or choose a method.")
+    panel.sanity_method.setCurrentText("saliency")
+    w.class_name.setText("NoSuchNet")
+    w._model = None
+    panel.run_sanity()
+    qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT_MS)
+    text = panel.status.text()
+    assert text.startswith("error: ") and "NoSuchNet" in text and "\n" not in text
+    assert panel.sanity_table.rowCount() == 0 and panel.progress.value() == 0
+
+
+def test_sanity_cancel_button_stops_the_run(setup, qtbot):
+    viewer, x, make = setup
+    w = make("Shuffled")
+    panel = w.check
+    panel.sanity_method.setCurrentText("saliency")
+    panel._report = lambda f, m: panel._cancel.wait(10)  # the worker waits at its first progress report
+    panel.run_sanity()
+    assert panel.busy and panel.cancel_btn.isEnabled()
+    panel.cancel_btn.click()
+    qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT_MS)
+    assert panel.status.text() == "cancelled; no layer was changed."
+    assert panel.sanity_table.rowCount() == 0 and panel.last_sanity is None and panel.sanity_btn.isEnabled()
+
+
+def test_sanity_touches_layers_only_on_the_main_thread(proxy_setup, qtbot):
+    viewer, x, make = proxy_setup
+    w = make("Shuffled")
+    panel = w.check
+    panel.sanity_method.setCurrentText("saliency")
+    panel.run_sanity()
+    wait(qtbot, panel)
+    panel.show_sanity_maps()
+    assert "1. sanity 0: original (+)" in viewer.layers and viewer.canvas.grid.enabled

@@ -27,10 +27,12 @@ from napari_xai.core.sanity import (
     parametrised_layers,
     randomization_test,
     randomize_layer,
+    rank_similarity,
     sanity_check,
     spearman,
     ssim,
     top_overlap,
+    verdict,
     weights_sha256,
 )
 from napari_xai.core.volumes import Volume
@@ -356,3 +358,65 @@ def test_cli_segmentation_model_with_its_mask(tmp_path, capsys):
     # without --segmentation the map output is refused in one line
     code, _, err = run(capsys, "sanity", vol, *model, "--method", "saliency")
     assert code == 2 and "segmentation map" in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- verdict and target score
+
+
+def _row(step, layer, sp, sp_abs):
+    return {"step": step, "layer": layer, "spearman": sp, "spearman_abs": sp_abs}
+
+
+def test_verdict_applies_the_threshold_to_the_larger_rank_correlation():
+    original = _row(0, "", 1.0, 1.0)
+    # guided backprop on the demo (docs/sanity.md): 0.725 with the classifier random -> fails at step 1
+    gbp = [original, _row(1, "classifier", 0.725, 0.571), _row(2, "features.7", 0.724, 0.571),
+           _row(3, "features.6", 0.653, 0.470), _row(4, "features.0", 0.272, 0.097)]
+    v = verdict(gbp)
+    assert not v["passes"] and v["step"] == 1 and v["similarity"] == 0.725
+    assert v["text"] == "map barely changes: fails, rank correlation 0.72 with 'classifier' randomized (threshold 0.5)"
+    # integrated gradients: |Spearman| 0.306 at most -> passes; an anti-correlated map counts as changed
+    ig = [original, _row(1, "classifier", -0.001, 0.306), _row(2, "features.7", -0.6, -0.6)]
+    v = verdict(ig)
+    assert v["passes"] and v["similarity"] == 0.306
+    assert v["text"] == ("map changes with the weights: passes (rank correlation at most 0.31 once 'classifier' is "
+                         "randomized; threshold 0.5)")
+    # the worst cascading step decides, and names how many layers were random
+    late = [original, _row(1, "fc", 0.1, 0.2), _row(2, "conv2", 0.3, 0.55)]
+    v = verdict(late)
+    assert not v["passes"] and v["step"] == 2
+    assert "0.55 with the top 2 layers randomized (down to 'conv2')" in v["text"]
+    assert verdict(late, threshold=0.6)["passes"]
+    assert math.isnan(rank_similarity(_row(1, "fc", float("nan"), float("nan"))))
+    assert rank_similarity(_row(1, "fc", float("nan"), 0.3)) == 0.3
+    assert verdict([original, _row(1, "fc", float("nan"), float("nan"))])["passes"]  # a constant map changed
+
+
+def test_verdict_in_independent_mode_judges_the_top_layer_and_lists_similar_ones():
+    rows = [_row(0, "", 1.0, 1.0), _row(1, "classifier", 0.2, 0.3), _row(2, "norm", 0.99, 0.98),
+            _row(3, "conv", 0.4, 0.45)]
+    v = verdict(rows, "independent")
+    assert v["passes"] and v["similar_layers"] == ["norm"]
+    assert v["text"] == ("map changes with the weights: passes (rank correlation 0.30 with only 'classifier' "
+                         "randomized; threshold 0.5); randomized alone, 1 of 3 layers leave it at ≥ 0.5: norm")
+    with pytest.raises(UserError, match="unknown mode"):
+        verdict(rows, "sideways")
+
+
+def test_rows_hold_the_target_logit_of_the_randomized_model():
+    """A bias-free linear classifier: the logit after randomizing fc is W' x with W' drawn as documented."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(27, 2, bias=False)).eval()
+    model = loaded(net)
+    vol = volume((3, 3, 3))
+    x = vol.data.ravel().astype(np.float64)
+    w = net[1].weight.detach().double().numpy()
+    res = sanity_check(vol, model, "saliency", target=1, seed=5)
+    assert res.layers == ["1"]
+    assert res.rows[0]["target_score"] == pytest.approx(float(w[1] @ x), rel=1e-5)
+    index = parametrised_layers(net, torch.from_numpy(vol.data)[None])[0].index
+    drawn = np.random.default_rng([5, index]).standard_normal(w.shape) * w.std() + w.mean()
+    logits = drawn @ x
+    assert res.rows[1]["target_score"] == pytest.approx(float(logits[1]), rel=1e-4)
+    p = np.exp(logits - logits.max())
+    assert res.rows[1]["target_probability"] == pytest.approx(float(p[1] / p.sum()), rel=1e-4)

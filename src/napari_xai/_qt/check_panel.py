@@ -18,9 +18,17 @@ in 3D, with the quantitative flipping curve of Samek et al. 2017:
   relevance (LRP with the active configuration), with negative relevance and
   mean activation; tick channels to show their relevance as layers or to
   ablate them (set to zero) and see the new prediction.
+* **Randomization sanity check** (Adebayo et al. 2018): the model's
+  parametrised layers are randomized on a copy, from the output end
+  (cascading) or one at a time (independent), and the map of the active LRP
+  configuration or of a chosen method is computed again after each step; a
+  table compares every map with the original, a verdict line applies the rule
+  of thumb of :func:`napari_xai.core.sanity.verdict`, and *Show maps* puts the
+  maps side by side in napari's grid (new layers; one colour scale or one per map).
 
-Thin: all numbers come from :mod:`napari_xai.core.perturbation`; work runs in a
-worker thread, and layers change only on the GUI thread.
+Thin: all numbers come from :mod:`napari_xai.core.perturbation` and
+:mod:`napari_xai.core.sanity`; work runs in a worker thread (progress bar and
+Cancel at the bottom of the tab), and layers change only on the GUI thread.
 """
 
 from __future__ import annotations
@@ -38,11 +46,14 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QProgressBar,
     QPushButton,
+    QScrollArea,
     QSizePolicy,
     QSpinBox,
     QTableWidget,
@@ -61,6 +72,18 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 META_KEY = "xai_check"
+ACTIVE_CONFIG = "active LRP configuration"
+SANITY_HEADERS = ["#", "randomized", "Spearman", "|Spearman|", "SSIM", "top 5%", "score", "p"]
+SANITY_HEADER_TIPS = [
+    "step: 0 = the original model",
+    "the layer randomized at this step; '+': the layers above it stay random (cascading)",
+    "Spearman rank correlation of the channel-summed maps with the original (1: same ranking, 0: unrelated)",
+    "Spearman rank correlation of |map| with the original's",
+    "structural similarity of |map| / max|map| (Gaussian window, σ 1.5 voxels)",
+    "share of the original's top 5 % voxels by |map| still in the top 5 % (chance: 0.05)",
+    "the explained class's score in this step's model: its logit (segmentation: the sum of its logits in the mask)",
+    "the explained class's probability in this step's model (segmentation: its share of the predicted voxels)",
+]
 ORDER_COLOURS = {"morf": "#e6550d", "lerf": "#3182bd", "random": "#969696"}
 ORDER_TEXT = {"morf": "most relevant first", "lerf": "least relevant first", "random": "random"}
 ORDER_SHORT = {"morf": "MoRF", "lerf": "LeRF", "random": "random"}
@@ -171,6 +194,12 @@ class CheckPanel(QWidget):
         self.last_curves: list = []
         self.last_channels: dict | None = None
         self.last_ablation: dict | None = None
+        self.last_sanity: tuple | None = None  # (what was explained, input volume, SanityResult)
+        self.sanity_verdict_info: dict | None = None
+        self._progress = [0.0, ""]
+        self._progress_timer = QTimer(self)
+        self._progress_timer.setInterval(100)
+        self._progress_timer.timeout.connect(self._show_progress)
         self._live_timer = QTimer(self)
         self._live_timer.setSingleShot(True)
         self._live_timer.setInterval(LIVE_DELAY_MS)
@@ -182,7 +211,17 @@ class CheckPanel(QWidget):
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
-        lay = QVBoxLayout(self)
+        # the four groups scroll; progress, Cancel and the status stay visible below them
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        inner = QWidget()
+        lay = QVBoxLayout(inner)
+        lay.setContentsMargins(2, 2, 2, 2)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setWidget(inner)
+        outer.addWidget(self.scroll, 1)
         box = QGroupBox("Flip painted voxels")
         form = QFormLayout(box)
         self.flip_layer = QComboBox()
@@ -288,11 +327,92 @@ class CheckPanel(QWidget):
         self.ablation_label.setWordWrap(True)
         form.addRow(self.ablation_label)
         lay.addWidget(box, 2)
+        lay.addWidget(self._build_sanity(), 3)
+        row = QHBoxLayout()
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.cancel)
+        row.addWidget(self.progress, 1)
+        row.addWidget(self.cancel_btn)
+        outer.addLayout(row)
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        lay.addWidget(self.status)
-        self._buttons = [self.predict_btn, self.curve_btn, self.cells_btn, self.rank_btn, self.ablate_btn]
+        outer.addWidget(self.status)
+        self._buttons = [self.predict_btn, self.curve_btn, self.cells_btn, self.rank_btn, self.ablate_btn,
+                         self.sanity_btn]
         self.last_cell_curves: list = []
+
+    def _build_sanity(self) -> QGroupBox:
+        from ..core.registry import all_methods
+        from ..core.sanity import MODES, VERDICT_THRESHOLD
+
+        box = QGroupBox("Randomization sanity check")
+        box.setToolTip("Adebayo et al. 2018: randomize the model's weights (on a copy) from the output end and explain\n"
+                       "again. A map that stays the same does not explain what the model learned.")
+        form = QFormLayout(box)
+        self.sanity_method = QComboBox()
+        self.sanity_method.addItems([ACTIVE_CONFIG] + [m.name for m in all_methods()])
+        self.sanity_method.setToolTip("What to explain at every step: the active LRP configuration (Design tab) or a "
+                                      "method.\nInput, model, target and mask are those of the Design and Run tabs.")
+        form.addRow("map of", self.sanity_method)
+        self.sanity_mode = QComboBox()
+        self.sanity_mode.addItems(list(MODES))
+        self.sanity_mode.setToolTip("cascading: randomize cumulatively from the output end (the paper's main test);\n"
+                                    "independent: one layer at a time, the others keep their trained weights.")
+        self.sanity_layers = QSpinBox()
+        self.sanity_layers.setRange(0, 9999)
+        self.sanity_layers.setSpecialValueText("all")
+        self.sanity_layers.setToolTip("Randomize only this many parametrised layers from the top (all = every one).")
+        self.sanity_seed = QSpinBox()
+        self.sanity_seed.setRange(0, 2**31 - 1)
+        self.sanity_seed.setToolTip("Seed of the random weights (and of stochastic methods such as SmoothGrad).")
+        form.addRow("mode", self.sanity_mode)
+        row = QHBoxLayout()
+        row.addWidget(self.sanity_layers, 1)
+        row.addWidget(QLabel("seed"))
+        row.addWidget(self.sanity_seed, 1)
+        form.addRow("layers from top", row)
+        self.sanity_btn = QPushButton("Run sanity check")
+        self.sanity_btn.clicked.connect(self.run_sanity)
+        self.sanity_maps_btn = QPushButton("Show maps")
+        self.sanity_maps_btn.setToolTip("Add the original map and every step's map as new layers, side by side in "
+                                        "napari's grid;\n'Exit grid' shows your layers again.")
+        self.sanity_maps_btn.clicked.connect(self.show_sanity_maps)
+        self.sanity_3d = QCheckBox("3D")
+        self.sanity_common = QCheckBox("one colour scale")
+        self.sanity_common.setChecked(True)
+        self.sanity_common.setToolTip(
+            "One colour limit for every map. A randomized model's score is often near 0, so conserving methods\n"
+            "(LRP, integrated gradients) give much smaller maps: untick to scale each map to its own 99.99th\n"
+            "percentile of |relevance| (the table's metrics do not depend on the scale).")
+        self.sanity_exit_btn = QPushButton("Exit grid")
+        self.sanity_exit_btn.clicked.connect(lambda: self.host.exit_grid())
+        row = QHBoxLayout()
+        row.addWidget(self.sanity_btn)
+        row.addWidget(self.sanity_maps_btn)
+        row.addWidget(self.sanity_exit_btn)
+        form.addRow(row)
+        row = QHBoxLayout()
+        row.addWidget(self.sanity_common)
+        row.addWidget(self.sanity_3d)
+        row.addStretch(1)
+        form.addRow("maps", row)
+        self.sanity_table = read_only_table(SANITY_HEADERS)
+        hdr = self.sanity_table.horizontalHeader()
+        hdr.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)  # nothing elided; scrolls if narrow
+        for c, tip in enumerate(SANITY_HEADER_TIPS):
+            self.sanity_table.horizontalHeaderItem(c).setToolTip(tip)
+        self.sanity_table.setMinimumHeight(280)  # a small network's steps without scrolling
+        form.addRow(self.sanity_table)
+        self.sanity_verdict = QLabel("")
+        self.sanity_verdict.setWordWrap(True)
+        self.sanity_verdict.setToolTip(
+            f"Rule of thumb: the map fails when the larger of its two rank correlations with the original is\n"
+            f">= {VERDICT_THRESHOLD:g} at any cascading step (independent mode: with the top layer alone random).")
+        form.addRow(self.sanity_verdict)
+        return box
 
     # ------------------------------------------------------------------ choices
     def refresh_choices(self, *_):
@@ -361,15 +481,22 @@ class CheckPanel(QWidget):
             req["kwargs"]["segmentation"] = True
         return req
 
-    def _scorer(self, req, target=None):
+    @staticmethod
+    def _explain_kwargs(model, req) -> dict:
+        """Worker thread: the request's explain options, with ``segmentation`` found from the model's output."""
         from ..core.explain import prepare_input
-        from ..core.perturbation import Scorer
         from .lrp_widget import is_segmentation
 
-        model = self.host._load_for_worker(req)
         kwargs = dict(req["kwargs"])
         if "segmentation" not in kwargs:
             kwargs["segmentation"] = is_segmentation(model, prepare_input(req["volume"], model)[0], req["output_index"])
+        return kwargs
+
+    def _scorer(self, req, target=None):
+        from ..core.perturbation import Scorer
+
+        model = self.host._load_for_worker(req)
+        kwargs = self._explain_kwargs(model, req)
         return model, Scorer(model, req["volume"], req["target"] if target is None else target, **kwargs)
 
     def _start(self, work, message: str, done) -> None:
@@ -378,16 +505,47 @@ class CheckPanel(QWidget):
         self._cancel.clear()
         for b in self._buttons:
             b.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
         self.status.setText(message + "…")
-        self._worker = start_worker(work, returned=done, errored=self._on_error, finished=self._on_finished)
+        self._progress[:] = [-1.0, message]  # < 0: no progress reported yet (busy indicator)
+        self.progress.setRange(0, 0)
+        self._progress_timer.start()
+
+        def returned(result):
+            self.progress.setRange(0, 100)
+            self.progress.setValue(100)
+            done(result)
+
+        self._worker = start_worker(work, returned=returned, errored=self._on_error, finished=self._on_finished)
+
+    def _report(self, fraction: float, message: str) -> None:
+        """Progress from the worker thread (read by a GUI-thread timer)."""
+        self._progress[:] = [fraction, message]
+
+    def _show_progress(self) -> None:
+        frac, msg = self._progress
+        if frac < 0:
+            return
+        self.progress.setRange(0, 100)
+        self.progress.setValue(int(round(100 * frac)))
+        self.progress.setFormat(f"{msg[:48]} %p%" if msg else "%p%")
+
+    def cancel(self, *_):
+        if self._worker is not None:
+            self._cancel.set()
+            self.status.setText("cancelling…")
 
     def _on_finished(self):
         self._worker = None
+        self._progress_timer.stop()
+        self.cancel_btn.setEnabled(False)
         for b in self._buttons:
             b.setEnabled(True)
 
     def _on_error(self, exc):
         report_error(exc, self.status.setText)
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
 
     def _fail(self, message: str) -> None:
         fail(self.status.setText, message)
@@ -674,3 +832,104 @@ class CheckPanel(QWidget):
             f"{b['logits'][t]:.4g} → {a['logits'][t]:.4g} (Δ {res['delta']:+.4g}){probs}; predicted "
             f"{names[b['predicted']]} → {names[a['predicted']]}.")
         self.status.setText("ablation done; the model itself is unchanged.")
+
+    # ------------------------------------------------------------------ randomization sanity check
+    def _sanity_method(self) -> tuple[str, dict, str]:
+        """(registry method, its parameters, what it is called) of the 'map of' choice."""
+        choice = self.sanity_method.currentText()
+        if choice != ACTIVE_CONFIG:
+            return choice, {}, choice
+        if not self.host.active:
+            raise UserError("no active LRP configuration; activate one in the Design tab, or choose a method.")
+        cfg = self.host.config_named(self.host.active).copy()
+        return "lrp", {"config": cfg, "boundaries": False}, f"'{cfg.name}'"
+
+    def run_sanity(self, *_):
+        """The randomization test (core.sanity.sanity_check) of the chosen map on the Design/Run tabs' request."""
+        try:
+            req = self._context()
+            method, params, what = self._sanity_method()
+            opts = {"mode": self.sanity_mode.currentText(), "seed": self.sanity_seed.value(),
+                    "last": self.sanity_layers.value() or None}
+        except UserError as exc:
+            self._fail(str(exc))
+            return
+
+        def work():
+            import time
+
+            from ..core.sanity import sanity_check
+
+            model = self.host._load_for_worker(req)
+            t0 = time.perf_counter()
+            res = sanity_check(req["volume"], model, method, params=params, target=req["target"], keep_maps=True,
+                               progress=self._report, should_stop=self._cancel.is_set, **opts,
+                               **self._explain_kwargs(model, req))
+            return what, req["volume"], res, time.perf_counter() - t0
+
+        self._start(work, f"randomization sanity check of {what} ({opts['mode']})", self._show_sanity)
+
+    def _show_sanity(self, result) -> None:
+        from ..core.sanity import verdict
+
+        what, volume, res, seconds = result
+        self.last_sanity = (what, volume, res)
+        mode = res.provenance["mode"]
+        self.sanity_table.horizontalHeaderItem(1).setToolTip(
+            SANITY_HEADER_TIPS[1] if mode == "cascading" else "independent: only this layer is random")
+        fill_table(self.sanity_table, [
+            [str(r["step"]), sanity_layer_text(r, mode)]
+            + [f"{r[k]:.3f}" for k in ("spearman", "spearman_abs", "ssim", "top_overlap")]
+            + [f"{r.get('target_score', float('nan')):.3g}", f"{r.get('target_probability', float('nan')):.3f}"]
+            for r in res.rows])
+        v = verdict(res.rows, mode)
+        self.sanity_verdict_info = v
+        self.sanity_verdict.setText(v["text"])
+        self.sanity_verdict.setStyleSheet("color: #74c476;" if v["passes"] else "color: #fd8d3c;")
+        target = res.provenance["target"]["name"]
+        text = (f"{what} for '{target}': {len(res.rows) - 1} of {res.provenance['layers_in_model']} parametrised "
+                f"layers randomized ({mode}, seed {res.provenance['seed']}) in {seconds:.1f} s; the model itself is "
+                "unchanged. 'Show maps' puts the maps side by side.")
+        if res.warnings:
+            text += "\n⚠ " + "\n⚠ ".join(res.warnings)
+        self.status.setText(text)
+
+    def show_sanity_maps(self, *_):
+        """The original map and every step's map as new layers in napari's grid (one colour scale, or one per map)."""
+        import dataclasses
+
+        from .._layers import comparison_layer_data
+        from ..core.compare import cell_limits, common_limit
+
+        if self.last_sanity is None:
+            self._fail("run the sanity check first ('Run sanity check'), then show its maps.")
+            return
+        what, volume, res = self.last_sanity
+        cells = []
+        for row, m, rec in zip(res.rows, res.maps, res.step_provenance):
+            rel = dataclasses.replace(res.original, data=np.asarray(m, np.float32), provenance=rec, warnings=[],
+                                      intermediate={}, segmentation=None)
+            cells.append((sanity_step_label(row, res.provenance["mode"]), rel))
+        maps = [m.sum(axis=0) for m in res.maps]
+        common = self.sanity_common.isChecked()
+        limit = common_limit(maps) if common else cell_limits(maps)
+        tuples = comparison_layer_data(volume.data[0], cells, limit, META_KEY)
+        for _, kw, _ in tuples:
+            tag = kw["metadata"][META_KEY]
+            tag.update({"kind": "sanity", "step": int(kw["metadata"]["provenance"]["sanity"]["step"])})
+        self.host.enter_grid(tuples, three_d=self.sanity_3d.isChecked(), meta_key=META_KEY)
+        scale = f"colour limit 0…{limit:.3g} for all" if common else "each map scaled to its own 99.99th percentile"
+        self.status.setText(f"{len(cells)} maps of {what} side by side (sanity 0 = the original); {scale} "
+                            "(hot: positive, cyan: negative). 'Exit grid' shows your layers again.")
+
+
+def sanity_layer_text(row: dict, mode: str) -> str:
+    """The table's 'randomized' cell: the step's layer; '+ layer' when the layers above are random too."""
+    if row["step"] == 0:
+        return "original"
+    return f"+ {row['layer']}" if mode == "cascading" and row["step"] > 1 else row["layer"]
+
+
+def sanity_step_label(row: dict, mode: str) -> str:
+    """Grid-cell title of a sanity step: its step and 'randomized' cell in the table."""
+    return f"sanity {row['step']}: {sanity_layer_text(row, mode)}"

@@ -15,7 +15,8 @@ Models", for 3D medical networks inside napari:
   and their sum, the relevance at segment boundaries and chosen layers, the
   predicted segmentation, conservation, channel shares and mask readouts.
 * **Check** tab (:mod:`.check_panel`): voxel flipping (painted, or ranked by a
-  relevance layer as a flipping curve with AOPC) and channel ablation.
+  relevance layer as a flipping curve with AOPC), channel ablation and the
+  randomization sanity check (Adebayo et al. 2018).
 * **Compare** tab: runs every ticked configuration/method for every ticked
   target and model (``core.compare``) on the same input and shows the cells
   side by side in napari's grid mode with identical colour limits, each cell
@@ -546,7 +547,8 @@ class LrpDesignerWidget(QWidget):
         from napari.layers import Image, Labels
 
         images = [l.name for l in self._viewer.layers if isinstance(l, Image) and META_KEY not in l.metadata
-                  and "xai_relevance" not in l.metadata and "xai_explorer" not in l.metadata]
+                  and "xai_relevance" not in l.metadata and "xai_explorer" not in l.metadata
+                  and "xai_check" not in l.metadata]
         labels = [l.name for l in self._viewer.layers if isinstance(l, Labels) and META_KEY not in l.metadata
                   and "xai_check" not in l.metadata]
         selected = {i.text() for i in self.inputs.selectedItems()}
@@ -1457,23 +1459,34 @@ class LrpDesignerWidget(QWidget):
         if models is not None:
             self._tick(self.compare_models, models)
 
-    def _show_comparison(self, req, results: list) -> None:
+    def enter_grid(self, tuples: list[tuple], three_d: bool, meta_key: str = META_KEY) -> list:
+        """Add these grid layers (``_layers.comparison_layer_data``) and switch napari's grid on.
+
+        The earlier grid layers tagged ``kind`` = the new ones' kind under
+        ``meta_key`` go; every other layer is hidden while the grid is on
+        (their visibility is restored by :meth:`exit_grid`), never changed otherwise.
+        """
+        from .._layers import show_grid
+
         viewer = self._viewer
-        # old comparison layers go; every other layer is hidden while the grid is on (restored by exit_grid)
-        for layer in [l for l in viewer.layers if l.metadata.get(META_KEY, {}).get("kind") == "compare"]:
+        kinds = {kw["metadata"].get(meta_key, {}).get("kind") for _, kw, _ in tuples} - {None}
+        for layer in [l for l in viewer.layers if l.metadata.get(meta_key, {}).get("kind") in kinds]:
             viewer.layers.remove(layer)
         if self._grid_state is None:
             self._grid_state = {"visible": {l.name: l.visible for l in viewer.layers},
                                 "ndisplay": viewer.dims.ndisplay, "stride": viewer.canvas.grid.stride}
         for layer in viewer.layers:
             layer.visible = False
-        from .._layers import comparison_layer_data, show_grid
+        return show_grid(viewer, tuples, three_d=three_d)
+
+    def _show_comparison(self, req, results: list) -> None:
+        from .._layers import comparison_layer_data
 
         maps = [rel.data.sum(axis=0) for _, rel in results]
         common = self.compare_common.isChecked()
         limit = common_limit(maps) if common else cell_limits(maps)
-        show_grid(viewer, comparison_layer_data(req["volume"].data[0], results, limit, META_KEY),
-                  three_d=self.compare_3d.isChecked())
+        self.enter_grid(comparison_layer_data(req["volume"].data[0], results, limit, META_KEY),
+                        three_d=self.compare_3d.isChecked())
         self.last_comparison = results
         self._fill_cell_table(req, results)
         scale = f"colour limit 0…{limit:.3g} for all" if common else "each cell scaled to its own 99.99th percentile"

@@ -39,6 +39,10 @@ statistics of the data, not learned weights.
 ``|map| / max|map|`` (Gaussian window, σ = 1.5 voxels, data range 1) and
 :func:`top_overlap` of the top 5 % voxels by ``|map|`` (the fraction of the
 original's top voxels that stay on top; chance level is the fraction itself).
+
+**Verdict** (:func:`verdict`, a rule of thumb shown by the LRP designer's
+Check tab): the larger of the two Spearman correlations must stay below
+:data:`VERDICT_THRESHOLD` (0.5) once the top layer is random.
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ __all__ = [
     "spearman",
     "ssim",
     "top_overlap",
+    "rank_similarity",
+    "verdict",
     "weights_sha256",
 ]
 
@@ -76,6 +82,9 @@ INITS = ("normal", "kaiming")
 #: Keys of the similarity metrics in every row, in table order.
 METRICS = ("spearman", "spearman_abs", "ssim", "top_overlap")
 TEST_NAME = "model-parameter randomization (Adebayo et al. 2018)"
+#: Rule of thumb of :func:`verdict`: a rank correlation with the original at or above this, with the top
+#: layer random, means the map barely depends on what the model learned.
+VERDICT_THRESHOLD = 0.5
 
 
 # --------------------------------------------------------------------------- similarity metrics
@@ -217,6 +226,75 @@ def compare_maps(original: np.ndarray, other: np.ndarray, top_fraction: float = 
     return MapComparer(original, top_fraction, sigma).compare(other)
 
 
+# --------------------------------------------------------------------------- verdict
+
+
+def rank_similarity(row: dict) -> float:
+    """The larger of a row's two rank correlations with the original (signed maps and |maps|).
+
+    Undefined correlations (a map that became constant) are left out; ``nan``
+    when both are undefined. An anti-correlated map counts as changed (its
+    value is negative), not as similar.
+    """
+    vals = [float(row[k]) for k in ("spearman", "spearman_abs") if np.isfinite(row.get(k, float("nan")))]
+    return max(vals) if vals else float("nan")
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.2f}" if np.isfinite(v) else "undefined (constant map)"
+
+
+def verdict(rows: list[dict], mode: str = "cascading", threshold: float = VERDICT_THRESHOLD) -> dict:
+    """A one-line verdict on a randomization test: a rule of thumb, not a statistical test.
+
+    The similarity of a step is :func:`rank_similarity`. Step 1 randomizes
+    the top parametrised layer (the output end, e.g. the classifier) in both
+    modes.
+
+    * ``cascading``: the map **fails** when any step's similarity is
+      ``>= threshold`` (every step has at least the top layer random), else it
+      passes.
+    * ``independent``: the map fails when step 1 (only the top layer random)
+      is ``>= threshold``; the other layers alone that leave the map that
+      similar are listed (norm layers under ``init="normal"`` usually do).
+
+    Returns ``passes``, ``step`` and ``layer`` of the deciding row, its
+    ``similarity``, the ``threshold``, the ``similar_layers`` (independent
+    mode) and the ``text``.
+    """
+    if mode not in MODES:
+        raise UserError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}.")
+    steps = [r for r in rows if r["step"] > 0]
+    if not steps:
+        raise UserError("the test has no randomization step to judge.")
+    sims = [rank_similarity(r) for r in steps]
+    if mode == "cascading":
+        finite = [i for i, v in enumerate(sims) if np.isfinite(v)]
+        k = max(finite, key=lambda i: sims[i]) if finite else 0
+    else:
+        k = 0
+    row, sim = steps[k], sims[k]
+    passes = not (np.isfinite(sim) and sim >= threshold)
+    if mode == "independent":
+        where = f"with only '{row['layer']}' randomized"
+    elif row["step"] == 1:
+        where = f"with '{row['layer']}' randomized"
+    else:
+        where = f"with the top {row['step']} layers randomized (down to '{row['layer']}')"
+    similar = [r["layer"] for r, v in zip(steps, sims) if np.isfinite(v) and v >= threshold] if mode == "independent" else []
+    if passes:
+        worst = "at most " if mode == "cascading" and len(steps) > 1 and np.isfinite(sim) else ""
+        scope = f"once '{steps[0]['layer']}' is randomized" if mode == "cascading" else where
+        text = f"map changes with the weights: passes (rank correlation {worst}{_fmt(sim)} {scope}; threshold {threshold:g})"
+    else:
+        text = f"map barely changes: fails, rank correlation {_fmt(sim)} {where} (threshold {threshold:g})"
+    if similar:
+        names = ", ".join(similar[:3]) + (", …" if len(similar) > 3 else "")
+        text += f"; randomized alone, {len(similar)} of {len(steps)} layers leave it at ≥ {threshold:g}: {names}"
+    return {"passes": bool(passes), "step": int(row["step"]), "layer": row["layer"], "similarity": sim,
+            "threshold": float(threshold), "similar_layers": similar, "text": text}
+
+
 # --------------------------------------------------------------------------- layers and randomization
 
 
@@ -299,8 +377,10 @@ class SanityResult:
         Step 0 is the original model; then one row per randomization step:
         ``step``, ``layer`` (randomized at this step), ``type``, ``randomized``
         (every layer random in this model), the metrics of :func:`compare_maps`
-        and, through :func:`sanity_check`, the ``predicted`` class and the
-        target's probability.
+        and, through :func:`sanity_check`, the ``predicted`` class, the
+        target's probability (``target_probability``) and its score
+        (``target_score``: the logit, or a segmentation network's masked sum
+        of logits).
     layers : list of str
         The parametrised layers in the order they are randomized (output end first).
     maps : list of np.ndarray or None
@@ -457,6 +537,23 @@ def randomization_test(
     return SanityResult(rows=rows, layers=[layer.name for layer in chosen], provenance=provenance, maps=maps)
 
 
+def _target_score(model: Any, x, rel: Any, output_index: int = 0) -> float:
+    """The explained class's score in the model that made ``rel``: its logit, or for a segmentation
+    network the sum of its logits inside the target mask (as :func:`explain` scores it)."""
+    import torch
+
+    from .explain import _predict_cached
+    from .segmentation import pick_output
+
+    seg = rel.provenance.get("segmentation")
+    if seg is not None:
+        return float(seg["score"])
+    out = pick_output(_predict_cached(_module_of(model), x), output_index)  # cached: explain just ran it
+    if not torch.is_tensor(out):
+        return float("nan")
+    return float(out.detach().reshape(out.shape[0], -1)[0, int(rel.target)])
+
+
 def sanity_check(
     volume,
     model: Any,
@@ -513,7 +610,8 @@ def sanity_check(
                 warnings.append(f"step {len(records)} (randomized model): {w}" if records else w)
         records.append(rel.provenance if keep_maps else {})
         info = {"predicted": rel.provenance["prediction"]["name"],
-                "target_probability": float(rel.probabilities.get(rel.target_name, float("nan")))}
+                "target_probability": float(rel.probabilities.get(rel.target_name, float("nan"))),
+                "target_score": _target_score(work, x, rel, int(fixed["kwargs"].get("output_index", 0)))}
         return rel.data, info
 
     result = randomization_test(model, map_fn, x, mode=mode, seed=seed, last=last, init=init,
