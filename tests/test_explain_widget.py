@@ -183,3 +183,36 @@ def test_attention_gates_appear_as_hidden_layers(make_napari_viewer, qtbot, tmp_
         assert len(gate) == 1 and gate[0].name.endswith("(+)"), [ly.name for ly in gate]  # no empty (−) layer
         assert not gate[0].visible and gate[0].metadata["xai_explain"] == {"kind": "intermediate", "point": point}
         np.testing.assert_allclose(gate[0].data, coefficient(b), atol=1e-6)
+
+
+def test_settings_of_a_result_layer_make_it_again(make_napari_viewer, qtbot):
+    """Load a result's recorded settings into the widget (after changing them) and get the same map again."""
+    viewer = make_napari_viewer()
+    add_demo(viewer)
+    widget = ExplainWidget(viewer)
+    widget.method.value = "grad-cam"
+    widget.target.value = "healthy"
+    relu = [w for w in widget.params if w.name == "relu_attributions"][0]
+    relu.value = False
+    run_and_wait(qtbot, widget)
+    name = "demo · grad-cam · healthy (+)"
+    first = viewer.layers[name].metadata["xai_relevance"].copy()
+    assert name in widget.settings_from.choices
+    assert "demo · grad-cam · healthy (−)" not in widget.settings_from.choices  # one entry per result
+    # the user moves on to other settings ...
+    widget.method.value = "saliency"
+    widget.target.value = "atrophy"
+    widget.settings_from.value = name
+    widget.settings_btn.native.click()
+    assert "settings of" in widget.status.value and "press Run" in widget.status.value
+    params = {w.name: w.value for w in widget.params}
+    assert widget.method.value == "grad-cam" and widget.target.value == "healthy"
+    assert params["relu_attributions"] is False and params["layer"] == "features.6"  # the resolved default, pinned
+    viewer.layers.remove(name)
+    run_and_wait(qtbot, widget)
+    np.testing.assert_array_equal(viewer.layers[name].metadata["xai_relevance"], first)
+    # a layer without a record: one line, nothing changed
+    viewer.add_image(np.zeros((4, 4, 4), np.float32), name="plain", metadata={"provenance": {"kind": "clusters"}})
+    widget.use_settings("plain")
+    assert widget.status.value.startswith("error:") and "'clusters' result" in widget.status.value
+    assert widget.method.value == "grad-cam"

@@ -89,6 +89,7 @@ class ExplainWidget(Container):
         self._model_cache: dict[tuple, Any] = {}
         self._worker = None
         self._loaded = None
+        self._expected_sha = None  # model hash of a result whose settings were loaded (use_settings)
         self._cancel = threading.Event()
         self._progress = [0.0, ""]
         self._layer_names: list[str] = []
@@ -120,14 +121,19 @@ class ExplainWidget(Container):
             choices=self._mask_choices,
             tooltip="where the target class's logits are summed: its predicted region, or a Labels layer (non-zero)",
         )
+        self.settings_from = ComboBox(label="settings of", choices=self._result_choices,
+                                      tooltip="a relevance layer (made here or opened with its sidecar): its model, "
+                                              "method, parameters and target fill this widget, to make it again")
+        self.settings_btn = PushButton(text="Use its settings")
         self.run_btn = PushButton(text="Run")
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
         self.status = Label(label="result", value="")
         self.status.native.setWordWrap(True)
         buttons = Container(layout="horizontal", widgets=[self.run_btn, self.cancel_btn], labels=False)
+        again = Container(layout="horizontal", widgets=[self.settings_from, self.settings_btn], labels=False)
         self.extend(
-            [self.inputs, self.source, self.path, self.class_name, self.weights, self.kwargs, self.trust, self.device,
+            [again, self.inputs, self.source, self.path, self.class_name, self.weights, self.kwargs, self.trust, self.device,
              self.method, self.params, self.target, self.segmentation, self.mask, buttons, self.progress, self.status]
         )
         self.source.changed.connect(self._on_source)
@@ -135,6 +141,7 @@ class ExplainWidget(Container):
         self.mask.visible = False
         self.method.changed.connect(self._rebuild_params)
         self.run_btn.changed.connect(self.run)
+        self.settings_btn.changed.connect(lambda *_: self.use_settings())
         self.cancel_btn.changed.connect(self.cancel)
         for ev in ("inserted", "removed", "reordered"):
             getattr(viewer.layers.events, ev).connect(self._refresh_layers)
@@ -163,10 +170,19 @@ class ExplainWidget(Container):
             if isinstance(layer, Labels) and np.asarray(layer.data).ndim == 3 and "xai_segmentation" not in layer.metadata
         ]
 
+    def _result_choices(self, *_):
+        seen = {}
+        for layer in self._viewer.layers:
+            record = layer.metadata.get("provenance") if hasattr(layer, "metadata") else None
+            if isinstance(record, dict) and record.get("kind") in (None, "relevance") and "method" in record:
+                seen.setdefault(id(record), layer.name)  # the (+) and (−) layers share one record
+        return list(seen.values())
+
     def _refresh_layers(self, *_):
         before = list(self.inputs.value or [])
         self.inputs.reset_choices()
         self.mask.reset_choices()
+        self.settings_from.reset_choices()
         if not before and self.inputs.choices:
             self.inputs.value = [self.inputs.choices[0]]
 
@@ -194,6 +210,61 @@ class ExplainWidget(Container):
         entry = get_method(self.method.value)
         for p in entry.params:
             self.params.append(_param_widget(p, self._layer_names))
+
+    def use_settings(self, layer_name: str | None = None) -> None:
+        """Fill the widget from a relevance layer's provenance record: model, method, parameters, target."""
+        from ..core.reproduce import explain_arguments
+
+        name = layer_name or self.settings_from.value
+        try:
+            if not name or name not in self._viewer.layers:
+                raise UserError("choose a relevance layer (made here, or opened with its .json sidecar) in 'settings of'.")
+            record = self._viewer.layers[name].metadata.get("provenance")
+            if not isinstance(record, dict):
+                raise UserError(f"layer '{name}' has no provenance record; open the relevance file with its .json sidecar.")
+            args = explain_arguments(record)
+            model = record.get("model") or {}
+            kind, src = model.get("kind"), str(model.get("source") or "")
+            if kind not in ("demo", "bundle", "python", "torchscript"):
+                raise UserError(f"the record's model ({kind or 'unknown'}: {src}) cannot be chosen here; use "
+                                "'napari-xai reproduce' on its sidecar.")
+        except UserError as exc:
+            self._fail(str(exc))
+            return
+        self.source.value = next(k for k, v in SOURCES.items() if v == kind)
+        if kind == "python":
+            path, cls = src.rsplit(":", 1)
+            self.path.value, self.class_name.value = path, cls
+            self.weights.value = model.get("weights") or ""
+            self.kwargs.value = json.dumps(model.get("model_kwargs") or {})
+        elif kind != "demo":
+            self.path.value = src
+        self.method.value = args["method"]  # rebuilds the parameter widgets
+        notes = []
+        for w in self.params:
+            value = args["params"].get(w.name)
+            if value is None:
+                continue
+            if hasattr(value, "to_dict"):  # an LRP configuration: only a file can go into the field
+                recorded = (record.get("params") or {}).get("config")
+                w.value = recorded or ""
+                if not recorded:
+                    notes.append("the LRP configuration was not a file: pick its JSON in 'config'")
+                continue
+            if w.name == "layer" and value not in w.choices:  # layer names are offered once a model ran
+                self._layer_names.append(str(value))
+                w.reset_choices()
+            w.value = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+        self._set_classes(list(model.get("class_names") or self._class_names))
+        target = (record.get("target") or {}).get("name")
+        if target in self.target.choices:
+            self.target.value = target
+        self.segmentation.value = bool(args.get("segmentation"))
+        if args.get("segmentation") and (record.get("segmentation") or {}).get("mask") == "mask":
+            notes.append("choose the mask layer it used")
+        self._expected_sha = model.get("sha256")
+        self.status.value = (f"settings of '{name}' loaded ({args['method']}, target {target}); press Run to make it "
+                             "again" + ("; " + "; ".join(notes) if notes else "") + ".")
 
     # ---------------------------------------------------------------- inputs
     def model_source(self) -> tuple[str, dict]:
@@ -373,6 +444,9 @@ class ExplainWidget(Container):
             for w in rel.warnings:
                 show_warning(f"napari-xai: {w}")
             text += "\n⚠ " + "\n⚠ ".join(rel.warnings)
+        if self._expected_sha and rel.provenance["model"].get("sha256") != self._expected_sha:
+            text += "\n⚠ the model files differ from those of the result whose settings were loaded (SHA-256)"
+        self._expected_sha = None
         self.status.value = text
         self.progress.value = 100
 
