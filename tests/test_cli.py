@@ -181,3 +181,16 @@ def test_internal_error_exit_1(monkeypatch, capsys, tmp_path):
     parser._subparsers._group_actions[0].choices["methods"].set_defaults(func=boom)
     assert cli.main(["methods"]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_the_record_holds_the_command_as_given(tmp_path, capsys, monkeypatch):
+    """Called as a function (a script, a notebook), the record names the arguments of the call, shell-quoted,
+    not those of the Python process."""
+    monkeypatch.setattr("sys.argv", ["python", "-m", "pytest", "unrelated"])
+    folder = tmp_path / "with space"
+    folder.mkdir()
+    vol = nifti(folder / "t1.nii.gz", shape=(8, 8, 8))
+    out = folder / "rel.nii.gz"
+    assert main(["explain", str(vol), "--model", "demo", "--method", "saliency", "--out", str(out), "--quiet"]) == 0
+    record = json.loads((folder / "rel.json").read_text())
+    assert record["command"] == f"napari-xai explain '{vol}' --model demo --method saliency --out '{out}' --quiet"

@@ -231,7 +231,7 @@ def cmd_clusters(args: argparse.Namespace) -> int:
         "shape": list(vol.shape),
         "voxel_size_mm": geometry.voxel_sizes(vol.affine).tolist(),
     }
-    command = "napari-xai " + " ".join(sys.argv[1:]) if sys.argv and "clusters" in sys.argv else None
+    command = getattr(args, "command_line", None)
     regions = atlas = None
     notes = []
     if args.atlas:

@@ -195,7 +195,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     settings = {"model_sha256": model.sha256, "method": method.name, "params": params,
                 "target": args.target, "normalization": args.normalization, "input_shape": args.input_shape}
     (outdir / "maps").mkdir(parents=True, exist_ok=True)
-    command = " ".join(["napari-xai", *sys.argv[1:]]) if sys.argv else "napari-xai cohort"
+    command = getattr(args, "command_line", "napari-xai cohort")
     mean = RunningMean()
     rows, region_rows, failures = [], [], []
     values: dict[str, dict[str, float]] = {}

@@ -162,7 +162,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     maps = [c.relevance.data.sum(axis=0) for c in cells]
     limit = common_limit(maps)
     shown = limit if args.scale == "common" else cell_limits(maps)
-    command = " ".join(["napari-xai", *sys.argv[1:]]) if sys.argv else "napari-xai compare"
+    command = getattr(args, "command_line", "napari-xai compare")
     rows = []
     scorers: dict = {}
     written: list[Path] = []

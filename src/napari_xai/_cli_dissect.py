@@ -101,7 +101,7 @@ def cmd_dissect(args: argparse.Namespace) -> int:
     record = {**res.record, "subjects": [s.id for s in subjects], "atlas_threshold_percent": args.atlas_threshold,
               "relevance": {"method": "lrp (γ | ε | 0 composite)", "target": args.target or "predicted"} if args.relevance else None,
               "summary": res.summary(), "output": str(out), "versions": package_versions(),
-              "command": " ".join(["napari-xai", *sys.argv[1:]]) if sys.argv else "napari-xai dissect"}
+              "command": getattr(args, "command_line", "napari-xai dissect")}
     try:
         atomic_write_bytes(out, _csv_bytes(header, table))
         write_sidecar(out, record)

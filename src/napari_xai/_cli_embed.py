@@ -99,7 +99,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
                         "use a smaller --knn.")
     model = load_model_from(args)
     check_layer(model, args.layer)
-    command = " ".join(["napari-xai", *sys.argv[1:]]) if sys.argv else "napari-xai embed"
+    command = getattr(args, "command_line", "napari-xai embed")
     rows, vectors, failures = [], [], []
     first = None
     for k, s in enumerate(subjects, start=1):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import sys
 from pathlib import Path
 
 from ._cli_common import add_model_options, load_model_from
@@ -112,7 +111,7 @@ def cmd_flip(args: argparse.Namespace) -> int:
     writer.writerow(["relevance", "target", "order", "step", "fraction", "voxels", "score", "probability"])
     writer.writerows(rows)
     record = {
-        "kind": "flipping-curves", "command": " ".join(["napari-xai", *sys.argv[1:]]) if sys.argv else "napari-xai flip",
+        "kind": "flipping-curves", "command": getattr(args, "command_line", "napari-xai flip"),
         "volumes": [str(p) for p in args.volume],
         "model": {"source": str(args.model), "sha256": model.sha256, "name": model.name},
         "params": {"baseline": args.baseline, "region": None if args.atlas else args.region, "atlas": args.atlas,

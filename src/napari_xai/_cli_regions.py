@@ -97,7 +97,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
         "totals": table.summary(),
         "warnings": ([space_warning] if space_warning else []) + list(atlas.warnings),
         "output": str(out),
-        "command": " ".join([PROG, *sys.argv[1:]]) if sys.argv else PROG,
+        "command": getattr(args, "command_line", PROG),
         "versions": package_versions(),
     }
     try:

@@ -71,7 +71,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         rel = res.relevance
         record_new = {**rel.provenance, "output": str(out), "reproduces": str(side.resolve()),
                       "comparison": res.comparison,
-                      "command": " ".join([PROG, *sys.argv[1:]]) if sys.argv else PROG}
+                      "command": getattr(args, "command_line", PROG)}
         try:
             save_nifti(out, rel.data[0] if rel.data.shape[0] == 1 else rel.data, rel.affine)
             write_sidecar(out, record_new)

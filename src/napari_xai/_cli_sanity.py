@@ -125,7 +125,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     for w in result.warnings:
         print(f"napari-xai: warning: {w}", file=sys.stderr)
-    command = " ".join(["napari-xai", *sys.argv[1:]]) if sys.argv else "napari-xai sanity"
+    command = getattr(args, "command_line", "napari-xai sanity")
     rows = [{k: _json_number(v) for k, v in r.items()} for r in result.rows]
     if outdir is not None:
         written: list[Path] = []

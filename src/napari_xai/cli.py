@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -71,7 +72,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     data = rel.data[0] if rel.data.shape[0] == 1 else rel.data
     record = dict(rel.provenance)
     record["output"] = str(out)
-    record["command"] = " ".join([PROG, *sys.argv[1:]]) if sys.argv else PROG
+    record["command"] = args.command_line
     if getattr(args, "mask", None) and "segmentation" in record:
         from .core.provenance import file_hashes
 
@@ -192,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # the command as given (to this call, not to the Python process), for every output's provenance record
+    args.command_line = shlex.join([PROG, *(sys.argv[1:] if argv is None else [str(a) for a in argv])])
     if not sys.warnoptions:
         # library chatter (Captum, torch) is not for CLI users; our own warnings are printed explicitly
         import warnings
