@@ -131,10 +131,11 @@ class ExplainWidget(Container):
         self.status = Label(label="result", value="")
         self.status.native.setWordWrap(True)
         buttons = Container(layout="horizontal", widgets=[self.run_btn, self.cancel_btn], labels=False)
-        again = Container(layout="horizontal", widgets=[self.settings_from, self.settings_btn], labels=False)
+        again = Container(layout="horizontal", widgets=[self.settings_from, self.settings_btn], labels=True)
         self.extend(
-            [again, self.inputs, self.source, self.path, self.class_name, self.weights, self.kwargs, self.trust, self.device,
-             self.method, self.params, self.target, self.segmentation, self.mask, buttons, self.progress, self.status]
+            [self.inputs, self.source, self.path, self.class_name, self.weights, self.kwargs, self.trust, self.device,
+             self.method, self.params, self.target, self.segmentation, self.mask, buttons, self.progress, self.status,
+             again]
         )
         self.source.changed.connect(self._on_source)
         self.segmentation.changed.connect(lambda *_: setattr(self.mask, "visible", bool(self.segmentation.value)))
