@@ -161,11 +161,15 @@ def test_channel_ranking_show_and_ablation(setup, qtbot):
     panel = w.check
     assert panel.ablate_layer.findText("conv") >= 0
     panel.ablate_layer.setCurrentText("conv")
+    panel.channel_atlas.setCurrentText("harvard-oxford")  # the 2 mm grid from (0, 0, 0) mm lies inside MNI's brain
     panel.rank_channels()
     wait(qtbot, panel)
     m = float(x.mean())
     order = [int(panel.channel_table.item(r, 1).text()) for r in range(3)]
     assert order == [2, 1, 0]  # sorted by positive relevance 3m, 2m, m
+    # channels c = w_c x with w_c > 0 share one top-voxel mask, hence one region and one IoU
+    fires = {panel.channel_table.item(r, 5).text() for r in range(3)}
+    assert len(fires) == 1 and fires.pop().endswith(")"), panel.status.text()
     assert float(panel.channel_table.item(0, 2).text()) == pytest.approx(3 * m, rel=1e-3)
     panel.tick_channels([2])
     panel.show_channels()

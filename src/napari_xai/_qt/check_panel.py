@@ -313,7 +313,15 @@ class CheckPanel(QWidget):
         row.addWidget(self.ablate_layer, 1)
         row.addWidget(self.rank_btn)
         form.addRow("layer", row)
-        self.channel_table = read_only_table(["ablate", "channel", "R+", "R−", "activation"])
+        from ..core.atlas import BUILTIN_ATLASES
+
+        self.channel_atlas = QComboBox()
+        self.channel_atlas.addItems(["no atlas", *BUILTIN_ATLASES])
+        self.channel_atlas.setToolTip(
+            "Also name the atlas region each channel fires on for this input (network dissection: its top 0.5 %\n"
+            "activations' best IoU with a region; 'napari-xai dissect' does this over a cohort). MNI inputs only.")
+        form.addRow("regions", self.channel_atlas)
+        self.channel_table = read_only_table(["ablate", "channel", "R+", "R−", "activation", "fires on (IoU)"])
         form.addRow(self.channel_table)
         row = QHBoxLayout()
         self.show_channels_btn = QPushButton("Show relevance of ticked")
@@ -746,11 +754,23 @@ class CheckPanel(QWidget):
             self._fail(str(exc))
             return
 
+        atlas_name = self.channel_atlas.currentText()
+
         def work():
             from ..core.perturbation import channel_relevance
 
             model, scorer = self._scorer(req)
-            return channel_relevance(model, req["volume"], layer, config=cfg, scorer=scorer)
+            res = channel_relevance(model, req["volume"], layer, config=cfg, scorer=scorer)
+            if atlas_name != "no atlas":
+                from ..core.atlas import load_atlas
+                from ..core.dissect import dissect
+
+                try:
+                    found = dissect(model, [req["volume"]], load_atlas(atlas_name), layer)
+                    res["regions"] = {r.channel: r for r in found.rows}
+                except UserError as exc:  # e.g. a dense layer, or an input outside the atlas: the ranking stands
+                    res["regions_note"] = str(exc)
+            return res
 
         self._start(work, f"relevance per channel of '{layer}'", self._show_channels_table)
 
@@ -763,12 +783,15 @@ class CheckPanel(QWidget):
             tick.setFlags(tick.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             tick.setCheckState(Qt.CheckState.Unchecked)
             self.channel_table.setItem(r, 0, tick)
+            region = (res.get("regions") or {}).get(c["channel"])
+            where = "" if region is None else ("dead" if region.dead else f"{region.region} ({region.iou:.2f})")
             for k, text in enumerate([str(c["channel"]), f"{c['positive']:.4g}", f"{c['negative']:.4g}",
-                                      f"{c['activation']:.4g}"], start=1):
+                                      f"{c['activation']:.4g}", where], start=1):
                 self.channel_table.setItem(r, k, QTableWidgetItem(text))
         total = sum(c["positive"] + c["negative"] for c in res["channels"])
+        note = f" Regions: {res['regions_note']}" if res.get("regions_note") else ""
         self.status.setText(f"{len(rows)} channels of '{res['layer']}', sorted by positive relevance; "
-                            f"their relevance sums to {total:.4g}. Tick channels to show or ablate them.")
+                            f"their relevance sums to {total:.4g}. Tick channels to show or ablate them.{note}")
 
     def show_channels(self, *_):
         from .lrp_widget import META_KEY as LRP_KEY
