@@ -169,7 +169,9 @@ def test_channel_ranking_show_and_ablation(setup, qtbot):
     assert order == [2, 1, 0]  # sorted by positive relevance 3m, 2m, m
     # channels c = w_c x with w_c > 0 share one top-voxel mask, hence one region and one IoU
     fires = {panel.channel_table.item(r, 5).text() for r in range(3)}
-    assert len(fires) == 1 and fires.pop().endswith(")"), panel.status.text()
+    assert len(fires) == 1
+    iou, region = fires.pop().split(" ", 1)
+    assert 0 <= float(iou) <= 1 and region, panel.status.text()
     assert float(panel.channel_table.item(0, 2).text()) == pytest.approx(3 * m, rel=1e-3)
     panel.tick_channels([2])
     panel.show_channels()

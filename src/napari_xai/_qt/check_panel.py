@@ -321,7 +321,13 @@ class CheckPanel(QWidget):
             "Also name the atlas region each channel fires on for this input (network dissection: its top 0.5 %\n"
             "activations' best IoU with a region; 'napari-xai dissect' does this over a cohort). MNI inputs only.")
         form.addRow("regions", self.channel_atlas)
-        self.channel_table = read_only_table(["ablate", "channel", "R+", "R−", "activation", "fires on (IoU)"])
+        self.channel_table = read_only_table(["ablate", "channel", "R+", "R−", "activation", "IoU · fires on"])
+        self.channel_table.setMinimumHeight(190)
+        self.channel_table.setWordWrap(False)  # long region names are cut at the end, the IoU before them stays
+        self.channel_table.setTextElideMode(Qt.TextElideMode.ElideRight)
+        head = self.channel_table.horizontalHeader()
+        for col in range(5):  # numbers keep their width; the region name takes the rest
+            head.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         form.addRow(self.channel_table)
         row = QHBoxLayout()
         self.show_channels_btn = QPushButton("Show relevance of ticked")
@@ -784,10 +790,12 @@ class CheckPanel(QWidget):
             tick.setCheckState(Qt.CheckState.Unchecked)
             self.channel_table.setItem(r, 0, tick)
             region = (res.get("regions") or {}).get(c["channel"])
-            where = "" if region is None else ("dead" if region.dead else f"{region.region} ({region.iou:.2f})")
+            where = "" if region is None else ("dead" if region.dead else f"{region.iou:.2f} {region.region}")
             for k, text in enumerate([str(c["channel"]), f"{c['positive']:.4g}", f"{c['negative']:.4g}",
                                       f"{c['activation']:.4g}", where], start=1):
-                self.channel_table.setItem(r, k, QTableWidgetItem(text))
+                item = QTableWidgetItem(text)
+                item.setToolTip(text)
+                self.channel_table.setItem(r, k, item)
         total = sum(c["positive"] + c["negative"] for c in res["channels"])
         note = f" Regions: {res['regions_note']}" if res.get("regions_note") else ""
         self.status.setText(f"{len(rows)} channels of '{res['layer']}', sorted by positive relevance; "
