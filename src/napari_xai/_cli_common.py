@@ -1,4 +1,4 @@
-"""Options that several ``napari-xai`` commands share: the model source."""
+"""Options that several ``napari-xai`` commands share: the model source, the segmentation target."""
 
 from __future__ import annotations
 
@@ -16,6 +16,16 @@ def add_model_options(p: argparse.ArgumentParser, device: bool = True) -> None:
     p.add_argument("--trust-model", action="store_true", help=TRUST_HELP)
     if device:
         p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+
+def add_segmentation_options(g) -> None:
+    """``--segmentation``, ``--mask``, ``--point``, ``--output-index`` (read by ``_cli_lrp.explain_options``)."""
+    from ._cli_lrp import _point
+
+    g.add_argument("--segmentation", action="store_true", help="the model returns a logit map: explain the masked sum")
+    g.add_argument("--mask", metavar="MASK.nii.gz", help="target mask on the input grid; implies --segmentation")
+    g.add_argument("--point", type=_point, metavar="I,J,K", help="the predicted component at this voxel; implies --segmentation")
+    g.add_argument("--output-index", type=int, default=0, metavar="N", help="output of a tuple-returning model (default 0)")
 
 
 def load_model_from(args: argparse.Namespace):

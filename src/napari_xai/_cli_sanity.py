@@ -22,14 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_common import add_model_options, load_model_from
+from ._cli_common import add_model_options, add_segmentation_options, load_model_from
 from .core.errors import UserError
 
 HELP = "randomize the model's layers (top down) and measure how much the attribution map changes"
 
 
 def add_subcommand(subparsers) -> argparse.ArgumentParser:
-    from ._cli_lrp import _point
     from .core.sanity import INITS, MODES
 
     p = subparsers.add_parser("sanity", help=HELP, description=HELP + " (Adebayo et al. 2018).")
@@ -51,10 +50,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("LRP configurations and segmentation models (as in 'explain')")
     g.add_argument("--config", metavar="CONFIG.json", help="LRP configuration for --method lrp (from the LRP designer)")
     g.add_argument("--configuration", metavar="NAME", help="configuration name inside a --config library file")
-    g.add_argument("--segmentation", action="store_true", help="the model returns a logit map: explain the masked sum")
-    g.add_argument("--mask", metavar="MASK.nii.gz", help="target mask on the input grid; implies --segmentation")
-    g.add_argument("--point", type=_point, metavar="I,J,K", help="the predicted component at this voxel; implies --segmentation")
-    g.add_argument("--output-index", type=int, default=0, metavar="N", help="output of a tuple-returning model (default 0)")
+    add_segmentation_options(g)
     p.add_argument("--out", metavar="FOLDER", help="folder for sanity.json (and the maps with --maps)")
     p.add_argument("--maps", action="store_true", help="also write every step's map (NIfTI + JSON sidecar) into --out")
     p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")

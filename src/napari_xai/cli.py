@@ -1,4 +1,4 @@
-"""Command line: ``napari-xai explain | methods | demo | clusters | regions | atlases | lrp-layers | compare | flip | cohort | embed | sanity | reproduce | dissect``.
+"""Command line: ``napari-xai explain | methods | demo | clusters | regions | atlases | lrp-layers | compare | flip | cohort | embed | sanity | reproduce | dissect | robustness``.
 
 Exit codes: 0 success, 2 user error (one line on stderr, no traceback), 1 internal error.
 """
@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ._cli_regions import add_subcommand as add_regions
     from ._cli_dissect import add_subcommand as add_dissect
     from ._cli_reproduce import add_subcommand as add_reproduce
+    from ._cli_robustness import add_subcommand as add_robustness
     from ._cli_sanity import add_subcommand as add_sanity
 
     add_clusters(sub)
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sanity(sub)
     add_reproduce(sub)
     add_dissect(sub)
+    add_robustness(sub)
     return parser
 
 
