@@ -37,13 +37,13 @@ do not edit it by hand. `napari-xai methods` prints the same list.
   score). Saliency is signed by default (`absolute=false`); this keeps the
   direction of the effect and lets the viewer show positive and negative layers.
   Grad-CAM with `relu_attributions=true` is non-negative.
-- **Units**: Input×Gradient, Integrated Gradients, occlusion and LRP are in
-  units of the target score (they add up to about the score or a score
-  difference); saliency and SmoothGrad are score per intensity unit; Grad-CAM is
-  score on the layer's grid, upsampled.
-- **Channels**: multi-channel inputs get one map per channel. Grad-CAM has one
-  map per layer; it is replicated per channel. Occlusion hides all channels at
-  once unless `per_channel=true`.
+- **Units**: Input×Gradient, Integrated Gradients, DeepLift, GradientSHAP,
+  occlusion and LRP are in units of the target score (they add up to about the
+  score or a score difference); saliency and SmoothGrad are score per intensity
+  unit; Grad-CAM and Grad-CAM++ are score on the layer's grid, upsampled.
+- **Channels**: multi-channel inputs get one map per channel. Grad-CAM and
+  Grad-CAM++ have one map per layer; it is replicated per channel. Occlusion
+  hides all channels at once unless `per_channel=true`.
 - **Parameters** are given as `--param KEY=VALUE` on the command line (repeat
   it) or in the widget. `ints3` values are three integers in voxels, `8,8,8`
   (or `8x8x8`), or one integer for all axes. An empty default means "chosen from
@@ -53,7 +53,8 @@ do not edit it by hand. `napari-xai methods` prints the same list.
   weights, or a MONAI bundle); with TorchScript they stop with a one-line error.
 - **Silent degradation is flagged**: where a method would quietly become
   something else (guided backprop without `nn.ReLU` modules, relevance that is
-  not conserved in LRP, an integrated-gradients sum far from f(x) − f(baseline))
+  not conserved in LRP, an integrated-gradients sum far from f(x) − f(baseline),
+  DeepLift through nonlinear modules it has no rule for, such as PReLU)
   the result carries a warning, shown in the widget and written to the sidecar.
 - **Progress and cancel**: methods with loops report progress at each forward
   pass, and Cancel stops them there. Hooks, canonisers and temporary changes
@@ -64,8 +65,8 @@ do not edit it by hand. `napari-xai methods` prints the same list.
 CHECKS = """\
 ## What the tests check
 
-`tests/test_attribution.py` and `tests/test_lrp.py` check the methods against
-facts that do not come from our code:
+`tests/test_attribution.py`, `tests/test_more_methods.py` and `tests/test_lrp.py`
+check the methods against facts that do not come from our code:
 
 - saliency and Input×Gradient equal the analytic gradient of a linear model;
 - integrated gradients sums to f(x) − f(baseline) within 1 % on a MONAI
@@ -78,6 +79,22 @@ facts that do not come from our code:
 - occlusion finds the voxel block a toy network is built to read, equals the
   hand-computed mean score drop over covering windows (with the end-aligned
   window), and equals Captum's `Occlusion` where its windows tile the volume;
+- DeepLift equals (x − b)·w computed with numpy on linear models and
+  w·(relu(x) − relu(b)) at a ReLU; it sums to f(x) − f(baseline) within 0.01 %
+  on ReLU/MaxPool networks (also with overlapping pool windows, two rule
+  modules in a row and a MONAI DenseNet, for zero, min and blur baselines,
+  where Captum 0.9's own DeepLift can be 50 % off), equals Captum's DeepLift
+  where that is right, and on a PReLU network warns, naming the modules, and
+  equals Input×Gradient (what the warning says); a ReLU module used twice is a
+  one-line error;
+- GradientSHAP on a linear model equals (x − b)·w exactly with one baseline
+  and no noise, and (x − E[b])·w within 5 standard errors for uniform baselines
+  and input noise; the same torch seed gives the same result and numpy's
+  global generator is left as it was;
+- Grad-CAM++ equals MONAI's `GradCAMpp` (times exp(score), and after MONAI's
+  inverting normaliser) where the layer's gradient is constant, the paper's
+  formula evaluated with numpy where it is not (there MONAI differs), and a
+  one-channel case by hand (zero map for a negative class weight);
 - guided backprop / deconvolution on a PReLU network warn and equal the plain
   gradient; TorchScript with LRP / guided / CAM methods and bad Grad-CAM
   layers are one-line errors;

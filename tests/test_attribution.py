@@ -31,8 +31,8 @@ def _one_thread():
 
 
 NAMES = [
-    "saliency", "input-x-gradient", "integrated-gradients", "smoothgrad", "guided-backprop", "deconvolution",
-    "grad-cam", "guided-grad-cam", "occlusion", "lrp-epsilon", "lrp-epsilon-plus", "lrp-epsilon-plus-flat",
+    "saliency", "input-x-gradient", "integrated-gradients", "smoothgrad", "deeplift", "gradient-shap",
+    "guided-backprop", "deconvolution", "grad-cam", "grad-cam-plus-plus", "guided-grad-cam", "occlusion", "lrp-epsilon", "lrp-epsilon-plus", "lrp-epsilon-plus-flat",
     "lrp-alpha1-beta0", "lrp-alpha2-beta1", "lrp-gamma", "lrp", "region-ablation", "lime", "kernel-shap",
     "attention-gates",
 ]
@@ -93,7 +93,7 @@ def test_registry_has_every_method_with_documented_params():
         for p in m.params:
             assert p.help, (m.name, p.name)
     needs = {m.name for m in all_methods() if m.needs_module}
-    assert needs == {n for n in NAMES if n.startswith(("lrp", "guided", "grad-cam", "deconv", "attention"))}
+    assert needs == {n for n in NAMES if n.startswith(("lrp", "guided", "grad-cam", "deconv", "attention", "deeplift"))}
     with pytest.raises(UserError, match="baseline"):
         get_method("integrated-gradients").parse({"baseline": "mean"})
 

@@ -8,13 +8,16 @@ the common call ``fn(model, x, target, params, ctx) -> MethodOutput``:
 * ``target`` is an int class index (the pipeline resolves names / "predicted").
 
 The relevance returned is (1, C, D, H, W) on the model grid, in the units of
-the method (score units for Input×Gradient, IG, occlusion and LRP; score per
-intensity unit for the plain gradient).
+the method (score units for Input×Gradient, IG, DeepLift, GradientSHAP,
+occlusion and LRP; score per intensity unit for the plain gradient).
 
-Gradient-family methods and Grad-CAM call Captum. Occlusion is computed here
-(Zeiler & Fergus 2014) because Captum's sliding window leaves the last voxels
-of an axis uncovered when ``(size - window)`` is not a multiple of the stride;
-ours adds one end-aligned window per axis so every voxel is covered.
+Gradient-family methods and Grad-CAM call Captum; DeepLift adds its own
+MaxPool rule and works around a Captum fault (see :func:`_deeplift`).
+Grad-CAM++ is computed here from the layer's activations and gradients
+(Chattopadhay et al. 2018). Occlusion is computed here too (Zeiler & Fergus
+2014) because Captum's sliding window leaves the last voxels of an axis
+uncovered when ``(size - window)`` is not a multiple of the stride; ours adds
+one end-aligned window per axis so every voxel is covered.
 
 Shared helpers used by :mod:`napari_xai.core.lrp` live here too:
 :func:`model_session`, :func:`trace_model`, :class:`ScoreFn`,
@@ -453,6 +456,19 @@ def _input_x_gradient(model, x, target, params, ctx) -> MethodOutput:
     return MethodOutput(rel.detach(), {"forward_passes": f.calls})
 
 
+def _score_gap(model: Any, x: torch.Tensor, base: torch.Tensor, target: int, rel: torch.Tensor) -> tuple[float, float, float]:
+    """f(x) - f(baseline) (one forward pass of both), the relevance sum and their relative gap.
+
+    The gap is ``|sum - difference| / |difference|``: completeness for integrated
+    gradients, summation-to-delta for DeepLift. Call inside :func:`model_session`.
+    """
+    with torch.no_grad():
+        scores = check_scores(model(torch.cat([x.detach(), base.detach()])), target)[:, int(target)]
+    diff = float(scores[0] - scores[1])
+    total = float(rel.detach().sum())
+    return diff, total, abs(total - diff) / max(abs(diff), 1e-12)
+
+
 def _integrated_gradients(model, x, target, params, ctx) -> MethodOutput:
     """Integrated gradients (Sundararajan et al. 2017), Gauss-Legendre quadrature with ``steps`` points.
 
@@ -473,12 +489,8 @@ def _integrated_gradients(model, x, target, params, ctx) -> MethodOutput:
         rel = IntegratedGradients(f).attribute(
             xi, baselines=base, target=int(target), n_steps=steps, internal_batch_size=min(ibs, steps)
         )
-        with torch.no_grad():
-            scores = check_scores(model(torch.cat([xi.detach(), base])), target)[:, int(target)]
+        diff, total, err = _score_gap(model, xi, base, target, rel)
     rel = rel.detach()
-    diff = float(scores[0] - scores[1])
-    total = float(rel.sum())
-    err = abs(total - diff) / max(abs(diff), 1e-12)
     used.update(
         steps=steps,
         internal_batch_size=min(ibs, steps),
@@ -529,6 +541,270 @@ def _smoothgrad(model, x, target, params, ctx) -> MethodOutput:
         )
     return MethodOutput(rel.detach(), {"noise_stdev": stdev, "intensity_range": span, "forward_passes": f.calls,
                                        "variant": variant})
+
+
+# Modules that are linear in their input in eval mode: the gradient through them already is DeepLift's multiplier.
+DEEPLIFT_LINEAR: tuple[type, ...] = (
+    nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.Identity,
+    nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd, nn.Flatten, nn.Unflatten, nn.Upsample,
+    nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd,
+    nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
+)
+# Nonlinear modules; those whose exact type is not in Captum's SUPPORTED_NON_LINEAR get no rescale rule.
+NONLINEAR: tuple[type, ...] = ACTIVATIONS + (
+    nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
+    nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd, nn.modules.pooling._LPPoolNd,
+    nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d, nn.GLU, nn.LogSigmoid, nn.Hardsigmoid, nn.Softsign,
+    nn.Tanhshrink, nn.Threshold, nn.Hardshrink, nn.Softshrink,
+)
+
+
+def _deeplift_kind(module: nn.Module) -> str:
+    """How our DeepLift treats a leaf module.
+
+    ``maxpool`` (our rule), ``rule`` (Captum's rescale rule), ``linear``,
+    ``unhandled`` (nonlinear, plain gradient) or ``unknown``.
+    """
+    from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
+
+    if isinstance(module, nn.modules.pooling._MaxPoolNd) and not module.return_indices:
+        return "maxpool"
+    if type(module) in SUPPORTED_NON_LINEAR:  # Captum matches the exact type, not subclasses
+        return "rule"
+    if isinstance(module, nn.modules.instancenorm._InstanceNorm) and module.track_running_stats:
+        return "linear"  # running statistics in eval mode: an affine map
+    if isinstance(module, NONLINEAR):
+        return "unhandled"
+    return "linear" if isinstance(module, DEEPLIFT_LINEAR) else "unknown"
+
+
+def _deeplift_checks(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, dict[str, int]], list[nn.Module], list[nn.Module]]:
+    """Classify the leaf-module calls of one forward pass for DeepLift.
+
+    Returns the calls by type of ``unhandled`` and ``unknown`` modules, the
+    modules that get Captum's rule and the MaxPools (our rule). A module with a
+    rule that runs more than once per forward pass cannot keep its input for
+    the backward pass (Captum fails on it); that is a :class:`UserError`.
+    """
+    trace = trace_model(model, x)
+    modules = dict(model.named_modules())
+    found: dict[str, dict[str, int]] = {"unhandled": {}, "unknown": {}}
+    ruled: dict[str, list[str]] = {"rule": [], "maxpool": []}
+    for c in trace.calls:
+        m = modules.get(c.name)
+        if m is None or next(m.children(), None) is not None:
+            continue
+        kind = _deeplift_kind(m)
+        if kind in found:
+            found[kind][c.kind] = found[kind].get(c.kind, 0) + 1
+        elif kind in ruled and c.name not in ruled[kind]:
+            ruled[kind].append(c.name)
+    reused = [n for n in ruled["rule"] + ruled["maxpool"] if trace.counts.get(n, 0) > 1]
+    if reused:
+        what = ", ".join(f"'{n}' ({type(modules[n]).__name__}) runs {trace.counts[n]} times" for n in reused)
+        raise UserError(
+            f"deeplift: module {what} per forward pass, but a DeepLift rule keeps one input per module; "
+            "give each use its own module instance, or use integrated-gradients."
+        )
+    return found, [modules[n] for n in ruled["rule"]], [modules[n] for n in ruled["maxpool"]]
+
+
+def _max_pool_multipliers(module: nn.Module, u: torch.Tensor, o: torch.Tensor, grad_in: torch.Tensor,
+                          grad_out: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """DeepLift multipliers of a MaxPool for the stacked batch [input; baseline] (Captum's cross-maximum rule).
+
+    Per window j with output o_x (input) and o_r (baseline) and multiplier m_j,
+    m_j (max(o_x, o_r) - o_r) goes to the input's argmax and m_j (o_x - max(o_x, o_r))
+    to the baseline's argmax; the sums per voxel (added up where windows
+    overlap) divided by the voxel's change are the multipliers, so
+    sum_i mult_i (u_x - u_r)_i = sum_j m_j (o_x - o_r)_j. Voxels that did not
+    change keep the gradient.
+    """
+    pool = {3: F.max_pool1d, 4: F.max_pool2d, 5: F.max_pool3d}[u.ndim]
+    ux, ur = u.chunk(2)
+    ox, orf = o.chunk(2)
+    m = grad_out.chunk(2)[0]
+    opts = dict(kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
+                dilation=module.dilation, ceil_mode=module.ceil_mode, return_indices=True)
+    ix, ir = pool(ux, **opts)[1], pool(ur, **opts)[1]
+    cross = torch.maximum(ox, orf)
+    mass = torch.zeros_like(ux).flatten(2)
+    mass.scatter_add_(2, ix.flatten(2), (m * (cross - orf)).flatten(2))
+    mass.scatter_add_(2, ir.flatten(2), (m * (ox - cross)).flatten(2))
+    du = (ux - ur).flatten(2)
+    mult = torch.where(du.abs() < eps, grad_in.chunk(2)[0].flatten(2), mass / torch.where(du.abs() < eps, 1.0, du))
+    return torch.cat([mult, mult]).view_as(u)
+
+
+@contextmanager
+def _deeplift_hooks(ruled: list[nn.Module], pools: list[nn.Module]) -> Iterator[None]:
+    """Our MaxPool rule and a fix for Captum 0.9, for the block; registered before Captum's own hooks.
+
+    * Captum records a module's output gradient with a tensor hook on its output.
+      When that tensor is directly the input of the next module with a rule (ReLU
+      then ReLU), the hook fires before the next module has rescaled the gradient
+      and summation-to-delta fails for non-zero baselines (captum issue #1104,
+      fixed upstream after 0.9). Each module with a rule gets a copy of its
+      input, so the rescaled gradient reaches the first module's hook.
+    * Captum's MaxPool rule spreads the score change back with ``max_unpool``,
+      which keeps one value per input voxel, so relevance is lost where windows
+      overlap; and it suffers from the fault above after a ReLU. MaxPools get
+      :func:`_max_pool_multipliers` as a full backward hook instead; Captum
+      skips modules that already have a backward hook.
+    """
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def copy_input(module, inputs):
+        return tuple(t.clone() if torch.is_tensor(t) else t for t in inputs)
+
+    def keep(module, inputs, output):
+        seen[id(module)] = (inputs[0].detach(), output.detach())
+
+    def rule(module, grad_input, grad_output):
+        if id(module) not in seen or grad_input[0] is None:
+            return None
+        u, o = seen.pop(id(module))
+        return (_max_pool_multipliers(module, u, o, grad_input[0], grad_output[0]),) + tuple(grad_input[1:])
+
+    handles = [m.register_forward_pre_hook(copy_input) for m in ruled]
+    for m in pools:
+        handles += [m.register_forward_hook(keep), m.register_full_backward_hook(rule)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+
+
+def _deeplift(model, x, target, params, ctx) -> MethodOutput:
+    """DeepLIFT with the rescale rule (Shrikumar et al. 2017), through Captum's ``DeepLift``.
+
+    Each nonlinearity passes (change of output) / (change of input) between the
+    input and the baseline instead of its gradient, so the relevance sums to
+    f(x) - f(baseline) exactly (summation-to-delta) when every nonlinearity has the
+    rule. The gap is reported as ``summation_to_delta_error`` (relative) and a
+    warning is added above 1 %.
+    Rules exist for MaxPool modules (ours, see below) and, in Captum, for
+    modules of exactly the types nn.ReLU, ELU, LeakyReLU, Sigmoid, Tanh,
+    Softplus and Softmax. Other nonlinear modules (PReLU, GELU, SiLU, InstanceNorm, GroupNorm, LayerNorm,
+    adaptive max pooling, subclasses of the supported types, ...), common in MONAI
+    networks, and functional calls such as ``torch.relu`` in ``forward`` pass
+    the plain gradient: a warning names the modules found and gives the measured
+    gap. A module with a rule that runs twice per forward pass (one ReLU
+    instance reused) is a one-line error, since Captum cannot handle it.
+    Two faults of Captum 0.9 are avoided: two modules with a rule in direct
+    succession (ReLU then MaxPool) lose the summation for non-zero baselines
+    (captum issue #1104), and its MaxPool rule loses relevance where windows
+    overlap (kernel larger than stride, as in the stem of MONAI's DenseNet).
+    MaxPool modules therefore get our own implementation of Captum's
+    cross-maximum rule, with overlapping windows added up, and every module
+    with Captum's rule gets a copy of its input.
+    ``baseline`` as for integrated gradients. One forward/backward pass of the
+    input and the baseline together. Units: score.
+    """
+    from captum.attr import DeepLift
+
+    ctx = _ctx(ctx)
+    require_eager(model, ctx, "deeplift", "Captum hooks its nonlinear modules")
+    with model_session(model):
+        found, ruled, pools = _deeplift_checks(model, x)
+        xi = _fresh(x, grad=True)
+        base, used = make_baseline(xi.detach(), params.get("baseline", "zero"), params.get("blur_sigma"))
+        f = ScoreFn(model, ctx, target, 1, "deeplift")
+        with warnings.catch_warnings(), _deeplift_hooks(ruled, pools):
+            # Captum announces its temporary hooks on every call; they are removed again
+            warnings.filterwarnings("ignore", message="Setting forward, backward hooks and attributes on non-linear")
+            rel = DeepLift(f).attribute(xi, baselines=base, target=int(target))
+        diff, total, err = _score_gap(model, xi, base, target, rel)
+    used.update(score_difference=diff, relevance_sum=total, summation_to_delta_error=err, forward_passes=f.calls + 1,
+                unhandled_modules=_counts_text(found["unhandled"]))
+    gap = f"the relevance sums to {total:.4g} and f(x) - f(baseline) = {diff:.4g} ({100 * err:.2g} % apart)"
+    if found["unhandled"]:
+        ctx.warn(
+            f"deeplift: no rescale rule for {_counts_text(found['unhandled'])} (there is one only for MaxPool and "
+            f"for exactly nn.ReLU, ELU, LeakyReLU, Sigmoid, Tanh, Softplus, Softmax), so the plain gradient passes "
+            f"through them: {gap}."
+        )
+    elif err > 0.01 and abs(diff) > 1e-6:
+        unknown = f"modules of types {_counts_text(found['unknown'])} or " if found["unknown"] else ""
+        ctx.warn(
+            f"deeplift: summation-to-delta fails, {gap}: the model applies nonlinear {unknown}functions outside "
+            "nn.Modules (e.g. torch.relu in forward), which pass the plain gradient."
+        )
+    return MethodOutput(rel.detach(), used)
+
+
+@contextmanager
+def _numpy_random_from_torch() -> Iterator[None]:
+    """Seed numpy's global generator from torch's for the block, then restore numpy's state.
+
+    Captum's GradientShap draws its path points and baselines with ``np.random``;
+    this makes them follow torch's generator, which the pipeline seeds.
+    """
+    import numpy as np
+
+    state = np.random.get_state()
+    np.random.seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def _gradient_shap(model, x, target, params, ctx) -> MethodOutput:
+    """GradientSHAP / expected gradients (Lundberg & Lee 2017; Erion et al. 2021) through Captum's ``GradientShap``.
+
+    Mean over ``samples`` draws of (x + n - b) * gradient at b + a (x + n - b),
+    with a uniform in [0, 1], b a baseline drawn from a distribution and n
+    Gaussian noise on the input of stdev ``noise`` * (max(x) - min(x)) (reported
+    as ``noise_stdev``; 0 = no noise, Captum's default). ``baseline``: ``uniform``
+    draws each baseline voxel by voxel, uniformly between each channel's minimum
+    and maximum (a fresh volume per sample; Sturmfels et al. 2020), ``zero``,
+    ``min`` and ``blur`` use the one baseline of integrated gradients, which makes
+    this a Monte-Carlo integrated gradients. In expectation the relevance sums to
+    f(x) - E[f(b)] (without noise); for the fixed baselines the gap is reported as
+    ``completeness_error``, a Monte-Carlo estimate that shrinks with ``samples``.
+    The draws come from torch's global generator (Captum's numpy draws are seeded
+    from it); the pipeline seeds it, so runs are reproducible. ``batch_size``
+    samples run per forward/backward pass. Units: score.
+    """
+    from captum.attr import GradientShap
+
+    ctx = _ctx(ctx)
+    samples = int(params.get("samples", 32))
+    batch = min(int(params.get("batch_size") or 4), samples)
+    kind = str(params.get("baseline") or "uniform")
+    with model_session(model):
+        xi = _fresh(x, grad=True)
+        span = float(xi.detach().max() - xi.detach().min())
+        stdev = float(params.get("noise", 0.0)) * span
+        if kind == "uniform":
+            lo = xi.detach().amin(dim=(2, 3, 4), keepdim=True)
+            hi = xi.detach().amax(dim=(2, 3, 4), keepdim=True)
+            base, used = None, {"baseline": "uniform"}
+        else:
+            base, used = make_baseline(xi.detach(), kind, params.get("blur_sigma"))
+        f = ScoreFn(model, ctx, target, math.ceil(samples / batch), "gradient shap")
+        total = torch.zeros_like(xi)
+        with _numpy_random_from_torch():
+            for start in range(0, samples, batch):
+                k = min(batch, samples - start)
+                if base is None:
+                    draws = lo + (hi - lo) * torch.rand((k,) + tuple(xi.shape[1:]), dtype=xi.dtype, device=xi.device)
+                else:
+                    draws = base
+                rel = GradientShap(f).attribute(xi, baselines=draws, n_samples=k, stdevs=stdev, target=int(target))
+                total += rel.detach() * k
+        rel = total / samples
+        used.update(noise_stdev=stdev, intensity_range=span, samples=samples, batch_size=batch, forward_passes=f.calls)
+        if base is not None:
+            diff, rsum, err = _score_gap(model, xi, base, target, rel)
+            used.update(score_difference=diff, relevance_sum=rsum, completeness_error=err, forward_passes=f.calls + 1)
+    return MethodOutput(rel, used)
 
 
 @contextmanager
@@ -582,7 +858,7 @@ def _grad_cam(model, x, target, params, ctx) -> MethodOutput:
     map is one for all channels: it is replicated per input channel. Units:
     score (per voxel of the layer's grid).
     """
-    from captum.attr import LayerAttribution, LayerGradCam
+    from captum.attr import LayerGradCam
 
     ctx = _ctx(ctx)
     require_eager(model, ctx, "grad-cam", "Grad-CAM hooks a layer")
@@ -592,10 +868,66 @@ def _grad_cam(model, x, target, params, ctx) -> MethodOutput:
         cam = LayerGradCam(f, layer).attribute(
             _fresh(x, grad=True), target=int(target), relu_attributions=bool(params.get("relu_attributions", True))
         )
-        layer_shape = tuple(cam.shape[2:])
-        up = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode="trilinear")
-    rel = up.expand(-1, x.shape[1], -1, -1, -1).contiguous()
-    return MethodOutput(rel.detach(), {"layer": name, "layer_shape": list(layer_shape)})
+    return MethodOutput(_cam_to_input(cam, x), {"layer": name, "layer_shape": list(cam.shape[2:])})
+
+
+def _cam_to_input(cam: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A (1, 1, d, h, w) map on a layer's grid, upsampled trilinearly to ``x``'s grid and replicated per channel."""
+    from captum.attr import LayerAttribution
+
+    up = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[2:]), interpolate_mode="trilinear")
+    return up.expand(-1, x.shape[1], -1, -1, -1).contiguous()
+
+
+def _grad_cam_plus_plus(model, x, target, params, ctx) -> MethodOutput:
+    """Grad-CAM++ (Chattopadhay et al. 2018) on a chosen layer, upsampled trilinearly to the input grid.
+
+    With A_k the layer's feature maps and g_k = d score / d A_k, the paper's
+    exponential trick (Y = exp(score), exact for piecewise-linear networks) gives
+    per voxel v: alpha_k(v) = g_k(v)^2 / (2 g_k(v)^2 + g_k(v)^3 sum_u A_k(u))
+    (0 where the denominator is 0), channel weights
+    w_k = sum_v alpha_k(v) relu(g_k(v)) and the map ReLU(sum_k w_k A_k)
+    (ReLU optional: ``relu_attributions``). The paper's weights carry a further
+    factor exp(score), the same for every channel; it is left out (no overflow
+    for large logits; units as Grad-CAM's, score per voxel of the layer's grid), so
+    the paper's map is exp(``score``) times this one. Where g_k is constant over
+    the grid (a layer followed only by global average pooling and linear layers)
+    alpha = 1 / (2 + g_k sum A_k); MONAI's ``GradCAMpp`` sums A_k(u) g_k(u)^3
+    voxel by voxel instead of g_k(v)^3 sum_u A_k(u), which differs from the
+    paper elsewhere. Layer choice, checks and upsampling as for ``grad-cam``;
+    one forward and one backward pass; the map is replicated per input channel.
+    """
+    ctx = _ctx(ctx)
+    require_eager(model, ctx, "grad-cam-plus-plus", "it hooks a layer")
+    with model_session(model):
+        name, layer = _resolve_cam_layer(model, x, params.get("layer"), "grad-cam-plus-plus")
+        f = ScoreFn(model, ctx, target, 1, f"grad-cam++ on {name}")
+        kept: list[torch.Tensor] = []
+
+        def keep(module, inputs, output):
+            kept.append(output)
+            return output.clone()  # in-place operations later in the forward pass cannot alter the kept maps
+
+        handle = layer.register_forward_hook(keep)
+        try:
+            score = f(_fresh(x, grad=True))[0, int(target)]
+        finally:
+            handle.remove()
+        (grad,) = torch.autograd.grad(score, kept[0], allow_unused=True)
+    if grad is None:
+        raise UserError(f"grad-cam-plus-plus: the target score does not depend on layer {name!r}; choose another layer.")
+    acts, grad = kept[0].detach(), grad.detach()
+    space = tuple(range(2, acts.ndim))
+    g2 = grad * grad
+    denom = 2.0 * g2 + acts.sum(dim=space, keepdim=True) * g2 * grad
+    nonzero = denom != 0
+    alpha = torch.where(nonzero, g2 / torch.where(nonzero, denom, torch.ones_like(denom)), torch.zeros_like(denom))
+    weights = (alpha * F.relu(grad)).sum(dim=space, keepdim=True)
+    cam = (weights * acts).sum(dim=1, keepdim=True)
+    if bool(params.get("relu_attributions", True)):
+        cam = F.relu(cam)
+    used = {"layer": name, "layer_shape": list(cam.shape[2:]), "score": float(score.detach())}
+    return MethodOutput(_cam_to_input(cam, x), used)
 
 
 def _guided_grad_cam(model, x, target, params, ctx) -> MethodOutput:
@@ -699,6 +1031,8 @@ _BASELINE = Param(
     "Reference input: zero (all zeros), min (each channel's minimum intensity) or blur (strong Gaussian blur of the input).",
     choices=BASELINES,
 )
+_BLUR_SIGMA = Param("blur_sigma", float, None, "Gaussian sigma in voxels for baseline=blur; empty = 1/8 of the smallest axis.",
+                    minimum=0.1)
 
 register(Method(
     name="saliency",
@@ -724,7 +1058,7 @@ register(Method(
         Param("steps", int, 32, "Number of points on the path (Gauss-Legendre); more = closer completeness.", minimum=2, maximum=4096),
         _BASELINE,
         Param("internal_batch_size", int, 8, "Path points per forward/backward pass; bounds memory independent of steps.", minimum=1, maximum=4096),
-        Param("blur_sigma", float, None, "Gaussian sigma in voxels for baseline=blur; empty = 1/8 of the smallest axis.", minimum=0.1),
+        _BLUR_SIGMA,
     ),
     reference="Sundararajan, Taly & Yan 2017, arXiv:1703.01365",
 ))
@@ -742,6 +1076,32 @@ register(Method(
               "the gradient's variance over the noisy copies (vargrad).", choices=("smoothgrad", "smoothgrad-sq", "vargrad")),
     ),
     reference="Smilkov et al. 2017, arXiv:1706.03825; VarGrad: Adebayo et al. 2018, arXiv:1810.03307",
+))
+register(Method(
+    name="deeplift",
+    family="gradient",
+    summary="DeepLIFT rescale rule (Captum); sums to f(x) - f(baseline), warns on nonlinearities without a rule.",
+    fn=_deeplift,
+    params=(_BASELINE, _BLUR_SIGMA),
+    needs_module=True,
+    reference="Shrikumar, Greenside & Kundaje 2017, arXiv:1704.02685",
+))
+register(Method(
+    name="gradient-shap",
+    family="gradient",
+    summary="Expected gradients over random baselines and path points (Captum's GradientShap), optional input noise.",
+    fn=_gradient_shap,
+    params=(
+        Param("samples", int, 32, "Number of random draws (baseline, path point, noise).", minimum=1, maximum=4096),
+        Param("baseline", str, "uniform", "Baseline distribution: uniform (fresh uniform noise in each channel's "
+              "intensity range per draw) or the single zero, min or blur baseline of integrated-gradients.",
+              choices=("uniform",) + BASELINES),
+        Param("noise", float, 0.0, "Stdev of Gaussian noise on the input as a fraction of its intensity range "
+              "(max - min); 0 = none.", minimum=0.0, maximum=2.0),
+        Param("batch_size", int, 4, "Draws per forward/backward pass (memory).", minimum=1, maximum=1024),
+        _BLUR_SIGMA,
+    ),
+    reference="Lundberg & Lee 2017, arXiv:1705.07874; Erion et al. 2021, doi:10.1038/s42256-021-00343-w",
 ))
 register(Method(
     name="guided-backprop",
@@ -763,18 +1123,26 @@ _LAYER = Param(
     "layer", str, None,
     "Module name (as in named_modules) with a 3D feature map; empty = last Conv3d with a spatial output.",
 )
+_CAM_RELU = Param("relu_attributions", bool, True, "Keep only positive evidence (ReLU of the weighted map), as in the paper.")
 register(Method(
     name="grad-cam",
     family="cam",
     summary="Gradient-weighted class activation map of one layer, upsampled trilinearly.",
     fn=_grad_cam,
-    params=(
-        _LAYER,
-        Param("relu_attributions", bool, True, "Keep only positive evidence (ReLU of the weighted map), as in the paper."),
-    ),
+    params=(_LAYER, _CAM_RELU),
     needs_module=True,
     signed=False,
     reference="Selvaraju et al. 2017, arXiv:1610.02391",
+))
+register(Method(
+    name="grad-cam-plus-plus",
+    family="cam",
+    summary="Grad-CAM++: channel weights from positive gradients weighted per voxel (alpha); upsampled trilinearly.",
+    fn=_grad_cam_plus_plus,
+    params=(_LAYER, _CAM_RELU),
+    needs_module=True,
+    signed=False,
+    reference="Chattopadhay et al. 2018, arXiv:1710.11063",
 ))
 register(Method(
     name="guided-grad-cam",
