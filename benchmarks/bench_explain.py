@@ -77,6 +77,12 @@ def direct_lrp(model, x, target):
     return rel
 
 
+def direct_deeplift(model, x, target):
+    from captum.attr import DeepLift
+
+    return DeepLift(model).attribute(x, baselines=torch.zeros_like(x), target=target)
+
+
 def direct_gradcam(model, x, target, layer):
     from captum.attr import LayerAttribution, LayerGradCam
 
@@ -177,6 +183,8 @@ def main():
     layer = explain(volume, demo, "grad-cam").provenance["params"]["layer"]
     results.append(compare(label, volume, demo, "grad-cam", {"layer": layer},
                            lambda m, x, t: direct_gradcam(m, x, t, layer), args.repeats))
+    # ours also corrects Captum 0.9's back-to-back rule modules and overlapping max pools (see methods.md)
+    results.append(compare(label, volume, demo, "deeplift", {}, direct_deeplift, args.repeats))
 
     # DenseNet121: the largest cubic input whose 32-step IG runs in under a minute
     chosen = None

@@ -233,3 +233,13 @@ def test_e_cli_explains_a_saved_attention_unet_bundle(tmp_path, capsys):
     record = json.loads(out.with_suffix("").with_suffix(".json").read_text())
     assert record["method"] == "attention-gates" and record["params"]["combine"] == "product"
     assert record["params"]["target_independent"] is True and record["params"]["gates"] == [OUTER, INNER]
+
+
+def test_out_intermediate_is_refused_before_the_run_for_methods_without_intermediate_maps(tmp_path, capsys):
+    vol = nifti(tmp_path / "t1.nii.gz", shape=(8, 8, 8))
+    keep = tmp_path / "keep.nii.gz"
+    keep.write_bytes(b"the user's earlier result")
+    code, _, err = run_cli(capsys, "explain", vol, "--model", "demo", "--method", "saliency", "--out", keep,
+                           "--overwrite", "--out-intermediate", "--quiet")
+    assert code == 2 and "--out-intermediate needs a method with intermediate maps" in err and err.count("\n") == 1
+    assert keep.read_bytes() == b"the user's earlier result"  # nothing was run, nothing lost

@@ -382,3 +382,19 @@ def test_sanity_touches_layers_only_on_the_main_thread(proxy_setup, qtbot):
     wait(qtbot, panel)
     panel.show_sanity_maps()
     assert "1. sanity 0: original (+)" in viewer.layers and viewer.canvas.grid.enabled
+
+
+def test_the_check_tab_and_the_designer_never_run_on_the_model_at_once(setup, qtbot):
+    """LRP merges BatchNorm into the shared model while it runs: each side refuses to start while the other runs."""
+    viewer, x, make = setup
+    w = make("ThreeChannels")
+    panel = w.check
+    panel.ablate_layer.setCurrentText("conv")
+    w._worker = object()  # the designer is running
+    panel.rank_channels()
+    assert panel._worker is None and "the designer is still running" in panel.status.text()
+    w._worker = None
+    panel._worker = object()  # the Check tab is running
+    w.run()
+    assert w._worker is None and "Check tab is still running" in w.status.text()
+    panel._worker = None

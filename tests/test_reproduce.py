@@ -134,3 +134,52 @@ def test_compare_maps_by_hand():
     assert c["pearson"] == pytest.approx(-1.0) and c["relative"] == pytest.approx(2.0) and not c["reproduced"]
     with pytest.raises(UserError, match="shape"):
         compare_maps(a, a.T)
+
+
+def test_a_map_saved_from_napari_is_signed_and_can_be_made_again(made, capsys):
+    """napari's writer on a relevance (+) layer writes the whole signed map and the explain record itself."""
+    from napari_xai._layers import relevance_layer_data
+    from napari_xai._writer import write_image
+    from napari_xai.core.explain import explain
+    from napari_xai.core.models import load_model
+    from napari_xai.core.volumes import load_nifti
+
+    tmp_path, src, weights, vol, out = made
+    model = load_model(src, weights=weights, model_kwargs='{"in_channels": 1, "classes": 3}')
+    rel = explain(load_nifti(vol), model, "input-x-gradient", target=1)
+    assert (rel.data < 0).any() and (rel.data > 0).any()
+    data, meta, _ = relevance_layer_data(rel)[0]  # the (+) layer: only the positive part is shown
+    saved = tmp_path / "saved.nii.gz"
+    write_image(str(saved), data, meta)
+    np.testing.assert_allclose(np.asarray(nib.load(str(saved)).dataobj), rel.data[0], rtol=1e-6)
+    side = json.loads((tmp_path / "saved.json").read_text())
+    assert side["method"] == "input-x-gradient" and side["output"] == "saved.nii.gz" and side["signed_relevance"]
+    code, stdout, err = run_cli(capsys, "reproduce", tmp_path / "saved.json")
+    assert code == 0 and "reproduced:" in stdout, err
+
+
+def test_relative_inputs_are_found_from_another_folder(tmp_path, capsys, monkeypatch):
+    src, weights, kwargs = python_source(tmp_path / "net", seed=3)
+    nifti(tmp_path / "t1.nii.gz", shape=(8, 8, 8))
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "explain", "t1.nii.gz", "--model", src, "--weights", weights, "--model-kwargs",
+                           kwargs, "--method", "saliency", "--out", "out/rel.nii.gz", "--quiet")
+    assert code == 0, err
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, stdout, err = run_cli(capsys, "reproduce", tmp_path / "out" / "rel.json")
+    assert code == 0 and "reproduced:" in stdout, err
+
+
+def test_sanity_step_maps_are_not_reproduced_from_the_intact_model():
+    with pytest.raises(UserError, match="sanity check with 2 randomized"):
+        explain_arguments({"kind": "relevance", "method": "saliency", "sanity": {"randomized_layers": ["fc", "conv"]}})
+
+
+def test_sidecars_write_null_for_nan():
+    from napari_xai.core.provenance import to_json
+
+    assert json.loads(to_json({"r": float("nan"), "a": np.array([1.0, np.inf]), "n": np.float32("nan")})) == {
+        "r": None, "a": [1.0, None], "n": None}

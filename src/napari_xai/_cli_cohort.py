@@ -68,7 +68,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
                         "colour scale (on a private Xvfb display when there is none)")
     p.add_argument("--png-subjects", type=int, default=6, metavar="N", help="subjects in subjects.png (default 6)")
     p.add_argument("--png-by", metavar="COVARIATE",
-                   help="pick the --png subjects spread over this covariate (e.g. group, severity) instead of the first N")
+                   help="pick the --png subjects spread over this numeric covariate (e.g. age, severity) instead of the first N")
     p.add_argument("--view", choices=("3d", "2d"), default="3d", help="view of --png (default 3d)")
     p.add_argument("--out-dir", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="recompute maps made with other settings; replace the tables")
@@ -124,7 +124,7 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
-def _subjects_png(args, rows: list[dict], subjects, outdir: Path, png: Path) -> None:
+def _subjects_png(args, rows: list[dict], subjects, outdir: Path, png: Path) -> bool:
     """subjects.png: the maps of a few subjects over their own anatomy in napari's grid, one colour scale."""
     from types import SimpleNamespace
 
@@ -137,13 +137,13 @@ def _subjects_png(args, rows: list[dict], subjects, outdir: Path, png: Path) -> 
     paths = {s.id: s.paths for s in subjects}
     picked = pick_subjects(rows, args.png_subjects, args.png_by)
     if not picked:
-        return
+        return False
     anatomy, results = [], []
     for r in picked:
         rel = load_nifti(outdir / r["map"])
         anatomy.append(load_nifti(paths[r["id"]][0]).data[0])
         by = r.get(args.png_by) if args.png_by else None
-        label = r["id"] + ("" if by is None else f" · {args.png_by} {by:.2g}" if isinstance(by, float) else f" · {by}")
+        label = r["id"] + ("" if by is None else f" · {args.png_by} {by:.4g}" if isinstance(by, float) else f" · {by}")
         label += f" · {r['predicted']} {r['probability']:.2f}"
         results.append((label, SimpleNamespace(data=rel.data, affine=rel.affine, header=rel.header, warnings=[],
                                                provenance={"kind": "cohort-subject", "subject": r["id"]})))
@@ -152,6 +152,7 @@ def _subjects_png(args, rows: list[dict], subjects, outdir: Path, png: Path) -> 
         # seen from above (an axial MIP), where bilateral findings such as both hippocampi show side by side
         render_png(anatomy, results, limit, png, args.view == "3d", title="napari-xai cohort", cell_px=460,
                    angles=(0.0, 90.0, 0.0))
+    return True
 
 
 def cmd_cohort(args: argparse.Namespace) -> int:
@@ -176,6 +177,9 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     tables = [outdir / n for n in ("subjects.csv", "regions.csv", "correlations.csv", "mean_relevance.nii.gz")]
     if args.png:
         tables.append(outdir / "subjects.png")
+        from ._demo_app import require_display
+
+        require_display()
         if args.png_subjects < 1 or args.png_subjects > 24:
             raise UserError(f"--png-subjects must be 1 to 24 (a readable grid), got {args.png_subjects}.")
         if args.png_by and args.png_by not in (subjects[0].covariates if subjects else {}):
@@ -270,8 +274,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
         save_nifti(tables[3], mean.mean, mean.affine)
         write_sidecar(tables[3], {"kind": "cohort-mean-relevance", "subjects": mean.count, "skipped_other_grid": mean.skipped,
                                   "settings": settings, "command": command})
-    if args.png:
-        _subjects_png(args, rows, subjects, outdir, tables[4])
+    png_written = bool(args.png) and _subjects_png(args, rows, subjects, outdir, tables[4])
     summary = {"kind": "cohort", "command": command, "settings": settings, "method_params": method.parse(params),
                "model": {"source": str(args.model), "name": model.name, "sha256": model.sha256},
                "atlas": {"name": atlas.name, "threshold_percent": args.atlas_threshold} if atlas is not None else None,
@@ -284,7 +287,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     print(f"{len(subjects) - len(failures)} of {len(subjects)} subjects explained ({reused} reused) in "
           f"{time.perf_counter() - t0:.1f} s; mean map over {mean.count}; wrote {outdir}/subjects.csv"
           + (", regions.csv" if atlas is not None else "") + (", correlations.csv" if corr else "")
-          + (", subjects.png" if args.png else ""))
+          + (", subjects.png" if png_written else ""))
     for c in corr[:3]:
         print(f"  r = {c['r']:+.3f} (p = {c['p']:.2g}, n = {c['n']}): {c['measure']} in {c['region']} vs {c['covariate']}")
     for k, v in (summary["readouts"] or {}).items():

@@ -56,6 +56,14 @@ def populate_viewer(viewer, volume, mask, rel) -> None:
     viewer.camera.zoom *= 0.9
 
 
+def require_display() -> None:
+    """Raise :class:`UserError` now (before long work) if a screenshot could not be rendered later."""
+    if os.environ.get("DISPLAY") or not sys.platform.startswith("linux") or shutil.which("Xvfb"):
+        return
+    raise UserError("no display and no Xvfb to render the screenshot; install xvfb (apt-get install xvfb "
+                    "libgl1-mesa-dri) or leave out --png.")
+
+
 @contextmanager
 def virtual_display():
     """A private Xvfb display when there is none; a no-op when a display exists."""

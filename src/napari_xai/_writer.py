@@ -39,16 +39,19 @@ def _write(path: str, data, meta: dict, kind: str) -> list[str]:
         arr = arr.astype(np.uint16)
     md = meta.get("metadata") or {}
     affine = _affine_of(meta)
+    prov = md.get("provenance") if isinstance(md.get("provenance"), dict) else None
+    signed = md.get("xai_relevance")
+    if signed is not None and np.shape(signed) == arr.shape[-3:]:
+        # a relevance layer shows one sign of the map; the file holds the whole signed map it came from
+        arr = np.asarray(signed, dtype=np.float32)
     save_nifti(p, arr, affine, header=md.get("nifti_header"))
-    record = {
-        "kind": md.get("provenance", {}).get("kind", kind) if isinstance(md.get("provenance"), dict) else kind,
-        "layer": meta.get("name"),
-        "saved": now_iso(),
-        "file": p.name,
-        "affine": affine.tolist(),
-        "provenance": md.get("provenance"),
-        "versions": package_versions(),
-    }
+    saved = {"layer": meta.get("name"), "saved": now_iso(), "affine": affine.tolist()}
+    if prov is not None and "method" in prov:
+        # the same record as 'napari-xai explain' writes, so the reader, the widget and 'reproduce' read it alike
+        record = {**prov, **saved, "output": p.name, "signed_relevance": signed is not None}
+    else:
+        record = {"kind": prov.get("kind", kind) if prov else kind, **saved, "file": p.name, "provenance": prov,
+                  "versions": package_versions()}
     write_sidecar(p, record)
     return [str(p)]
 

@@ -516,6 +516,9 @@ class CheckPanel(QWidget):
     def _start(self, work, message: str, done) -> None:
         if self._worker is not None:
             return
+        if getattr(self.host, "busy", False):  # one model for both tabs (LRP merges BatchNorm into it while it runs)
+            self._fail("the designer is still running (Run/Compare); wait for it or cancel it first.")
+            return
         self._cancel.clear()
         for b in self._buttons:
             b.setEnabled(False)

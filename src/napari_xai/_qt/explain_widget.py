@@ -172,9 +172,12 @@ class ExplainWidget(Container):
         ]
 
     def _result_choices(self, *_):
+        from ..core.reproduce import relevance_record
+
         seen = {}
         for layer in self._viewer.layers:
             record = layer.metadata.get("provenance") if hasattr(layer, "metadata") else None
+            record = relevance_record(record) if isinstance(record, dict) else None
             if isinstance(record, dict) and record.get("kind") in (None, "relevance") and "method" in record:
                 seen.setdefault(id(record), layer.name)  # the (+) and (−) layers share one record
         return list(seen.values())
@@ -214,7 +217,7 @@ class ExplainWidget(Container):
 
     def use_settings(self, layer_name: str | None = None) -> None:
         """Fill the widget from a relevance layer's provenance record: model, method, parameters, target."""
-        from ..core.reproduce import explain_arguments
+        from ..core.reproduce import explain_arguments, relevance_record
 
         name = layer_name or self.settings_from.value
         try:
@@ -224,6 +227,7 @@ class ExplainWidget(Container):
             if not isinstance(record, dict):
                 raise UserError(f"layer '{name}' has no provenance record; open the relevance file with its .json sidecar.")
             args = explain_arguments(record)
+            record = relevance_record(record)
             model = record.get("model") or {}
             kind, src = model.get("kind"), str(model.get("source") or "")
             if kind not in ("demo", "bundle", "python", "torchscript"):
@@ -353,6 +357,7 @@ class ExplainWidget(Container):
         key = (source, json.dumps(extra, sort_keys=True), device, bool(self.trust.value))
         trust = bool(self.trust.value)
         self._cancel.clear()
+        self._loaded = None  # set by the worker once this run's model loaded
         self._progress[:] = [0.0, "loading model"]
 
         from napari.qt.threading import create_worker

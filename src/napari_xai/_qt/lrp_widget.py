@@ -1304,6 +1304,9 @@ class LrpDesignerWidget(QWidget):
         )
 
     def _start(self, work, message: str) -> None:
+        if self.check.busy:  # both tabs use one model (LRP merges BatchNorm into it while it runs)
+            self._fail("the Check tab is still running; wait for it or cancel it there.")
+            return
         self._cancel.clear()
         self._progress[:] = [0.0, message]
         self.run_btn.setEnabled(False)

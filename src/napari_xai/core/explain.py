@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import os
+
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -109,6 +111,12 @@ def prepare_input(volume: Volume, model: Any, normalization: str | None = None, 
     data = to_model_grid(volume.model_copy(), model_shape, mode)
     x = torch.from_numpy(np.ascontiguousarray(data))[None].to(model.device)
     return x, resampled, tuple(int(s) for s in model_shape), mode
+
+
+def _absolute_source(source: str) -> str:
+    """The model source with its file part made absolute (``net.py:Net``, a bundle folder, a file), if it exists."""
+    path, sep, cls = source.rpartition(":") if ".py:" in source else (source, "", "")
+    return os.path.abspath(path) + sep + cls if path and os.path.exists(path) else source
 
 
 def to_model_grid(data: np.ndarray, model_shape, mode: str) -> np.ndarray:
@@ -397,6 +405,7 @@ def explain(
         "input": {
             "name": volume.name,
             "files": files,
+            "absolute": [os.path.abspath(f) if os.path.exists(f) else f for f in files],
             "sha256": file_hashes(files),
             "shape": list(volume.shape),
             "channels": volume.channels,
@@ -412,6 +421,7 @@ def explain(
             "normalization": norm_mode,
             "device": str(model.device),
             "notes": list(getattr(model, "notes", None) or []),
+            "source_absolute": _absolute_source(str(model.source)),
             "weights": getattr(model, "weights", None),
             "model_kwargs": dict(getattr(model, "model_kwargs", None) or {}),
             "files": dict(getattr(model, "files", None) or {}),

@@ -71,9 +71,11 @@ def _inputs(record: dict, given: list[str] | None, base: Path | None, checks: li
     if not files:
         raise UserError("the record names no input file (the input was a napari layer without a file); "
                         "give it with --input FILE.nii.gz.")
+    absolute = [str(a) for a in rec.get("absolute") or []]
     paths = []
-    for f in files:
-        p = _resolve(f, base)
+    for k, f in enumerate(files):
+        p = _resolve(absolute[k], None) if k < len(absolute) else None
+        p = p or _resolve(f, base)
         if p is None:
             raise UserError(f"input file {f} is not found; give the input with --input FILE.nii.gz.")
         paths.append(p)
@@ -96,7 +98,9 @@ def _model(record: dict, source: str | None, weights: str | None, device: str | 
     from .models import load_model
 
     rec = record.get("model") or {}
-    src = source or rec.get("source")
+    src = source or (rec.get("source_absolute") if rec.get("source_absolute") and
+                     _resolve(str(rec["source_absolute"]).rsplit(":", 1)[0] if ".py:" in str(rec["source_absolute"])
+                              else str(rec["source_absolute"]), None) else None) or rec.get("source")
     if not src:
         raise UserError("the record names no model; give it with --model.")
     wts = weights or rec.get("weights")
@@ -121,9 +125,26 @@ def _model(record: dict, source: str | None, weights: str | None, device: str | 
     return model
 
 
+def relevance_record(record: dict) -> dict:
+    """The relevance record itself: a map saved from napari wraps it as ``{"provenance": {...}, "file": ...}``."""
+    inner = record.get("provenance")
+    if "method" not in record and isinstance(inner, dict) and "method" in inner:
+        out = dict(inner)
+        if record.get("file"):
+            out["output"] = record["file"]  # the saved file, beside its sidecar
+        return out
+    return record
+
+
 def explain_arguments(record: dict) -> dict:
     """The :func:`explain` keyword arguments a record asks for (method, params, target, seed, grid, ...)."""
     from .registry import get_method
+
+    record = relevance_record(record)
+    randomized = (record.get("sanity") or {}).get("randomized_layers")
+    if randomized:
+        raise UserError(f"this map comes from a sanity check with {len(randomized)} randomized layer(s); it cannot be "
+                        "made again from the intact model. Run 'napari-xai sanity' with the recorded seed instead.")
 
     if record.get("kind") not in (None, "relevance"):
         kind = record.get("kind")
@@ -212,6 +233,7 @@ def reproduce(record: dict, *, sidecar: str | os.PathLike | None = None, inputs:
 
     base = Path(sidecar).resolve().parent if sidecar else None
     checks: list[str] = []
+    record = relevance_record(record)
     kwargs = explain_arguments(record)
     seg = record.get("segmentation") or {}
     if seg.get("mask") == "mask":
