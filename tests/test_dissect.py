@@ -27,7 +27,7 @@ import torch
 from model_factory import run_cli
 
 from napari_xai.core.atlas import load_atlas
-from napari_xai.core.dissect import dissect, iou_table
+from napari_xai.core.dissect import dissect
 from napari_xai.core.errors import UserError
 from napari_xai.core.models import LoadedModel, ModelSpec
 from napari_xai.core.volumes import Volume
@@ -102,12 +102,6 @@ def test_channels_get_their_hand_computed_regions(setup):
         dissect(model, [vol], atlas, "fc")
     with pytest.raises(UserError, match="quantile"):
         dissect(model, [vol], atlas, "mix", quantile=1.0)
-
-
-def test_iou_table_counts_by_hand():
-    masks = np.array([[1, 1, 0, 0], [0, 1, 1, 1]], bool)
-    labels = np.array([0, 1, 2, 2])
-    np.testing.assert_array_equal(iou_table(masks, labels, 2), [[1, 1, 0], [0, 1, 2]])
 
 
 def test_cli_with_relevance_shares(setup, capsys):

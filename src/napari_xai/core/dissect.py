@@ -68,18 +68,10 @@ class Dissection:
                 f"{len(regions)} regions in all; {dead} dead channels")
 
 
-def iou_table(masks: np.ndarray, labels: np.ndarray, n_regions: int) -> np.ndarray:
-    """(channels, n_regions + 1) intersections of each channel mask with each label value (0 = outside)."""
-    k = masks.shape[0]
-    out = np.zeros((k, n_regions + 1), dtype=np.int64)
-    flat = labels.ravel()
-    for c in range(k):
-        out[c] = np.bincount(flat[masks[c].ravel()], minlength=n_regions + 1)[: n_regions + 1]
-    return out
-
-
-def layer_activations(model: Any, volume, layer: str | None = None) -> tuple[str, np.ndarray]:
-    """(layer name, activations (C, i, j, k) on the volume grid) of one layer for one volume."""
+def layer_activations(model: Any, volume, layer: str | None = None,
+                      to_volume_grid: bool = True) -> tuple[str, np.ndarray]:
+    """(layer name, activations (C, ...)) of one layer for one volume: on the volume grid (trilinear), or as the
+    layer gives them (``to_volume_grid=False``)."""
     import torch
 
     from . import geometry
@@ -118,7 +110,7 @@ def layer_activations(model: Any, volume, layer: str | None = None) -> tuple[str
         shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
         raise UserError(f"layer {layer!r} gives {shape}, not a 3D feature map (N, C, d, h, w); choose a convolution or activation.")
     acts = out.detach().float().cpu().numpy()[0]
-    if acts.shape[1:] != tuple(volume.shape):
+    if to_volume_grid and acts.shape[1:] != tuple(volume.shape):
         acts = geometry.resize(acts, tuple(volume.shape))
     return layer, acts.astype(np.float32, copy=False)
 
@@ -153,40 +145,56 @@ def dissect(model: Any, volumes: Sequence, atlas: Any, layer: str | None = None,
     if not volumes:
         raise UserError("give at least one volume to dissect.")
     thr = DEFAULT_PROB_THRESHOLD if atlas_threshold is None else atlas_threshold
-    acts, labels = [], []
+    # pass 1: the layer's own activations (small: the feature-map grid) give each channel's threshold, as in
+    # Bau et al., who take the quantile over the raw activation maps and then upsample
+    raw_acts: list[np.ndarray] = []
     for n, vol in enumerate(volumes):
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled by the user")
         if progress is not None:
-            progress(n / len(volumes), f"activations of {vol.name or f'volume {n + 1}'}")
-        name, a = layer_activations(model, vol, layer)
+            progress(0.5 * n / len(volumes), f"activations of {vol.name or f'volume {n + 1}'}")
+        name, a = layer_activations(model, vol, layer, to_volume_grid=False)
         layer = name
-        if acts and a.shape[0] != acts[0].shape[0]:
-            raise UserError(f"volume {n + 1} gives {a.shape[0]} channels at {name}, the first gave {acts[0].shape[0]}.")
-        grid = atlas_on_grid(atlas, vol.shape, vol.affine, threshold=thr)
-        acts.append(a.reshape(a.shape[0], -1))
-        labels.append(np.asarray(grid.labels).ravel())
-    A = np.concatenate(acts, axis=1)
-    raw = np.concatenate(labels)
-    values = np.unique(raw[raw > 0])  # label values present, compacted to 1..n_regions
-    L = np.zeros(raw.shape, dtype=np.int64)
-    L[raw > 0] = np.searchsorted(values, raw[raw > 0]) + 1
-    n_regions = int(values.size)
-    names = [atlas.name_of(int(v)) or f"label {int(v)}" for v in values]
+        if raw_acts and a.shape[0] != raw_acts[0].shape[0]:
+            raise UserError(f"volume {n + 1} gives {a.shape[0]} channels at {name}, the first gave {raw_acts[0].shape[0]}.")
+        raw_acts.append(a)
+    A = np.concatenate([a.reshape(a.shape[0], -1) for a in raw_acts], axis=1)
+    n_channels = A.shape[0]
     thresholds = np.quantile(A, float(quantile), axis=1)
     lowest = A.min(axis=1)
     dead = A.max(axis=1) == lowest  # constant (e.g. all zero after a ReLU): it says nothing about the input
-    # ties count: a channel whose top values are all equal keeps all of them; but voxels at the channel's
-    # minimum (a ReLU's zeros) never join its mask, even when they fill the quantile
-    masks = (A >= thresholds[:, None]) & (A > lowest[:, None])
-    inter = iou_table(masks, L, n_regions)[:, 1:]
-    region_size = np.bincount(L, minlength=n_regions + 1)[1:]
-    mask_size = masks.sum(axis=1)
+    del A
+    # pass 2, one subject at a time: upsample, threshold, count overlaps with every region
+    from . import geometry
+
+    grids = [np.asarray(atlas_on_grid(atlas, v.shape, v.affine, threshold=thr).labels) for v in volumes]
+    values = np.unique(np.concatenate([np.unique(g[g > 0]) for g in grids]))  # label values present
+    n_regions = int(values.size)
+    names = [atlas.name_of(int(v)) or f"label {int(v)}" for v in values]
+    inter = np.zeros((n_channels, n_regions + 1), dtype=np.int64)
+    region_size = np.zeros(n_regions + 1, dtype=np.int64)
+    mask_size = np.zeros(n_channels, dtype=np.int64)
+    for n, (vol, a, lab) in enumerate(zip(volumes, raw_acts, grids)):
+        if should_stop is not None and should_stop():
+            raise Cancelled("cancelled by the user")
+        if progress is not None:
+            progress(0.5 + 0.5 * n / len(volumes), f"regions of {vol.name or f'volume {n + 1}'}")
+        L = np.zeros(lab.shape, dtype=np.int64)
+        L[lab > 0] = np.searchsorted(values, lab[lab > 0]) + 1
+        region_size += np.bincount(L.ravel(), minlength=n_regions + 1)[: n_regions + 1]
+        for c in range(n_channels):
+            up = a[c] if a.shape[1:] == tuple(vol.shape) else geometry.resize(a[c:c + 1], tuple(vol.shape))[0]
+            # ties count: a channel whose top values are all equal keeps all of them; but voxels at the
+            # channel's minimum (a ReLU's zeros) never join its mask, even when they fill the quantile
+            m = (up >= thresholds[c]) & (up > lowest[c]) if not dead[c] else np.zeros(up.shape, bool)
+            mask_size[c] += int(m.sum())
+            inter[c] += np.bincount(L[m], minlength=n_regions + 1)[: n_regions + 1]
+    inter, region_size = inter[:, 1:], region_size[1:]
     union = mask_size[:, None] + region_size[None, :] - inter
     iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
     iou[:, region_size == 0] = 0.0
     rows = []
-    for c in range(A.shape[0]):
+    for c in range(n_channels):
         order = np.argsort(-iou[c], kind="stable") if n_regions else np.array([], int)
         best = int(order[0]) if order.size else -1
         second = int(order[1]) if order.size > 1 else -1
