@@ -30,7 +30,7 @@ from qtpy.QtCore import QTimer
 
 from ..core.errors import Cancelled, UserError
 from ..core.registry import Param, all_methods, get_method
-from ._jobs import fail, report_error
+from ._jobs import fail, report_error, start_worker
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -360,8 +360,6 @@ class ExplainWidget(Container):
         self._loaded = None  # set by the worker once this run's model loaded
         self._progress[:] = [0.0, "loading model"]
 
-        from napari.qt.threading import create_worker
-
         def work():
             # Errors are returned, not raised: the main thread decides what the user sees.
             try:
@@ -387,16 +385,11 @@ class ExplainWidget(Container):
             )
             return key, model, rel
 
-        worker = create_worker(work, _start_thread=False)
-        worker.returned.connect(self._on_outcome)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
         self.run_btn.enabled = False
         self.cancel_btn.enabled = True
         self.status.value = "running…"
         self._timer.start()
-        worker.start()
+        self._worker = start_worker(work, returned=self._on_outcome, errored=self._on_error, finished=self._on_finished)
 
     def cancel(self, *_):
         self._cancel.set()

@@ -113,6 +113,15 @@ def prepare_input(volume: Volume, model: Any, normalization: str | None = None, 
     return x, resampled, tuple(int(s) for s in model_shape), mode
 
 
+def same_target_kwargs(rel: Any, kwargs: dict) -> dict:
+    """:func:`explain` keyword arguments that keep ``rel``'s target for other inputs or models: a segmentation
+    result's mask is fixed (a point or predicted region could pick another one after a change)."""
+    if getattr(rel, "mask", None) is None:
+        return dict(kwargs)
+    kw = {k: v for k, v in kwargs.items() if k != "point"}
+    return {**kw, "segmentation": True, "mask": rel.mask}
+
+
 def _absolute_source(source: str) -> str:
     """The model source with its file part made absolute (``net.py:Net``, a bundle folder, a file), if it exists."""
     path, sep, cls = source.rpartition(":") if ".py:" in source else (source, "", "")

@@ -238,14 +238,6 @@ class SensitivityResult:
                 "spearman": [_num(v) for v in self.spearman], "notes": list(self.notes)}
 
 
-def _same_target(rel: Any, kwargs: dict) -> dict:
-    """explain() keyword arguments that keep ``rel``'s target mask (segmentation) for other inputs."""
-    if rel.mask is None:
-        return dict(kwargs)
-    kw = {k: v for k, v in kwargs.items() if k != "point"}
-    return {**kw, "segmentation": True, "mask": rel.mask}
-
-
 def max_sensitivity(
     volume: Volume,
     model: Any,
@@ -280,7 +272,7 @@ def max_sensitivity(
         Go to every :func:`explain` call (``normalization``, ``input_shape``,
         ``segmentation``, ``mask``, ``point``, ``output_index``).
     """
-    from .explain import explain
+    from .explain import explain, same_target_kwargs
     from .sanity import _rank_correlation, _ranks
 
     if not np.isfinite(radius) or float(radius) < 0:
@@ -297,7 +289,7 @@ def max_sensitivity(
     if original is None:
         original = explain(volume, model, method, params=params, target=target, seed=seed,
                            progress=sub(0, "original"), should_stop=should_stop, **explain_kwargs)
-    kwargs = _same_target(original, explain_kwargs)
+    kwargs = same_target_kwargs(original, explain_kwargs)
     data = volume.model_copy()
     radii = float(radius) * intensity_ranges(data)
     if perturbations is None:
@@ -540,7 +532,7 @@ def evaluate(
     map's class. ``multiply_by_inputs="auto"`` sets it for contribution maps
     (:func:`is_contribution_map`) under square removal.
     """
-    from .explain import explain
+    from .explain import explain, same_target_kwargs
     from .perturbation import Scorer
 
     ctx = RunContext(progress=progress, should_stop=should_stop)
@@ -556,7 +548,7 @@ def evaluate(
                            progress=part(share["explain"], hi, "sensitivity"), should_stop=should_stop,
                            **explain_kwargs)
     if scorer is None or scorer.target != rel.target:
-        scorer = Scorer(model, volume, rel.target, **_same_target(rel, explain_kwargs))
+        scorer = Scorer(model, volume, rel.target, **same_target_kwargs(rel, explain_kwargs))
     if multiply_by_inputs == "auto":
         multiply_by_inputs = kind == "square" and is_contribution_map(rel.method)
     infd = infidelity(model, volume, rel.data, kind=kind, samples=infidelity_samples, seed=seed, noise=noise,

@@ -581,7 +581,7 @@ def sanity_check(
     ``explain_kwargs`` go to every :func:`explain` call (``normalization``,
     ``input_shape``, ``segmentation``, ``mask``, ``point``, ``output_index``).
     """
-    from .explain import explain, prepare_input
+    from .explain import explain, prepare_input, same_target_kwargs
     from .registry import get_method
 
     entry = get_method(method)
@@ -600,9 +600,7 @@ def sanity_check(
                       progress=step_progress, should_stop=should_stop, **fixed["kwargs"])
         if not records:
             fixed["target"] = rel.target
-            if rel.mask is not None:
-                kw = {key: v for key, v in fixed["kwargs"].items() if key != "point"}
-                fixed["kwargs"] = {**kw, "segmentation": True, "mask": rel.mask}
+            fixed["kwargs"] = same_target_kwargs(rel, fixed["kwargs"])
             fixed["first"] = rel
         for w in rel.warnings:  # each message once, naming the first randomized step that raised it
             if w not in seen:
