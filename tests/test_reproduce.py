@@ -110,7 +110,12 @@ def test_segmentation_mask_file_is_recorded_and_a_drawn_mask_must_be_given(tmp_p
     record = json.loads((tmp_path / "seg.json").read_text())
     assert record["segmentation"]["mask_file"] == str(mask.resolve())
     code, stdout, err = run_cli(capsys, "reproduce", tmp_path / "seg.json")
-    assert code == 0 and "checked mask" in stdout, err
+    assert code == 0 and "checked mask" in stdout and "SHA-256 matches" in stdout, err
+    saved = mask.read_bytes()
+    nib.save(nib.Nifti1Image(np.pad(np.ones((4, 4, 4), np.uint8), 6), np.eye(4)), str(mask))  # the mask changed
+    code, _, err = run_cli(capsys, "reproduce", tmp_path / "seg.json")
+    assert code == 2 and "target mask" in err and "changed" in err
+    mask.write_bytes(saved)
     del record["segmentation"]["mask_file"]  # as from a mask drawn in napari
     (tmp_path / "drawn.json").write_text(json.dumps(record))
     code, _, err = run_cli(capsys, "reproduce", tmp_path / "drawn.json")
@@ -183,3 +188,21 @@ def test_sidecars_write_null_for_nan():
 
     assert json.loads(to_json({"r": float("nan"), "a": np.array([1.0, np.inf]), "n": np.float32("nan")})) == {
         "r": None, "a": [1.0, None], "n": None}
+
+
+def test_a_channel_summed_map_is_compared_with_the_new_sum(tmp_path, capsys):
+    """compare and cohort write the relevance summed over channels: reproduce compares sums then."""
+    from napari_xai.core.explain import explain
+    from napari_xai.core.models import load_model
+    from napari_xai.core.provenance import write_sidecar
+    from napari_xai.core.volumes import load_nifti, save_nifti, stack_channels
+
+    src, weights, kwargs = python_source(tmp_path / "net", in_channels=2, seed=5)
+    a, b = nifti(tmp_path / "a.nii.gz", shape=(8, 8, 8), seed=1), nifti(tmp_path / "b.nii.gz", shape=(8, 8, 8), seed=2)
+    vol = stack_channels([load_nifti(a), load_nifti(b)])
+    rel = explain(vol, load_model(src, weights=weights, model_kwargs=kwargs), "input-x-gradient", target=0)
+    out = tmp_path / "summed.nii.gz"
+    save_nifti(out, rel.data.sum(axis=0), rel.affine)
+    write_sidecar(out, {**rel.provenance, "output": str(out)})
+    code, stdout, err = run_cli(capsys, "reproduce", tmp_path / "summed.json")
+    assert code == 0 and "sums the 2 channels" in stdout and "reproduced:" in stdout, err

@@ -241,8 +241,14 @@ def reproduce(record: dict, *, sidecar: str | os.PathLike | None = None, inputs:
             p = _resolve(seg["mask_file"], base)
             if p is None:
                 raise UserError(f"the target mask {seg['mask_file']} is not found; give it with --mask.")
+            from .provenance import file_hashes
+
+            want, have = seg.get("mask_sha256"), file_hashes([str(p)]).get(str(p))
+            if want and have != want:
+                raise UserError(f"the target mask {p} changed since the result was made (SHA-256 {have[:12]}… is not "
+                                f"the recorded {want[:12]}…); give the original with --mask.")
             mask = load_nifti(p).data[0]
-            checks.append(f"mask: {p}")
+            checks.append(f"mask: {p} (SHA-256 {'matches' if want else 'not recorded'})")
         if mask is None:
             raise UserError("the result explained a mask drawn in napari (no file); save it and give it with --mask.")
         kwargs["mask"] = np.asarray(mask) != 0
@@ -258,7 +264,11 @@ def reproduce(record: dict, *, sidecar: str | os.PathLike | None = None, inputs:
             p = _resolve(Path(str(out)).name, base)
         if p is not None:
             old = load_nifti(p).data
-            comparison = compare_maps(rel.data, old, tolerance)
+            new = rel.data
+            if old.shape[0] == 1 and new.shape[0] > 1 and old.shape[1:] == new.shape[1:]:
+                new = new.sum(axis=0, keepdims=True)  # the recorded map is the channel sum (cohort and compare maps)
+                checks.append(f"the recorded map sums the {rel.data.shape[0]} channels; compared with the new sum")
+            comparison = compare_maps(new, old, tolerance)
             comparison["recorded_file"] = str(p)
             checks.append(f"recorded map: {p}")
         else:
