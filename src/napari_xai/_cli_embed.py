@@ -162,8 +162,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
                 "explained_variance_ratio": ratio[:10], "explained_variance": [float(v) for v in result.explained_variance[:10]]},
         "outliers": {"k": outl.k, "robust_z_threshold": outl.threshold, "space": "all principal components (= feature space)",
                      "flagged": flagged, "median_knn_distance": float(np.median(outl.distance))},
-        "correlations": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in c.items()}
-                         for c in corr],
+        "correlations": corr,  # to_json writes NaN (an undefined r) as null
         "png": {"file": FILES[2], "width": PNG_SIZE[0], "height": PNG_SIZE[1], "color": args.color or "predicted class"},
         "subjects": len(subjects), "ok": len(ok), "failures": failures,
         "seconds": round(time.perf_counter() - t0, 2), "versions": package_versions(),

@@ -17,7 +17,6 @@ without ``--overwrite``; if a step fails, nothing is written.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -57,11 +56,6 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_sanity)
     return p
-
-
-def _json_number(v):
-    """NaN (an undefined correlation of a constant map) is not JSON: write null."""
-    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def _check_args(args: argparse.Namespace) -> Path | None:
@@ -122,7 +116,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     for w in result.warnings:
         print(f"napari-xai: warning: {w}", file=sys.stderr)
     command = getattr(args, "command_line", "napari-xai sanity")
-    rows = [{k: _json_number(v) for k, v in r.items()} for r in result.rows]
+    rows = result.rows  # to_json writes an undefined correlation (NaN, a constant map) as null
     if outdir is not None:
         written: list[Path] = []
         files = []
