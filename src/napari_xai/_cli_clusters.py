@@ -168,7 +168,7 @@ def save_outputs_with_regions(result, regions: dict | None, atlas: dict | None, 
     from .core import postprocess as pp
     from .core.explorer import save_outputs
     from .core.provenance import sidecar_path
-    from .core.volumes import remove_files
+    from .core.volumes import written_or_removed
 
     if regions is None or table_path is None:
         return save_outputs(result, labels_path=labels_path, filtered_path=filtered_path, table_path=table_path,
@@ -182,11 +182,8 @@ def save_outputs_with_regions(result, regions: dict | None, atlas: dict | None, 
     written = save_outputs(annotated, table_path=t, extra=table_extra, **kwargs)
     if not others:
         return written
-    try:
+    with written_or_removed(*written) as written:
         written += save_outputs(result, labels_path=labels_path, filtered_path=filtered_path, extra=extra, **kwargs)
-    except BaseException:
-        remove_files(written)
-        raise
     return written
 
 

@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_common import add_model_options, load_model_from
+from ._cli_common import add_model_options, check_out_dir, load_model_from
 from .core.errors import UserError
 from .core.metrics import MASK_READOUTS
 
@@ -167,9 +167,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     from .core.volumes import atomic_write_bytes, load_nifti, save_nifti, stack_channels
 
     t0 = time.perf_counter()
-    outdir = Path(args.out_dir)
-    if outdir.exists() and not outdir.is_dir():
-        raise UserError(f"--out-dir {outdir} is a file; give a folder.")
+    outdir = check_out_dir(args.out_dir)
     subjects = subjects_from_inputs(args.inputs)
     params = _parse_params(args.param)
     method = get_method(args.method)
@@ -185,11 +183,8 @@ def cmd_cohort(args: argparse.Namespace) -> int:
         if args.png_by and args.png_by not in (subjects[0].covariates if subjects else {}):
             raise UserError(f"--png-by {args.png_by!r} is not a covariate of the cohort table; use one of: "
                             f"{', '.join(subjects[0].covariates) or 'none (the table has no covariates)'}.")
-    if not args.overwrite:
-        existing = [p for p in tables if p.exists()]
-        if existing:
-            raise UserError(f"{existing[0]} exists; choose another --out-dir or pass --overwrite (maps made with the "
-                            "same settings are reused either way).")
+    check_out_dir(outdir, [p.name for p in tables], args.overwrite,
+                  note=" (maps made with the same settings are reused either way)")
     atlas = None
     if args.atlas:
         if not 0.0 <= args.atlas_threshold <= 100.0:

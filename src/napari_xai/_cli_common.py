@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from .core.errors import UserError
 
 TRUST_HELP = ("allow full unpickling and bundle code execution: this RUNS CODE from the model files; "
               "use only for files you trust")
@@ -34,3 +37,38 @@ def load_model_from(args: argparse.Namespace):
 
     return load_model(args.model, weights=args.weights, model_kwargs=args.model_kwargs,
                       device=getattr(args, "device", None), trust=args.trust_model)
+
+
+def check_out_dir(path, names=(), overwrite: bool = False, option: str = "--out-dir", note: str = "") -> Path:
+    """An output folder: refuse a file in its place and, without ``--overwrite``, any of ``names`` already in it.
+
+    ``names`` are file names or glob patterns (``"[0-9][0-9]_*.nii.gz"``); the first existing one is named,
+    literal names in the given order, then each pattern's matches sorted. ``note`` ends the message.
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{option} {out} is a file; give a folder.")
+    if not overwrite and out.is_dir():
+        for name in names:
+            found = sorted(out.glob(name)) if any(c in name for c in "*?[") else [out / name] if (out / name).exists() else []
+            if found:
+                raise UserError(f"{found[0]} exists; choose another {option} or pass --overwrite{note}.")
+    return out
+
+
+def check_out_file(path, overwrite: bool, suffix: str, option: str = "--out") -> Path:
+    """An output file: ``suffix`` (".csv", ".json", or "nifti" for .nii/.nii.gz), not there yet unless
+    ``overwrite``, and its folder exists."""
+    from .core.volumes import is_nifti_path
+
+    out = Path(path)
+    if suffix == "nifti":
+        if not is_nifti_path(out):
+            raise UserError(f"{option} {path} must end in .nii or .nii.gz.")
+    elif out.suffix.lower() != suffix:
+        raise UserError(f"{option} {path} must end in {suffix}.")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists; choose another {option} or pass --overwrite.")
+    if not out.parent.exists():
+        raise UserError(f"the folder of {option} does not exist: {out.parent}")
+    return out

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from ._cli_common import check_out_dir
 from .core.errors import UserError
 
 HELP = "explain one input with several methods/LRP configurations, targets and models; one cell each"
@@ -111,11 +112,9 @@ def _whats(args) -> tuple[list[tuple[str, str]], dict]:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .core.compare import cell_limits, common_limit, plan, run_comparison, slug
     from .core.provenance import to_json, write_sidecar
-    from .core.volumes import atomic_write_bytes, load_nifti, remove_files, save_nifti, stack_channels
+    from .core.volumes import atomic_write_bytes, load_nifti, save_nifti, stack_channels, written_or_removed
 
-    outdir = Path(args.out_dir)
-    if outdir.exists() and not outdir.is_dir():
-        raise UserError(f"--out-dir {outdir} is a file; give a folder.")
+    outdir = check_out_dir(args.out_dir)
     whats, configs = _whats(args)
     targets = args.target or [None]
     volume = stack_channels([load_nifti(p) for p in args.volume])
@@ -141,11 +140,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     models = _models(args)
     items = plan(whats, targets, list(models))
     table, png = outdir / "comparison.json", outdir / "comparison.png"
-    if not args.overwrite:
-        # cell file names depend on the class names, known only after the run: any earlier comparison blocks
-        existing = [p for p in (table, png) if p.exists()] + sorted(outdir.glob("[0-9][0-9]_*.nii.gz"))
-        if existing:
-            raise UserError(f"{existing[0]} exists; choose another --out-dir or pass --overwrite.")
+    # cell file names depend on the class names, known only after the run: any earlier comparison blocks
+    check_out_dir(outdir, [table.name, png.name, "[0-9][0-9]_*.nii.gz"], args.overwrite)
     last = [-1.0]
 
     def progress(frac: float, msg: str) -> None:
@@ -165,9 +161,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     command = getattr(args, "command_line", "napari-xai compare")
     rows = []
     scorers: dict = {}
-    written: list[Path] = []
     outdir.mkdir(parents=True, exist_ok=True)
-    try:
+    with written_or_removed() as written:
         for i, (cell, path) in enumerate(zip(cells, files)):
             rel = cell.relevance
             summed = rel.data.sum(axis=0)
@@ -203,9 +198,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
             with virtual_display():
                 render_png(volume.data[0], [(c.label, c.relevance) for c in cells], shown, png, args.view == "3d")
             written.append(png)
-    except BaseException:
-        remove_files(written)
-        raise
     width = max(len(r["label"]) for r in rows)
     extra = "  mass-in-GT  rank-acc  D(R,GT)  D(R,x)" if truth is not None else ""
     extra += "  AOPC-MoRF  AOPC-rand" if args.flip else ""

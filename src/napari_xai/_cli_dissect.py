@@ -51,7 +51,7 @@ def cmd_dissect(args: argparse.Namespace) -> int:
     from .core.cohort import subjects_from_inputs
     from .core.dissect import dissect
     from .core.provenance import package_versions, sidecar_path, write_sidecar
-    from .core.volumes import atomic_write_bytes, load_nifti, remove_files, stack_channels
+    from .core.volumes import atomic_write_bytes, load_nifti, stack_channels, written_or_removed
 
     out = Path(args.out)
     if out.suffix.lower() != ".csv":
@@ -102,12 +102,9 @@ def cmd_dissect(args: argparse.Namespace) -> int:
               "relevance": {"method": "lrp (γ | ε | 0 composite)", "target": args.target or "predicted"} if args.relevance else None,
               "summary": res.summary(), "output": str(out), "versions": package_versions(),
               "command": getattr(args, "command_line", "napari-xai dissect")}
-    try:
+    with written_or_removed(out, sidecar_path(out)):
         atomic_write_bytes(out, _csv_bytes(header, table))
         write_sidecar(out, record)
-    except BaseException:
-        remove_files((out, sidecar_path(out)))
-        raise
     print(res.summary())
     show = [rows[i] for i in order][:10]
     for r, i in zip(show, order):

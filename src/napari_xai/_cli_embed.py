@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_common import add_model_options, load_model_from
+from ._cli_common import add_model_options, check_out_dir, load_model_from
 from .core.errors import UserError
 
 HELP = "PCA of the learned features of every subject of a cohort; scatter plot, nearest-neighbour outliers"
@@ -65,17 +65,12 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> Path:
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a folder.")
+    out = check_out_dir(args.out, option="--out")
     if args.knn < 1:
         raise UserError(f"--knn must be at least 1, got {args.knn}.")
     if not math.isfinite(args.outlier_z) or args.outlier_z <= 0:
         raise UserError(f"--outlier-z must be a positive number, got {args.outlier_z:g}.")
-    existing = [out / f for f in FILES if (out / f).exists()]
-    if existing and not args.overwrite:
-        raise UserError(f"{existing[0]} exists; choose another --out or pass --overwrite.")
-    return out
+    return check_out_dir(out, FILES, args.overwrite, option="--out")
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -85,7 +80,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from .core.cohort import subjects_from_inputs
     from .core.embedding import check_layer, features, knn_outliers, pc_correlations, pca
     from .core.provenance import now_iso, package_versions, to_json
-    from .core.volumes import atomic_write_bytes, load_nifti, remove_files, stack_channels
+    from .core.volumes import atomic_write_bytes, load_nifti, stack_channels, written_or_removed
 
     t0 = time.perf_counter()
     outdir = _check_args(args)
@@ -167,14 +162,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
         "subjects": len(subjects), "ok": len(ok), "failures": failures,
         "seconds": round(time.perf_counter() - t0, 2), "versions": package_versions(),
     }
-    written: list[Path] = []
-    try:
+    with written_or_removed() as written:
         for name, payload in zip(FILES, (csv_bytes, (to_json(summary) + "\n").encode("utf-8"), png)):
             atomic_write_bytes(outdir / name, payload)
             written.append(outdir / name)
-    except BaseException:
-        remove_files(written)
-        raise
     print(f"{len(ok)} of {len(subjects)} subjects, {first.values.size} features at {first.layer} "
           f"({first.description}); PC1 {ratio[0] * 100:.1f} %, PC2 {(ratio[1] if len(ratio) > 1 else 0.0) * 100:.1f} % "
           f"of the variance; wrote {outdir}/{', '.join(FILES)}")

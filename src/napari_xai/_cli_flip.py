@@ -17,7 +17,7 @@ import csv
 import io
 from pathlib import Path
 
-from ._cli_common import add_model_options, load_model_from
+from ._cli_common import add_model_options, check_out_file, load_model_from
 from .core.errors import UserError
 
 HELP = "flip input regions in the order of relevance map(s) and write the score curves and their AOPC"
@@ -66,15 +66,9 @@ def _target_of(path: str, fallback):
 def cmd_flip(args: argparse.Namespace) -> int:
     from .core.perturbation import Scorer, flip_curve
     from .core.provenance import package_versions, sha256_file, sidecar_path, write_sidecar
-    from .core.volumes import atomic_write_bytes, load_nifti, remove_files, stack_channels
+    from .core.volumes import atomic_write_bytes, load_nifti, stack_channels, written_or_removed
 
-    out = Path(args.out)
-    if out.suffix.lower() != ".csv":
-        raise UserError(f"--out {out} must end in .csv.")
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} exists; choose another --out or pass --overwrite.")
-    if not out.parent.exists():
-        raise UserError(f"the folder of --out does not exist: {out.parent}")
+    out = check_out_file(args.out, args.overwrite, ".csv")
     orders = list(dict.fromkeys(args.order or ["morf", "random"]))
     volume = stack_channels([load_nifti(p) for p in args.volume])
     maps = []
@@ -123,12 +117,9 @@ def cmd_flip(args: argparse.Namespace) -> int:
                    for c in curves],
         "versions": package_versions(),
     }
-    try:
+    with written_or_removed(out, sidecar_path(out)):
         atomic_write_bytes(out, buf.getvalue().encode("utf-8"))
         write_sidecar(out, record)
-    except BaseException:
-        remove_files((out, sidecar_path(out)))
-        raise
     width = max(len(Path(c["relevance"]).name) for c in curves)
     print(f"{'relevance':{width}}  {'target':12}  {'order':7}  {'AOPC':>10}  {'score 0':>10}  {'score end':>10}")
     for c in curves:

@@ -140,7 +140,7 @@ def write_extras(args: argparse.Namespace, rel, header=None, out: Path | None = 
     import numpy as np
 
     from .core.provenance import sidecar_path, write_sidecar
-    from .core.volumes import remove_files, save_nifti
+    from .core.volumes import save_nifti, written_or_removed
 
     jobs: list[tuple[Path, np.ndarray, dict]] = []
     seg_out = getattr(args, "out_segmentation", None)
@@ -161,16 +161,12 @@ def write_extras(args: argparse.Namespace, rel, header=None, out: Path | None = 
             raise UserError(f"{taken[0]} exists; choose another --out or pass --overwrite.")
         jobs += [(p, np.asarray(rel.intermediate[k], np.float32), {"kind": "intermediate", "point": k})
                  for k, p in paths.items()]
-    written: list[Path] = []
-    try:
+    with written_or_removed() as written:
         for path, data, extra in jobs:
             save_nifti(path, data, rel.affine, header=header)
             written.append(path)
             write_sidecar(path, {**rel.provenance, **extra, "output": str(path)})
             written.append(sidecar_path(path))
-    except BaseException:
-        remove_files(written)
-        raise
     return written
 
 

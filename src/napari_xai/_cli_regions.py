@@ -17,20 +17,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from ._cli_common import check_out_file
 from .core.errors import UserError
 
 PROG = "napari-xai"
 
-
-def _check_csv_out(path: str, overwrite: bool) -> Path:
-    out = Path(path)
-    if out.suffix.lower() != ".csv":
-        raise UserError(f"--out {path} must end in .csv.")
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; choose another --out or pass --overwrite.")
-    if not out.parent.exists():
-        raise UserError(f"the folder of --out does not exist: {out.parent}")
-    return out
 
 
 def cmd_regions(args: argparse.Namespace) -> int:
@@ -38,9 +29,9 @@ def cmd_regions(args: argparse.Namespace) -> int:
 
     from .core import atlas as at
     from .core.provenance import now_iso, package_versions, read_sidecar, sha256_file, sidecar_path, write_sidecar
-    from .core.volumes import atomic_write_bytes, load_nifti, remove_files
+    from .core.volumes import atomic_write_bytes, load_nifti, written_or_removed
 
-    out = _check_csv_out(args.out, args.overwrite)
+    out = check_out_file(args.out, args.overwrite, ".csv")
     if not 0.0 <= args.threshold <= 100.0:
         raise UserError(f"--threshold is a probability in percent (0-100), got {args.threshold:g}.")
     rel_vol = load_nifti(args.relevance)
@@ -100,12 +91,9 @@ def cmd_regions(args: argparse.Namespace) -> int:
         "command": getattr(args, "command_line", PROG),
         "versions": package_versions(),
     }
-    try:
+    with written_or_removed(out, sidecar_path(out)):
         atomic_write_bytes(out, table.to_csv().encode("utf-8"))
         write_sidecar(out, record)
-    except BaseException:
-        remove_files((out, sidecar_path(out)))
-        raise
     inside = table.inside_pos
     share = 100.0 * inside / table.total_pos if table.total_pos > 0 else 0.0
     print(

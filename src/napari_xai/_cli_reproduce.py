@@ -45,7 +45,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .cli import PROG, _check_out
     from .core.provenance import read_sidecar, sidecar_path, write_sidecar
     from .core.reproduce import reproduce
-    from .core.volumes import is_nifti_path, load_nifti, remove_files, save_nifti
+    from .core.volumes import is_nifti_path, load_nifti, save_nifti, written_or_removed
 
     side = Path(args.sidecar)
     if is_nifti_path(side):
@@ -72,12 +72,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         record_new = {**rel.provenance, "output": str(out), "reproduces": str(side.resolve()),
                       "comparison": res.comparison,
                       "command": getattr(args, "command_line", PROG)}
-        try:
+        with written_or_removed(out, sidecar_path(out)):
             save_nifti(out, rel.data[0] if rel.data.shape[0] == 1 else rel.data, rel.affine)
             write_sidecar(out, record_new)
-        except BaseException:
-            remove_files((out, sidecar_path(out)))
-            raise
         print(f"wrote {out} and {sidecar_path(out)}")
     c = res.comparison
     if c is None:

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_common import add_model_options, add_segmentation_options, load_model_from
+from ._cli_common import add_model_options, add_segmentation_options, check_out_file, load_model_from
 from .core.errors import UserError
 
 HELP = "measure how stable (max-sensitivity) and faithful (infidelity) attribution maps are"
@@ -91,14 +91,7 @@ def _check_args(args: argparse.Namespace) -> tuple[list[str], Path | None]:
                         "intensities is meaningless).")
     if not args.out:
         return methods, None
-    out = Path(args.out)
-    if out.suffix.lower() != ".json":
-        raise UserError(f"--out {out} must end in .json.")
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} exists; choose another --out or pass --overwrite.")
-    if not out.parent.exists():
-        raise UserError(f"the folder of --out does not exist: {out.parent}")
-    return methods, out
+    return methods, check_out_file(args.out, args.overwrite, ".json")
 
 
 def method_params(methods: list[str], raw: dict[str, str]) -> dict[str, dict]:

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_common import add_model_options, add_segmentation_options, load_model_from
+from ._cli_common import add_model_options, add_segmentation_options, check_out_dir, load_model_from
 from .core.errors import UserError
 
 HELP = "randomize the model's layers (top down) and measure how much the attribution map changes"
@@ -73,14 +73,7 @@ def _check_args(args: argparse.Namespace) -> Path | None:
         raise UserError("--maps writes the maps into the --out folder; give --out FOLDER too.")
     if not args.out:
         return None
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a folder.")
-    existing = [out / "sanity.json"] if (out / "sanity.json").exists() else []
-    existing += sorted(out.glob("[0-9][0-9]*_*.nii.gz")) if out.is_dir() else []
-    if existing and not args.overwrite:
-        raise UserError(f"{existing[0]} exists; choose another --out or pass --overwrite.")
-    return out
+    return check_out_dir(args.out, ["sanity.json", "[0-9][0-9]*_*.nii.gz"], args.overwrite, option="--out")
 
 
 def cmd_sanity(args: argparse.Namespace) -> int:
@@ -89,7 +82,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     from .core.compare import slug
     from .core.provenance import to_json, write_sidecar
     from .core.sanity import sanity_check
-    from .core.volumes import atomic_write_bytes, load_nifti, remove_files, save_nifti, stack_channels
+    from .core.volumes import atomic_write_bytes, load_nifti, save_nifti, stack_channels, written_or_removed
 
     outdir = _check_args(args)
     params = _parse_params(args.param)
@@ -118,9 +111,8 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     command = getattr(args, "command_line", "napari-xai sanity")
     rows = result.rows  # to_json writes an undefined correlation (NaN, a constant map) as null
     if outdir is not None:
-        written: list[Path] = []
         files = []
-        try:
+        with written_or_removed() as written:
             if args.maps:
                 for row, m, rec in zip(result.rows, result.maps, result.step_provenance):
                     path = outdir / f"{row['step']:02d}_{slug(row['layer']) if row['layer'] else 'original'}.nii.gz"
@@ -132,9 +124,6 @@ def cmd_sanity(args: argparse.Namespace) -> int:
                        "seconds": round(seconds, 2), "rows": rows, "files": files}
             atomic_write_bytes(outdir / "sanity.json", (to_json(summary) + "\n").encode("utf-8"))
             written.append(outdir / "sanity.json")
-        except BaseException:
-            remove_files(written)
-            raise
     print_table(result)
     where = f"; wrote {outdir / 'sanity.json'}" + (f" and {len(result.rows)} maps" if args.maps else "") if outdir else ""
     print(f"{len(result.rows) - 1} randomization steps in {seconds:.1f} s{where}")

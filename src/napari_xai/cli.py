@@ -31,16 +31,9 @@ def _parse_params(items: list[str] | None) -> dict[str, str]:
 
 
 def _check_out(path: str, overwrite: bool) -> Path:
-    from .core.volumes import is_nifti_path
+    from ._cli_common import check_out_file
 
-    out = Path(path)
-    if not is_nifti_path(out):
-        raise UserError(f"--out {path} must end in .nii or .nii.gz.")
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; choose another --out or pass --overwrite.")
-    if out.parent and not out.parent.exists():
-        raise UserError(f"the folder of --out does not exist: {out.parent}")
-    return out
+    return check_out_file(path, overwrite, "nifti")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -48,7 +41,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .core.models import load_model
     from .core.provenance import sidecar_path, write_sidecar
     from ._cli_lrp import explain_options, write_extras
-    from .core.volumes import load_nifti, remove_files, save_nifti, stack_channels
+    from .core.volumes import load_nifti, save_nifti, stack_channels, written_or_removed
 
     out = _check_out(args.out, args.overwrite)
     params = _parse_params(args.param)
@@ -83,13 +76,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
         record["segmentation"] = {**record["segmentation"], "mask_file": str(Path(args.mask).resolve()),
                                   "mask_sha256": file_hashes([args.mask]).get(args.mask)}
-    try:
+    with written_or_removed(out, sidecar_path(out)):
         save_nifti(out, data, rel.affine, header=volume.header)
         write_sidecar(out, record)
         extras = write_extras(args, rel, header=volume.header, out=out)
-    except BaseException:
-        remove_files((out, sidecar_path(out)))
-        raise
     probs = ", ".join(f"{k}={v:.3f}" for k, v in rel.probabilities.items())
     print(f"predicted: {rel.provenance['prediction']['name']} ({probs}); explained: {rel.target_name}")
     print(f"wrote {out} and {sidecar_path(out)}" + (f" (+ {len(extras) // 2} more maps)" if extras else ""))

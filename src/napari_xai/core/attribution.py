@@ -89,6 +89,17 @@ def require_eager(model: Any, ctx: RunContext | None, method: str, why: str) -> 
         )
 
 
+def require_hookable(model: Any, what: str, why: str) -> None:
+    """Raise a one-line :class:`UserError` unless ``model`` (a loaded model or its module) is an eager
+    ``nn.Module``: ``what`` ("dissection", ...) works on its layers (``why``), which TorchScript does not expose."""
+    from torch import nn
+
+    module = getattr(model, "module", model)
+    if getattr(model, "is_scripted", False) or isinstance(module, torch.jit.ScriptModule) or not isinstance(module, nn.Module):
+        raise UserError(f"{what} needs an eager nn.Module ({why}), but the model is TorchScript; "
+                        "load it as file.py:Class with --weights.")
+
+
 def check_scores(out: Any, target: int | None = None) -> torch.Tensor:
     """Check that a model output is a (N, classes) tensor and ``target`` indexes a class."""
     if isinstance(out, (tuple, list, dict)):

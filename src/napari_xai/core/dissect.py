@@ -75,12 +75,11 @@ def layer_activations(model: Any, volume, layer: str | None = None,
     import torch
 
     from . import geometry
-    from .attribution import model_session, trace_model
+    from .attribution import model_session, require_hookable, trace_model
     from .explain import _forward, prepare_input
 
     module = model.module
-    if model.is_scripted:
-        raise UserError("dissection hooks a layer, but the model is TorchScript; load it as file.py:Class with --weights.")
+    require_hookable(model, "dissection", "it hooks a layer")
     x, *_ = prepare_input(volume, model)
     with model_session(module):
         modules = dict(module.named_modules())

@@ -101,13 +101,10 @@ def check_layer(model: Any, layer: str | None) -> tuple[str | None, bool]:
     Checks what can be checked without a forward pass: an eager module, and a
     name that exists in ``named_modules()``.
     """
-    import torch
-    from torch import nn
+    from .attribution import require_hookable
 
     module = model.module
-    if model.is_scripted or isinstance(module, torch.jit.ScriptModule) or not isinstance(module, nn.Module):
-        raise UserError("features are read with forward hooks, which need an eager nn.Module, but the model is "
-                        "TorchScript; load it as a .py file with weights.")
+    require_hookable(model, "reading features", "forward hooks")
     name, want_input = _parse_layer(layer)
     modules = dict(module.named_modules())
     if name is not None and name not in modules:

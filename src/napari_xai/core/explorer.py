@@ -298,7 +298,7 @@ def save_outputs(
     write fails, the files written so far are removed. Returns the written paths.
     """
     from .provenance import sidecar_path, write_sidecar
-    from .volumes import atomic_write_bytes, is_nifti_path, remove_files, save_nifti
+    from .volumes import atomic_write_bytes, is_nifti_path, save_nifti, written_or_removed
 
     jobs = []
     if labels_path is not None:
@@ -322,8 +322,7 @@ def save_outputs(
             raise UserError(f"the folder of {p} does not exist.")
         if not overwrite and (p.exists() or sidecar_path(p).exists()):
             raise UserError(f"{p} (or its .json sidecar) exists; choose another name or allow overwriting.")
-    written: list[Path] = []
-    try:
+    with written_or_removed() as written:
         for kind, p in jobs:
             if kind == "clusters":
                 save_nifti(p, result.labels.astype(np.uint16, copy=False), result.affine, header=header)
@@ -338,9 +337,6 @@ def save_outputs(
             written.append(p)
             record = export_record(result, kind, p, source, provenance, {**ex, **(extra or {})})
             written.append(write_sidecar(p, record))
-    except BaseException:
-        remove_files(written)
-        raise
     return written
 
 

@@ -309,13 +309,10 @@ def parametrised_layers(module: Any, x) -> list:
     Traced by one forward pass of ``x`` (see :func:`~napari_xai.core.lrp_config.list_layers`);
     layers that did not run are left out.
     """
-    import torch
-
+    from .attribution import require_hookable
     from .lrp_config import list_layers
 
-    if isinstance(module, torch.jit.ScriptModule):
-        raise UserError("the randomization test replaces the weights of named layers, which needs an eager nn.Module, "
-                        "but the model is TorchScript; load it as file.py:Class with --weights.")
+    require_hookable(module, "the randomization test", "it replaces the weights of named layers")
     layers = [layer for layer in list_layers(module, x) if layer.parameters > 0]
     if not layers:
         raise UserError("the model has no layers with weights of their own; there is nothing to randomize.")
@@ -581,14 +578,13 @@ def sanity_check(
     ``explain_kwargs`` go to every :func:`explain` call (``normalization``,
     ``input_shape``, ``segmentation``, ``mask``, ``point``, ``output_index``).
     """
+    from .attribution import require_hookable
     from .explain import explain, prepare_input, same_target_kwargs
     from .registry import get_method
 
     entry = get_method(method)
     entry.parse(params)  # a bad parameter fails before any work
-    if getattr(model, "is_scripted", False):
-        raise UserError("the randomization test replaces the weights of named layers, which needs an eager nn.Module, "
-                        "but the model is TorchScript; load it as file.py:Class with --weights.")
+    require_hookable(model, "the randomization test", "it replaces the weights of named layers")
     x, *_ = prepare_input(volume, model, explain_kwargs.get("normalization"), explain_kwargs.get("input_shape"))
     fixed: dict = {"target": target, "kwargs": dict(explain_kwargs)}
     records: list[dict] = []

@@ -5,6 +5,7 @@ A :class:`Volume` is float data (C, i, j, k) with its 4x4 affine (voxel -> world
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import tempfile
@@ -153,6 +154,21 @@ def remove_files(paths) -> None:
             Path(path).unlink()
         except FileNotFoundError:
             pass
+
+
+@contextlib.contextmanager
+def written_or_removed(*paths: str | os.PathLike):
+    """Collect the files an export writes; on any exception remove them all, then re-raise.
+
+    Yields a list that starts with ``paths`` (files to remove on failure even if not yet
+    written, e.g. an output and its sidecar); append each further path once it is written.
+    """
+    written: list = list(paths)
+    try:
+        yield written
+    except BaseException:
+        remove_files(written)
+        raise
 
 
 def _umask() -> int:
