@@ -158,8 +158,10 @@ def features(model: Any, volume: Volume, layer: str | None = None, *, pool: bool
     found: dict[str, Any] = {}
 
     def keep(key: str, what: str, m: nn.Module, t: Any, channels_last: bool) -> None:
+        # keep a copy (a later in-place op must not change it) and reduce once after the pass: the last call of
+        # a layer wins, and the default layer's candidates are replaced many times
         if torch.is_tensor(t) and t.ndim >= 1 and t.shape[0] == 1:
-            found[key] = (what, type(m).__name__, tuple(t.shape[1:]), _reduce(t, pool and t.ndim > 2, channels_last))
+            found[key] = (what, type(m).__name__, t.detach().clone(), channels_last)
 
     def make_hook(mname: str, m: nn.Module):
         leaf = not any(True for _ in m.children())
@@ -192,7 +194,9 @@ def features(model: Any, volume: Volume, layer: str | None = None, *, pool: bool
             raise UserError("the model has no linear layer and no layer with a spatial output; choose a layer by name.")
         raise UserError(f"layer {name!r} returned no tensor for a single input in the forward pass (it did not run, "
                         "or returned a tuple); choose another layer.")
-    spec, kind, shape, values = got
+    spec, kind, t, channels_last = got
+    shape = tuple(t.shape[1:])
+    values = _reduce(t, pool and t.ndim > 2, channels_last)
     if not np.all(np.isfinite(values)):
         raise UserError(f"the features at {spec} contain NaN or Inf; check the input and its normalisation.")
     probs, names = None, []
