@@ -124,8 +124,10 @@ def same_target_kwargs(rel: Any, kwargs: dict) -> dict:
 
 def _absolute_source(source: str) -> str:
     """The model source with its file part made absolute (``net.py:Net``, a bundle folder, a file), if it exists."""
-    path, sep, cls = source.rpartition(":") if ".py:" in source else (source, "", "")
-    return os.path.abspath(path) + sep + cls if path and os.path.exists(path) else source
+    from .models import source_file
+
+    path, rest = source_file(source)
+    return os.path.abspath(path) + rest if path and os.path.exists(path) else source
 
 
 def to_model_grid(data: np.ndarray, model_shape, mode: str) -> np.ndarray:

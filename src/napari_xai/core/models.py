@@ -1148,6 +1148,13 @@ def _split_python_source(source: str) -> tuple[str, str] | None:
     return None
 
 
+def source_file(source: str) -> tuple[str, str]:
+    """(the file or folder a model source names, what follows it): ``net.py:Net`` -> (``net.py``, ``:Net``);
+    a bundle folder or a file -> (itself, "")."""
+    py = _split_python_source(source)
+    return (py[0], ":" + py[1]) if py else (source, "")
+
+
 def _reject_extra(kind: str, weights: Any, kwargs: dict, allow_weights: bool = False) -> None:
     if weights is not None and not allow_weights:
         raise UserError(

@@ -95,17 +95,16 @@ def _inputs(record: dict, given: list[str] | None, base: Path | None, checks: li
 
 def _model(record: dict, source: str | None, weights: str | None, device: str | None, trust: bool,
            allow_changed_model: bool, base: Path | None, checks: list[str]):
-    from .models import load_model
+    from .models import load_model, source_file
 
     rec = record.get("model") or {}
-    src = source or (rec.get("source_absolute") if rec.get("source_absolute") and
-                     _resolve(str(rec["source_absolute"]).rsplit(":", 1)[0] if ".py:" in str(rec["source_absolute"])
-                              else str(rec["source_absolute"]), None) else None) or rec.get("source")
+    absolute = str(rec.get("source_absolute") or "")
+    src = source or (absolute if absolute and _resolve(source_file(absolute)[0], None) else None) or rec.get("source")
     if not src:
         raise UserError("the record names no model; give it with --model.")
     wts = weights or rec.get("weights")
     if source is None and src != "demo":
-        path_part = src.rsplit(":", 1)[0] if ".py:" in src else src  # file.py:ClassName -> file.py
+        path_part = source_file(src)[0]
         found = _resolve(path_part, base)
         if found is None:
             raise UserError(f"model {src} is not found; give it with --model (and --weights).")
