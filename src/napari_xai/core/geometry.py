@@ -42,6 +42,14 @@ def world_to_vox(affine: Array, xyz: Array) -> Array:
     return vox_to_world(np.linalg.inv(np.asarray(affine, dtype=float)), xyz)
 
 
+def grid_bbox(shape: Sequence[int], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """World (min, max) of a grid's 8 outer voxel corners (voxel edges, not centres)."""
+    s = np.asarray(shape[:3], dtype=float)
+    corners = np.array([[a, b, c] for a in (-0.5, s[0] - 0.5) for b in (-0.5, s[1] - 0.5) for c in (-0.5, s[2] - 0.5)])
+    w = vox_to_world(affine, corners)
+    return w.min(axis=0), w.max(axis=0)
+
+
 def model_grid_affine(affine: Array, shape: tuple[int, int, int], model_shape: tuple[int, int, int]) -> Array:
     """Affine of a grid of ``model_shape`` voxels covering the same extent as ``shape``.
 
