@@ -25,7 +25,7 @@ import torch
 from napari_xai.core.demo import demo_volume
 from napari_xai.core.explain import explain, prepare_input
 from napari_xai.core.models import load_model
-from napari_xai.core.perturbation import Scorer, flip_curve, region_ranking
+from napari_xai.core.evaluation.flipping import Scorer, flip_curve, region_ranking
 from napari_xai.core.volumes import Volume
 
 

@@ -29,7 +29,7 @@ import pytestqt  # noqa: E402,F401
 
 from napari_xai._qt.check_panel import ACTIVE_CONFIG, META_KEY  # noqa: E402
 from napari_xai._qt.lrp_widget import LrpDesignerWidget  # noqa: E402
-from napari_xai.core.sanity import VERDICT_THRESHOLD  # noqa: E402
+from napari_xai.core.evaluation.similarity import VERDICT_THRESHOLD  # noqa: E402
 
 TIMEOUT_MS = 60_000
 SHAPE = (6, 5, 4)

@@ -231,7 +231,7 @@ def test_run_adds_relevance_intermediate_layers_and_readouts(make_napari_viewer,
     assert f"{base} · at after all (+)" in viewer.layers
     # ground-truth readouts (the Labels layer whose name says 'ground truth' is picked by itself)
     assert w.truth_layer.currentText() == "blob (ground truth)"
-    from napari_xai.core.metrics import rank_accuracy
+    from napari_xai.core.evaluation.metrics import rank_accuracy
 
     assert w.readouts["mask"]["rank_accuracy"] == pytest.approx(rank_accuracy(rel.data, truth))
     texts = [w.readout_table.item(r, 0).text() for r in range(w.readout_table.rowCount())]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_xai.core.errors import UserError
-from napari_xai.core.metrics import (
+from napari_xai.core.evaluation.metrics import (
     binarize,
     channel_shares,
     ground_truth_inclusivity,

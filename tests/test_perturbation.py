@@ -1,4 +1,4 @@
-"""Voxel flipping, flipping curves and channel ablation (core.perturbation) against hand-computed cases.
+"""Voxel flipping, flipping curves and channel ablation (core.evaluation.flipping) against hand-computed cases.
 
 Facts used:
 
@@ -25,10 +25,8 @@ from napari_xai.core.errors import Cancelled, UserError
 from napari_xai.core.lrp_config import LrpConfig
 from napari_xai.core.lrp_rules import preset_params
 from napari_xai.core.models import LoadedModel, ModelSpec
-from napari_xai.core.perturbation import (
+from napari_xai.core.evaluation.flipping import (
     Scorer,
-    ablate,
-    channel_relevance,
     flip_curve,
     flip_voxels,
     flipped_mask,
@@ -36,6 +34,7 @@ from napari_xai.core.perturbation import (
     region_ranking,
     replacement,
 )
+from napari_xai.core.evaluation.ablation import ablate, channel_relevance
 from napari_xai.core.volumes import Volume
 
 SHAPE = (6, 5, 4)

@@ -24,7 +24,7 @@ from model_factory import run_cli as run
 from napari_xai.core.errors import Cancelled, UserError
 from napari_xai.core.explain import explain
 from napari_xai.core.models import LoadedModel, ModelSpec
-from napari_xai.core.robustness import (
+from napari_xai.core.evaluation.robustness import (
     evaluate,
     infidelity,
     infidelity_perturbations,

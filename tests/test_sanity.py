@@ -22,17 +22,19 @@ from model_factory import nifti, python_source, torchscript_source
 from model_factory import run_cli as run
 from napari_xai.core.errors import Cancelled, UserError
 from napari_xai.core.models import LoadedModel, ModelSpec
-from napari_xai.core.sanity import (
+from napari_xai.core.evaluation.similarity import (
     compare_maps,
-    parametrised_layers,
-    randomization_test,
-    randomize_layer,
     rank_similarity,
-    sanity_check,
     spearman,
     ssim,
     top_overlap,
     verdict,
+)
+from napari_xai.core.evaluation.sanity import (
+    parametrised_layers,
+    randomization_test,
+    randomize_layer,
+    sanity_check,
     weights_sha256,
 )
 from napari_xai.core.volumes import Volume

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from ._cli_common import add_model_options, check_out_dir, load_model_from
 from .core.errors import UserError
-from .core.metrics import MASK_READOUTS
+from .core.evaluation.metrics import MASK_READOUTS
 
 HELP = "explain every subject of a cohort (CSV or files) with one model and method; mean map, region table, correlations"
 MEASURES = ("pos_sum", "sum", "mean", "neg_sum")
@@ -62,7 +62,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
                    help="region relevance correlated with the covariates (default pos_sum)")
     p.add_argument("--flip", action="store_true",
                    help="also score each map by region flipping: AOPC most relevant first and random (3-voxel "
-                        "regions, 10 steps up to 20 %%, zero baseline: core.perturbation.READOUT_FLIP)")
+                        "regions, 10 steps up to 20 %%, zero baseline: core.evaluation.flipping.READOUT_FLIP)")
     p.add_argument("--png", action="store_true",
                    help="also render subjects.png: napari's grid of some subjects' maps over their own anatomy, one "
                         "colour scale (on a private Xvfb display when there is none)")
@@ -93,7 +93,7 @@ def _readouts(args, subject, data, model, target, volume=None) -> dict:
     if volume is None:
         volume = stack_channels([load_nifti(p) for p in subject.paths])
     if subject.truth is not None:
-        from .core.metrics import mask_report
+        from .core.evaluation.metrics import mask_report
 
         t = load_nifti(subject.truth)
         if t.channels != 1 or tuple(t.shape) != tuple(data.shape):
@@ -102,7 +102,7 @@ def _readouts(args, subject, data, model, target, volume=None) -> dict:
         rep = mask_report(data, t.data[0] != 0, image=volume.data)
         out.update({k: float(rep[k]) for k in MASK_READOUTS})
     if args.flip:
-        from .core.perturbation import Scorer, aopc_readouts
+        from .core.evaluation.flipping import Scorer, aopc_readouts
 
         scorer = Scorer(model, volume, int(target["index"]), normalization=args.normalization,
                         input_shape=args.input_shape)

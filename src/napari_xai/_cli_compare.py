@@ -174,7 +174,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             cons = rel.provenance["params"].get("conservation") or {}
             readouts = {}
             if truth is not None:
-                from .core.metrics import MASK_READOUTS, mask_report
+                from .core.evaluation.metrics import MASK_READOUTS, mask_report
 
                 rep = mask_report(rel.data, truth, image=volume.data)
                 readouts = {k: rep[k] for k in MASK_READOUTS}
@@ -218,7 +218,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _flip_readouts(model, volume, rel, kwargs: dict, scorers: dict) -> dict:
     """AOPC of region flipping (most relevant first, random) for one cell, with the cell's model and target."""
-    from .core.perturbation import Scorer, aopc_readouts
+    from .core.evaluation.flipping import Scorer, aopc_readouts
 
     key = (id(model), rel.target)
     if key not in scorers:

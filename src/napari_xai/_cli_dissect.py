@@ -77,7 +77,7 @@ def cmd_dissect(args: argparse.Namespace) -> int:
                   atlas_threshold=args.atlas_threshold / 100.0, progress=progress)
     share = None
     if args.relevance:
-        from .core.perturbation import channel_relevance
+        from .core.evaluation.ablation import channel_relevance
 
         pos = None
         for v in volumes:

@@ -3,7 +3,7 @@
 For every ``--relevance`` file (a map of ``explain`` or a cell of ``compare``)
 and every ``--order``, the input's cubic regions are ranked by their summed
 relevance and flipped step by step to the baseline; the target logit after
-each step is one row of the CSV (:func:`napari_xai.core.perturbation.flip_curve`).
+each step is one row of the CSV (:func:`napari_xai.core.evaluation.flipping.flip_curve`).
 The JSON sidecar holds the AOPC of every curve, the parameters, the model
 hash and the command. The target is the one recorded in each relevance file's
 sidecar (else ``--target``, else the predicted class), so a map is always
@@ -25,7 +25,7 @@ HELP = "flip input regions in the order of relevance map(s) and write the score 
 
 def add_subcommand(subparsers) -> argparse.ArgumentParser:
     from ._cli_lrp import _point
-    from .core.perturbation import BASELINES, ORDERS
+    from .core.evaluation.flipping import BASELINES, ORDERS
 
     p = subparsers.add_parser("flip", help=HELP, description=HELP + ".")
     p.add_argument("volume", nargs="+", metavar="VOLUME", help="the NIfTI file(s) the relevance explains (several = channels)")
@@ -64,7 +64,7 @@ def _target_of(path: str, fallback):
 
 
 def cmd_flip(args: argparse.Namespace) -> int:
-    from .core.perturbation import Scorer, flip_curve
+    from .core.evaluation.flipping import Scorer, flip_curve
     from .core.provenance import package_versions, sha256_file, sidecar_path, write_sidecar
     from .core.volumes import atomic_write_bytes, load_nifti, stack_channels, written_or_removed
 

@@ -6,7 +6,7 @@ again for ``--samples`` random perturbations of the input (uniform, L∞ radius
 (max-sensitivity, mean sensitivity, rank stability), and its infidelity is
 measured over ``--infidelity-samples`` perturbations (Gaussian noise of std
 ``--noise`` × the intensity range, or cubes set to a baseline), scored in
-batched forward passes (:mod:`napari_xai.core.robustness`, after Yeh et al.
+batched forward passes (:mod:`napari_xai.core.evaluation.robustness`, after Yeh et al.
 2019). Every method explains the same class. ``--out results.json`` records
 the values, the per-sample numbers, the settings, the seed, the model hash and
 the command.
@@ -28,8 +28,8 @@ DEFAULT_METHODS = ("saliency", "integrated-gradients")
 
 
 def add_subcommand(subparsers) -> argparse.ArgumentParser:
-    from .core.perturbation import BASELINES
-    from .core.robustness import CUBE, INFIDELITY_KINDS, NOISE, RADIUS
+    from .core.evaluation.flipping import BASELINES
+    from .core.evaluation.robustness import CUBE, INFIDELITY_KINDS, NOISE, RADIUS
 
     p = subparsers.add_parser("robustness", help=HELP, description=HELP + " (Yeh et al. 2019).")
     p.add_argument("volume", nargs="+", metavar="VOLUME", help="NIfTI file(s); several become channels in this order")
@@ -115,7 +115,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     from ._cli_lrp import explain_options
     from .cli import _parse_params
     from .core.provenance import file_hashes, now_iso, package_versions, to_json
-    from .core.robustness import REFERENCE, evaluate
+    from .core.evaluation.robustness import REFERENCE, evaluate
     from .core.volumes import atomic_write_bytes, load_nifti, stack_channels
 
     methods, out = _check_args(args)

@@ -3,7 +3,7 @@
 The model's parametrised layers are randomized on a copy, from the output end
 towards the input (``--mode cascading``, cumulative) or one at a time
 (``--mode independent``), and the map of ``--method`` is computed again after
-each step (:func:`napari_xai.core.sanity.sanity_check`). The table compares
+each step (:func:`napari_xai.core.evaluation.sanity.sanity_check`). The table compares
 every map with the original: Spearman rank correlation (signed and of |map|),
 SSIM and the overlap of the top 5 % voxels. A map that stays the same while
 the weights become random does not explain the model.
@@ -28,7 +28,7 @@ HELP = "randomize the model's layers (top down) and measure how much the attribu
 
 
 def add_subcommand(subparsers) -> argparse.ArgumentParser:
-    from .core.sanity import INITS, MODES
+    from .core.evaluation.sanity import INITS, MODES
 
     p = subparsers.add_parser("sanity", help=HELP, description=HELP + " (Adebayo et al. 2018).")
     p.add_argument("volume", nargs="+", metavar="VOLUME", help="NIfTI file(s); several become channels in this order")
@@ -81,7 +81,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     from .cli import _parse_params
     from .core.compare import slug
     from .core.provenance import to_json, write_sidecar
-    from .core.sanity import sanity_check
+    from .core.evaluation.sanity import sanity_check
     from .core.volumes import atomic_write_bytes, load_nifti, save_nifti, stack_channels, written_or_removed
 
     outdir = _check_args(args)

@@ -23,11 +23,11 @@ in 3D, with the quantitative flipping curve of Samek et al. 2017:
   (cascading) or one at a time (independent), and the map of the active LRP
   configuration or of a chosen method is computed again after each step; a
   table compares every map with the original, a verdict line applies the rule
-  of thumb of :func:`napari_xai.core.sanity.verdict`, and *Show maps* puts the
+  of thumb of :func:`napari_xai.core.evaluation.similarity.verdict`, and *Show maps* puts the
   maps side by side in napari's grid (new layers; one colour scale or one per map).
 
-Thin: all numbers come from :mod:`napari_xai.core.perturbation` and
-:mod:`napari_xai.core.sanity`; work runs in a worker thread (progress bar and
+Thin: all numbers come from :mod:`napari_xai.core.evaluation.flipping` and
+:mod:`napari_xai.core.evaluation.sanity`; work runs in a worker thread (progress bar and
 Cancel at the bottom of the tab), and layers change only on the GUI thread.
 """
 
@@ -63,7 +63,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import Cancelled, UserError
-from ..core.perturbation import BASELINES
+from ..core.evaluation.flipping import BASELINES
 from ._jobs import fail, report_error, start_worker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -360,7 +360,8 @@ class CheckPanel(QWidget):
 
     def _build_sanity(self) -> QGroupBox:
         from ..core.registry import all_methods
-        from ..core.sanity import MODES, VERDICT_THRESHOLD
+        from ..core.evaluation.sanity import MODES
+        from ..core.evaluation.similarity import VERDICT_THRESHOLD
 
         box = QGroupBox("Randomization sanity check")
         box.setToolTip("Adebayo et al. 2018: randomize the model's weights (on a copy) from the output end and explain\n"
@@ -507,7 +508,7 @@ class CheckPanel(QWidget):
         return kwargs
 
     def _scorer(self, req, target=None):
-        from ..core.perturbation import Scorer
+        from ..core.evaluation.flipping import Scorer
 
         model = self.host._load_for_worker(req)
         kwargs = self._explain_kwargs(model, req)
@@ -606,7 +607,7 @@ class CheckPanel(QWidget):
             return
 
         def work():
-            from ..core.perturbation import predict_flipped
+            from ..core.evaluation.flipping import predict_flipped
 
             model, scorer = self._scorer(req)
             return predict_flipped(model, req["volume"], mask, baseline, scorer=scorer)
@@ -651,7 +652,7 @@ class CheckPanel(QWidget):
             return
 
         def work():
-            from ..core.perturbation import flip_curve, flipped_mask
+            from ..core.evaluation.flipping import flip_curve, flipped_mask
 
             model, scorer = self._scorer(req, target)
             curves = []
@@ -700,7 +701,7 @@ class CheckPanel(QWidget):
 
         def work():
             from ..core.explain import prepare_input
-            from ..core.perturbation import Scorer, flip_curve
+            from ..core.evaluation.flipping import Scorer, flip_curve
             from .lrp_widget import is_segmentation
 
             scorers: dict = {}
@@ -766,7 +767,7 @@ class CheckPanel(QWidget):
         atlas_name = self.channel_atlas.currentText()
 
         def work():
-            from ..core.perturbation import channel_relevance
+            from ..core.evaluation.ablation import channel_relevance
 
             model, scorer = self._scorer(req)
             res = channel_relevance(model, req["volume"], layer, config=cfg, scorer=scorer)
@@ -847,7 +848,7 @@ class CheckPanel(QWidget):
             return
 
         def work():
-            from ..core.perturbation import ablate
+            from ..core.evaluation.ablation import ablate
 
             model, scorer = self._scorer(req)
             return ablate(model, req["volume"], layer, chans, scorer=scorer)
@@ -879,7 +880,7 @@ class CheckPanel(QWidget):
         return "lrp", {"config": cfg, "boundaries": False}, f"'{cfg.name}'"
 
     def run_sanity(self, *_):
-        """The randomization test (core.sanity.sanity_check) of the chosen map on the Design/Run tabs' request."""
+        """The randomization test (core.evaluation.sanity.sanity_check) of the chosen map on the Design/Run tabs' request."""
         try:
             req = self._context()
             method, params, what = self._sanity_method()
@@ -892,7 +893,7 @@ class CheckPanel(QWidget):
         def work():
             import time
 
-            from ..core.sanity import sanity_check
+            from ..core.evaluation.sanity import sanity_check
 
             model = self.host._load_for_worker(req)
             t0 = time.perf_counter()
@@ -904,7 +905,7 @@ class CheckPanel(QWidget):
         self._start(work, f"randomization sanity check of {what} ({opts['mode']})", self._show_sanity)
 
     def _show_sanity(self, result) -> None:
-        from ..core.sanity import verdict
+        from ..core.evaluation.similarity import verdict
 
         what, volume, res, seconds = result
         self.last_sanity = (what, volume, res)

@@ -1388,7 +1388,7 @@ class LrpDesignerWidget(QWidget):
         self.status.setText(text)
 
     def _show_readouts(self, rel, req) -> None:
-        from ..core.metrics import mask_report
+        from ..core.evaluation.metrics import mask_report
 
         rows: list[tuple[str, str]] = []
         out: dict[str, Any] = {}
@@ -1497,7 +1497,7 @@ class LrpDesignerWidget(QWidget):
 
     def _fill_cell_table(self, req, results: list) -> None:
         """One row per comparison cell: relevance sum and, with a ground truth, the mask readouts."""
-        from ..core.metrics import MASK_READOUTS, mask_report
+        from ..core.evaluation.metrics import MASK_READOUTS, mask_report
 
         self.cell_readouts = []
         texts = []

@@ -46,7 +46,7 @@ class Relevance:
 
     def channel_shares(self, names: list[str] | None = None) -> list[dict]:
         """Each channel's share of the positive and negative relevance (see :func:`metrics.channel_shares`)."""
-        from .metrics import channel_shares
+        from .evaluation.metrics import channel_shares
 
         return channel_shares(self.data, names)
 

@@ -1,29 +1,10 @@
-"""Quantitative readouts of a relevance map against a mask, and per-channel shares.
-
-All functions take NumPy arrays on one voxel grid: relevance (i, j, k) or
-(C, i, j, k) and boolean masks (i, j, k). Multi-channel relevance is summed
-over channels unless a function says otherwise.
-
-* **Relevance mass accuracy** (Arras et al. 2022, doi:10.1016/j.inffus.2021.11.008):
-  the share of the positive relevance that lies inside the mask,
-  ``sum(R+ in mask) / sum(R+)``.
-* **Relevance rank accuracy** (same paper): with K voxels in the mask, the
-  fraction of the K highest-relevance voxels that lie inside the mask.
-* **Inclusivity coefficients** (Tjoa et al., seed 004, Eqn. 2):
-  ``D(a, b) = |a ∩ b| / |b|``, 1 when b ⊆ a. With the binarised relevance as
-  ``a``: the *ground-truth inclusivity* ``D(LRP, y_GT)`` (how much of the lesion
-  the map covers) and the *input inclusivity* ``D(LRP, x)`` (how much of the
-  bright input region the map covers). A constant ``smooth`` may be added to
-  the denominator, as the paper suggests.
-* **Channel shares**: each input channel's share of the total positive and of
-  the total negative relevance (multi-modal inputs, e.g. six perfusion maps).
-"""
+"""Readouts of a relevance map against a mask (relevance mass and rank accuracy, inclusivity) and per-channel shares; definitions in docs/evaluation.md."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = [
     "BINARIZE_MODES",

@@ -1,27 +1,4 @@
-"""Check relevance against the model: voxel flipping and channel (neuron) ablation.
-
-After Huang et al., *A Visual Designer of LRP Models* (§6.3 pixel flipping,
-§6.4 neuron ablation), in 3D, and Samek et al. 2017 (*Evaluating the
-visualization of what a deep neural network has learned*, region
-perturbation and AOPC):
-
-* :func:`predict_flipped`: replace the voxels of a mask (painted by the user,
-  or the most relevant ones) with a baseline and predict again;
-* :func:`flip_curve`: rank cubic regions of the input by their summed
-  relevance and flip them step by step, most relevant first (MoRF), least
-  relevant first (LeRF) or in random order; the target score after each step
-  is the curve, and the area over the MoRF curve (AOPC) says how much the
-  relevance ordering explains. A faithful map's MoRF curve falls faster than
-  the random one;
-* :func:`channel_relevance` and :func:`ablate`: the positive and negative
-  relevance and the mean activation of every channel of a layer (one LRP
-  pass), and the prediction after zeroing chosen channels.
-
-All flips happen on the input volume's grid, before the model's resizing and
-normalisation (as if the scanner had produced the perturbed image); scores
-are the target logits (for segmentation networks: the masked logit sum, with
-the mask fixed from the unperturbed prediction).
-"""
+"""Voxel and region flipping: predictions with voxels replaced, MoRF/LeRF curves and AOPC (Samek et al. 2017); see docs/evaluation.md."""
 
 from __future__ import annotations
 
@@ -30,11 +7,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import Cancelled, UserError
-from .volumes import Volume
+from ..errors import Cancelled, UserError
+from ..volumes import Volume
 
-__all__ = ["BASELINES", "ORDERS", "FlipCurve", "Scorer", "ablate", "channel_relevance", "flip_curve",
-           "flip_voxels", "flipped_mask", "predict_flipped", "replacement"]
+__all__ = ["BASELINES", "ORDERS", "FlipCurve", "Scorer", "flip_curve", "flip_voxels", "flipped_mask", "predict_flipped", "replacement"]
 
 #: What flipped voxels become: 0, the channel's mean, or a Gaussian blur of the image (sigma in voxels).
 BASELINES = ("zero", "mean", "blur")
@@ -95,8 +71,8 @@ class Scorer:
     def __init__(self, model: Any, volume: Volume, target: int | str | None = None, *, normalization: str | None = None,
                  input_shape=None, segmentation: bool = False, mask: np.ndarray | None = None, point=None,
                  output_index: int = 0):
-        from .explain import _prepare_target, prepare_input
-        from .registry import RunContext
+        from ..explain import _prepare_target, prepare_input
+        from ..registry import RunContext
 
         self.model, self.volume = model, volume
         x, _, self.model_shape, self.normalization = prepare_input(volume, model, normalization, input_shape)
@@ -111,7 +87,7 @@ class Scorer:
         """(n, classes) scores for ``volumes`` (each (C, i, j, k) on the input grid; NaN/Inf count as 0)."""
         import torch
 
-        from .explain import _forward, to_model_grid
+        from ..explain import _forward, to_model_grid
 
         out = []
         for start in range(0, len(volumes), BATCH):
@@ -226,7 +202,7 @@ def region_ranking(relevance: np.ndarray, region: int, order: str, seed: int = 0
     else:
         if int(region) < 1:
             raise UserError(f"region must be at least 1 voxel, got {region}.")
-        from .geometry import cube_labels
+        from ..geometry import cube_labels
 
         labels, nb = cube_labels(r.shape, int(region))
         sums = np.bincount(labels.ravel(), weights=np.nan_to_num(r).ravel(), minlength=int(np.prod(nb)))
@@ -295,7 +271,7 @@ def flip_curve(
     scorer = scorer or Scorer(model, volume, target, **kwargs)
     parcels, names = None, None
     if atlas:
-        from .atlas import atlas_on_grid, load_atlas
+        from ..atlas import atlas_on_grid, load_atlas
 
         a = load_atlas(atlas)
         parcels = np.asarray(atlas_on_grid(a, volume.shape, volume.affine, threshold=atlas_threshold).labels)
@@ -348,103 +324,3 @@ def aopc_readouts(model: Any, volume: Volume, relevance: np.ndarray, scorer: Sco
 
 
 # --------------------------------------------------------------------------- channel ablation
-
-
-def _layer(module, name: str):
-    modules = dict(module.named_modules())
-    if name not in modules:
-        raise UserError(f"layer {name!r} does not exist in the model; choose one from the layer list.")
-    return modules[name]
-
-
-def channel_relevance(model: Any, volume: Volume, layer: str, target: int | str | None = None, config=None,
-                      *, scorer: Scorer | None = None, ctx=None, **kwargs) -> dict:
-    """Per-channel positive and negative relevance at ``layer``'s output (one LRP pass) and mean activation.
-
-    ``config`` is an :class:`~napari_xai.core.lrp_config.LrpConfig` (default:
-    the γ | ε | 0 composite). Returns ``{"layer", "target", "channels": [{"channel",
-    "positive", "negative", "activation"}], "volumes": (C, i, j, k) channel relevance
-    on the input grid, "activations": (C, i, j, k) the layer's activation maps
-    resized to the input grid, "conservation": {...}}``.
-    """
-    import torch
-
-    from .explain import prepare_input
-    from .geometry import relevance_to_grid
-    from .lrp_config import run_config
-
-    scorer = scorer or Scorer(model, volume, target, **kwargs)
-    x, *_ = prepare_input(volume, model, scorer.normalization, scorer.model_shape)
-    target_module = _layer(scorer.module, layer)
-    acts: dict = {}
-
-    def keep(_m, _i, out):
-        if torch.is_tensor(out) and "a" not in acts:
-            acts["a"] = out.detach()
-
-    handle = target_module.register_forward_hook(keep)
-    try:
-        out = run_config(scorer.module, x, scorer.target, config, ctx, capture=[layer], boundaries=False)
-    finally:
-        handle.remove()
-    captured = out.used["_arrays"]["captured"].get(layer)
-    if captured is None:
-        raise UserError(f"no relevance reached layer {layer!r}; it is not on the path to the target.")
-    rel = captured[0].float()
-    if rel.ndim < 2:
-        raise UserError(f"layer {layer!r} has no channels (its output has shape {tuple(captured.shape)}).")
-    act = acts.get("a")
-    flat = rel.reshape(rel.shape[0], -1)
-    pos = flat.clamp(min=0).sum(dim=1)
-    neg = flat.clamp(max=0).sum(dim=1)
-    mean_act = act[0].float().reshape(act.shape[1], -1).mean(dim=1) if act is not None else torch.full_like(pos, float("nan"))
-    channels = [{"channel": c, "positive": float(pos[c]), "negative": float(neg[c]), "activation": float(mean_act[c])}
-                for c in range(rel.shape[0])]
-    volumes = activations = None
-    if rel.ndim == 4:
-        volumes = relevance_to_grid(rel.cpu().numpy(), tuple(volume.shape)).astype(np.float32)
-        if act is not None and act.ndim == 5:
-            # activations are values, not amounts: resample them (trilinear), do not redistribute their sum
-            from .geometry import resize
-
-            activations = resize(act[0].float().cpu().numpy(), tuple(volume.shape)).astype(np.float32)
-    return {"layer": layer, "target": scorer.target, "channels": channels, "volumes": volumes,
-            "activations": activations, "conservation": out.used.get("conservation")}
-
-
-def ablate(model: Any, volume: Volume, layer: str, channels: Sequence[int], target: int | str | None = None,
-           *, scorer: Scorer | None = None, **kwargs) -> dict:
-    """Scores before and after zeroing ``channels`` of ``layer``'s output (the rest of the network unchanged)."""
-    import torch
-
-    scorer = scorer or Scorer(model, volume, target, **kwargs)
-    module = _layer(scorer.module, layer)
-    chans = sorted({int(c) for c in channels})
-    if not chans:
-        raise UserError("choose at least one channel to ablate.")
-    seen: dict = {}
-
-    def zero(_m, _i, out):
-        if not torch.is_tensor(out) or out.ndim < 2:
-            raise UserError(f"layer {layer!r} returns no channels to ablate; choose a convolution or linear layer.")
-        bad = [c for c in chans if not 0 <= c < out.shape[1]]
-        if bad:
-            raise UserError(f"channel {bad[0]} does not exist: layer {layer!r} has {out.shape[1]} channels (0..{out.shape[1] - 1}).")
-        seen["channels"] = int(out.shape[1])
-        out = out.clone()
-        out[:, chans] = 0
-        return out
-
-    handle = module.register_forward_hook(zero)
-    try:
-        after = scorer.logits([volume.model_copy()])[0]
-    finally:
-        handle.remove()
-
-    def state(z):
-        p = scorer.probabilities(z[None])[0]
-        return {"logits": [float(v) for v in z], "probabilities": [float(v) for v in p], "predicted": int(np.argmax(z))}
-
-    t = scorer.target
-    return {"names": scorer.names, "target": t, "layer": layer, "channels": chans, "layer_channels": seen.get("channels"),
-            "before": state(scorer.base_logits), "after": state(after), "delta": float(after[t] - scorer.base_logits[t])}

@@ -1,90 +1,4 @@
-"""Quality of a relevance map beyond flipping curves: max-sensitivity and infidelity.
-
-After Yeh et al. 2019 (*On the (in)fidelity and sensitivity of
-explanations*, NeurIPS); the fragility of explanations under tiny input
-changes was shown by Ghorbani et al. 2019 (*Interpretation of neural networks
-is fragile*). Captum offers both measures (``captum.metrics.sensitivity_max``
-and ``infidelity``), but they wrap one attribution call on a tensor; here the
-explanation Φ is the whole :func:`~napari_xai.core.explain.explain` pipeline
-(model-grid resizing and normalisation, the registry method, the way back to
-the input grid), so every registry method is measured the same way.
-
-**Max-sensitivity** (:func:`max_sensitivity`). For ``samples`` perturbations
-δ drawn uniformly from the L∞ ball of radius ``r`` (every voxel of channel c
-independently in ``[-r_c, r_c]``)::
-
-    sensitivity(δ) = ||Φ(x + δ) − Φ(x)|| / ||Φ(x)||      (Frobenius norms over channels and voxels)
-
-and the largest of them is the max-sensitivity (Yeh et al. eq. 4, relative
-to the original map's norm as Captum's ``sensitivity_max`` reports it, so
-methods in other units are comparable). The mean is reported too, and the
-**rank stability**: the mean Spearman rank correlation of each perturbed map
-with the original (channel-summed, signed maps; 1 = the ranking of voxels
-does not change). The radius is relative to the input's intensity range:
-``r_c = radius × (max − min of channel c)`` (finite voxels; a constant
-channel counts as range 1). Perturbations are added on the input volume's
-grid, before the model's resizing and normalisation, as if the scanner had
-produced the perturbed image. Every perturbed map explains the **same
-class** as the original (and for segmentation models the original's target
-mask), and every :func:`explain` call gets the same ``seed``, so a
-stochastic method (SmoothGrad) draws the same noise each time: the
-sensitivity measures the input, not the method's own randomness.
-
-Drawing (reproducible from ``seed``): ``rng = numpy.random.default_rng(seed)``
-and, for k = 1..samples in order, ``δ_k = rng.uniform(-1, 1, (C, i, j, k)) ×
-r_c`` (float64, added to the float32 input).
-
-**Infidelity** (:func:`infidelity`). For random perturbations I of the input
-(``samples`` of them, scored in batched forward passes by
-:class:`~napari_xai.core.perturbation.Scorer`, which treats NaN/Inf as 0 and
-prepares the model grid like :func:`explain`)::
-
-    infidelity = mean_k ( I_k · Φ − (f(x) − f(x − I_k)) )²
-
-with f the target logit (for segmentation models the masked logit sum, mask
-fixed from the unperturbed prediction) and ``I · Φ`` the sum over channels and
-voxels. Perturbations (Yeh et al. §4):
-
-* ``"gaussian"``: ``I = σ_c · Z``, ``Z = rng.standard_normal((C, i, j, k))``,
-  ``σ_c = noise × (intensity range of channel c)``;
-* ``"square"`` (square removal, in 3D: cube removal): one cube of edge ``cube``
-  voxels (clipped to the volume) at a random position (corner
-  ``rng.integers(0, n − edge + 1)`` per axis i, j, k) is set to the baseline
-  (``zero``, ``mean`` or ``blur``, see :func:`~napari_xai.core.perturbation.replacement`),
-  i.e. ``I = x − baseline`` inside the cube, 0 outside, every channel. Cubes
-  in an empty background (``x = baseline``) give ``I = 0`` and add zero error;
-  they dilute every method's infidelity alike.
-
-``rng = numpy.random.default_rng(seed)``; the perturbations are drawn in
-order k = 1..samples.
-
-*Normalisation.* The infidelity depends on the scale of Φ, which differs
-between methods (a Grad-CAM map is not in logit units). Yeh et al. compare
-methods after scaling Φ by the optimal scalar β = Σ_k (I_k·Φ) Δf_k / Σ_k
-(I_k·Φ)², the least-squares fit of the score changes; ``normalize=True`` (as
-Captum's ``normalize``) reports ``mean_k (β I_k·Φ − Δf_k)²``. β itself is
-recorded (a negative β means the map points the wrong way). Both values are
-always computed; ``normalize`` picks the headline one. When every I·Φ is 0, β
-is 0 and the normalised infidelity is the mean squared score change, which
-bounds it from above: ``unexplained`` = infidelity / mean Δf² (recorded with
-the score changes) is then the share of the score changes the map does not
-predict, in [0, 1].
-A map's Φ is in the units the method gives on the input grid; the infidelity
-is in squared logits.
-
-*Contribution maps* (``multiply_by_inputs=True``, square removal only). The
-formula reads Φ as a sensitivity (score change per unit of intensity, like a
-gradient). Maps that already multiply by the input, i.e. amounts of score
-that sum to a score difference (integrated gradients, input × gradient, LRP,
-occlusion, region ablation, LIME, KernelSHAP, DeepLIFT, GradientSHAP; see
-:func:`is_contribution_map`), are compared with the perturbation divided by
-``x − baseline`` (0 where ``x`` equals the baseline), as Captum's
-``multiply_by_inputs`` convention does. For cube removal that quotient is the
-cube's indicator, so ``I·Φ`` becomes the relevance summed in the removed
-cube, the prediction of its score drop (as in region flipping). Dividing
-Gaussian noise by near-zero intensities (the background of a scan) would be
-meaningless, so the option is refused for ``gaussian``.
-"""
+"""Max-sensitivity, rank stability and infidelity of attribution maps (Yeh et al. 2019); formulas in docs/evaluation.md."""
 
 from __future__ import annotations
 
@@ -93,9 +7,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from .errors import Cancelled, UserError
-from .registry import RunContext
-from .volumes import Volume
+from ..errors import Cancelled, UserError
+from ..registry import RunContext
+from ..volumes import Volume
 
 __all__ = ["INFIDELITY_KINDS", "InfidelityResult", "SensitivityResult", "evaluate", "infidelity",
            "infidelity_perturbations", "intensity_ranges", "is_contribution_map", "max_sensitivity",
@@ -121,7 +35,7 @@ def is_contribution_map(method: str) -> bool:
     GradientSHAP are; saliency, SmoothGrad, guided backprop, deconvolution,
     the CAM family and attention gates are not.
     """
-    from .registry import get_method
+    from ..registry import get_method
 
     entry = get_method(method)
     return entry.family in CONTRIBUTION_FAMILIES or entry.name in CONTRIBUTION_METHODS
@@ -158,7 +72,7 @@ def uniform_perturbations(shape: tuple, radii: np.ndarray, samples: int, seed: i
 def infidelity_perturbations(data: np.ndarray, kind: str = "gaussian", samples: int = 64, seed: int = 0, *,
                              noise: float = NOISE, cube: int = CUBE, baseline: str = "zero") -> Iterator[np.ndarray]:
     """The I of :func:`infidelity` for the input ``data`` (C, i, j, k) (see the module docstring)."""
-    from .perturbation import replacement
+    from .flipping import replacement
 
     data = np.asarray(data, dtype=np.float32)
     rng = _rng(seed)
@@ -272,8 +186,8 @@ def max_sensitivity(
         Go to every :func:`explain` call (``normalization``, ``input_shape``,
         ``segmentation``, ``mask``, ``point``, ``output_index``).
     """
-    from .explain import explain, same_target_kwargs
-    from .sanity import _rank_correlation, _ranks
+    from ..explain import explain, same_target_kwargs
+    from .similarity import rank_correlation, ranks
 
     if not np.isfinite(radius) or float(radius) < 0:
         raise UserError(f"the sensitivity radius must be a non-negative number, got {radius}.")
@@ -296,7 +210,7 @@ def max_sensitivity(
         perturbations = uniform_perturbations(data.shape, radii, n, seed)
     phi = np.asarray(original.data, dtype=np.float64)
     norm = float(np.linalg.norm(phi))
-    ranks = _ranks(phi.sum(axis=0))
+    ranks0 = ranks(phi.sum(axis=0))
     notes: list[str] = []
     if norm == 0:
         notes.append("the original map is zero everywhere: relative sensitivity is undefined")
@@ -318,7 +232,7 @@ def max_sensitivity(
         d = float(np.linalg.norm(other - phi))
         diffs.append(d)
         sens.append(d / norm if norm > 0 else float("nan"))
-        rho.append(_rank_correlation(ranks, _ranks(other.sum(axis=0))))
+        rho.append(rank_correlation(ranks0, ranks(other.sum(axis=0))))
     if not sens:
         raise UserError("no perturbation to measure the sensitivity with.")
     ctx.step(1.0, f"{len(sens)} perturbations")
@@ -424,7 +338,7 @@ def infidelity(
         Fixes model, target and grid; otherwise made from ``target`` and ``scorer_kwargs``
         (``normalization``, ``input_shape``, ``segmentation``, ``mask``, ``point``, ``output_index``).
     """
-    from .perturbation import BASELINES, BATCH, Scorer
+    from .flipping import BASELINES, BATCH, Scorer
 
     if kind not in INFIDELITY_KINDS:
         raise UserError(f"infidelity perturbation must be one of {', '.join(INFIDELITY_KINDS)}, got {kind!r}.")
@@ -448,7 +362,7 @@ def infidelity(
     phi = np.nan_to_num(phi, nan=0.0, posinf=0.0, neginf=0.0)
     span = None
     if multiply_by_inputs:
-        from .perturbation import replacement
+        from .flipping import replacement
 
         span = data.astype(np.float64) - replacement(data, baseline)
     scorer = scorer or Scorer(model, volume, target, **scorer_kwargs)
@@ -532,8 +446,8 @@ def evaluate(
     map's class. ``multiply_by_inputs="auto"`` sets it for contribution maps
     (:func:`is_contribution_map`) under square removal.
     """
-    from .explain import explain, same_target_kwargs
-    from .perturbation import Scorer
+    from ..explain import explain, same_target_kwargs
+    from .flipping import Scorer
 
     ctx = RunContext(progress=progress, should_stop=should_stop)
     share = {"explain": 0.05, "sensitivity": 0.85}
