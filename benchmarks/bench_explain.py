@@ -139,7 +139,8 @@ MEM_CHILD = r"""
 import resource, sys, torch
 from monai.networks.nets import DenseNet121
 from captum.attr import IntegratedGradients
-from napari_xai.core.registry import get_method, RunContext
+from napari_xai.core.methods.catalogue import get_method
+from napari_xai.core.methods.registry import RunContext
 size, steps = int(sys.argv[1]), int(sys.argv[2])
 torch.manual_seed(0)
 net = DenseNet121(spatial_dims=3, in_channels=1, out_channels=2).eval()

@@ -66,7 +66,7 @@ def networks(size: int):
 def run(size: int, names: list[str] | None, seed: int) -> tuple[list[dict], dict]:
     from napari_xai.core.lrp_config import LrpConfig, Segment, list_layers, run_config
     from napari_xai.core.lrp_rules import PRESETS
-    from napari_xai.core.registry import RunContext
+    from napari_xai.core.methods.registry import RunContext
     from napari_xai.core.segmentation import SegmentationScores, predicted_labels
 
     rows = []

@@ -35,7 +35,7 @@ from scipy import ndimage
 from napari_xai.core import demo
 from napari_xai.core.explain import explain, predict, prepare_input
 from napari_xai.core.models import load_model
-from napari_xai.core.registry import all_methods
+from napari_xai.core.methods.catalogue import all_methods
 
 EVAL_SEED0 = 200_000
 DOC = Path(__file__).resolve().parent.parent / "docs" / "demo.md"

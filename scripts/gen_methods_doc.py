@@ -140,7 +140,7 @@ def _body(fn) -> str:
 
 def render() -> str:
     from napari_xai.core import lrp
-    from napari_xai.core.registry import all_methods
+    from napari_xai.core.methods.catalogue import all_methods
 
     methods = all_methods()
     out = [INTRO, "## Overview\n", "| method | family | signed | eager module | parameters |", "|---|---|---|---|---|"]

@@ -21,7 +21,8 @@ from torch import nn
 from napari_xai.core.errors import UserError
 from napari_xai.core.explain import explain
 from napari_xai.core.models import LoadedModel, ModelSpec
-from napari_xai.core.registry import RunContext, get_method
+from napari_xai.core.methods.registry import RunContext
+from napari_xai.core.methods.catalogue import get_method
 from napari_xai.core.volumes import Volume
 
 EPS = 1e-5

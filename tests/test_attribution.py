@@ -17,9 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_xai.core.attribution import gaussian_blur, make_baseline, occlusion_windows, spatial_layers
+from napari_xai.core.methods._model import gaussian_blur, make_baseline
+from napari_xai.core.methods.occlusion import occlusion_windows
+from napari_xai.core.methods.cam import spatial_layers
 from napari_xai.core.errors import Cancelled, UserError
-from napari_xai.core.registry import RunContext, all_methods, get_method
+from napari_xai.core.methods.registry import RunContext
+from napari_xai.core.methods.catalogue import all_methods, get_method
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():

@@ -21,7 +21,7 @@ BLOCKER = textwrap.dedent(
     names = [m.name for m in pkgutil.walk_packages(core.__path__, "napari_xai.core.")]
     for name in names:
         importlib.import_module(name)
-    from napari_xai.core.registry import all_methods
+    from napari_xai.core.methods.catalogue import all_methods
     assert len(all_methods()) >= 15
     import napari_xai.cli
     napari_xai.cli.build_parser()

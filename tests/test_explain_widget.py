@@ -51,7 +51,7 @@ def test_demo_explanation_through_the_widget(make_napari_viewer, qtbot):
 
 
 def test_method_parameters_come_from_the_registry(make_napari_viewer):
-    from napari_xai.core.registry import get_method
+    from napari_xai.core.methods.catalogue import get_method
 
     viewer = make_napari_viewer()
     widget = ExplainWidget(viewer)

@@ -18,7 +18,8 @@ from torch import nn
 
 from napari_xai.core import lrp as lrp_mod
 from napari_xai.core.errors import Cancelled, UserError
-from napari_xai.core.registry import RunContext, get_method
+from napari_xai.core.methods.registry import RunContext
+from napari_xai.core.methods.catalogue import get_method
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():

@@ -44,7 +44,8 @@ from napari_xai.core.lrp_rules import (
     match_preset,
     preset_params,
 )
-from napari_xai.core.registry import RunContext, get_method
+from napari_xai.core.methods.registry import RunContext
+from napari_xai.core.methods.catalogue import get_method
 
 
 class Encoder(nn.Module):

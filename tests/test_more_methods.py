@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from test_attribution import ConvHead, LinearScore, SmallNet, _one_thread, run  # noqa: F401  (autouse fixture)
 from torch import nn
 
-from napari_xai.core.attribution import gaussian_blur, make_baseline
+from napari_xai.core.methods._model import gaussian_blur, make_baseline
 from napari_xai.core.errors import UserError
 
 
@@ -395,7 +395,7 @@ def test_grad_cam_pp_bad_layer_and_torchscript_are_user_errors():
 @pytest.mark.parametrize("name", ["deeplift", "gradient-shap", "grad-cam-plus-plus"])
 def test_cancel_leaves_the_model_clean(name):
     from napari_xai.core.errors import Cancelled
-    from napari_xai.core.registry import RunContext
+    from napari_xai.core.methods.registry import RunContext
 
     torch.manual_seed(0)
     net = PoolNet().train()

@@ -114,13 +114,13 @@ def test_atlas_regions_on_the_demo_brain():
     grid = atlas_on_grid(load_atlas("harvard-oxford"), model.spec.input_shape,
                          model_grid_affine(vol.affine, vol.shape, model.spec.input_shape))
     from napari_xai.core.explain import prepare_input
-    from napari_xai.core.region_attribution import _region_ablation
+    from napari_xai.core.methods.catalogue import get_method
 
     x, *_ = prepare_input(vol, model)
-    from napari_xai.core.registry import RunContext
+    from napari_xai.core.methods.registry import RunContext
 
     ctx = RunContext(grid_affine=grid.affine)
-    out = _region_ablation(model.module, x, 1, {"regions": "harvard-oxford", "baseline": "zero"}, ctx).relevance[0, 0]
+    out = get_method("region-ablation").fn(model.module, x, 1, {"regions": "harvard-oxford", "baseline": "zero"}, ctx).relevance[0, 0]
     lab = np.asarray(grid.labels)
     for v in np.unique(lab)[:20]:
         vals = out.numpy()[lab == v]

@@ -26,7 +26,7 @@ from napari_xai.core.explain import explain
 from napari_xai.core.lrp_config import LrpConfig, Segment, list_layers, run_config, save_configs
 from napari_xai.core.lrp_rules import preset_params
 from napari_xai.core.models import LoadedModel, ModelSpec
-from napari_xai.core.registry import RunContext
+from napari_xai.core.methods.registry import RunContext
 from napari_xai.core.segmentation import Ray, SegmentationScores, component_at, predicted_labels, resolve_mask
 from napari_xai.core.volumes import Volume
 

@@ -163,7 +163,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     from .core.cohort import RunningMean, correlations, subjects_from_inputs, summarize
     from .core.explain import explain
     from .core.provenance import package_versions, read_sidecar, sha256_file, write_sidecar
-    from .core.registry import get_method
+    from .core.methods.catalogue import get_method
     from .core.volumes import atomic_write_bytes, load_nifti, save_nifti, stack_channels
 
     t0 = time.perf_counter()

@@ -71,7 +71,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> tuple[list[str], Path | None]:
     """Fail on bad options before any work; the method names and the output path."""
-    from .core.registry import get_method
+    from .core.methods.catalogue import get_method
 
     methods = list(dict.fromkeys(get_method(m).name for m in (args.method or DEFAULT_METHODS)))
     if args.samples < 1:
@@ -96,7 +96,7 @@ def _check_args(args: argparse.Namespace) -> tuple[list[str], Path | None]:
 
 def method_params(methods: list[str], raw: dict[str, str]) -> dict[str, dict]:
     """Each method's share of the ``--param`` values (the ones it has); a key no method has is an error."""
-    from .core.registry import get_method
+    from .core.methods.catalogue import get_method
 
     out: dict[str, dict] = {}
     used: set[str] = set()

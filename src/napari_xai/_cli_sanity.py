@@ -60,7 +60,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> Path | None:
     """Fail on bad options (and on an --out folder holding an earlier run) before any work; the output folder."""
-    from .core.registry import get_method
+    from .core.methods.catalogue import get_method
 
     get_method(args.method)
     if args.layers is not None and args.layers < 1:

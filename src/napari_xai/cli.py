@@ -49,7 +49,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     model = load_model(args.model, weights=args.weights, model_kwargs=args.model_kwargs, device=args.device, trust=args.trust_model)
     extra_params, extra_kwargs = explain_options(args, volume)
     params.update(extra_params)
-    from .core.registry import get_method
+    from .core.methods.catalogue import get_method
 
     if getattr(args, "out_intermediate", False) and get_method(args.method).name not in ("lrp", "attention-gates"):
         raise UserError(f"--out-intermediate needs a method with intermediate maps (lrp: segment boundaries; "
@@ -87,7 +87,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from .core.registry import all_methods
+    from .core.methods.catalogue import all_methods
 
     for m in all_methods():
         flags = []

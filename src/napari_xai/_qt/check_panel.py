@@ -359,7 +359,7 @@ class CheckPanel(QWidget):
         self.last_cell_curves: list = []
 
     def _build_sanity(self) -> QGroupBox:
-        from ..core.registry import all_methods
+        from ..core.methods.catalogue import all_methods
         from ..core.evaluation.sanity import MODES
         from ..core.evaluation.similarity import VERDICT_THRESHOLD
 

@@ -29,7 +29,8 @@ from magicgui.widgets import (
 from qtpy.QtCore import QTimer
 
 from ..core.errors import Cancelled, UserError
-from ..core.registry import Param, all_methods, get_method
+from ..core.methods.registry import Param
+from ..core.methods.catalogue import all_methods, get_method
 from ._jobs import fail, report_error, start_worker
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -618,7 +618,7 @@ class LrpDesignerWidget(QWidget):
         """Load the model and list its layers in execution order (one forward pass on the GUI thread)."""
         from ..core.explain import _prepare_target, prepare_input
         from ..core.lrp_config import list_layers
-        from ..core.registry import RunContext
+        from ..core.methods.registry import RunContext
 
         try:
             model = self.load_model()
@@ -1184,7 +1184,7 @@ class LrpDesignerWidget(QWidget):
                 if kind == "config":
                     self.config_named(name)
                 elif kind == "method":
-                    from ..core.registry import get_method
+                    from ..core.methods.catalogue import get_method
 
                     name = get_method(name).name
                 else:
@@ -1429,7 +1429,7 @@ class LrpDesignerWidget(QWidget):
 
     # ------------------------------------------------------------------ comparison
     def _refresh_compare_list(self) -> None:
-        from ..core.registry import all_methods
+        from ..core.methods.catalogue import all_methods
 
         checked = set(self._checked(self.compare_list))
         self.compare_list.clear()

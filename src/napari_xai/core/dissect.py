@@ -75,7 +75,7 @@ def layer_activations(model: Any, volume, layer: str | None = None,
     import torch
 
     from . import geometry
-    from .attribution import model_session, require_hookable, trace_model
+    from .methods._model import model_session, require_hookable, trace_model
     from .explain import _forward, prepare_input
 
     module = model.module

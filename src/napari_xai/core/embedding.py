@@ -101,7 +101,7 @@ def check_layer(model: Any, layer: str | None) -> tuple[str | None, bool]:
     Checks what can be checked without a forward pass: an eager module, and a
     name that exists in ``named_modules()``.
     """
-    from .attribution import require_hookable
+    from .methods._model import require_hookable
 
     module = model.module
     require_hookable(model, "reading features", "forward hooks")

@@ -16,7 +16,8 @@ import numpy as np
 from . import geometry
 from .errors import UserError
 from .provenance import file_hashes, now_iso, package_versions
-from .registry import RunContext, get_method
+from .methods.registry import RunContext
+from .methods.catalogue import get_method
 from .volumes import Volume
 
 NORMALIZATIONS = ("none", "zscore", "minmax")

@@ -52,15 +52,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .attribution import (
-    ACTIVATIONS,
-    check_scores,
-    model_session,
-    require_eager,
-    trace_model,
-)
+from .methods._model import ACTIVATIONS, check_scores, model_session, require_eager, trace_model
 from .errors import UserError
-from .registry import Method, MethodOutput, Param, RunContext, register
+from .methods.registry import Method, MethodOutput, Param, RunContext, register
 
 __all__ = ["PRESETS", "LrpComposite", "LrpPreset", "RelevanceCapture", "ResidualSums", "layer_kind", "lrp"]
 

@@ -135,7 +135,7 @@ def list_layers(model: nn.Module, x: torch.Tensor) -> list[LayerInfo]:
     x : torch.Tensor
         An input (1, C, D, H, W) on the model's device.
     """
-    from .attribution import model_session
+    from .methods._model import model_session
     from .lrp import layer_kind
 
     if isinstance(model, torch.jit.ScriptModule):
@@ -642,10 +642,10 @@ def run_config(model: nn.Module, x: torch.Tensor, target: int, config: LrpConfig
     from zennit.core import Composite
     from zennit.layer import Sum
 
-    from .attribution import require_eager
+    from .methods._model import require_eager
     from .lrp import _norm_rule, _pass_rule, is_output_reduction, propagate, stabilizer_for
     from .lrp_rules import UnifiedRule
-    from .registry import MethodOutput, RunContext
+    from .methods.registry import MethodOutput, RunContext
 
     ctx = ctx if ctx is not None else RunContext()
     require_eager(model, ctx, "lrp", "LRP attaches rules to its layers")

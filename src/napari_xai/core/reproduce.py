@@ -137,7 +137,7 @@ def relevance_record(record: dict) -> dict:
 
 def explain_arguments(record: dict) -> dict:
     """The :func:`explain` keyword arguments a record asks for (method, params, target, seed, grid, ...)."""
-    from .registry import get_method
+    from .methods.catalogue import get_method
 
     record = relevance_record(record)
     randomized = (record.get("sanity") or {}).get("randomized_layers")

@@ -72,7 +72,7 @@ class Scorer:
                  input_shape=None, segmentation: bool = False, mask: np.ndarray | None = None, point=None,
                  output_index: int = 0):
         from ..explain import _prepare_target, prepare_input
-        from ..registry import RunContext
+        from ..methods.registry import RunContext
 
         self.model, self.volume = model, volume
         x, _, self.model_shape, self.normalization = prepare_input(volume, model, normalization, input_shape)

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from ..errors import Cancelled, UserError
-from ..registry import RunContext
+from ..methods.registry import RunContext
 from ..volumes import Volume
 
 __all__ = ["INFIDELITY_KINDS", "InfidelityResult", "SensitivityResult", "evaluate", "infidelity",
@@ -35,7 +35,7 @@ def is_contribution_map(method: str) -> bool:
     GradientSHAP are; saliency, SmoothGrad, guided backprop, deconvolution,
     the CAM family and attention gates are not.
     """
-    from ..registry import get_method
+    from ..methods.catalogue import get_method
 
     entry = get_method(method)
     return entry.family in CONTRIBUTION_FAMILIES or entry.name in CONTRIBUTION_METHODS

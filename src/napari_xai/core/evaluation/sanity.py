@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..provenance import now_iso
-from ..registry import RunContext
+from ..methods.registry import RunContext
 
 __all__ = ["INITS", "MODES", "SanityResult", "parametrised_layers", "randomization_test", "randomize_layer", "sanity_check", "weights_sha256"]
 
@@ -34,7 +34,7 @@ def parametrised_layers(module: Any, x) -> list:
     Traced by one forward pass of ``x`` (see :func:`~napari_xai.core.lrp_config.list_layers`);
     layers that did not run are left out.
     """
-    from ..attribution import require_hookable
+    from ..methods._model import require_hookable
     from ..lrp_config import list_layers
 
     require_hookable(module, "the randomization test", "it replaces the weights of named layers")
@@ -303,9 +303,9 @@ def sanity_check(
     ``explain_kwargs`` go to every :func:`explain` call (``normalization``,
     ``input_shape``, ``segmentation``, ``mask``, ``point``, ``output_index``).
     """
-    from ..attribution import require_hookable
+    from ..methods._model import require_hookable
     from ..explain import explain, prepare_input, same_target_kwargs
-    from ..registry import get_method
+    from ..methods.catalogue import get_method
 
     entry = get_method(method)
     entry.parse(params)  # a bad parameter fails before any work

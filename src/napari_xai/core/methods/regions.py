@@ -33,15 +33,15 @@ import math
 import numpy as np
 import torch
 
-from .attribution import BASELINES, ScoreFn, make_baseline
-from .errors import UserError
+from ..errors import UserError
+from ._model import BASELINES, ScoreFn, make_baseline
 from .registry import Method, MethodOutput, Param, RunContext, register
 
 MAX_FEATURES = 4096
 
 
 def _builtin_atlases() -> tuple[str, ...]:
-    from .atlas import builtin_atlas_names
+    from ..atlas import builtin_atlas_names
 
     return tuple(builtin_atlas_names())
 
@@ -50,14 +50,14 @@ def feature_mask(shape: tuple[int, ...], regions: str, size: int, ctx: RunContex
     """Feature index (D, H, W) in 0..M-1 on the model grid, and the feature names."""
     shape = tuple(int(s) for s in shape)
     if regions == "cubes":
-        from .geometry import cube_labels
+        from ..geometry import cube_labels
 
         size = int(size)
         labels, nb = cube_labels(shape, size)
         names = [f"cube {a * size}:{b * size}:{c * size}"
                  for a in range(nb[0]) for b in range(nb[1]) for c in range(nb[2])]
         return labels, names
-    from .atlas import atlas_on_grid, load_atlas
+    from ..atlas import atlas_on_grid, load_atlas
 
     grid_affine = getattr(ctx, "grid_affine", None) if ctx is not None else None
     if grid_affine is None:

@@ -1,4 +1,4 @@
-"""Attribution methods as data.
+"""Attribution methods as data: Method, Param, RunContext and MethodOutput.
 
 Each method is one :class:`Method` entry in :data:`REGISTRY`. An entry holds
 its name, its parameters (name, type, default, range, help), whether it needs
@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import Cancelled, UserError
+from ..errors import Cancelled, UserError
 
 
 @dataclass(frozen=True)
@@ -167,21 +167,3 @@ def register(method: Method) -> Method:
         raise ValueError(f"method {method.name!r} registered twice")
     REGISTRY[method.name] = method
     return method
-
-
-def _ensure_loaded() -> None:
-    # Importing the method modules registers their entries.
-    from . import attribution, lrp, region_attribution, attention  # noqa: F401  (this order is the listing order)
-
-
-def get_method(name: str) -> Method:
-    _ensure_loaded()
-    key = name.strip().lower().replace("_", "-")
-    if key not in REGISTRY:
-        raise UserError(f"unknown method {name!r}; run 'napari-xai methods' to list them ({', '.join(REGISTRY)}).")
-    return REGISTRY[key]
-
-
-def all_methods() -> list[Method]:
-    _ensure_loaded()
-    return list(REGISTRY.values())

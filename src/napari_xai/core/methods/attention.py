@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attribution import model_session, require_eager
-from .errors import UserError
+from ..errors import UserError
+from ._model import model_session, require_eager
 from .registry import Method, MethodOutput, Param, RunContext, register
 
 __all__ = ["COMBINE", "combine_maps", "find_gates", "gate_maps"]

@@ -1,0 +1,1 @@
+"""Attribution methods as registry entries, one family per module; see docs/architecture.md."""
