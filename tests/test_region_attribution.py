@@ -120,7 +120,7 @@ def test_atlas_regions_on_the_demo_brain():
     from napari_xai.core.methods.registry import RunContext
 
     ctx = RunContext(grid_affine=grid.affine)
-    out = get_method("region-ablation").fn(model.module, x, 1, {"regions": "harvard-oxford", "baseline": "zero"}, ctx).relevance[0, 0]
+    out = get_method("region-ablation").run(model.module, x, 1, {"regions": "harvard-oxford", "baseline": "zero"}, ctx).relevance[0, 0]
     lab = np.asarray(grid.labels)
     for v in np.unique(lab)[:20]:
         vals = out.numpy()[lab == v]

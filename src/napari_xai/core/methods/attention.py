@@ -170,9 +170,9 @@ def _attention_gates(model, x, target, params, ctx) -> MethodOutput:
     """
     ctx = ctx if ctx is not None else RunContext()
     require_eager(model, ctx, "attention-gates", "it hooks the attention gates")
-    combine = str(params.get("combine") or "mean")
+    combine = str(params["combine"])
     ctx.step(0.1, "attention gates: forward pass")
-    maps = gate_maps(model, x, params.get("layer"))
+    maps = gate_maps(model, x, params["layer"])
     size = tuple(int(s) for s in x.shape[2:])
     up = {n: F.interpolate(m, size=size, mode="trilinear", align_corners=False) for n, m in maps.items()}
     combined = combine_maps(list(up.values()), combine).clamp(0.0, 1.0)

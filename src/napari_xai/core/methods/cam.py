@@ -86,10 +86,10 @@ def _grad_cam(model, x, target, params, ctx) -> MethodOutput:
     ctx = as_context(ctx)
     require_eager(model, ctx, "grad-cam", "Grad-CAM hooks a layer")
     with model_session(model):
-        name, layer = _resolve_cam_layer(model, x, params.get("layer"), "grad-cam")
+        name, layer = _resolve_cam_layer(model, x, params["layer"], "grad-cam")
         f = ScoreFn(model, ctx, target, 1, f"grad-cam on {name}")
         cam = LayerGradCam(f, layer).attribute(
-            fresh_input(x, grad=True), target=int(target), relu_attributions=bool(params.get("relu_attributions", True))
+            fresh_input(x, grad=True), target=int(target), relu_attributions=bool(params["relu_attributions"])
         )
     return MethodOutput(_cam_to_input(cam, x), {"layer": name, "layer_shape": list(cam.shape[2:])})
 
@@ -123,7 +123,7 @@ def _grad_cam_plus_plus(model, x, target, params, ctx) -> MethodOutput:
     ctx = as_context(ctx)
     require_eager(model, ctx, "grad-cam-plus-plus", "it hooks a layer")
     with model_session(model):
-        name, layer = _resolve_cam_layer(model, x, params.get("layer"), "grad-cam-plus-plus")
+        name, layer = _resolve_cam_layer(model, x, params["layer"], "grad-cam-plus-plus")
         f = ScoreFn(model, ctx, target, 1, f"grad-cam++ on {name}")
         kept: list[torch.Tensor] = []
 
@@ -147,7 +147,7 @@ def _grad_cam_plus_plus(model, x, target, params, ctx) -> MethodOutput:
     alpha = torch.where(nonzero, g2 / torch.where(nonzero, denom, torch.ones_like(denom)), torch.zeros_like(denom))
     weights = (alpha * F.relu(grad)).sum(dim=space, keepdim=True)
     cam = (weights * acts).sum(dim=1, keepdim=True)
-    if bool(params.get("relu_attributions", True)):
+    if bool(params["relu_attributions"]):
         cam = F.relu(cam)
     used = {"layer": name, "layer_shape": list(cam.shape[2:]), "score": float(score.detach())}
     return MethodOutput(_cam_to_input(cam, x), used)
@@ -164,7 +164,7 @@ def _guided_grad_cam(model, x, target, params, ctx) -> MethodOutput:
     ctx = as_context(ctx)
     require_eager(model, ctx, "guided-grad-cam", "it hooks a layer and the nn.ReLU modules")
     with model_session(model):
-        name, layer = _resolve_cam_layer(model, x, params.get("layer"), "guided-grad-cam")
+        name, layer = _resolve_cam_layer(model, x, params["layer"], "guided-grad-cam")
         used = guided_warnings(model, x, ctx, "guided-grad-cam")
         f = ScoreFn(model, ctx, target, 2, f"guided grad-cam on {name}")
         with quiet_relu_hook_warning():

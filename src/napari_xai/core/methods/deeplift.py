@@ -198,7 +198,7 @@ def _deeplift(model, x, target, params, ctx) -> MethodOutput:
     with model_session(model):
         found, ruled, pools = _deeplift_checks(model, x)
         xi = fresh_input(x, grad=True)
-        base, used = make_baseline(xi.detach(), params.get("baseline", "zero"), params.get("blur_sigma"))
+        base, used = make_baseline(xi.detach(), params["baseline"], params["blur_sigma"])
         f = ScoreFn(model, ctx, target, 1, "deeplift")
         with warnings.catch_warnings(), _deeplift_hooks(ruled, pools):
             # Captum announces its temporary hooks on every call; they are removed again

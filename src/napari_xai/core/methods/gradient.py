@@ -62,7 +62,7 @@ def _saliency(model, x, target, params, ctx) -> MethodOutput:
     ctx = as_context(ctx)
     with model_session(model):
         f = ScoreFn(model, ctx, target, 1, "saliency")
-        rel = Saliency(f).attribute(fresh_input(x, grad=True), target=int(target), abs=bool(params.get("absolute", False)))
+        rel = Saliency(f).attribute(fresh_input(x, grad=True), target=int(target), abs=bool(params["absolute"]))
     return MethodOutput(rel.detach(), {"forward_passes": f.calls})
 
 
@@ -88,11 +88,11 @@ def _integrated_gradients(model, x, target, params, ctx) -> MethodOutput:
     from captum.attr import IntegratedGradients
 
     ctx = as_context(ctx)
-    steps = int(params.get("steps", 32))
-    ibs = int(params.get("internal_batch_size") or 8)
+    steps = int(params["steps"])
+    ibs = int(params["internal_batch_size"])
     with model_session(model):
         xi = fresh_input(x, grad=True)
-        base, used = make_baseline(xi.detach(), params.get("baseline", "zero"), params.get("blur_sigma"))
+        base, used = make_baseline(xi.detach(), params["baseline"], params["blur_sigma"])
         f = ScoreFn(model, ctx, target, math.ceil(steps / ibs), "integrated gradients")
         rel = IntegratedGradients(f).attribute(
             xi, baselines=base, target=int(target), n_steps=steps, internal_batch_size=min(ibs, steps)
@@ -128,16 +128,16 @@ def _smoothgrad(model, x, target, params, ctx) -> MethodOutput:
     from captum.attr import NoiseTunnel, Saliency
 
     ctx = as_context(ctx)
-    samples = int(params.get("samples", 16))
-    batch = int(params.get("batch_size") or 4)
+    samples = int(params["samples"])
+    batch = int(params["batch_size"])
     with model_session(model):
         xi = fresh_input(x, grad=True)
         span = float(xi.detach().max() - xi.detach().min())
-        stdev = float(params.get("noise", 0.15)) * span
+        stdev = float(params["noise"]) * span
         if span == 0.0:
             ctx.warn("smoothgrad: the input is constant, so the relative noise level gives zero noise (plain gradient).")
         f = ScoreFn(model, ctx, target, math.ceil(samples / batch), "smoothgrad")
-        variant = str(params.get("variant") or "smoothgrad")
+        variant = str(params["variant"])
         rel = NoiseTunnel(Saliency(f)).attribute(
             xi,
             nt_type={"smoothgrad": "smoothgrad", "smoothgrad-sq": "smoothgrad_sq", "vargrad": "vargrad"}[variant],
@@ -145,7 +145,7 @@ def _smoothgrad(model, x, target, params, ctx) -> MethodOutput:
             nt_samples_batch_size=min(batch, samples),
             stdevs=stdev,
             target=int(target),
-            abs=bool(params.get("absolute", False)),
+            abs=bool(params["absolute"]),
         )
     return MethodOutput(rel.detach(), {"noise_stdev": stdev, "intensity_range": span, "forward_passes": f.calls,
                                        "variant": variant})
@@ -188,19 +188,19 @@ def _gradient_shap(model, x, target, params, ctx) -> MethodOutput:
     from captum.attr import GradientShap
 
     ctx = as_context(ctx)
-    samples = int(params.get("samples", 32))
-    batch = min(int(params.get("batch_size") or 4), samples)
-    kind = str(params.get("baseline") or "uniform")
+    samples = int(params["samples"])
+    batch = min(int(params["batch_size"]), samples)
+    kind = str(params["baseline"])
     with model_session(model):
         xi = fresh_input(x, grad=True)
         span = float(xi.detach().max() - xi.detach().min())
-        stdev = float(params.get("noise", 0.0)) * span
+        stdev = float(params["noise"]) * span
         if kind == "uniform":
             lo = xi.detach().amin(dim=(2, 3, 4), keepdim=True)
             hi = xi.detach().amax(dim=(2, 3, 4), keepdim=True)
             base, used = None, {"baseline": "uniform"}
         else:
-            base, used = make_baseline(xi.detach(), kind, params.get("blur_sigma"))
+            base, used = make_baseline(xi.detach(), kind, params["blur_sigma"])
         f = ScoreFn(model, ctx, target, math.ceil(samples / batch), "gradient shap")
         total = torch.zeros_like(xi)
         with _numpy_random_from_torch():

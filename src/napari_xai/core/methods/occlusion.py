@@ -50,11 +50,11 @@ def _occlusion(model, x, target, params, ctx) -> MethodOutput:
     """
     ctx = as_context(ctx)
     shape = tuple(int(s) for s in x.shape[2:])
-    window = tuple(params.get("window") or default_occlusion_window(shape))
+    window = tuple(params["window"] or default_occlusion_window(shape))
     window = tuple(min(w, s) for w, s in zip(window, shape))
-    stride = tuple(params.get("stride") or window)
-    ppe = int(params.get("perturbations_per_eval") or 8)
-    per_channel = bool(params.get("per_channel", False))
+    stride = tuple(params["stride"] or window)
+    ppe = int(params["perturbations_per_eval"])
+    per_channel = bool(params["per_channel"])
     if any(s > w for s, w in zip(stride, window)):
         ctx.warn("occlusion: a stride larger than the window leaves voxels between windows uncovered; their relevance is 0.")
     starts = [occlusion_windows(n, w, s) for n, w, s in zip(shape, window, stride)]
@@ -69,7 +69,7 @@ def _occlusion(model, x, target, params, ctx) -> MethodOutput:
         ctx.warn(f"occlusion: {len(jobs)} occluded volumes to evaluate; a larger window or stride is much faster.")
     with model_session(model), torch.no_grad():
         xi = fresh_input(x)
-        base, used = make_baseline(xi, params.get("baseline", "zero"), None)
+        base, used = make_baseline(xi, params["baseline"], None)
         f = ScoreFn(model, ctx, target, n_passes, "occlusion")
         ref = f(xi)[0, int(target)]
         total = torch.zeros_like(xi)

@@ -74,10 +74,10 @@ def feature_mask(shape: tuple[int, ...], regions: str, size: int, ctx: RunContex
 
 
 def _features(x: torch.Tensor, params: dict, ctx: RunContext) -> tuple[torch.Tensor, list[str], torch.Tensor, dict]:
-    labels, names = feature_mask(tuple(x.shape[2:]), params.get("regions") or "cubes", params.get("size") or 8, ctx)
+    labels, names = feature_mask(tuple(x.shape[2:]), params["regions"], params["size"], ctx)
     if len(names) > MAX_FEATURES:
         raise UserError(f"{len(names)} features are too many (at most {MAX_FEATURES}); use larger cubes (size).")
-    base, used = make_baseline(x.detach(), params.get("baseline", "zero"), None)
+    base, used = make_baseline(x.detach(), params["baseline"], None)
     return torch.from_numpy(labels).to(x.device), names, base, used
 
 
@@ -114,7 +114,7 @@ def _region_ablation(model, x, target, params, ctx) -> MethodOutput:
     ctx = ctx if ctx is not None else RunContext()
     labels, names, base, used = _features(x, params, ctx)
     m = len(names)
-    ppe = int(params.get("perturbations_per_eval") or 8)
+    ppe = int(params["perturbations_per_eval"])
     f = ScoreFn(model, ctx, target, 1 + math.ceil(m / ppe), "region ablation")
     coalitions = np.ones((m + 1, m), dtype=np.uint8)
     coalitions[np.arange(1, m + 1), np.arange(m)] = 0
@@ -138,10 +138,10 @@ def _lime(model, x, target, params, ctx) -> MethodOutput:
     ctx = ctx if ctx is not None else RunContext()
     labels, names, base, used = _features(x, params, ctx)
     m = len(names)
-    n = int(params.get("samples") or 200)
-    width = float(params.get("kernel_width") or 0.25)
-    ppe = int(params.get("perturbations_per_eval") or 8)
-    rng = np.random.default_rng(int(params.get("seed") or 0))
+    n = int(params["samples"])
+    width = float(params["kernel_width"])
+    ppe = int(params["perturbations_per_eval"])
+    rng = np.random.default_rng(int(params["seed"]))
     z = (rng.random((n, m)) < 0.5).astype(np.uint8)
     z[0] = 1  # the input itself
     f = ScoreFn(model, ctx, target, math.ceil(n / ppe), "LIME")
@@ -180,9 +180,9 @@ def _kernel_shap(model, x, target, params, ctx) -> MethodOutput:
     m = len(names)
     if m < 2:
         raise UserError("kernel-shap needs at least two features; use smaller cubes (size).")
-    n = int(params.get("samples") or 200)
-    ppe = int(params.get("perturbations_per_eval") or 8)
-    rng = np.random.default_rng(int(params.get("seed") or 0))
+    n = int(params["samples"])
+    ppe = int(params["perturbations_per_eval"])
+    rng = np.random.default_rng(int(params["seed"]))
     z, w, exact = _shapley_coalitions(m, n, rng)
     f = ScoreFn(model, ctx, target, math.ceil((len(z) + 2) / ppe), "KernelSHAP")
     ends = _scores(f, x, base, labels, np.stack([np.ones(m, np.uint8), np.zeros(m, np.uint8)]), target, ppe)

@@ -156,7 +156,13 @@ class Method:
             raise UserError(
                 f"method '{self.name}' has no parameter {', '.join(map(repr, unknown))}; its parameters are: {hint}."
             )
-        return {p.name: p.coerce(raw.get(p.name, p.default), self.name) for p in self.params}
+        # an explicit None (an empty field) means the default; defaults live only in the Param
+        return {p.name: p.coerce(p.default if raw.get(p.name) is None else raw[p.name], self.name) for p in self.params}
+
+    def run(self, model: Any, x: Any, target: int, params: dict[str, Any] | None = None,
+            ctx: RunContext | None = None) -> MethodOutput:
+        """Parse ``params`` (defaults filled from the Params) and call the method."""
+        return self.fn(model, x, target, self.parse(params), ctx if ctx is not None else RunContext())
 
 
 REGISTRY: dict[str, Method] = {}
