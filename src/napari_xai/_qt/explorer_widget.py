@@ -50,6 +50,7 @@ from superqt import QLabeledDoubleRangeSlider, QLabeledDoubleSlider
 
 from ..core import atlas as at
 from ..core import postprocess as pp
+from ..core.geometry import voxel_volume_mm3
 from ..core.errors import UserError
 from ..core.explorer import Explorer, source_provenance
 from .atlas_widget import atlas_grid_for_viewer, atlas_widget_for_viewer
@@ -621,7 +622,7 @@ class ExplorerWidget(QWidget):
         else:
             top = float(self._result.sizes_all[0])
             if self.size_unit_combo.currentText() == "mm3":
-                top *= pp.voxel_mm3(self._affine)
+                top *= voxel_volume_mm3(self._affine)
         return max(top, self.min_size_spin.value(), 1.0)
 
     def _on_size_slider(self, pos: int) -> None:
@@ -643,7 +644,7 @@ class ExplorerWidget(QWidget):
         self._update_size_readout()
 
     def _on_unit_changed(self, unit: str) -> None:
-        vv = pp.voxel_mm3(self._affine)
+        vv = voxel_volume_mm3(self._affine)
         value = self.min_size_spin.value()
         new = value * vv if unit == "mm3" else value / vv
         self.min_size_spin.blockSignals(True)
@@ -653,7 +654,7 @@ class ExplorerWidget(QWidget):
         self._schedule()
 
     def _update_size_readout(self) -> None:
-        vv = pp.voxel_mm3(self._affine)
+        vv = voxel_volume_mm3(self._affine)
         v = self.min_size_spin.value()
         vox = v if self.size_unit_combo.currentText() == "voxels" else v / vv
         self.size_readout.setText(f"≥ {vox:.1f} voxels = {vox * vv:.1f} mm³")
@@ -1020,7 +1021,7 @@ class ExplorerWidget(QWidget):
             self._hist_title = ax.set_title("", fontsize=8)
         if res is None or self._hist_line is None:
             return
-        scale = pp.voxel_mm3(res.affine) if unit == "mm3" else 1.0
+        scale = voxel_volume_mm3(res.affine) if unit == "mm3" else 1.0
         ms = max(res.min_voxels * scale, float(res.histogram.edges_voxels[0] * scale))
         self._hist_line.set_xdata([ms, ms])
         self._hist_title.set_text(f"{res.n_clusters} of {res.n_clusters_before_size} clusters ≥ min size (red)")

@@ -75,7 +75,7 @@ class Explorer:
         self.name = name
         self.provenance = provenance
         self.params = (params or pp.PostParams()).validated()
-        self.voxel_mm3 = pp.voxel_mm3(self.affine)
+        self.voxel_mm3 = geometry.voxel_volume_mm3(self.affine)
         self.raw_all_zero = not bool(np.any(self.raw))
         self._smooth_key: Any = None
         self._smoothed: np.ndarray | None = None
@@ -262,7 +262,7 @@ def export_record(result: pp.PostResult, kind: str, path, source: dict | None, p
             "n_clusters": result.n_clusters,
             "n_clusters_before_size_filter": result.n_clusters_before_size,
             "min_size_voxels": result.min_voxels,
-            "voxel_mm3": pp.voxel_mm3(result.affine),
+            "voxel_mm3": geometry.voxel_volume_mm3(result.affine),
             "scale_divisor": result.divisor,
             "max_abs_filtered": result.max_abs,
             "messages": list(result.messages),
