@@ -26,7 +26,7 @@ def parser():
 
 
 def test_lrp_layers_lists_execution_order_and_writes_a_config(tmp_path, capsys):
-    from napari_xai.core.lrp_config import load_config
+    from napari_xai.core.lrp import load_config
 
     source, weights, kwargs = python_source(tmp_path / "m")
     vol = nifti(tmp_path / "v.nii.gz", shape=(8, 8, 8))

@@ -16,7 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-from napari_xai.core import lrp as lrp_mod
+from napari_xai.core.lrp import propagate as lrp_propagate
+from napari_xai.core.lrp import types as lrp_types
+from napari_xai.core.lrp.canonizers import ResidualSums
 from napari_xai.core.errors import Cancelled, UserError
 from napari_xai.core.registry import RunContext, get_method
 
@@ -216,14 +218,14 @@ def test_conservation_through_instancenorm_prelu_and_residual_units(monkeypatch)
         assert float(out.relevance.sum()) == pytest.approx(logit, rel=1e-2), name  # 1 %: stabilisers at a+b ~ 0
         assert not ctx.warnings
     # controls: without the sum rule relevance doubles at each of the 3 residual units ...
-    monkeypatch.setattr(lrp_mod, "ResidualSums", _PlainAdditions)
+    monkeypatch.setattr(lrp_propagate, "ResidualSums", _PlainAdditions)
     out, ctx = run("lrp-epsilon", net, x, t, epsilon=1e-9)
     assert float(out.relevance.sum()) > 4 * logit
     assert any("times the target score" in w for w in ctx.warnings)
     monkeypatch.undo()
-    # ... and without the Pass rule the InstanceNorm gradient rescales it
-    monkeypatch.setattr(lrp_mod, "NORM_TYPES", (nn.BatchNorm3d,))
-    out, _ = run("lrp-epsilon", net, x, t, epsilon=1e-9)
+    # ... and without the Pass rule the InstanceNorm gradient rescales it (a fresh network: layer lists are cached)
+    monkeypatch.setattr(lrp_types, "NORM_TYPES", (nn.BatchNorm3d,))
+    out, _ = run("lrp-epsilon", _monai_classifier(), x, t, epsilon=1e-9)
     assert not 0.5 < float(out.relevance.sum()) / logit < 2.0  # it explodes (about x20000 here)
 
 
@@ -252,7 +254,7 @@ def test_inplace_residual_addition_is_handled_and_keeps_the_output():
     t, logit = _positive_target(net, x, net.fc)
     with torch.no_grad():
         ref = net(x)
-    sums = lrp_mod.ResidualSums()
+    sums = ResidualSums()
     xg = x.clone().requires_grad_(True)
     with sums:
         out = net(xg)

@@ -21,28 +21,26 @@ import torch
 from torch import nn
 
 from napari_xai.core.errors import UserError
-from napari_xai.core.lrp_config import (
-    LrpConfig,
-    Segment,
-    default_config,
-    list_layers,
-    load_config,
-    load_configs,
-    resolve,
-    run_config,
-    save_configs,
-)
-from napari_xai.core.lrp_rules import (
+from napari_xai.core.lrp import (
     PARAM_HELP,
     PARAM_NAMES,
     PRESETS,
     STEPS,
+    LrpConfig,
     RuleParams,
+    Segment,
     UnifiedRule,
     conserves,
+    default_config,
     formula,
+    list_layers,
+    load_config,
+    load_configs,
     match_preset,
     preset_params,
+    resolve,
+    run_config,
+    save_configs,
 )
 from napari_xai.core.registry import RunContext, get_method
 
@@ -477,7 +475,7 @@ class SqueezeExcite(nn.Module):
 
 @pytest.mark.parametrize("size", [6, 1], ids=["6^3 map (broadcast gate)", "1^3 map (same-shape gate)"])
 def test_squeeze_excitation_gates_and_groupnorm_conserve(size, monkeypatch):
-    from napari_xai.core import lrp as lrp_mod
+    from napari_xai.core.lrp.canonizers import ResidualSums
 
     torch.manual_seed(7)
     model = SqueezeExcite().eval()
@@ -490,7 +488,7 @@ def test_squeeze_excitation_gates_and_groupnorm_conserve(size, monkeypatch):
     assert res.used["gates"] == 1
     assert float(res.relevance.sum()) == pytest.approx(float(out[t]), rel=1e-4)
     # control: without the gate rule the gradient also feeds the gate branch, which pools the signal back in
-    monkeypatch.setattr(lrp_mod.ResidualSums, "_gate", classmethod(lambda cls, args, kwargs: None))
+    monkeypatch.setattr(ResidualSums, "_gate", classmethod(lambda cls, args, kwargs: None))
     res = run_config(model, x, t, cfg, RunContext(), boundaries=False)
     assert res.used["gates"] == 0
     assert float(res.relevance.sum()) != pytest.approx(float(out[t]), rel=1e-2)
@@ -516,7 +514,7 @@ class DeadChannel(nn.Module):
 @pytest.mark.parametrize("preset", ["lrp-flat", "lrp-wsquare"])
 def test_pooling_keeps_relevance_that_reaches_dead_windows(preset, monkeypatch):
     """Rules that ignore activations send relevance to all-zero pooling windows; the sum rule must not drop it."""
-    from napari_xai.core import lrp as lrp_mod
+    from napari_xai.core.lrp import rules as lrp_rules
 
     torch.manual_seed(8)
     model = DeadChannel().eval()
@@ -531,7 +529,7 @@ def test_pooling_keeps_relevance_that_reaches_dead_windows(preset, monkeypatch):
     # control: Zennit's plain Norm rule loses the share of the dead channel
     from zennit.rules import Norm
 
-    monkeypatch.setattr(lrp_mod, "_norm_rule", lambda stabilizer=1e-6: Norm(stabilizer))
+    monkeypatch.setattr(lrp_rules, "SumRule", lambda stabilizer=1e-6: Norm(stabilizer))
     res = run_config(model, x, t, cfg, RunContext(), boundaries=False)
     assert float(res.relevance.sum()) < 0.9 * float(out[t])
 
@@ -617,7 +615,7 @@ class TwoLayer(nn.Module):
 @pytest.mark.parametrize(("kind", "alpha"), [("pass", [0.0, 0.4]), ("clamp", [0.0, 0.2]), ("pass", [0.1, 1.0])])
 def test_relevance_filter_inside_lrp_equals_the_hand_computation(kind, alpha):
     """Filters within LRP layers (Joa et al.): filter the hidden relevance, then LRP-0 down to the input."""
-    from napari_xai.core.lrp_config import LayerFilter
+    from napari_xai.core.lrp import LayerFilter
 
     net = TwoLayer().eval()
     x = torch.tensor([0.8, 0.6, 1.0, 0.5]).view(1, 1, 1, 2, 2)

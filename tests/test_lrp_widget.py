@@ -120,7 +120,7 @@ def wait(qtbot, w):
 
 
 def test_layers_configuration_manager_and_segment_editor(make_napari_viewer, nets, tmp_path):
-    from napari_xai.core.lrp_config import load_config
+    from napari_xai.core.lrp import load_config
 
     viewer = make_napari_viewer()
     viewer.add_image(blobs(), name="t1", affine=AFF)

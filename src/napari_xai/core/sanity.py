@@ -13,7 +13,7 @@ be an edge detector of the input).
   trained weights.
 
 Layers are listed in **execution order** by
-:func:`napari_xai.core.lrp_config.list_layers` (one traced forward pass), so a
+:func:`napari_xai.core.lrp.list_layers` (one traced forward pass), so a
 model whose modules are registered in another order is still randomized from
 the real top. Everything happens on a deep copy; the user's model is never
 touched.
@@ -304,13 +304,13 @@ def _module_of(model: Any):
 
 
 def parametrised_layers(module: Any, x) -> list:
-    """The layers with parameters of their own, in execution order (:class:`~napari_xai.core.lrp_config.LayerInfo`).
+    """The layers with parameters of their own, in execution order (:class:`~napari_xai.core.lrp.LayerInfo`).
 
-    Traced by one forward pass of ``x`` (see :func:`~napari_xai.core.lrp_config.list_layers`);
+    Traced by one forward pass of ``x`` (see :func:`~napari_xai.core.lrp.list_layers`);
     layers that did not run are left out.
     """
     from .attribution import require_hookable
-    from .lrp_config import list_layers
+    from .lrp import list_layers
 
     require_hookable(module, "the randomization test", "it replaces the weights of named layers")
     layers = [layer for layer in list_layers(module, x) if layer.parameters > 0]
