@@ -13,10 +13,9 @@ from __future__ import annotations
 from .canonizers import ResidualSums, merge_canonizer, verified_merges
 from .composites import COMPOSITES, CompositePreset, Resolved, default_config, resolve
 from .config import FORMAT, LIBRARY_FORMAT, LayerFilter, LrpConfig, Segment, load_config, load_configs, save_configs
-from .methods import RULE_METHODS
 from .methods import register_all as _register_all
 from .params import (
-    CUSTOM, PARAM_HELP, PARAM_NAMES, PRESETS, STEPS, GeneralisedGamma, InputBox, Preset, RuleParams, conserves,
+    CUSTOM, PARAM_HELP, PARAM_NAMES, PRESETS, RULE_METHODS, STEPS, GeneralisedGamma, InputBox, Preset, RuleParams, conserves,
     describe, formula, get_preset, match_preset, preset_params,
 )
 from .propagate import (

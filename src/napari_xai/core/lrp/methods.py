@@ -14,20 +14,11 @@ from torch import nn
 from ..registry import Method, MethodOutput, Param, register
 from .composites import COMPOSITES, CompositePreset
 from .config import LrpConfig
-from .params import PARAM_HELP, PRESETS, formula, preset_params
+from .params import PARAM_HELP, PRESETS, RULE_METHODS, formula, preset_params
 from .types import NORM_TYPES
 
-__all__ = ["RULE_METHODS"]
+__all__ = ["register_all"]
 
-#: Method name -> Table 1 preset of the unified rule, applied to every Conv/Linear layer.
-RULE_METHODS: dict[str, str] = {
-    "lrp-0": "lrp-0",
-    "lrp-gamma-rule": "lrp-gamma",
-    "lrp-alpha-beta": "lrp-alphabeta",
-    "lrp-z-plus": "lrp-zplus",
-    "lrp-w-square": "lrp-wsquare",
-    "lrp-flat": "lrp-flat",
-}
 #: Keys of a composite's record (its provenance); the designer's ``lrp`` keeps the whole record.
 _COMPOSITE_KEYS = ("rules", "first_layers", "merged_batchnorm", "residual_sums", "gates", "output_relevance",
                    "relevance_sum", "conservation")

@@ -16,7 +16,7 @@ from typing import Iterable, Union
 from ..errors import UserError
 
 __all__ = [
-    "CUSTOM", "PARAM_HELP", "PARAM_NAMES", "PRESETS", "STEPS", "GeneralisedGamma", "InputBox", "Preset", "Rule",
+    "CUSTOM", "PARAM_HELP", "PARAM_NAMES", "PRESETS", "RULE_METHODS", "STEPS", "GeneralisedGamma", "InputBox", "Preset", "Rule",
     "RuleParams", "conserves", "describe", "formula", "get_preset", "match_preset", "preset_params", "rule_conserves",
     "rule_from_dict", "rule_label", "rule_to_dict",
 ]
@@ -187,9 +187,21 @@ PRESETS: dict[str, Preset] = {
 CUSTOM = "custom"
 
 
+#: Method name -> Table 1 preset: each Table 1 rule is also a method that applies it to every Conv/Linear layer.
+RULE_METHODS: dict[str, str] = {
+    "lrp-0": "lrp-0",
+    "lrp-gamma-rule": "lrp-gamma",
+    "lrp-alpha-beta": "lrp-alphabeta",
+    "lrp-z-plus": "lrp-zplus",
+    "lrp-w-square": "lrp-wsquare",
+    "lrp-flat": "lrp-flat",
+}
+
+
 def get_preset(name: str) -> Preset:
-    """A Table 1 preset by name (``lrp-0``, ``lrp-epsilon``, ``lrp-gamma``, ...)."""
+    """A Table 1 preset by name (``lrp-0``, ``lrp-epsilon``, ``lrp-gamma``, ...) or by its method name (``lrp-z-plus``)."""
     key = str(name).strip().lower().replace("_", "-")
+    key = RULE_METHODS.get(key, key)
     if key not in PRESETS:
         raise UserError(f"unknown LRP rule preset {name!r}; use one of {', '.join(PRESETS)} or '{CUSTOM}'.")
     return PRESETS[key]
