@@ -33,7 +33,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "conservation.md"
-PRESET_ORDER = ["lrp-0", "lrp-epsilon", "lrp-gamma", "lrp-alphabeta", "lrp-zplus", "lrp-wsquare", "lrp-flat"]
+PRESET_ORDER = ["lrp-0", "lrp-epsilon", "lrp-gamma-rule", "lrp-alpha-beta", "lrp-z-plus", "lrp-w-square", "lrp-flat"]
 
 
 def networks(size: int):

@@ -223,11 +223,14 @@ def render() -> str:
                     "Zennit's default) only acts on dense layers. `generalised-gamma` is Zennit's γ rule (units "
                     "with a negative output share over negative contributions); `lrp-gamma-rule` is Table 1's LRP-γ.\n"
                 )
-                out.append("| Table 1 rule on every Conv/Linear layer | rule | formula |")
-                out.append("|---|---|---|")
-                for name, preset in lrp.RULE_METHODS.items():
-                    out.append(f"| `{name}` | `{preset}` | `{lrp.formula(lrp.PRESETS[preset].params)}` |")
-                out.append("| `lrp-epsilon` | `lrp-epsilon` | (the composite above: LRP-ε on every layer) |\n")
+                out.append("Each rule of Table 1 of Huang et al. (the unified rule's presets, also the rule names of LRP "
+                           "configurations) is a method that applies it to every Conv/Linear layer:\n")
+                out.append("| method | Table 1 rule | formula | parameters |")
+                out.append("|---|---|---|---|")
+                for p in lrp.PRESETS.values():
+                    free = ", ".join(f"`{k}`" for k in p.free) or "none"
+                    out.append(f"| `{p.name}` | {p.title} | `{lrp.formula(p.params)}` | {free} |")
+                out.append("")
         out.append(f"### {m.name}\n")
         out.append(f"{m.summary}\n")
         body = _body(m.fn)

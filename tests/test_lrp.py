@@ -390,3 +390,33 @@ def test_param_defaults_alone_give_what_explain_gives(name):
     np.testing.assert_allclose(np.asarray(rel.data).reshape(-1), direct.relevance.numpy().reshape(-1), rtol=1e-5,
                                atol=1e-7)
     assert float(np.abs(rel.data).max()) > 0
+
+
+def test_lrp_package_has_no_import_circle_and_no_cross_module_private_import():
+    """Arrows in core/lrp/ go one way, and no module reaches into another's private (underscore) names."""
+    import ast
+    from pathlib import Path
+
+    import napari_xai.core.lrp as pkg
+
+    root = Path(pkg.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for f in root.glob("*.py"):
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        deps = graph.setdefault(f.stem, set())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                privates = [a.name for a in node.names if a.name.startswith("_") and a.name != "__future__"]
+                assert not privates, f"{f.name} imports private {privates} from {node.module}"
+                if node.level == 1 and node.module:
+                    deps.add(node.module.split(".")[0])
+    graph.pop("__init__")
+
+    def visit(name, path):
+        assert name not in path, f"import circle: {' -> '.join(path + [name])}"
+        for dep in graph.get(name, ()):
+            visit(dep, path + [name])
+
+    for name in graph:
+        visit(name, [])
+    assert graph["types"] <= set() and "propagate" not in graph["composites"]

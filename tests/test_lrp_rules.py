@@ -303,7 +303,7 @@ def test_config_json_round_trip_and_library(tmp_path):
     b.segments[0].rule = preset_params("lrp-flat")
     one = save_configs(tmp_path / "a.json", [a])
     data = json.loads(one.read_text())
-    assert data["format"] == "napari-xai/lrp-config" and data["segments"][0]["preset"] == "lrp-gamma"
+    assert data["format"] == "napari-xai/lrp-config" and data["segments"][0]["preset"] == "lrp-gamma-rule"
     assert load_config(one).to_dict() == a.to_dict()
     lib = save_configs(tmp_path / "lib.json", [a, b], active="b")
     configs, active = load_configs(lib)
@@ -316,6 +316,14 @@ def test_config_json_round_trip_and_library(tmp_path):
     }))
     hand = load_config(tmp_path / "hand.json")
     assert hand.segments[0].rule == preset_params("lrp-epsilon", epsilon=0.5) and hand.default == RuleParams()
+    # files written before the Table 1 rules were named like their methods still read: lrp-gamma was the gamma rule
+    (tmp_path / "old.json").write_text(json.dumps({
+        "name": "old", "default": {"preset": "lrp-zplus"},
+        "segments": [{"start": "first", "end": "second", "preset": "lrp-gamma", "params": {"gamma1p": 0.25}}],
+    }))
+    old = load_config(tmp_path / "old.json")
+    assert old.segments[0].preset == "lrp-gamma-rule" and old.segments[0].rule.gamma1p == 0.25
+    assert old.default == preset_params("lrp-z-plus") and match_preset(old.default) == "lrp-z-plus"
 
 
 @pytest.mark.parametrize("segments, message", [
@@ -449,7 +457,7 @@ def test_conservation_warning_names_biases():
 def test_default_config_is_gamma_epsilon_zero_in_thirds():
     layers = list_layers(Encoder().eval(), torch.rand(1, 2, 8, 8, 8))
     cfg = default_config(layers)
-    assert [s.preset for s in cfg.segments] == ["lrp-gamma", "lrp-epsilon", "lrp-0"]
+    assert [s.preset for s in cfg.segments] == ["lrp-gamma-rule", "lrp-epsilon", "lrp-0"]
     assert [(s.start, s.end) for s in cfg.segments] == [("conv1", "conv1"), ("conv2", "conv2"), ("fc", "fc")]
 
 
@@ -665,3 +673,26 @@ def test_the_documented_example_configurations_fit_the_shipped_demo_model():
     for cfg in configs:
         resolved = resolve(cfg, layers)
         assert len(resolved.spans) == len(cfg.segments)
+
+
+@pytest.mark.parametrize("name", ["lrp-epsilon", "lrp-epsilon-plus", "lrp-epsilon-plus-flat", "lrp-alpha1-beta0",
+                                  "lrp-alpha2-beta1", "lrp-gamma"])
+def test_composite_presets_are_configurations_run_by_the_one_engine(name, tmp_path):
+    """A composite written to a configuration file and run by 'lrp' gives the composite method's bits."""
+    from napari_xai.core.lrp import COMPOSITES
+
+    c = COMPOSITES[name]
+    m = get_method(name)
+    params = m.parse({})
+    cfg = c.config(params["epsilon"], params.get("gamma"))
+    path = save_configs(tmp_path / "c.json", [cfg])
+    back = load_config(path)
+    assert back.to_dict() == cfg.to_dict() and (back.first, back.dense, back.default) == (cfg.first, cfg.dense, cfg.default)
+    torch.manual_seed(13)
+    model = Encoder().eval()
+    x = torch.randn(1, 2, 8, 8, 8)
+    preset = m.fn(model, x, 1, params, RunContext())
+    lrp = get_method("lrp")
+    configured = lrp.fn(model, x, 1, lrp.parse({"config": str(path)}), RunContext())
+    assert torch.equal(preset.relevance, configured.relevance)
+    assert preset.used["conservation"] == configured.used["conservation"]

@@ -4,8 +4,8 @@ Modules, from the bottom up: ``types`` (layer groups, the layer list),
 ``params`` (the unified rule's ten parameters, Table 1), ``rules`` (Zennit
 hooks), ``canonizers`` (BatchNorm merging, residual sums, gates), ``config``
 (configurations and their JSON files), ``composites`` (rules per layer, the
-composite presets), ``propagate`` (the engine) and ``methods`` (the registry
-entries). See ``docs/lrp-designer.md``.
+composite presets), ``capture`` (relevance at named layers), ``propagate``
+(the engine) and ``methods`` (the registry entries). See ``docs/lrp-designer.md``.
 """
 
 from __future__ import annotations
@@ -15,13 +15,11 @@ from .composites import COMPOSITES, CompositePreset, Resolved, default_config, r
 from .config import FORMAT, LIBRARY_FORMAT, LayerFilter, LrpConfig, Segment, load_config, load_configs, save_configs
 from .methods import register_all as _register_all
 from .params import (
-    CUSTOM, PARAM_HELP, PARAM_NAMES, PRESETS, RULE_METHODS, STEPS, GeneralisedGamma, InputBox, Preset, RuleParams, conserves,
+    CUSTOM, OLD_NAMES, PARAM_HELP, PARAM_NAMES, PRESETS, STEPS, GeneralisedGamma, InputBox, Preset, RuleParams, conserves,
     describe, formula, get_preset, match_preset, preset_params,
 )
-from .propagate import (
-    CONSERVATION_TOLERANCE, RelevanceCapture, RelevanceFilterHooks, boundary_points, conservation_report,
-    run_config,
-)
+from .capture import RelevanceCapture, RelevanceFilterHooks
+from .propagate import CONSERVATION_TOLERANCE, boundary_points, conservation_report, run_config
 from .types import (
     LAYER_RULES, NORM_TYPES, STABILIZER, LayerInfo, is_output_reduction, layer_kind, list_layers, stabilizer_for,
     suggest_rule,
@@ -29,7 +27,7 @@ from .types import (
 
 __all__ = [
     "COMPOSITES", "CONSERVATION_TOLERANCE", "CUSTOM", "FORMAT", "LAYER_RULES", "LIBRARY_FORMAT", "NORM_TYPES",
-    "PARAM_HELP", "PARAM_NAMES", "PRESETS", "RULE_METHODS", "STABILIZER", "STEPS", "CompositePreset", "GeneralisedGamma", "InputBox",
+    "PARAM_HELP", "PARAM_NAMES", "OLD_NAMES", "PRESETS", "STABILIZER", "STEPS", "CompositePreset", "GeneralisedGamma", "InputBox",
     "LayerFilter", "LayerInfo", "LrpConfig", "PassRule", "Preset", "RelevanceCapture", "RelevanceFilterHooks",
     "ResidualSums", "Resolved", "RuleParams", "Segment", "SumRule", "UnifiedRule", "boundary_points",
     "conservation_report", "conserves", "default_config", "describe", "formula", "get_preset", "is_output_reduction",

@@ -135,7 +135,7 @@ def default_config(layers: list[LayerInfo], name: str = "composite (γ | ε | 0)
     n = len(rule_layers)
     cut1, cut2 = n // 3, (2 * n) // 3
     groups = [rule_layers[:cut1], rule_layers[cut1:cut2], rule_layers[cut2:]]
-    rules = [preset_params("lrp-gamma", gamma1p=0.25), preset_params("lrp-epsilon"), RuleParams()]
+    rules = [preset_params("lrp-gamma-rule", gamma1p=0.25), preset_params("lrp-epsilon"), RuleParams()]
     titles = ["lower", "middle", "upper"]
     segs = [Segment(g[0].name, g[-1].name, r, t) for g, r, t in zip(groups, rules, titles) if g]
     return LrpConfig(name=name, segments=segs, description="Montavon et al. 2019: gamma low, epsilon middle, 0 top.")
@@ -207,7 +207,7 @@ class CompositePreset:
             if key == "lrp-epsilon":
                 return preset_params("lrp-epsilon", epsilon=max(float(epsilon), 1e-12))
             if key == "lrp-alpha1-beta0":  # z+ is alpha-beta with alpha 1, beta 0: the same terms
-                return preset_params("lrp-alphabeta", alpha=1.0, beta=0.0)
+                return preset_params("lrp-alpha-beta", alpha=1.0, beta=0.0)
             if key == "z-box":
                 return InputBox()
             if key == "generalised-gamma":
@@ -226,16 +226,16 @@ COMPOSITES: dict[str, CompositePreset] = {
         CompositePreset("lrp-epsilon", None, "lrp-epsilon", "lrp-epsilon",
                   "LRP-epsilon on every Conv/Linear layer; epsilon -> 0 gives LRP-0 (= input x gradient on ReLU nets).",
                   "Bach et al. 2015, doi:10.1371/journal.pone.0130140", epsilon=0.25),
-        CompositePreset("lrp-epsilon-plus", None, "lrp-zplus", "lrp-epsilon",
+        CompositePreset("lrp-epsilon-plus", None, "lrp-z-plus", "lrp-epsilon",
                   "Zennit EpsilonPlus: z+ rule on convolutions, epsilon on dense layers.",
                   "Montavon et al. 2019, doi:10.1007/978-3-030-28954-6_10; Zennit EpsilonPlus"),
-        CompositePreset("lrp-epsilon-plus-flat", "lrp-flat", "lrp-zplus", "lrp-epsilon",
+        CompositePreset("lrp-epsilon-plus-flat", "lrp-flat", "lrp-z-plus", "lrp-epsilon",
                   "Zennit EpsilonPlusFlat: flat rule on the input layer, z+ on convolutions, epsilon on dense layers.",
                   "Lapuschkin et al. 2019, doi:10.1038/s41467-019-08987-4; Zennit EpsilonPlusFlat"),
         CompositePreset("lrp-alpha1-beta0", None, "lrp-alpha1-beta0", "lrp-epsilon",
                   "alpha1-beta0 on convolutions (positive contributions only), epsilon on dense layers.",
                   "Bach et al. 2015; Montavon et al. 2017, doi:10.1016/j.patcog.2016.11.008"),
-        CompositePreset("lrp-alpha2-beta1", None, "lrp-alphabeta", "lrp-epsilon",
+        CompositePreset("lrp-alpha2-beta1", None, "lrp-alpha-beta", "lrp-epsilon",
                   "Zennit EpsilonAlpha2Beta1: alpha2-beta1 on convolutions, epsilon on dense layers.",
                   "Bach et al. 2015; Zennit EpsilonAlpha2Beta1"),
         CompositePreset("lrp-gamma", "z-box", "generalised-gamma", "lrp-epsilon",

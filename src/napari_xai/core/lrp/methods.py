@@ -14,7 +14,7 @@ from torch import nn
 from ..registry import Method, MethodOutput, Param, register
 from .composites import COMPOSITES, CompositePreset
 from .config import LrpConfig
-from .params import PARAM_HELP, PRESETS, RULE_METHODS, formula, preset_params
+from .params import PARAM_HELP, PRESETS, formula, preset_params
 from .types import NORM_TYPES
 
 __all__ = ["register_all"]
@@ -32,7 +32,7 @@ def _run(model: nn.Module, x, target: int, config: LrpConfig, ctx, label: str) -
 
 def _composite_entry(c: CompositePreset) -> Method:
     def fn(model, x, target, params, ctx):
-        out = _run(model, x, target, c.config(params["epsilon"], params.get("gamma")), ctx, c.name)
+        out = _run(model, x, target, c.config(params["epsilon"], params["gamma"] if c.uses_gamma else None), ctx, c.name)
         used: dict[str, Any] = {k: out.used[k] for k in _COMPOSITE_KEYS}
         norms = sum(isinstance(m, NORM_TYPES) for m in model.modules())
         used["pass_norm_layers"] = norms - used["merged_batchnorm"]
@@ -54,13 +54,13 @@ def _composite_entry(c: CompositePreset) -> Method:
                   signed=True, reference=c.reference)
 
 
-def _rule_entry(name: str, preset: str) -> Method:
-    p = PRESETS[preset]
+def _rule_entry(name: str) -> Method:
+    p = PRESETS[name]
 
     def fn(model, x, target, params, ctx):
-        rule = preset_params(preset, **params)
+        rule = preset_params(name, **params)
         out = _run(model, x, target, LrpConfig(name=name, default=rule), ctx, name)
-        used = {"rule": preset, "formula": formula(rule)}
+        used = {"rule": name, "formula": formula(rule)}
         used.update({k: out.used[k] for k in _COMPOSITE_KEYS if k in out.used})
         return MethodOutput(out.relevance, used)
 
@@ -100,8 +100,9 @@ def register_all() -> None:
     """Register the composites, the Table 1 rules and ``lrp`` (in this order: the listing order)."""
     for c in COMPOSITES.values():
         register(_composite_entry(c))
-    for name, preset in RULE_METHODS.items():
-        register(_rule_entry(name, preset))
+    for name in PRESETS:  # each Table 1 rule on every layer; lrp-epsilon is also a composite (the same thing)
+        if name not in COMPOSITES:
+            register(_rule_entry(name))
     register(Method(
         name="lrp",
         family="lrp",

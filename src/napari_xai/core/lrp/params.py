@@ -16,7 +16,7 @@ from typing import Iterable, Union
 from ..errors import UserError
 
 __all__ = [
-    "CUSTOM", "PARAM_HELP", "PARAM_NAMES", "PRESETS", "RULE_METHODS", "STEPS", "GeneralisedGamma", "InputBox", "Preset", "Rule",
+    "CUSTOM", "PARAM_HELP", "PARAM_NAMES", "OLD_NAMES", "PRESETS", "PresetTable", "STEPS", "GeneralisedGamma", "InputBox", "Preset", "Rule",
     "RuleParams", "conserves", "describe", "formula", "get_preset", "match_preset", "preset_params", "rule_conserves",
     "rule_from_dict", "rule_label", "rule_to_dict",
 ]
@@ -167,16 +167,16 @@ PRESETS: dict[str, Preset] = {
                "Bach et al. 2015, doi:10.1371/journal.pone.0130140"),
         Preset("lrp-epsilon", "LRP-ε", RuleParams(epsilon=0.25), ("epsilon",),
                "R_i = sum_j a_i w_ij / (eps + sum_i a_i w_ij) R_j", "Bach et al. 2015"),
-        Preset("lrp-gamma", "LRP-γ", RuleParams(gamma1p=1.0), ("gamma1p",),
+        Preset("lrp-gamma-rule", "LRP-γ", RuleParams(gamma1p=1.0), ("gamma1p",),
                "R_i = sum_j a_i (w_ij + g w_ij+) / (sum_i a_i (w_ij + g w_ij+)) R_j",
                "Montavon et al. 2019, doi:10.1007/978-3-030-28954-6_10"),
-        Preset("lrp-alphabeta", "LRP-αβ", RuleParams(alpha=2.0, beta=1.0, gamma1=0.0, gamma1p=1.0, gamma1n=1.0),
+        Preset("lrp-alpha-beta", "LRP-αβ", RuleParams(alpha=2.0, beta=1.0, gamma1=0.0, gamma1p=1.0, gamma1n=1.0),
                ("alpha", "beta"),
                "R_i = sum_j (alpha a_i w_ij+ / sum_i a_i w_ij+ - beta a_i w_ij- / sum_i a_i w_ij-) R_j",
                "Bach et al. 2015"),
-        Preset("lrp-zplus", "LRP-z⁺", RuleParams(gamma1=0.0, gamma1p=1.0), (),
+        Preset("lrp-z-plus", "LRP-z⁺", RuleParams(gamma1=0.0, gamma1p=1.0), (),
                "R_i = sum_j a_i w_ij+ / (sum_i a_i w_ij+) R_j", "Bach et al. 2015; Montavon et al. 2017"),
-        Preset("lrp-wsquare", "LRP-w²", RuleParams(theta0=1.0, theta1=0.0, gamma1=0.0, gamma2=1.0), (),
+        Preset("lrp-w-square", "LRP-w²", RuleParams(theta0=1.0, theta1=0.0, gamma1=0.0, gamma2=1.0), (),
                "R_i = sum_j w_ij^2 / (sum_i w_ij^2) R_j",
                "Montavon et al. 2017, doi:10.1016/j.patcog.2016.11.008"),
         Preset("lrp-flat", "LRP-flat", RuleParams(theta0=1.0, theta1=0.0, gamma0=1.0, gamma1=0.0), (),
@@ -187,21 +187,36 @@ PRESETS: dict[str, Preset] = {
 CUSTOM = "custom"
 
 
-#: Method name -> Table 1 preset: each Table 1 rule is also a method that applies it to every Conv/Linear layer.
-RULE_METHODS: dict[str, str] = {
-    "lrp-0": "lrp-0",
-    "lrp-gamma-rule": "lrp-gamma",
-    "lrp-alpha-beta": "lrp-alphabeta",
-    "lrp-z-plus": "lrp-zplus",
-    "lrp-w-square": "lrp-wsquare",
-    "lrp-flat": "lrp-flat",
+#: The names of Table 1 presets before they were named like their methods; still read from configuration files.
+OLD_NAMES: dict[str, str] = {
+    "lrp-gamma": "lrp-gamma-rule",
+    "lrp-alphabeta": "lrp-alpha-beta",
+    "lrp-zplus": "lrp-z-plus",
+    "lrp-wsquare": "lrp-w-square",
 }
 
 
+class PresetTable(dict):
+    """The presets by name; an old name (:data:`OLD_NAMES`) finds its preset too, but is not listed."""
+
+    def __missing__(self, key):
+        if key in OLD_NAMES:
+            return self[OLD_NAMES[key]]
+        raise KeyError(key)
+
+    def __contains__(self, key) -> bool:
+        return dict.__contains__(self, key) or key in OLD_NAMES
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+
+PRESETS = PresetTable(PRESETS)
+
+
 def get_preset(name: str) -> Preset:
-    """A Table 1 preset by name (``lrp-0``, ``lrp-epsilon``, ``lrp-gamma``, ...) or by its method name (``lrp-z-plus``)."""
+    """A Table 1 preset by name (``lrp-0``, ``lrp-epsilon``, ``lrp-gamma-rule``, ...; also an old name)."""
     key = str(name).strip().lower().replace("_", "-")
-    key = RULE_METHODS.get(key, key)
     if key not in PRESETS:
         raise UserError(f"unknown LRP rule preset {name!r}; use one of {', '.join(PRESETS)} or '{CUSTOM}'.")
     return PRESETS[key]
@@ -214,9 +229,9 @@ def match_preset(params: RuleParams) -> str:
         if all(getattr(params, n) == getattr(p.params, n) for n in fixed):
             if p.name == "lrp-epsilon" and params.epsilon == 0:
                 continue  # that is LRP-0
-            if p.name == "lrp-gamma" and params.gamma1p == 0:
+            if p.name == "lrp-gamma-rule" and params.gamma1p == 0:
                 continue
-            if p.name == "lrp-alphabeta" and params.alpha - params.beta != 1:
+            if p.name == "lrp-alpha-beta" and params.alpha - params.beta != 1:
                 continue
             return p.name
     return CUSTOM
@@ -265,7 +280,7 @@ def formula(params: RuleParams) -> str:
 
 
 def preset_params(name: str, **free: float) -> RuleParams:
-    """The parameters of preset ``name`` with its free parameters set, e.g. ``preset_params('lrp-gamma', gamma1p=0.25)``."""
+    """The parameters of preset ``name`` with its free parameters set, e.g. ``preset_params('lrp-gamma-rule', gamma1p=0.25)``."""
     p = get_preset(name)
     bad = sorted(set(free) - set(p.free))
     if bad:
@@ -312,7 +327,7 @@ class GeneralisedGamma:
     ``lrp-gamma`` composite (Zennit's EpsilonGammaBox).
     """
 
-    gamma: float = 0.25
+    gamma: float
     name = "generalised-gamma"
 
     def to_dict(self) -> dict:
@@ -346,8 +361,8 @@ def rule_from_dict(data, where: str) -> Rule:
         name = data.get("rule")
         if name == InputBox.name and set(data) == {"rule"}:
             return InputBox()
-        if name == GeneralisedGamma.name and set(data) <= {"rule", "gamma"}:
-            return GeneralisedGamma(float(data.get("gamma", GeneralisedGamma.gamma)))
+        if name == GeneralisedGamma.name and set(data) == {"rule", "gamma"}:
+            return GeneralisedGamma(float(data["gamma"]))
         raise UserError(f"{where}: unknown rule {data!r}; use 'preset'/'params', or 'rule' "
                         f"'{InputBox.name}' or '{GeneralisedGamma.name}' (with 'gamma').")
     return params_from_dict(data, where)
