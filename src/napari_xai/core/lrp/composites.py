@@ -24,7 +24,9 @@ from .config import LrpConfig, Segment
 from .params import GeneralisedGamma, InputBox, Rule, RuleParams, preset_params, rule_conserves
 from .types import LayerInfo, LAYER_RULES, is_output_reduction, suggest_rule
 
-__all__ = ["COMPOSITES", "CompositePreset", "Resolved", "default_config", "layer_map", "resolve", "unknown_layer"]
+__all__ = [
+    "COMPOSITES", "CompositePreset", "Resolved", "default_config", "final_rules", "layer_map", "resolve", "unknown_layer",
+]
 
 
 @dataclass
@@ -33,7 +35,7 @@ class Resolved:
 
     config: LrpConfig
     layers: list[LayerInfo]
-    rules: dict[str, RuleParams]  # rule layer name -> rule
+    rules: dict[str, Rule]  # rule layer name -> rule (segment or default; see final_rules)
     owner: dict[str, str]  # rule layer name -> segment name ("" = default)
     spans: list[tuple[int, int]]  # per segment: first and last layer index
     kinds: dict[str, str]  # layer name -> kind after layer_rules
