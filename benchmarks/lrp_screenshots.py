@@ -76,11 +76,11 @@ def main(outdir: str = "docs/images", angles: str | None = None) -> int:
     w.new_config("LRP-ε everywhere", from_layers=False)
     w.add_segment(rule[0], rule[-1], "lrp-epsilon", name="all", epsilon=0.25)
     w.new_config("z⁺ convs | ε dense", from_layers=False)
-    w.add_segment(rule[0], rule[-2], "lrp-zplus", name="convs")
+    w.add_segment(rule[0], rule[-2], "lrp-z-plus", name="convs")
     w.add_segment(rule[-1], rule[-1], "lrp-epsilon", name="dense", epsilon=0.25)
     w.new_config("flat | αβ | 0", from_layers=False)
     w.add_segment(rule[0], rule[0], "lrp-flat", name="input")
-    w.add_segment(rule[1], rule[-2], "lrp-alphabeta", name="middle")
+    w.add_segment(rule[1], rule[-2], "lrp-alpha-beta", name="middle")
     w.new_config("custom γ+ε", from_layers=False)
     w.add_segment(rule[0], rule[-2], "custom", name="convs", alpha=1.0, beta=0.0, epsilon=0.1, theta0=0.0,
                   theta1=1.0, gamma0=0.0, gamma1=1.0, gamma1p=0.5, gamma2=0.0)

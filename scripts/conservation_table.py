@@ -33,7 +33,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "conservation.md"
-PRESET_ORDER = ["lrp-0", "lrp-epsilon", "lrp-gamma", "lrp-alphabeta", "lrp-zplus", "lrp-wsquare", "lrp-flat"]
+PRESET_ORDER = ["lrp-0", "lrp-epsilon", "lrp-gamma-rule", "lrp-alpha-beta", "lrp-z-plus", "lrp-w-square", "lrp-flat"]
 
 
 def networks(size: int):
@@ -64,8 +64,8 @@ def networks(size: int):
 
 
 def run(size: int, names: list[str] | None, seed: int) -> tuple[list[dict], dict]:
-    from napari_xai.core.lrp_config import LrpConfig, Segment, list_layers, run_config
-    from napari_xai.core.lrp_rules import PRESETS
+    from napari_xai.core.lrp import LrpConfig, Segment, list_layers, run_config
+    from napari_xai.core.lrp import PRESETS
     from napari_xai.core.methods.registry import RunContext
     from napari_xai.core.segmentation import SegmentationScores, predicted_labels
 
@@ -146,7 +146,7 @@ def ratio_cell(r: dict) -> str:
 
 
 def render(rows: list[dict], info: dict) -> str:
-    from napari_xai.core.lrp_rules import PRESETS, formula
+    from napari_xai.core.lrp import PRESETS, formula
 
     lines = [
         "# Relevance conservation on MONAI networks",

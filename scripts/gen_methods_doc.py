@@ -62,6 +62,54 @@ do not edit it by hand. `napari-xai methods` prints the same list.
 """
 
 
+LRP_INTRO = """\
+One engine (``napari_xai.core.lrp``) runs every LRP method. Each composite
+(``COMPOSITES``) names the rule for the first layer(s), for convolutions and
+for dense (``nn.Linear``) layers; each Table 1 rule method applies one rule of
+the unified rule to every Conv/Linear layer; ``lrp`` takes a configuration
+from the LRP designer. The rest is shared by all of them:
+
+* **BatchNorm** that directly follows a Conv/Linear (found by tensor identity in
+  a traced forward pass, so MONAI's ``Convolution -> ADN`` blocks count too) is
+  merged into it with Zennit's ``NamedMergeBatchNorm``. The merge is checked
+  once per model and input shape: if the merged model's output differs, no
+  BatchNorm is merged and a warning says so. The merge is undone afterwards.
+* **Normalisation layers** that remain (InstanceNorm, GroupNorm, LayerNorm,
+  un-merged BatchNorm) and **activations** (ReLU, PReLU, LeakyReLU, ELU, ...)
+  pass relevance through unchanged (Zennit's ``Pass`` rule). Without a rule the
+  gradient of an InstanceNorm (division by the std) rescales relevance.
+* **Residual additions** ``a + b`` of two activations (functional, as in
+  MONAI's ``ResidualUnit`` and ``ResNetBlock``) are caught during the forward
+  pass with a ``TorchFunctionMode`` and get the sum rule
+  ``R_a = a / (a + b) * R``, ``R_b = b / (a + b) * R`` (Zennit's ``Norm`` rule
+  for its ``Sum`` layer). The plain gradient would hand the full relevance to
+  both branches, doubling it at every block.
+* **Gates** ``x * g`` where ``g`` broadcasts over ``x`` (squeeze-and-excitation
+  in MONAI's SEResNet, attention gates) are caught the same way: the gate is
+  treated as a weight, so all relevance stays with the signal ``x`` and none
+  flows into the gate branch (signal-take-all).
+* **Average pooling, upsampling** and the masked sum of a segmentation target
+  (:class:`~napari_xai.core.segmentation.MaskedSum`) get the sum rule (Zennit's ``Norm``, which keeps relevance that reaches all-zero windows);
+  max pooling, reshapes, padding and concatenations (U-Net skips) pass the
+  gradient, which conserves relevance.
+* A **layer type without a rule** (a module with parameters that is neither a
+  Conv/Linear, a normalisation nor an activation) is a :class:`UserError` that
+  names the layer and suggests a rule, instead of a silently wrong map.
+
+The output relevance is the target logit (a one-hot times the score), so with
+a conserving rule set and no biases the relevance sums to the logit. After
+each run one conservation report compares the sum with the logit (recorded
+as ``conservation``, ``relevance_sum`` and ``output_relevance``) and warns
+about a non-finite result; when every rule should conserve (α − β = 1,
+ε ≤ 1e-3, no filter), about a ratio more than 10 % off, naming biases or a
+layer without a rule as the cause; otherwise about a sum more than twice the
+logit (relevance "explodes") or less than 5 % of it (biases and epsilon
+absorbed it).
+
+Hooks and canonisers are removed after every call (Zennit composite context);
+the user's model is left as it was.
+"""
+
 CHECKS = """\
 ## What the tests check
 
@@ -159,11 +207,11 @@ def render() -> str:
             seen.add(m.family)
             out.append(f"## {family_titles.get(m.family, m.family)}\n")
             if m.family == "lrp":
-                out.append(inspect.getdoc(lrp).split("\n", 1)[1].strip() + "\n")
-                out.append("| preset | first layer(s) | convolutions | dense layers |")
+                out.append(LRP_INTRO)
+                out.append("| composite | first layer(s) | convolutions | dense layers |")
                 out.append("|---|---|---|---|")
-                for p in lrp.PRESETS.values():
-                    out.append(f"| `{p.name}` | {p.first or p.conv} | {p.conv} | {p.dense} |")
+                for c in lrp.COMPOSITES.values():
+                    out.append(f"| `{c.name}` | {c.first or c.conv} | {c.conv} | {c.dense} |")
                 out.append(
                     "\nThe first layers are the Conv/Linear layers that receive the raw input (found in a traced "
                     "forward pass). The z-box bounds are the input's per-channel minimum and maximum. The "
@@ -171,9 +219,18 @@ def render() -> str:
                     "The `lrp-epsilon` default 0.25 damps weak, noisy contributions; it is Montavon et al.'s "
                     "(2019) ε = 0.25·std for unit-scale activations, as in BatchNorm-merged networks. If it absorbs "
                     "most of the score a warning says so. `epsilon` close to 0 gives LRP-0, which equals "
-                    "Input×Gradient on bias-free ReLU networks. In the other presets `epsilon` (default 1e-6, "
-                    "Zennit's default) only acts on dense layers.\n"
+                    "Input×Gradient on bias-free ReLU networks. In the other composites `epsilon` (default 1e-6, "
+                    "Zennit's default) only acts on dense layers. `generalised-gamma` is Zennit's γ rule (units "
+                    "with a negative output share over negative contributions); `lrp-gamma-rule` is Table 1's LRP-γ.\n"
                 )
+                out.append("Each rule of Table 1 of Huang et al. (the unified rule's presets, also the rule names of LRP "
+                           "configurations) is a method that applies it to every Conv/Linear layer:\n")
+                out.append("| method | Table 1 rule | formula | parameters |")
+                out.append("|---|---|---|---|")
+                for p in lrp.PRESETS.values():
+                    free = ", ".join(f"`{k}`" for k in p.free) or "none"
+                    out.append(f"| `{p.name}` | {p.title} | `{lrp.formula(p.params)}` | {free} |")
+                out.append("")
         out.append(f"### {m.name}\n")
         out.append(f"{m.summary}\n")
         body = _body(m.fn)

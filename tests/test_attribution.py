@@ -36,7 +36,8 @@ def _one_thread():
 NAMES = [
     "saliency", "input-x-gradient", "integrated-gradients", "smoothgrad", "deeplift", "gradient-shap",
     "guided-backprop", "deconvolution", "grad-cam", "grad-cam-plus-plus", "guided-grad-cam", "occlusion", "lrp-epsilon", "lrp-epsilon-plus", "lrp-epsilon-plus-flat",
-    "lrp-alpha1-beta0", "lrp-alpha2-beta1", "lrp-gamma", "lrp", "region-ablation", "lime", "kernel-shap",
+    "lrp-alpha1-beta0", "lrp-alpha2-beta1", "lrp-gamma", "lrp-0", "lrp-gamma-rule", "lrp-alpha-beta", "lrp-z-plus",
+    "lrp-w-square", "lrp-flat", "lrp", "region-ablation", "lime", "kernel-shap",
     "attention-gates",
 ]
 

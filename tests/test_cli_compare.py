@@ -15,8 +15,8 @@ import pytest
 
 from model_factory import lin_source
 from model_factory import run_cli as run
-from napari_xai.core.lrp_config import LrpConfig, save_configs
-from napari_xai.core.lrp_rules import preset_params
+from napari_xai.core.lrp import LrpConfig, save_configs
+from napari_xai.core.lrp import preset_params
 
 SHAPE = (5, 4, 6)
 @pytest.fixture

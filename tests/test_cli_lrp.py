@@ -26,7 +26,7 @@ def parser():
 
 
 def test_lrp_layers_lists_execution_order_and_writes_a_config(tmp_path, capsys):
-    from napari_xai.core.lrp_config import load_config
+    from napari_xai.core.lrp import load_config
 
     source, weights, kwargs = python_source(tmp_path / "m")
     vol = nifti(tmp_path / "v.nii.gz", shape=(8, 8, 8))
@@ -39,7 +39,7 @@ def test_lrp_layers_lists_execution_order_and_writes_a_config(tmp_path, capsys):
     assert rows == ["conv1", "act1", "conv2", "act2", "pool", "fc"]
     cfg = load_config(out)
     assert [(s.start, s.end, s.preset) for s in cfg.segments] == [
-        ("conv1", "conv1", "lrp-gamma"), ("conv2", "conv2", "lrp-epsilon"), ("fc", "fc", "lrp-0")]
+        ("conv1", "conv1", "lrp-gamma-rule"), ("conv2", "conv2", "lrp-epsilon"), ("fc", "fc", "lrp-0")]
     with pytest.raises(UserError, match="exists"):
         args.func(args)
 

@@ -15,8 +15,8 @@ from torch import nn
 
 from napari_xai.core.compare import Item, cell_limits, common_limit, label_items, plan, run_comparison
 from napari_xai.core.errors import Cancelled, UserError
-from napari_xai.core.lrp_config import LrpConfig, Segment
-from napari_xai.core.lrp_rules import preset_params
+from napari_xai.core.lrp import LrpConfig, Segment
+from napari_xai.core.lrp import preset_params
 from napari_xai.core.models import LoadedModel, ModelSpec
 from napari_xai.core.volumes import Volume
 

@@ -16,7 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-from napari_xai.core import lrp as lrp_mod
+from napari_xai.core.lrp import propagate as lrp_propagate
+from napari_xai.core.lrp import types as lrp_types
+from napari_xai.core.lrp.canonizers import ResidualSums
 from napari_xai.core.errors import Cancelled, UserError
 from napari_xai.core.methods.registry import RunContext
 from napari_xai.core.methods.catalogue import get_method
@@ -217,14 +219,14 @@ def test_conservation_through_instancenorm_prelu_and_residual_units(monkeypatch)
         assert float(out.relevance.sum()) == pytest.approx(logit, rel=1e-2), name  # 1 %: stabilisers at a+b ~ 0
         assert not ctx.warnings
     # controls: without the sum rule relevance doubles at each of the 3 residual units ...
-    monkeypatch.setattr(lrp_mod, "ResidualSums", _PlainAdditions)
+    monkeypatch.setattr(lrp_propagate, "ResidualSums", _PlainAdditions)
     out, ctx = run("lrp-epsilon", net, x, t, epsilon=1e-9)
     assert float(out.relevance.sum()) > 4 * logit
     assert any("times the target score" in w for w in ctx.warnings)
     monkeypatch.undo()
-    # ... and without the Pass rule the InstanceNorm gradient rescales it
-    monkeypatch.setattr(lrp_mod, "NORM_TYPES", (nn.BatchNorm3d,))
-    out, _ = run("lrp-epsilon", net, x, t, epsilon=1e-9)
+    # ... and without the Pass rule the InstanceNorm gradient rescales it (a fresh network: layer lists are cached)
+    monkeypatch.setattr(lrp_types, "NORM_TYPES", (nn.BatchNorm3d,))
+    out, _ = run("lrp-epsilon", _monai_classifier(), x, t, epsilon=1e-9)
     assert not 0.5 < float(out.relevance.sum()) / logit < 2.0  # it explodes (about x20000 here)
 
 
@@ -253,7 +255,7 @@ def test_inplace_residual_addition_is_handled_and_keeps_the_output():
     t, logit = _positive_target(net, x, net.fc)
     with torch.no_grad():
         ref = net(x)
-    sums = lrp_mod.ResidualSums()
+    sums = ResidualSums()
     xg = x.clone().requires_grad_(True)
     with sums:
         out = net(xg)
@@ -297,3 +299,125 @@ def test_lrp_errors_and_cleanup():
     assert model.training
     assert all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks for m in model.modules())
     assert not any(name.startswith("canonizer") for name, _ in model.named_modules())
+
+
+# --------------------------------------------------------------------------- peers and defaults
+
+
+class BiasedNet(nn.Module):
+    """Conv (bias) -> BatchNorm -> ReLU -> MaxPool -> Conv (bias) -> ReLU -> average pool -> Linear (bias)."""
+
+    def __init__(self, bn: bool):
+        super().__init__()
+        self.c1 = nn.Conv3d(1, 4, 3, padding=1)
+        self.n1 = nn.BatchNorm3d(4) if bn else nn.Identity()
+        self.r1 = nn.ReLU()
+        self.p1 = nn.MaxPool3d(2)
+        self.c2 = nn.Conv3d(4, 6, 3, padding=1)
+        self.r2 = nn.ReLU()
+        self.gap = nn.AdaptiveAvgPool3d(1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = self.p1(self.r1(self.n1(self.c1(x))))
+        return self.fc(self.gap(self.r2(self.c2(x))).flatten(1))
+
+
+@pytest.mark.parametrize("bn", [False, True], ids=["plain", "batchnorm"])
+@pytest.mark.parametrize("name, composite", [("lrp-epsilon-plus", "EpsilonPlus"),
+                                             ("lrp-epsilon-plus-flat", "EpsilonPlusFlat"),
+                                             ("lrp-alpha2-beta1", "EpsilonAlpha2Beta1"),
+                                             ("lrp-gamma", "EpsilonGammaBox")])
+def test_composites_equal_zennits_own_composites(name, composite, bn):
+    """The peer library: each composite preset equals Zennit's composite of the same name (signed input, biases)."""
+    from zennit import composites
+    from zennit.canonizers import SequentialMergeBatchNorm
+
+    torch.manual_seed(10)
+    model = BiasedNet(bn).eval()
+    if bn:
+        _randomise_bn(model.n1, shift=True)
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        t = int(model(x)[0].argmax())
+    kwargs = {"canonizers": [SequentialMergeBatchNorm()]} if bn else {}
+    if composite == "EpsilonGammaBox":
+        kwargs.update(low=x.amin(dim=(2, 3, 4), keepdim=True), high=x.amax(dim=(2, 3, 4), keepdim=True))
+    xg = x.clone().requires_grad_(True)
+    with getattr(composites, composite)(**kwargs).context(model) as m:
+        out = m(xg)
+        (ref,) = torch.autograd.grad(out, xg, torch.eye(3)[[t]] * out[0, t].detach())
+    ours, ctx = run(name, model, x, t)
+    assert corr(ours.relevance, ref) > 0.99999
+    # merged BatchNorm: Zennit's merge scales by 1/sqrt(1 + eps), ours is exact (see merge_canonizer)
+    assert torch.allclose(ours.relevance, ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max())), name
+
+
+def test_alpha1_beta0_is_bit_identical_to_epsilon_plus():
+    """z+ is alpha-beta with alpha 1, beta 0: the two composites give the same bits."""
+    torch.manual_seed(11)
+    model = BiasedNet(bn=True).eval()
+    _randomise_bn(model.n1, shift=True)
+    x = torch.randn(1, 1, 8, 8, 8)
+    a, _ = run("lrp-alpha1-beta0", model, x, 1)
+    b, _ = run("lrp-epsilon-plus", model, x, 1)
+    assert torch.equal(a.relevance, b.relevance)
+
+
+def _lrp_methods():
+    from napari_xai.core.methods.catalogue import all_methods
+
+    return [m.name for m in all_methods() if m.family == "lrp"]
+
+
+@pytest.mark.parametrize("name", _lrp_methods())
+def test_param_defaults_alone_give_what_explain_gives(name):
+    """Defaults live only in the Param: the entry called with them equals the pipeline with no parameters."""
+    import numpy as np
+
+    from napari_xai.core.explain import explain
+    from napari_xai.core.models import LoadedModel, ModelSpec
+    from napari_xai.core.volumes import Volume
+
+    torch.manual_seed(12)
+    net = BiasedNet(bn=True).eval()
+    _randomise_bn(net.n1, shift=True)
+    data = torch.randn(1, 8, 8, 8).numpy()
+    model = LoadedModel(module=net, spec=ModelSpec(channels=1), source="t", kind="python", sha256="0" * 64,
+                        device=torch.device("cpu"), is_scripted=False)
+    rel = explain(Volume(data=data, affine=np.eye(4), name="v"), model, name, target=2)
+    m = get_method(name)
+    direct = m.fn(net, torch.from_numpy(data)[None], 2, {p.name: p.default for p in m.params}, RunContext())
+    np.testing.assert_allclose(np.asarray(rel.data).reshape(-1), direct.relevance.numpy().reshape(-1), rtol=1e-5,
+                               atol=1e-7)
+    assert float(np.abs(rel.data).max()) > 0
+
+
+def test_lrp_package_has_no_import_circle_and_no_cross_module_private_import():
+    """Arrows in core/lrp/ go one way, and no module reaches into another's private (underscore) names."""
+    import ast
+    from pathlib import Path
+
+    import napari_xai.core.lrp as pkg
+
+    root = Path(pkg.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for f in root.glob("*.py"):
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        deps = graph.setdefault(f.stem, set())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                privates = [a.name for a in node.names if a.name.startswith("_") and a.name != "__future__"]
+                assert not privates, f"{f.name} imports private {privates} from {node.module}"
+                if node.level == 1 and node.module:
+                    deps.add(node.module.split(".")[0])
+    graph.pop("__init__")
+
+    def visit(name, path):
+        assert name not in path, f"import circle: {' -> '.join(path + [name])}"
+        for dep in graph.get(name, ()):
+            visit(dep, path + [name])
+
+    for name in graph:
+        visit(name, [])
+    assert graph["types"] <= set() and "propagate" not in graph["composites"]

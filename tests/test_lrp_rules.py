@@ -21,28 +21,26 @@ import torch
 from torch import nn
 
 from napari_xai.core.errors import UserError
-from napari_xai.core.lrp_config import (
-    LrpConfig,
-    Segment,
-    default_config,
-    list_layers,
-    load_config,
-    load_configs,
-    resolve,
-    run_config,
-    save_configs,
-)
-from napari_xai.core.lrp_rules import (
+from napari_xai.core.lrp import (
     PARAM_HELP,
     PARAM_NAMES,
     PRESETS,
     STEPS,
+    LrpConfig,
     RuleParams,
+    Segment,
     UnifiedRule,
     conserves,
+    default_config,
     formula,
+    list_layers,
+    load_config,
+    load_configs,
     match_preset,
     preset_params,
+    resolve,
+    run_config,
+    save_configs,
 )
 from napari_xai.core.methods.registry import RunContext
 from napari_xai.core.methods.catalogue import get_method
@@ -306,7 +304,7 @@ def test_config_json_round_trip_and_library(tmp_path):
     b.segments[0].rule = preset_params("lrp-flat")
     one = save_configs(tmp_path / "a.json", [a])
     data = json.loads(one.read_text())
-    assert data["format"] == "napari-xai/lrp-config" and data["segments"][0]["preset"] == "lrp-gamma"
+    assert data["format"] == "napari-xai/lrp-config" and data["segments"][0]["preset"] == "lrp-gamma-rule"
     assert load_config(one).to_dict() == a.to_dict()
     lib = save_configs(tmp_path / "lib.json", [a, b], active="b")
     configs, active = load_configs(lib)
@@ -319,6 +317,14 @@ def test_config_json_round_trip_and_library(tmp_path):
     }))
     hand = load_config(tmp_path / "hand.json")
     assert hand.segments[0].rule == preset_params("lrp-epsilon", epsilon=0.5) and hand.default == RuleParams()
+    # files written before the Table 1 rules were named like their methods still read: lrp-gamma was the gamma rule
+    (tmp_path / "old.json").write_text(json.dumps({
+        "name": "old", "default": {"preset": "lrp-zplus"},
+        "segments": [{"start": "first", "end": "second", "preset": "lrp-gamma", "params": {"gamma1p": 0.25}}],
+    }))
+    old = load_config(tmp_path / "old.json")
+    assert old.segments[0].preset == "lrp-gamma-rule" and old.segments[0].rule.gamma1p == 0.25
+    assert old.default == preset_params("lrp-z-plus") and match_preset(old.default) == "lrp-z-plus"
 
 
 @pytest.mark.parametrize("segments, message", [
@@ -452,7 +458,7 @@ def test_conservation_warning_names_biases():
 def test_default_config_is_gamma_epsilon_zero_in_thirds():
     layers = list_layers(Encoder().eval(), torch.rand(1, 2, 8, 8, 8))
     cfg = default_config(layers)
-    assert [s.preset for s in cfg.segments] == ["lrp-gamma", "lrp-epsilon", "lrp-0"]
+    assert [s.preset for s in cfg.segments] == ["lrp-gamma-rule", "lrp-epsilon", "lrp-0"]
     assert [(s.start, s.end) for s in cfg.segments] == [("conv1", "conv1"), ("conv2", "conv2"), ("fc", "fc")]
 
 
@@ -478,7 +484,7 @@ class SqueezeExcite(nn.Module):
 
 @pytest.mark.parametrize("size", [6, 1], ids=["6^3 map (broadcast gate)", "1^3 map (same-shape gate)"])
 def test_squeeze_excitation_gates_and_groupnorm_conserve(size, monkeypatch):
-    from napari_xai.core import lrp as lrp_mod
+    from napari_xai.core.lrp.canonizers import ResidualSums
 
     torch.manual_seed(7)
     model = SqueezeExcite().eval()
@@ -491,7 +497,7 @@ def test_squeeze_excitation_gates_and_groupnorm_conserve(size, monkeypatch):
     assert res.used["gates"] == 1
     assert float(res.relevance.sum()) == pytest.approx(float(out[t]), rel=1e-4)
     # control: without the gate rule the gradient also feeds the gate branch, which pools the signal back in
-    monkeypatch.setattr(lrp_mod.ResidualSums, "_gate", classmethod(lambda cls, args, kwargs: None))
+    monkeypatch.setattr(ResidualSums, "_gate", classmethod(lambda cls, args, kwargs: None))
     res = run_config(model, x, t, cfg, RunContext(), boundaries=False)
     assert res.used["gates"] == 0
     assert float(res.relevance.sum()) != pytest.approx(float(out[t]), rel=1e-2)
@@ -517,7 +523,7 @@ class DeadChannel(nn.Module):
 @pytest.mark.parametrize("preset", ["lrp-flat", "lrp-wsquare"])
 def test_pooling_keeps_relevance_that_reaches_dead_windows(preset, monkeypatch):
     """Rules that ignore activations send relevance to all-zero pooling windows; the sum rule must not drop it."""
-    from napari_xai.core import lrp as lrp_mod
+    from napari_xai.core.lrp import rules as lrp_rules
 
     torch.manual_seed(8)
     model = DeadChannel().eval()
@@ -532,7 +538,7 @@ def test_pooling_keeps_relevance_that_reaches_dead_windows(preset, monkeypatch):
     # control: Zennit's plain Norm rule loses the share of the dead channel
     from zennit.rules import Norm
 
-    monkeypatch.setattr(lrp_mod, "_norm_rule", lambda stabilizer=1e-6: Norm(stabilizer))
+    monkeypatch.setattr(lrp_rules, "SumRule", lambda stabilizer=1e-6: Norm(stabilizer))
     res = run_config(model, x, t, cfg, RunContext(), boundaries=False)
     assert float(res.relevance.sum()) < 0.9 * float(out[t])
 
@@ -618,7 +624,7 @@ class TwoLayer(nn.Module):
 @pytest.mark.parametrize(("kind", "alpha"), [("pass", [0.0, 0.4]), ("clamp", [0.0, 0.2]), ("pass", [0.1, 1.0])])
 def test_relevance_filter_inside_lrp_equals_the_hand_computation(kind, alpha):
     """Filters within LRP layers (Joa et al.): filter the hidden relevance, then LRP-0 down to the input."""
-    from napari_xai.core.lrp_config import LayerFilter
+    from napari_xai.core.lrp import LayerFilter
 
     net = TwoLayer().eval()
     x = torch.tensor([0.8, 0.6, 1.0, 0.5]).view(1, 1, 1, 2, 2)
@@ -668,3 +674,26 @@ def test_the_documented_example_configurations_fit_the_shipped_demo_model():
     for cfg in configs:
         resolved = resolve(cfg, layers)
         assert len(resolved.spans) == len(cfg.segments)
+
+
+@pytest.mark.parametrize("name", ["lrp-epsilon", "lrp-epsilon-plus", "lrp-epsilon-plus-flat", "lrp-alpha1-beta0",
+                                  "lrp-alpha2-beta1", "lrp-gamma"])
+def test_composite_presets_are_configurations_run_by_the_one_engine(name, tmp_path):
+    """A composite written to a configuration file and run by 'lrp' gives the composite method's bits."""
+    from napari_xai.core.lrp import COMPOSITES
+
+    c = COMPOSITES[name]
+    m = get_method(name)
+    params = m.parse({})
+    cfg = c.config(params["epsilon"], params.get("gamma"))
+    path = save_configs(tmp_path / "c.json", [cfg])
+    back = load_config(path)
+    assert back.to_dict() == cfg.to_dict() and (back.first, back.dense, back.default) == (cfg.first, cfg.dense, cfg.default)
+    torch.manual_seed(13)
+    model = Encoder().eval()
+    x = torch.randn(1, 2, 8, 8, 8)
+    preset = m.fn(model, x, 1, params, RunContext())
+    lrp = get_method("lrp")
+    configured = lrp.fn(model, x, 1, lrp.parse({"config": str(path)}), RunContext())
+    assert torch.equal(preset.relevance, configured.relevance)
+    assert preset.used["conservation"] == configured.used["conservation"]

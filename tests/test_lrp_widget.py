@@ -120,7 +120,7 @@ def wait(qtbot, w):
 
 
 def test_layers_configuration_manager_and_segment_editor(make_napari_viewer, nets, tmp_path):
-    from napari_xai.core.lrp_config import load_config
+    from napari_xai.core.lrp import load_config
 
     viewer = make_napari_viewer()
     viewer.add_image(blobs(), name="t1", affine=AFF)
@@ -134,7 +134,7 @@ def test_layers_configuration_manager_and_segment_editor(make_napari_viewer, net
 
     # configuration manager: new (gamma | epsilon | 0 over the listed layers), duplicate, rename, activate, delete
     cfg = w.new_config("composite")
-    assert [s.preset for s in cfg.segments] == ["lrp-gamma", "lrp-epsilon", "lrp-0"]
+    assert [s.preset for s in cfg.segments] == ["lrp-gamma-rule", "lrp-epsilon", "lrp-0"]
     assert [w.layer_table.item(r, 4).text() for r in (0, 3, 6)] == ["→ lower", "→ middle", "→ upper"]
     assert w.ruler.spans == [(0, 0, "lower"), (3, 3, "middle"), (6, 6, "upper")]
     dup = w.duplicate_config()
@@ -152,9 +152,9 @@ def test_layers_configuration_manager_and_segment_editor(make_napari_viewer, net
     w.segment_table.selectRow(0)
     w.preset.setCurrentText("lrp-flat")
     assert seg.rule.gamma0 == 1.0 and seg.rule.theta0 == 1.0 and seg.preset == "lrp-flat"
-    w.preset.setCurrentText("lrp-gamma")
+    w.preset.setCurrentText("lrp-gamma-rule")
     w.spins["gamma1p"].setValue(0.25)
-    assert seg.preset == "lrp-gamma" and seg.rule.gamma1p == 0.25
+    assert seg.preset == "lrp-gamma-rule" and seg.rule.gamma1p == 0.25
     assert w.segment_table.item(0, 3).text() == "LRP-γ" and "0.25w⁺" in w.segment_table.item(0, 4).text()
     w.segment_table.selectRow(1)  # the '(rest)' row edits the default rule
     w.preset.setCurrentText("lrp-epsilon")

@@ -60,3 +60,14 @@ def test_param_defaults_equal_explain(name):
         direct = np.repeat(direct[:1], vol.channels, axis=0)
     np.testing.assert_allclose(via_explain.data, direct, rtol=1e-5, atol=1e-6 * float(np.abs(direct).max() + 1e-12))
 
+
+
+def test_method_functions_take_no_second_default():
+    """A method reads its parameters as parsed (``params["steps"]``); a ``params.get("steps", 32)`` would be a
+    second default that can disagree with the Param's."""
+    import inspect
+    import re
+
+    for m in all_methods():
+        src = inspect.getsource(inspect.getmodule(m.fn))
+        assert not re.search(r"params\.get\(\s*\"[a-z_]+\"\s*,", src), f"{m.name}: its module has params.get(name, default)"

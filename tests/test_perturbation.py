@@ -22,8 +22,8 @@ from torch import nn
 
 from model_factory import ThreeChannels
 from napari_xai.core.errors import Cancelled, UserError
-from napari_xai.core.lrp_config import LrpConfig
-from napari_xai.core.lrp_rules import preset_params
+from napari_xai.core.lrp import LrpConfig
+from napari_xai.core.lrp import preset_params
 from napari_xai.core.models import LoadedModel, ModelSpec
 from napari_xai.core.evaluation.flipping import (
     Scorer,

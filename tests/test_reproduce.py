@@ -81,8 +81,8 @@ def test_paths_are_also_found_beside_the_sidecar(made, capsys, monkeypatch):
 
 
 def test_lrp_uses_the_recorded_configuration_when_its_file_is_gone(tmp_path, capsys):
-    from napari_xai.core.lrp_config import LrpConfig, save_configs
-    from napari_xai.core.lrp_rules import preset_params
+    from napari_xai.core.lrp import LrpConfig, save_configs
+    from napari_xai.core.lrp import preset_params
 
     src, weights, kwargs = python_source(tmp_path / "net", seed=2)
     vol = nifti(tmp_path / "t1.nii.gz", shape=(10, 10, 10))

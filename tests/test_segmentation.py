@@ -23,8 +23,8 @@ from torch import nn
 
 from napari_xai.core.errors import UserError
 from napari_xai.core.explain import explain
-from napari_xai.core.lrp_config import LrpConfig, Segment, list_layers, run_config, save_configs
-from napari_xai.core.lrp_rules import preset_params
+from napari_xai.core.lrp import LrpConfig, Segment, list_layers, run_config, save_configs
+from napari_xai.core.lrp import preset_params
 from napari_xai.core.models import LoadedModel, ModelSpec
 from napari_xai.core.methods.registry import RunContext
 from napari_xai.core.segmentation import Ray, SegmentationScores, component_at, predicted_labels, resolve_mask

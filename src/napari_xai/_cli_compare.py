@@ -88,7 +88,7 @@ def _models(args):
 
 
 def _whats(args) -> tuple[list[tuple[str, str]], dict]:
-    from .core.lrp_config import load_configs
+    from .core.lrp import load_configs
     from .core.methods.catalogue import get_method
 
     whats = [("method", get_method(m).name) for m in (args.method or [])]

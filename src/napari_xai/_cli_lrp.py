@@ -40,7 +40,7 @@ def cmd_lrp_layers(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .core.explain import _forward, _prepare_target, prepare_input
-    from .core.lrp_config import default_config, list_layers, save_configs
+    from .core.lrp import default_config, list_layers, save_configs
     from .core.models import load_model
     from .core.methods.registry import RunContext
     from .core.segmentation import is_segmentation_output, pick_output

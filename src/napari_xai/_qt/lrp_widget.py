@@ -23,7 +23,7 @@ Models", for 3D medical networks inside napari:
   labelled with what varies (configuration · target · model); the grid is
   saved as one PNG.
 
-Thin by design: all numbers come from ``napari_xai.core`` (``lrp_config``,
+Thin by design: all numbers come from ``napari_xai.core`` (``lrp``,
 ``explain``, ``metrics``). Work runs in a worker thread; layers are touched
 only in the worker's ``returned`` callback on the GUI thread.
 """
@@ -66,8 +66,8 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import Cancelled, UserError
-from ..core.lrp_config import LayerInfo, LrpConfig, Segment, default_config, load_configs, resolve, save_configs
-from ..core.lrp_rules import CUSTOM, PARAM_HELP, PRESETS, STEPS, RuleParams, formula, match_preset
+from ..core.lrp import LayerInfo, LrpConfig, Segment, default_config, load_configs, resolve, save_configs
+from ..core.lrp import CUSTOM, PARAM_HELP, PRESETS, STEPS, RuleParams, formula, match_preset
 from ..core.compare import cell_limits, common_limit
 from .._layers import intermediate_layer_data, signed_layers
 from ._jobs import fail, report_error, start_worker
@@ -617,7 +617,7 @@ class LrpDesignerWidget(QWidget):
     def list_layers(self) -> list[LayerInfo]:
         """Load the model and list its layers in execution order (one forward pass on the GUI thread)."""
         from ..core.explain import _prepare_target, prepare_input
-        from ..core.lrp_config import list_layers
+        from ..core.lrp import list_layers
         from ..core.methods.registry import RunContext
 
         try:
@@ -776,7 +776,7 @@ class LrpDesignerWidget(QWidget):
         Compare tab's table then shows how the readouts change with α (the α
         sweep of Joa et al.). Returns the compare-list labels of the sweep.
         """
-        from ..core.lrp_config import LayerFilter
+        from ..core.lrp import LayerFilter
 
         base = self.config_named(self.active) if self.active else self.config
         if base is None:
@@ -902,7 +902,7 @@ class LrpDesignerWidget(QWidget):
         self._on_filter()
 
     def _on_filter(self, *_):
-        from ..core.lrp_config import LayerFilter
+        from ..core.lrp import LayerFilter
 
         if self._updating or self.config is None:
             return

@@ -190,7 +190,7 @@ def run_comparison(
     models : mapping
         Model key -> :class:`~napari_xai.core.models.LoadedModel`.
     configs : mapping, optional
-        Configuration name -> :class:`~napari_xai.core.lrp_config.LrpConfig` for ``config`` items.
+        Configuration name -> :class:`~napari_xai.core.lrp.LrpConfig` for ``config`` items.
     classes : sequence of str, optional
         The reference class names (default: those of the first model that names
         its classes). A target given by name is each model's own class of that

@@ -157,7 +157,7 @@ def explain_arguments(record: dict) -> dict:
     recorded = record.get("params") or {}
     params = {k: v for k, v in recorded.items() if k in known and v is not None}
     if method.name == "lrp" and isinstance(recorded.get("configuration"), dict):
-        from .lrp_config import LrpConfig
+        from .lrp import LrpConfig
 
         # the whole configuration is in the record; the file it came from may be gone or edited since
         params["config"] = LrpConfig.from_dict(recorded["configuration"], "the recorded configuration")

@@ -25,7 +25,7 @@ def channel_relevance(model: Any, volume: Volume, layer: str, target: int | str 
                       *, scorer: Scorer | None = None, ctx=None, **kwargs) -> dict:
     """Per-channel positive and negative relevance at ``layer``'s output (one LRP pass) and mean activation.
 
-    ``config`` is an :class:`~napari_xai.core.lrp_config.LrpConfig` (default:
+    ``config`` is an :class:`~napari_xai.core.lrp.LrpConfig` (default:
     the γ | ε | 0 composite). Returns ``{"layer", "target", "channels": [{"channel",
     "positive", "negative", "activation"}], "volumes": (C, i, j, k) channel relevance
     on the input grid, "activations": (C, i, j, k) the layer's activation maps
@@ -35,7 +35,7 @@ def channel_relevance(model: Any, volume: Volume, layer: str, target: int | str 
 
     from ..explain import prepare_input
     from ..geometry import relevance_to_grid
-    from ..lrp_config import run_config
+    from ..lrp import run_config
 
     scorer = scorer or Scorer(model, volume, target, **kwargs)
     x, *_ = prepare_input(volume, model, scorer.normalization, scorer.model_shape)

@@ -29,13 +29,13 @@ def _module_of(model: Any):
 
 
 def parametrised_layers(module: Any, x) -> list:
-    """The layers with parameters of their own, in execution order (:class:`~napari_xai.core.lrp_config.LayerInfo`).
+    """The layers with parameters of their own, in execution order (:class:`~napari_xai.core.lrp.LayerInfo`).
 
-    Traced by one forward pass of ``x`` (see :func:`~napari_xai.core.lrp_config.list_layers`);
+    Traced by one forward pass of ``x`` (see :func:`~napari_xai.core.lrp.list_layers`);
     layers that did not run are left out.
     """
     from ..methods._model import require_hookable
-    from ..lrp_config import list_layers
+    from ..lrp import list_layers
 
     require_hookable(module, "the randomization test", "it replaces the weights of named layers")
     layers = [layer for layer in list_layers(module, x) if layer.parameters > 0]

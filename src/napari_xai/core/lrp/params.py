@@ -1,73 +1,25 @@
-"""The unified LRP rule (Huang et al., Eqn. 5) as one Zennit rule, and the Table 1 presets.
+"""The parameters of the unified LRP rule (Huang et al., Eqn. 5), Table 1's presets, and the composite-only rules.
 
-For a layer with inputs (activations) :math:`a_i`, weights :math:`w_{ij}` and
-incoming relevance :math:`R_j`, the rule is
-
-.. math::
-
-    R_i = \\sum_j \\Big[ \\alpha \\frac{(\\theta_0 + \\theta_1 a_i)\\,g^+(w_{ij})}
-                                   {\\epsilon + \\sum_i (\\theta_0 + \\theta_1 a_i)\\,g^+(w_{ij})}
-                      - \\beta \\frac{(\\theta_0 + \\theta_1 a_i)\\,g^-(w_{ij})}
-                                   {\\epsilon + \\sum_i (\\theta_0 + \\theta_1 a_i)\\,g^-(w_{ij})} \\Big] R_j
-
-with the weight transforms
-:math:`g^+(w) = \\gamma_0 + \\gamma_1 w + \\gamma_{1p} w^+ + \\gamma_2 w^2` and
-:math:`g^-(w) = \\gamma_0 + \\gamma_1 w + \\gamma_{1n} w^- + \\gamma_2 w^2`.
-Its ten parameters are α, β, ε, θ0, θ1, γ0, γ1, γ1p, γ1n, γ2. The presets of
-Table 1 (LRP-0, LRP-ε, LRP-γ, LRP-αβ, LRP-z⁺, LRP-w², LRP-flat) are parameter
-sets (:data:`PRESETS`), not separate classes.
-
-Three conventions turn the formula into a rule for real layers; with them
-each preset is exactly Zennit's own rule on networks whose layer inputs are
-non-negative (ReLU networks), which the tests check:
-
-* **Biases** are part of the sums in the denominators, transformed like the
-  weights without γ0: :math:`\\gamma_1 b + \\gamma_{1p} b^+ + \\gamma_2 b^2` (and
-  :math:`\\gamma_{1n} b^-` in the β term). ``zero_bias=True`` leaves them out
-  (Zennit's ``zero_params=['bias']``); then every rule with α − β = 1 and small ε
-  conserves relevance layer by layer.
-* **ε keeps the sign** of the denominator: :math:`z + \\epsilon\\,\\mathrm{sign}(z)`
-  (sign 0 = +1), as in Zennit, so ε damps and never flips. ε = 0 uses the
-  stabiliser (1e-6) instead, so nothing is divided by zero.
-* **Negative activations** (the input layer of z-scored images) contribute
-  "positively" through negative weights: for :math:`a_i < 0` the roles of
-  :math:`w^+` and :math:`w^-` swap. This is Zennit's generalisation of z⁺, αβ and
-  γ to signed inputs; for :math:`a_i \\ge 0` it is Eqn. 5 as printed.
-
-Parameter guide (the four steps of the paper's §5) is the help text of each
-parameter, :data:`PARAM_HELP` and :data:`STEPS`.
+Rules are data here (no Zennit): :class:`RuleParams` (the ten parameters; every
+Table 1 rule is a parameter set in :data:`PRESETS`), and the two rules the
+Zennit composites use that Eqn. 5 cannot express, :class:`InputBox` and
+:class:`GeneralisedGamma`. ``rules.py`` turns each into a Zennit hook. The
+formula and its conventions are in ``docs/lrp-designer.md``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Iterable
+from typing import Iterable, Union
 
-import torch
-from zennit.core import BasicHook, ParamMod, Stabilizer
-
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = [
-    "CUSTOM",
-    "PARAM_NAMES",
-    "PARAM_HELP",
-    "PRESETS",
-    "STEPS",
-    "Preset",
-    "RuleParams",
-    "UnifiedRule",
-    "conserves",
-    "describe",
-    "formula",
-    "get_preset",
-    "match_preset",
-    "preset_params",
+    "CUSTOM", "PARAM_HELP", "PARAM_NAMES", "OLD_NAMES", "PRESETS", "PresetTable", "STEPS", "GeneralisedGamma", "InputBox", "Preset", "Rule",
+    "RuleParams", "conserves", "describe", "formula", "get_preset", "match_preset", "preset_params", "rule_conserves",
+    "rule_from_dict", "rule_label", "rule_to_dict",
 ]
-
-#: Stabiliser used when ε = 0 (and for the Norm rule of sums/pools).
-STABILIZER = 1e-6
 
 
 @dataclass(frozen=True)
@@ -215,16 +167,16 @@ PRESETS: dict[str, Preset] = {
                "Bach et al. 2015, doi:10.1371/journal.pone.0130140"),
         Preset("lrp-epsilon", "LRP-ε", RuleParams(epsilon=0.25), ("epsilon",),
                "R_i = sum_j a_i w_ij / (eps + sum_i a_i w_ij) R_j", "Bach et al. 2015"),
-        Preset("lrp-gamma", "LRP-γ", RuleParams(gamma1p=1.0), ("gamma1p",),
+        Preset("lrp-gamma-rule", "LRP-γ", RuleParams(gamma1p=1.0), ("gamma1p",),
                "R_i = sum_j a_i (w_ij + g w_ij+) / (sum_i a_i (w_ij + g w_ij+)) R_j",
                "Montavon et al. 2019, doi:10.1007/978-3-030-28954-6_10"),
-        Preset("lrp-alphabeta", "LRP-αβ", RuleParams(alpha=2.0, beta=1.0, gamma1=0.0, gamma1p=1.0, gamma1n=1.0),
+        Preset("lrp-alpha-beta", "LRP-αβ", RuleParams(alpha=2.0, beta=1.0, gamma1=0.0, gamma1p=1.0, gamma1n=1.0),
                ("alpha", "beta"),
                "R_i = sum_j (alpha a_i w_ij+ / sum_i a_i w_ij+ - beta a_i w_ij- / sum_i a_i w_ij-) R_j",
                "Bach et al. 2015"),
-        Preset("lrp-zplus", "LRP-z⁺", RuleParams(gamma1=0.0, gamma1p=1.0), (),
+        Preset("lrp-z-plus", "LRP-z⁺", RuleParams(gamma1=0.0, gamma1p=1.0), (),
                "R_i = sum_j a_i w_ij+ / (sum_i a_i w_ij+) R_j", "Bach et al. 2015; Montavon et al. 2017"),
-        Preset("lrp-wsquare", "LRP-w²", RuleParams(theta0=1.0, theta1=0.0, gamma1=0.0, gamma2=1.0), (),
+        Preset("lrp-w-square", "LRP-w²", RuleParams(theta0=1.0, theta1=0.0, gamma1=0.0, gamma2=1.0), (),
                "R_i = sum_j w_ij^2 / (sum_i w_ij^2) R_j",
                "Montavon et al. 2017, doi:10.1016/j.patcog.2016.11.008"),
         Preset("lrp-flat", "LRP-flat", RuleParams(theta0=1.0, theta1=0.0, gamma0=1.0, gamma1=0.0), (),
@@ -235,8 +187,35 @@ PRESETS: dict[str, Preset] = {
 CUSTOM = "custom"
 
 
+#: The names of Table 1 presets before they were named like their methods; still read from configuration files.
+OLD_NAMES: dict[str, str] = {
+    "lrp-gamma": "lrp-gamma-rule",
+    "lrp-alphabeta": "lrp-alpha-beta",
+    "lrp-zplus": "lrp-z-plus",
+    "lrp-wsquare": "lrp-w-square",
+}
+
+
+class PresetTable(dict):
+    """The presets by name; an old name (:data:`OLD_NAMES`) finds its preset too, but is not listed."""
+
+    def __missing__(self, key):
+        if key in OLD_NAMES:
+            return self[OLD_NAMES[key]]
+        raise KeyError(key)
+
+    def __contains__(self, key) -> bool:
+        return dict.__contains__(self, key) or key in OLD_NAMES
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+
+PRESETS = PresetTable(PRESETS)
+
+
 def get_preset(name: str) -> Preset:
-    """A Table 1 preset by name (``lrp-0``, ``lrp-epsilon``, ``lrp-gamma``, ...)."""
+    """A Table 1 preset by name (``lrp-0``, ``lrp-epsilon``, ``lrp-gamma-rule``, ...; also an old name)."""
     key = str(name).strip().lower().replace("_", "-")
     if key not in PRESETS:
         raise UserError(f"unknown LRP rule preset {name!r}; use one of {', '.join(PRESETS)} or '{CUSTOM}'.")
@@ -250,9 +229,9 @@ def match_preset(params: RuleParams) -> str:
         if all(getattr(params, n) == getattr(p.params, n) for n in fixed):
             if p.name == "lrp-epsilon" and params.epsilon == 0:
                 continue  # that is LRP-0
-            if p.name == "lrp-gamma" and params.gamma1p == 0:
+            if p.name == "lrp-gamma-rule" and params.gamma1p == 0:
                 continue
-            if p.name == "lrp-alphabeta" and params.alpha - params.beta != 1:
+            if p.name == "lrp-alpha-beta" and params.alpha - params.beta != 1:
                 continue
             return p.name
     return CUSTOM
@@ -300,115 +279,8 @@ def formula(params: RuleParams) -> str:
     return out
 
 
-# --------------------------------------------------------------------------- the Zennit rule
-
-
-def _weight_fn(params: RuleParams, coef: float, side: str):
-    """Parameter modifier: g(w) = gamma0 + gamma1 w + coef w^side + gamma2 w^2 (bias: no gamma0)."""
-
-    def modify(param: torch.Tensor, name: str) -> torch.Tensor:
-        clamp = param.clamp(min=0) if side == "+" else param.clamp(max=0)
-        out = params.gamma1 * param + coef * clamp + params.gamma2 * param * param
-        if name != "bias" and params.gamma0:
-            out = out + params.gamma0
-        return out
-
-    return modify
-
-
-def _act_fn(params: RuleParams, part: str):
-    """Input modifier: the positive or negative part of theta0 + theta1 * a."""
-
-    def modify(a: torch.Tensor) -> torch.Tensor:
-        t = params.theta0 + params.theta1 * a if (params.theta0 or params.theta1 != 1) else a
-        return t.clamp(min=0) if part == "+" else t.clamp(max=0)
-
-    return modify
-
-
-class UnifiedRule(BasicHook):
-    """Zennit rule for Eqn. 5 of Huang et al. with the ten parameters of :class:`RuleParams`.
-
-    Parameters
-    ----------
-    params : RuleParams or dict, optional
-        The ten parameters; default LRP-0. Keyword arguments override single ones.
-    zero_bias : bool
-        Leave biases out of the rule (conserving).
-    stabilizer : float
-        Used instead of epsilon when epsilon is 0.
-    **overrides : float
-        Single parameters, e.g. ``UnifiedRule(epsilon=0.1)``.
-
-    Notes
-    -----
-    For each sign of the (transformed) activation the layer is evaluated once
-    per active term (alpha and/or beta): at most four modified forward passes,
-    as in Zennit's AlphaBeta rule.
-    """
-
-    def __init__(self, params: RuleParams | dict | None = None, zero_bias: bool = False,
-                 stabilizer: float = STABILIZER, **overrides: float):
-        if params is None:
-            params = RuleParams()
-        elif isinstance(params, dict):
-            params = RuleParams.from_dict(params)
-        if overrides:
-            params = RuleParams.from_dict({**params.to_dict(), **overrides})
-        params.validate()
-        self.params = params
-        self.zero_bias = bool(zero_bias)
-        self.stabilizer = float(stabilizer)
-        eps = params.epsilon if params.epsilon > 0 else float(stabilizer)
-        stab = Stabilizer.ensure(eps)
-        zero = ["bias"] if zero_bias else None
-        zero_all = ["bias"]
-        terms = []  # (input part, weight coef, weight side, with bias, sign of term, term id)
-        if params.alpha:
-            terms += [("+", params.gamma1p, "+", True, 0), ("-", params.gamma1p, "-", False, 0)]
-        if params.beta:
-            terms += [("+", params.gamma1n, "-", True, 1), ("-", params.gamma1n, "+", False, 1)]
-        self._terms = [t[4] for t in terms]
-        coefs = (params.alpha, params.beta)
-        term_ids = list(self._terms)
-
-        def gradient_mapper(out_grad, outputs):
-            denom = {}
-            for tid, out in zip(term_ids, outputs):
-                denom[tid] = out if tid not in denom else denom[tid] + out
-            return [out_grad / stab(denom[tid]) for tid in term_ids]
-
-        def reducer(inputs, gradients):
-            total = None
-            for tid, inp, grad in zip(term_ids, inputs, gradients):
-                part = coefs[tid] * inp * grad
-                if tid == 1:
-                    part = -part
-                total = part if total is None else total + part
-            return total
-
-        super().__init__(
-            input_modifiers=[_act_fn(params, t[0]) for t in terms],
-            param_modifiers=[
-                ParamMod(_weight_fn(params, t[1], t[2]), zero_params=(zero if t[3] else zero_all), require_params=False)
-                for t in terms
-            ],
-            output_modifiers=[lambda output: output] * len(terms),
-            gradient_mapper=gradient_mapper,
-            reducer=reducer,
-        )
-
-    def copy(self) -> "UnifiedRule":
-        """A new hook with the same parameters (Zennit copies a rule for every module it is attached to)."""
-        return UnifiedRule(self.params, zero_bias=self.zero_bias, stabilizer=self.stabilizer)
-
-    def __repr__(self) -> str:
-        extra = ", zero_bias=True" if self.zero_bias else ""
-        return f"UnifiedRule({match_preset(self.params)}: {formula(self.params)}{extra})"
-
-
 def preset_params(name: str, **free: float) -> RuleParams:
-    """The parameters of preset ``name`` with its free parameters set, e.g. ``preset_params('lrp-gamma', gamma1p=0.25)``."""
+    """The parameters of preset ``name`` with its free parameters set, e.g. ``preset_params('lrp-gamma-rule', gamma1p=0.25)``."""
     p = get_preset(name)
     bad = sorted(set(free) - set(p.free))
     if bad:
@@ -426,3 +298,90 @@ def describe(names: Iterable[str] | None = None) -> list[dict]:
         out.append({"name": p.name, "title": p.title, "formula": p.formula, "params": p.params.to_dict(),
                     "free": list(p.free), "reference": p.reference})
     return out
+
+
+# --------------------------------------------------------------------------- rules outside Eqn. 5
+
+
+@dataclass(frozen=True)
+class InputBox:
+    """Zennit's z-box rule for the input layer, with the box = the input's per-channel minimum and maximum.
+
+    ``R_i = (x_i w_ij - l_i w_ij+ - h_i w_ij-) / z_j · R_j`` (Montavon et al. 2017): relevance of a
+    bounded input; used by the ``lrp-gamma`` composite (Zennit's EpsilonGammaBox).
+    """
+
+    name = "z-box"
+
+    def to_dict(self) -> dict:
+        return {"rule": self.name}
+
+
+@dataclass(frozen=True)
+class GeneralisedGamma:
+    """Zennit's generalised γ rule: units with a positive output share over positive contributions, others
+    over negative ones (Montavon et al. 2019; Andéol et al. 2021).
+
+    On units with a positive output it is Table 1's LRP-γ with γ1p = ``gamma``; it differs where a unit
+    with a negative output still receives relevance (e.g. a Conv before an InstanceNorm). Used by the
+    ``lrp-gamma`` composite (Zennit's EpsilonGammaBox).
+    """
+
+    gamma: float
+    name = "generalised-gamma"
+
+    def to_dict(self) -> dict:
+        return {"rule": self.name, "gamma": float(self.gamma)}
+
+
+#: A layer's rule: the unified rule's parameters, or one of the composite-only rules.
+Rule = Union[RuleParams, InputBox, GeneralisedGamma]
+
+
+def rule_conserves(rule: Rule) -> bool:
+    """True if the rule conserves relevance without biases (the z-box and γ rules do)."""
+    return conserves(rule) if isinstance(rule, RuleParams) else True
+
+
+def rule_label(rule: Rule) -> str:
+    """A short name: the Table 1 preset, ``custom``, ``z-box`` or ``generalised-gamma``."""
+    return match_preset(rule) if isinstance(rule, RuleParams) else rule.name
+
+
+def rule_to_dict(rule: Rule) -> dict:
+    """JSON form: ``{"preset", "params"}`` for the unified rule, ``{"rule", ...}`` for the others."""
+    if isinstance(rule, RuleParams):
+        return {"preset": match_preset(rule), "params": rule.to_dict()}
+    return rule.to_dict()
+
+
+def rule_from_dict(data, where: str) -> Rule:
+    """The inverse of :func:`rule_to_dict`; a preset name alone is accepted too."""
+    if isinstance(data, dict) and "rule" in data:
+        name = data.get("rule")
+        if name == InputBox.name and set(data) == {"rule"}:
+            return InputBox()
+        if name == GeneralisedGamma.name and set(data) == {"rule", "gamma"}:
+            return GeneralisedGamma(float(data["gamma"]))
+        raise UserError(f"{where}: unknown rule {data!r}; use 'preset'/'params', or 'rule' "
+                        f"'{InputBox.name}' or '{GeneralisedGamma.name}' (with 'gamma').")
+    return params_from_dict(data, where)
+
+
+def params_from_dict(data, where: str) -> RuleParams:
+    """Unified-rule parameters from a preset name or ``{"preset": ..., "params": {...}}``."""
+    if data is None:
+        return RuleParams()
+    if isinstance(data, str):
+        return get_preset(data).params
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: a rule must be an object with 'preset' and/or 'params', got {type(data).__name__}.")
+    unknown = sorted(set(data) - {"preset", "params", "name", "start", "end"})
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; a rule has 'preset' and 'params'.")
+    preset = data.get("preset")
+    base = RuleParams() if preset in (None, "", CUSTOM) else get_preset(str(preset)).params
+    params = data.get("params") or {}
+    if not isinstance(params, dict):
+        raise UserError(f"{where}: 'params' must be an object of the ten LRP parameters.")
+    return RuleParams.from_dict({**base.to_dict(), **params}, where)
