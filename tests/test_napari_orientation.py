@@ -25,8 +25,9 @@ ZOOMS = (1.0, 2.0, 3.0)  # non-isotropic voxels
 RAS_SHAPE = (16, 14, 12)
 
 
-def _scan(tmp_path, codes: str, dtype=np.float32, zooms=ZOOMS, name=None):
-    """A smooth positive volume with an off-centre bright blob, stored in ``codes`` order; (path, nibabel image)."""
+def _scan(tmp_path, codes: str, dtype=np.float32, zooms=ZOOMS, name=None, tilt_deg=0.0):
+    """A smooth positive volume with an off-centre bright blob, stored in ``codes`` order (tilted about z by
+    ``tilt_deg``: an oblique acquisition); (path, nibabel image)."""
     i, j, k = np.meshgrid(*[np.arange(n, dtype=float) for n in RAS_SHAPE], indexing="ij")
     vol = 10 + 5 * np.sin(i / 3.0) + j + 200 * np.exp(-((i - 4) ** 2 + (j - 9) ** 2 + (k - 7) ** 2) / 6.0)
     ras = np.diag([*zooms, 1.0])
@@ -35,6 +36,11 @@ def _scan(tmp_path, codes: str, dtype=np.float32, zooms=ZOOMS, name=None):
     ornt = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), nib.orientations.axcodes2ornt(codes))
     out = img.as_reoriented(ornt)
     out.set_data_dtype(dtype)
+    if tilt_deg:
+        t = np.deg2rad(tilt_deg)
+        rot = np.eye(4)
+        rot[:2, :2] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+        out = nib.Nifti1Image(np.asarray(out.dataobj), rot @ out.affine)
     assert nib.aff2axcodes(out.affine) == tuple(codes)
     path = tmp_path / (name or f"scan_{codes}.nii.gz")
     nib.save(out, str(path))
@@ -62,9 +68,9 @@ def _not_black(rgba) -> bool:
     return float(arr.std()) > 5.0 and float(arr.max()) > 100.0
 
 
-@pytest.mark.parametrize("codes", ["RAS", "LAS", "PIR"])
-def test_reader_opens_every_orientation_in_world_space_and_slices(make_napari_viewer, tmp_path, codes):
-    path, img = _scan(tmp_path, codes)
+@pytest.mark.parametrize("codes,tilt", [("RAS", 0.0), ("LAS", 0.0), ("PIR", 0.0), ("PIR", 12.0), ("RAS", 12.0)])
+def test_reader_opens_every_orientation_in_world_space_and_slices(make_napari_viewer, tmp_path, codes, tilt):
+    path, img = _scan(tmp_path, codes, tilt_deg=tilt)
     viewer = make_napari_viewer(show=True)
     layers = viewer.open(str(path), plugin="napari-xai")
     assert [layer.name for layer in viewer.layers] == [f"scan_{codes}"]
@@ -73,14 +79,17 @@ def test_reader_opens_every_orientation_in_world_space_and_slices(make_napari_vi
     assert (geometry.STORAGE_KEY in layer.metadata) == (codes == "PIR")  # LAS/RAS are shown as stored
     np.testing.assert_array_equal(geometry.layer_stored(layer)[1], img.affine)
     # 2D slicing through the blob's centre (world mm), then 3D: rendered, not black
-    blob = np.array([4 * ZOOMS[0] - 7.5, 9 * ZOOMS[1] + 12.0, 7 * ZOOMS[2] - 20.0])  # RAS voxel (4, 9, 7) in mm
+    stored = np.asarray(img.dataobj)
+    s = np.unravel_index(int(np.argmax(stored)), stored.shape)  # the blob's centre, in the file's voxels
+    blob = nib.affines.apply_affine(img.affine, s)  # ... and in world mm
     viewer.dims.ndisplay = 2
     for axis in range(3):
         viewer.dims.set_point(axis, blob[axis])
-    value = layer.get_value(blob, world=True)
-    s = tuple(int(round(v)) for v in nib.affines.apply_affine(np.linalg.inv(img.affine), blob))
-    assert value == np.asarray(img.dataobj)[s]
-    assert _not_black(viewer.screenshot(canvas_only=True, flash=False))
+    # napari 0.9 slices a tilted (oblique) volume only approximately in 2D ("non-orthogonal slicing ... not fully
+    # supported": no value read, some slices blank) whether it is stored RAS or PIR; 3D is exact
+    if not tilt:
+        assert layer.get_value(blob, world=True) == stored[s]
+        assert _not_black(viewer.screenshot(canvas_only=True, flash=False))
     viewer.dims.ndisplay = 3
     assert _not_black(viewer.screenshot(canvas_only=True, flash=False))
 
