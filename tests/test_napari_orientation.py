@@ -283,3 +283,35 @@ def test_every_widget_uses_the_one_layer_affine():
     for name, text in src.items():
         assert "def layer_affine" not in text, name
         assert "layer.affine.affine_matrix, dtype=float)[-4:, -4:]" not in text, name
+
+
+def test_masks_and_points_drawn_on_a_transposed_view_map_to_the_stored_grid(tmp_path):
+    from types import SimpleNamespace
+
+    from napari_xai._layers import array_on_grid, display_tuple, point_on_grid
+    from napari_xai.core.segmentation import Ray
+    from napari_xai.core.volumes import load_nifti
+
+    path, img = _scan(tmp_path, "PIR")
+    volume = load_nifti(path)
+    shown, kw, _ = display_tuple((volume.data[0], {"affine": volume.affine, "metadata": {}}, "image"))
+    view_affine = kw["affine"]
+    # a Labels layer painted in napari on the shown grid (no storage record: napari made it)
+    painted = np.zeros(shown.shape, np.uint8)
+    t = (3, 5, 2)
+    painted[t] = 1
+    layer = SimpleNamespace(data=painted, metadata={}, ndim=3, name="mask",
+                            data_to_world=lambda p: nib.affines.apply_affine(view_affine, p))
+    on_grid = array_on_grid(layer, volume)
+    assert on_grid.shape == volume.shape and on_grid.sum() == 1
+    s = tuple(int(v) for v in np.argwhere(on_grid)[0])
+    np.testing.assert_allclose(nib.affines.apply_affine(volume.affine, s), nib.affines.apply_affine(view_affine, t))
+    assert point_on_grid(t, volume) == s
+    ray = point_on_grid(Ray(origin=(3.0, 5.0, 2.0), direction=(0.0, 0.0, 1.0)), volume)
+    np.testing.assert_allclose(nib.affines.apply_affine(volume.affine, ray.origin),
+                               nib.affines.apply_affine(view_affine, (3.0, 5.0, 2.0)))
+    # the direction is a vector: compare the linear parts
+    np.testing.assert_allclose(volume.affine[:3, :3] @ ray.direction, view_affine[:3, :3] @ (0.0, 0.0, 1.0))
+    # a volume shown as stored (LAS) leaves them alone
+    las = load_nifti(_scan(tmp_path, "LAS")[0])
+    assert point_on_grid(t, las) == t
