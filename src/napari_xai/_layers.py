@@ -14,8 +14,60 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from .core import geometry
+
 POS_SUFFIX = " (+)"
 NEG_SUFFIX = " (−)"
+
+
+def display_tuple(layer_tuple: tuple) -> tuple:
+    """A layer tuple napari can slice: data stored with permuted axes (e.g. PIR) is shown transposed into world
+    axis order, and the metadata keeps the stored affine (``geometry.STORAGE_KEY``) so that the writer and the
+    widgets get the file's own voxel order back. Tuples without a permuted 4x4 ``affine`` are returned as given."""
+    data, kwargs, kind = layer_tuple
+    aff = kwargs.get("affine")
+    if aff is None or np.shape(aff) != (4, 4) or np.ndim(data) < 3:
+        return layer_tuple
+    axes = geometry.view_axes(aff)
+    if axes == geometry.IDENTITY_AXES:
+        return layer_tuple
+    aff = np.asarray(aff, dtype=float)
+    shown = geometry.permute_affine(aff, axes)
+    md = dict(kwargs.get("metadata") or {})
+    stored_shape = tuple(np.shape(data)[-3:])
+    rel = md.get("xai_relevance")
+    if rel is not None and tuple(np.shape(rel)[-3:]) == stored_shape:
+        md["xai_relevance"] = geometry.to_view(rel, axes)
+    md["affine"] = shown
+    md[geometry.STORAGE_KEY] = {"affine": aff, "axes": list(axes)}
+    return geometry.to_view(data, axes), {**kwargs, "affine": shown, "metadata": md}, kind
+
+
+def volume_from_layers(layers) -> "object":
+    """Stack image layers (one grid) into a :class:`~napari_xai.core.volumes.Volume` in the voxel order and
+    affine of the files they came from (a reoriented view is undone), with their header and source."""
+    from .core.volumes import Volume, check_array, stack_channels
+
+    vols = []
+    for layer in layers:
+        data, affine = geometry.layer_stored(layer)
+        arr, warnings = check_array(data, f"layer '{layer.name}'")
+        md = getattr(layer, "metadata", None) or {}
+        vols.append(Volume(data=arr, affine=np.asarray(affine, dtype=float), header=md.get("nifti_header"),
+                           name=layer.name, source=md.get("source") or layer.name, warnings=warnings))
+    return stack_channels(vols)
+
+
+def array_on_grid(layer, volume) -> np.ndarray:
+    """A 3D layer's data (e.g. a Labels mask drawn in napari) on the stored voxel grid of ``volume`` (from
+    :func:`volume_from_layers`): a view shown transposed (see :func:`display_tuple`) is transposed back."""
+    data, _ = geometry.layer_stored(layer)
+    data = np.asarray(data)
+    axes = geometry.view_axes(volume.affine)
+    if (geometry.STORAGE_KEY not in (getattr(layer, "metadata", None) or {}) and axes != geometry.IDENTITY_AXES
+            and data.ndim == 3 and data.shape == tuple(volume.shape[a] for a in axes)):
+        data = geometry.from_view(data, axes)
+    return data
 
 
 def _limit(values: np.ndarray) -> float:
@@ -25,6 +77,24 @@ def _limit(values: np.ndarray) -> float:
         return 1.0
     hi = float(np.percentile(nz, 99.9))
     return hi if hi > 0 else float(nz.max())
+
+
+def point_on_grid(point, volume):
+    """A voxel (or a ``Ray`` of voxel coordinates) picked on a layer shown transposed (see :func:`display_tuple`)
+    in the stored voxel order of ``volume``; unchanged when the volume is shown as stored."""
+    axes = geometry.view_axes(volume.affine)
+    if point is None or axes == geometry.IDENTITY_AXES:
+        return point
+
+    def back(v):
+        out = [0.0] * 3
+        for d, a in enumerate(axes):
+            out[a] = v[d]
+        return tuple(type(x)(x) for x in out)
+
+    if hasattr(point, "origin") and hasattr(point, "direction"):
+        return type(point)(back(point.origin), back(point.direction))
+    return back(point)
 
 
 def relevance_layer_data(rel, channel: int = 0, name: str | None = None) -> list[tuple]:
@@ -45,10 +115,10 @@ def relevance_layer_data(rel, channel: int = 0, name: str | None = None) -> list
     neg = np.clip(-signed, 0, None)
     common = {"affine": rel.affine, "blending": "additive", "rendering": "mip", "metadata": meta}
     lim = max(_limit(pos), _limit(neg))
-    return [
+    return [display_tuple(t) for t in (
         (pos, {**common, "name": base + POS_SUFFIX, "colormap": "hot", "contrast_limits": (0.0, lim)}, "image"),
         (neg, {**common, "name": base + NEG_SUFFIX, "colormap": "cyan", "contrast_limits": (0.0, lim)}, "image"),
-    ]
+    )]
 
 
 def signed_layers(data: np.ndarray, name: str, affine, meta: dict, limit: float | None = None) -> list[tuple]:
@@ -86,7 +156,7 @@ def intermediate_layer_data(rel, base: str | None = None, meta: dict | None = No
 def upsert(viewer, layer_tuples: list[tuple]) -> list:
     """Add layers, or update the data and metadata of same-named layers (no pile-up)."""
     out = []
-    for data, kwargs, kind in layer_tuples:
+    for data, kwargs, kind in map(display_tuple, layer_tuples):
         name = kwargs["name"]
         if name in viewer.layers:
             layer = viewer.layers[name]
@@ -139,7 +209,7 @@ def comparison_layer_data(anatomy, results: list, limit, meta_key: str = "xai_co
 def show_grid(viewer, tuples: list[tuple], three_d: bool = True) -> list:
     """Add comparison layers at the bottom of the list and switch napari's grid on, one cell per item."""
     added = []
-    for data, kw, _ in tuples:
+    for data, kw, _ in map(display_tuple, tuples):
         layer = viewer.add_image(data, **kw)
         if kw.get("colormap") == "gray":
             layer.name_overlay.visible = True  # the cell's title

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .core.errors import UserError
+from .core.geometry import stored_geometry
 from .core.provenance import now_iso, package_versions, write_sidecar
 from .core.volumes import is_nifti_path, save_nifti
 
@@ -38,12 +39,13 @@ def _write(path: str, data, meta: dict, kind: str) -> list[str]:
     if kind == "labels" and arr.dtype.kind in "iu" and arr.max(initial=0) <= np.iinfo(np.uint16).max and arr.min(initial=0) >= 0:
         arr = arr.astype(np.uint16)
     md = meta.get("metadata") or {}
-    affine = _affine_of(meta)
     prov = md.get("provenance") if isinstance(md.get("provenance"), dict) else None
     signed = md.get("xai_relevance")
     if signed is not None and np.shape(signed) == arr.shape[-3:]:
         # a relevance layer shows one sign of the map; the file holds the whole signed map it came from
         arr = np.asarray(signed, dtype=np.float32)
+    # a volume shown transposed (stored with permuted axes, e.g. PIR) goes back to the file's voxel order and affine
+    arr, affine = stored_geometry(arr, md, _affine_of(meta))
     save_nifti(p, arr, affine, header=md.get("nifti_header"))
     saved = {"layer": meta.get("name"), "saved": now_iso(), "affine": affine.tolist()}
     if prov is not None and "method" in prov:

@@ -47,6 +47,7 @@ from qtpy.QtWidgets import (
 
 from ..core import atlas as at
 from ..core.errors import UserError
+from ..core.geometry import layer_affine  # the one layer -> affine
 
 CUSTOM = "Custom atlas…"
 ROLE_KEY = "xai_atlas_role"  # layer metadata: which outline layer this is
@@ -97,21 +98,6 @@ def cursor_voxel(viewer, grid) -> tuple[int, int, int] | None:
             return None
         return at.first_nonzero_along_ray(grid.labels, grid.affine, xyz, np.asarray(direction, dtype=float)[-3:])
     return grid.voxel_of(xyz)
-
-
-def layer_affine(layer) -> np.ndarray:
-    """4x4 voxel -> world (mm) affine of a 3D napari layer, from its own transforms."""
-    ndim = layer.ndim
-    origin = np.asarray(layer.data_to_world(np.zeros(ndim)), dtype=float)
-    lin = np.zeros((3, 3))
-    for i in range(3):
-        e = np.zeros(ndim)
-        e[ndim - 3 + i] = 1.0
-        lin[:, i] = (np.asarray(layer.data_to_world(e), dtype=float) - origin)[-3:]
-    aff = np.eye(4)
-    aff[:3, :3] = lin
-    aff[:3, 3] = origin[-3:]
-    return aff
 
 
 def _layer_volume(layer) -> np.ndarray:

@@ -62,6 +62,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .._layers import array_on_grid
 from ..core.errors import Cancelled, UserError
 from ..core.evaluation.flipping import BASELINES
 from ._jobs import fail, report_error, start_worker
@@ -597,10 +598,10 @@ class CheckPanel(QWidget):
             name = self.flip_layer.currentText()
             if not name:
                 raise UserError("choose the flip mask (a Labels layer), or press 'New flip mask' and paint.")
-            mask = np.asarray(self._viewer.layers[name].data) != 0
+            req = self._context()
+            mask = array_on_grid(self._viewer.layers[name], req["volume"]) != 0  # on the input file's voxel order
             if not mask.any():
                 raise UserError(f"the flip mask '{name}' is empty; paint the voxels to flip.")
-            req = self._context()
             baseline = self.baseline.currentText()
         except UserError as exc:
             self._fail(str(exc))

@@ -45,6 +45,33 @@ SOURCES = {
     "TorchScript file": "torchscript",
 }
 AUTO = "auto"
+#: Sources whose input space (orientation, spacing) the user states; bundles and the demo declare their own.
+SPACE_SOURCES = ("python", "torchscript")
+AS_STORED = "as stored"
+
+
+def model_space_kwargs(orientation: str, spacing: str) -> dict:
+    """``explain`` keyword arguments from the widget's 'model orientation' and 'model spacing' fields: only what
+    the user set (blank or 'as stored' = not passed, the input is fed as stored). Raises :class:`UserError`."""
+    out: dict = {}
+    code = (orientation or "").strip().upper()
+    if code and code != AS_STORED.upper():
+        pairs = ({"L", "R"}, {"A", "P"}, {"S", "I"})
+        if len(code) != 3 or any(sum(c in pair for c in code) != 1 for pair in pairs):
+            raise UserError(f"model orientation '{orientation.strip()}' is not three axis codes with one of L/R, "
+                            "A/P and S/I each (e.g. RAS, LPS, PIR); leave it blank for 'as stored'.")
+        out["model_orientation"] = code
+    text = (spacing or "").strip()
+    if text and text.lower() != AS_STORED:
+        try:
+            values = [float(v) for v in text.replace(",", " ").split()]
+        except ValueError:
+            values = []
+        if len(values) not in (1, 3) or not all(np.isfinite(v) and v > 0 for v in values):
+            raise UserError(f"model spacing '{text}' must be one positive number of mm or three (e.g. 1 or 1,1,2); "
+                            "leave it blank for 'as stored'.")
+        out["model_spacing"] = values[0] if len(values) == 1 else tuple(values)
+    return out
 
 
 def _param_widget(p: Param, layer_choices: list[str] | None = None):
@@ -103,6 +130,11 @@ class ExplainWidget(Container):
         self.class_name = LineEdit(label="class", value="", tooltip="class name inside the .py file, e.g. MyNet")
         self.weights = FileEdit(label="weights", mode="r", filter="*.pt *.pth *.ckpt *.bin", tooltip="state_dict checkpoint")
         self.kwargs = LineEdit(label="kwargs (JSON)", value="{}", tooltip='constructor keyword arguments, e.g. {"in_channels": 1}')
+        self.model_orientation = LineEdit(label="model orientation", value="",
+                                          tooltip="axis codes the model was trained in, e.g. RAS (blank = as stored)")
+        self.model_spacing = LineEdit(label="model spacing (mm)", value="",
+                                      tooltip="voxel size the model was trained at: one number or three, e.g. 1 or "
+                                              "1,1,2 (blank = as stored)")
         self.trust = CheckBox(
             text="trust model code (full unpickling and bundle expressions RUN code from the files)",
             value=False,
@@ -134,7 +166,8 @@ class ExplainWidget(Container):
         buttons = Container(layout="horizontal", widgets=[self.run_btn, self.cancel_btn], labels=False)
         again = Container(layout="horizontal", widgets=[self.settings_from, self.settings_btn], labels=True)
         self.extend(
-            [self.inputs, self.source, self.path, self.class_name, self.weights, self.kwargs, self.trust, self.device,
+            [self.inputs, self.source, self.path, self.class_name, self.weights, self.kwargs, self.model_orientation,
+             self.model_spacing, self.trust, self.device,
              self.method, self.params, self.target, self.segmentation, self.mask, buttons, self.progress, self.status,
              again]
         )
@@ -196,6 +229,7 @@ class ExplainWidget(Container):
         self.path.visible = kind != "demo"
         self.path.mode = "d" if kind == "bundle" else "r"
         self.class_name.visible = self.weights.visible = self.kwargs.visible = kind == "python"
+        self.model_orientation.visible = self.model_spacing.visible = kind in SPACE_SOURCES
         if kind == "demo":
             try:
                 from ..core.models import load_model
@@ -298,12 +332,11 @@ class ExplainWidget(Container):
         return out
 
     def gather_volume(self):
-        from ..core.volumes import Volume, check_array, stack_channels
+        from .._layers import volume_from_layers
 
         names = list(self.inputs.value or [])
         if not names:
             raise UserError("select at least one input image layer (open a NIfTI file or File › Open Sample › napari-xai).")
-        vols = []
         for name in names:
             layer = self._viewer.layers[name]
             data = np.asarray(layer.data)
@@ -311,25 +344,8 @@ class ExplainWidget(Container):
                 raise UserError(f"layer '{name}' is 2D; napari-xai explains 3D volumes.")
             if data.ndim == 4 and getattr(layer, "rgb", False):
                 raise UserError(f"layer '{name}' is an RGB image; napari-xai explains 3D volumes.")
-            arr, warnings = check_array(data, f"layer '{name}'")
-            affine = layer.metadata.get("affine")
-            if affine is None:
-                affine = np.asarray(layer.affine.affine_matrix, dtype=float)[-4:, -4:]
-                scale = np.diag(np.asarray(layer.scale, dtype=float)[-3:])
-                affine = affine.copy()
-                affine[:3, :3] = affine[:3, :3] @ scale
-                affine[:3, 3] = affine[:3, 3] + np.asarray(layer.translate, dtype=float)[-3:]
-            vols.append(
-                Volume(
-                    data=arr,
-                    affine=np.asarray(affine, dtype=float),
-                    header=layer.metadata.get("nifti_header"),
-                    name=name,
-                    source=layer.metadata.get("source") or name,
-                    warnings=warnings,
-                )
-            )
-        return stack_channels(vols)
+        # the files' own voxel order and affine (a PIR scan shown transposed is explained as stored)
+        return volume_from_layers([self._viewer.layers[name] for name in names])
 
     # ---------------------------------------------------------------- run
     def run(self, *_):
@@ -341,6 +357,8 @@ class ExplainWidget(Container):
             method = self.method.value
             params = self.collect_params()
             get_method(method).parse(params)
+            space = (model_space_kwargs(self.model_orientation.value, self.model_spacing.value)
+                     if SOURCES[self.source.value] in SPACE_SOURCES else {})
         except UserError as exc:
             self._fail(str(exc))
             return
@@ -348,7 +366,9 @@ class ExplainWidget(Container):
         if self.segmentation.value:
             seg_kwargs["segmentation"] = True
             if self.mask.value and self.mask.value != "predicted region":
-                mask = np.asarray(self._viewer.layers[self.mask.value].data)
+                from .._layers import array_on_grid
+
+                mask = array_on_grid(self._viewer.layers[self.mask.value], volume)  # on the file's voxel order
                 if mask.shape != volume.shape:
                     self._fail(f"mask layer '{self.mask.value}' has shape {mask.shape} but the input has {volume.shape}.")
                     return
@@ -383,6 +403,7 @@ class ExplainWidget(Container):
                 progress=lambda f, m: self._progress.__setitem__(slice(None), [f, m]),
                 should_stop=self._cancel.is_set,
                 **seg_kwargs,
+                **space,
             )
             return key, model, rel
 

@@ -53,6 +53,7 @@ from ..core import postprocess as pp
 from ..core.geometry import voxel_volume_mm3
 from ..core.errors import UserError
 from ..core.explorer import Explorer, source_provenance
+from ..core.geometry import layer_affine  # the one layer -> affine
 from .atlas_widget import atlas_grid_for_viewer, atlas_widget_for_viewer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -95,25 +96,6 @@ def relevance_colormap():
         controls=[0.0, 0.3, 0.499, 0.501, 0.7, 1.0],
         name="xai signed (transparent zero)",
     )
-
-
-def layer_affine(layer) -> np.ndarray:
-    """4x4 voxel -> world mm affine of a layer: its NIfTI affine, else its napari transform."""
-    md = getattr(layer, "metadata", None) or {}
-    aff = md.get("affine")
-    if aff is not None:
-        aff = np.asarray(aff, dtype=float)
-        if aff.shape == (4, 4):
-            return aff
-    nd = layer.ndim
-    origin = np.asarray(layer.data_to_world(np.zeros(nd)), dtype=float)[-3:]
-    out = np.eye(4)
-    for i in range(3):
-        e = np.zeros(nd)
-        e[nd - 3 + i] = 1.0
-        out[:3, i] = np.asarray(layer.data_to_world(e), dtype=float)[-3:] - origin
-    out[:3, 3] = origin
-    return out
 
 
 def layer_relevance(layer) -> np.ndarray:

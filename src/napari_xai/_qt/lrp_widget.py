@@ -69,7 +69,7 @@ from ..core.errors import Cancelled, UserError
 from ..core.lrp import LayerInfo, LrpConfig, Segment, default_config, load_configs, resolve, save_configs
 from ..core.lrp import CUSTOM, PARAM_HELP, PRESETS, STEPS, RuleParams, formula, match_preset
 from ..core.compare import cell_limits, common_limit
-from .._layers import intermediate_layer_data, signed_layers
+from .._layers import array_on_grid, intermediate_layer_data, point_on_grid, signed_layers
 from ._jobs import fail, report_error, start_worker
 from .check_panel import fill_table, read_only_table
 from ..core.segmentation import Ray
@@ -90,22 +90,16 @@ META_KEY = "xai_lrp"
 
 
 def volume_from_layers(viewer, names: list[str]):
-    """Stack image layers (one grid) into a :class:`Volume`, using each layer's affine."""
-    from ..core.volumes import Volume, check_array, stack_channels
+    """Stack image layers (one grid) into a :class:`Volume` in their files' voxel order and affine."""
+    from .._layers import volume_from_layers as stack_layers
 
     if not names:
         raise UserError("select at least one input image layer (File › Open Sample › napari-xai › Demo brain).")
-    vols = []
     for name in names:
-        layer = viewer.layers[name]
-        data = np.asarray(layer.data)
+        data = np.asarray(viewer.layers[name].data)
         if data.ndim != 3:
             raise UserError(f"layer '{name}' is {data.ndim}D; the LRP designer explains 3D volumes.")
-        arr, warnings = check_array(data, f"layer '{name}'")
-        vols.append(Volume(data=arr, affine=np.asarray(layer_affine(layer), dtype=float),
-                           header=layer.metadata.get("nifti_header"), name=name,
-                           source=layer.metadata.get("source") or name, warnings=warnings))
-    return stack_channels(vols)
+    return stack_layers([viewer.layers[name] for name in names])
 
 
 def model_outputs(model, x, index: int = 0) -> tuple[bool, int]:
@@ -121,16 +115,6 @@ def model_outputs(model, x, index: int = 0) -> tuple[bool, int]:
 def is_segmentation(model, x, index: int = 0) -> bool:
     """True when the model's output ``index`` (of a tuple; a single output is output 0) is a logit map."""
     return model_outputs(model, x, index)[0]
-
-
-def layer_affine(layer) -> np.ndarray:
-    aff = layer.metadata.get("affine")
-    if aff is not None:
-        return np.asarray(aff, dtype=float)
-    a = np.asarray(layer.affine.affine_matrix, dtype=float)[-4:, -4:].copy()
-    a[:3, :3] = a[:3, :3] @ np.diag(np.asarray(layer.scale, dtype=float)[-3:])
-    a[:3, 3] = a[:3, 3] + np.asarray(layer.translate, dtype=float)[-3:]
-    return a
 
 
 # ---------------------------------------------------------------------------
@@ -1120,12 +1104,12 @@ class LrpDesignerWidget(QWidget):
             name = self.mask_layer.currentText()
             if not name:
                 raise UserError("choose the mask's Labels layer, or use the predicted region.")
-            mask = np.asarray(self._viewer.layers[name].data)
+            mask = array_on_grid(self._viewer.layers[name], volume)  # on the input file's voxel order
             return {"mask": mask}
         if src == "component at point":
             if self.point is None:
                 raise UserError("pick a point first (press 'Pick point' and click on the component).")
-            return {"point": self.point}
+            return {"point": point_on_grid(self.point, volume)}
         return {}
 
     def _request(self) -> dict:
@@ -1134,7 +1118,7 @@ class LrpDesignerWidget(QWidget):
         target = None if self.target.currentText() == "predicted" else self.target.currentText()
         truth = None
         if self.truth_layer.currentText():
-            truth = np.asarray(self._viewer.layers[self.truth_layer.currentText()].data)
+            truth = array_on_grid(self._viewer.layers[self.truth_layer.currentText()], volume)
         return {"volume": volume, "source": source, "extra": extra, "target": target, "mask": self._mask_args(volume),
                 "truth": truth, "boundaries": self.boundaries.isChecked(), "output_index": self.output_index.value()}
 

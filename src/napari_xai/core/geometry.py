@@ -186,3 +186,103 @@ def cube_labels(shape: Sequence[int], size: int) -> tuple[Array, tuple[int, int,
     idx = [np.arange(int(s)) // size for s in shape]
     labels = (idx[0][:, None, None] * nb[1] + idx[1][None, :, None]) * nb[2] + idx[2][None, None, :]
     return labels.astype(np.int64), nb  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------
+# Storage order vs display order, and the affine of a (napari) layer
+# ---------------------------------------------------------------------------
+#
+# napari slices a volume in 2D along its data axes; a file whose axes are
+# permuted with respect to world x, y, z (e.g. PIR, as sagittal acquisitions
+# are stored) gives it a singular 2D slice transform. Such a volume is shown
+# with its axes transposed into world order (flips are kept: napari handles
+# them), while the layer's metadata keeps the file's own affine under
+# ``STORAGE_KEY`` so that saving and explaining work on the file's voxel order.
+
+#: Layer-metadata key: ``{"affine": the file's 4x4 affine, "axes": the display order of its axes}``.
+STORAGE_KEY = "storage"
+
+IDENTITY_AXES = (0, 1, 2)
+
+
+def view_axes(affine: Array) -> tuple[int, int, int]:
+    """Order of the array axes that lines them up with world x, y, z (axis flips are left alone).
+
+    ``(0, 1, 2)`` for RAS, LAS, LPI ... storage; ``(2, 0, 1)`` for PIR (its third axis runs along x).
+    Obliquity is allowed: each array axis goes to the world axis it is closest to (nibabel's
+    ``io_orientation``). Degenerate affines give ``(0, 1, 2)``.
+    """
+    import nibabel as nib
+
+    a = np.asarray(affine, dtype=float)
+    try:
+        ornt = nib.orientations.io_orientation(a)
+    except Exception:  # noqa: BLE001 - a degenerate matrix is shown as stored
+        return IDENTITY_AXES
+    if not np.all(np.isfinite(ornt)):
+        return IDENTITY_AXES
+    return tuple(int(i) for i in np.argsort(ornt[:, 0]))  # type: ignore[return-value]
+
+
+def permute_affine(affine: Array, axes: Sequence[int]) -> Array:
+    """Affine of the array transposed so that its axis ``d`` is the stored axis ``axes[d]``."""
+    a = np.asarray(affine, dtype=float)
+    return a[:, [*(int(v) for v in axes), 3]].copy()
+
+
+def to_view(data: Array, axes: Sequence[int]) -> Array:
+    """Transpose the last three axes of ``data`` (a view, no copy) into the order ``axes``."""
+    arr = np.asarray(data)
+    axes = tuple(int(v) for v in axes)
+    if axes == IDENTITY_AXES:
+        return arr
+    lead = arr.ndim - 3
+    return np.transpose(arr, (*range(lead), *(lead + v for v in axes)))
+
+
+def from_view(data: Array, axes: Sequence[int]) -> Array:
+    """Inverse of :func:`to_view`: back to the stored axis order."""
+    return to_view(data, tuple(int(v) for v in np.argsort(np.asarray(axes))))
+
+
+def layer_affine(layer) -> Array:
+    """4x4 voxel -> world (mm) affine of the last three axes of a layer's data (duck-typed napari layer).
+
+    The layer's ``metadata["affine"]`` (set by napari-xai's reader and widgets: exact, as in the file) when it
+    is a 4x4 matrix, else the layer's own transforms (``data_to_world``: affine, scale, translate, rotate...).
+    """
+    md = getattr(layer, "metadata", None) or {}
+    aff = md.get("affine")
+    if aff is not None:
+        aff = np.asarray(aff, dtype=float)
+        if aff.shape == (4, 4):
+            return aff
+    nd = int(layer.ndim)
+    origin = np.asarray(layer.data_to_world(np.zeros(nd)), dtype=float)[-3:]
+    out = np.eye(4)
+    for i in range(3):
+        e = np.zeros(nd)
+        e[nd - 3 + i] = 1.0
+        out[:3, i] = np.asarray(layer.data_to_world(e), dtype=float)[-3:] - origin
+    out[:3, 3] = origin
+    return out
+
+
+def stored_geometry(data: Array, metadata: dict | None, affine: Array) -> tuple[Array, Array]:
+    """``(data, affine)`` in the file's own voxel order when ``metadata`` records a reoriented view of it
+    (:data:`STORAGE_KEY`, and the data's shape fits), else ``(data, affine)`` unchanged."""
+    st = (metadata or {}).get(STORAGE_KEY)
+    arr = np.asarray(data)
+    if isinstance(st, dict) and st.get("affine") is not None and st.get("axes") is not None and arr.ndim >= 3:
+        axes = tuple(int(v) for v in st["axes"])
+        stored = np.asarray(st["affine"], dtype=float)
+        if sorted(axes) == [0, 1, 2] and stored.shape == (4, 4):
+            return from_view(arr, axes), stored
+    return arr, np.asarray(affine, dtype=float)
+
+
+def layer_stored(layer, data: Array | None = None) -> tuple[Array, Array]:
+    """A layer's data (or ``data`` on the layer's grid) and affine in the voxel order of the file it came from:
+    a reoriented view (see :func:`view_axes`) is undone, so a PIR file gives back its PIR array and affine."""
+    md = getattr(layer, "metadata", None) or {}
+    return stored_geometry(layer.data if data is None else data, md, layer_affine(layer))

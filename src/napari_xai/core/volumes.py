@@ -215,8 +215,10 @@ def save_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, he
     img = nib.Nifti1Image(arr, np.asarray(affine, dtype=float), header=hdr)
     img.set_data_dtype(arr.dtype)
     if hdr is not None:
-        # keep the source's qform/sform codes with the (same) affine
-        img.set_sform(np.asarray(affine, dtype=float), code=int(hdr["sform_code"]) or 1)
-        img.set_qform(np.asarray(affine, dtype=float), code=int(hdr["qform_code"]) or 1)
+        # keep the source's qform/sform codes with the (same) affine; an unset qform stays unset beside a set
+        # sform (as nibabel writes files), so a volume read and saved again has the same header
+        scode, qcode = int(hdr["sform_code"]), int(hdr["qform_code"])
+        img.set_sform(np.asarray(affine, dtype=float), code=scode or 1)
+        img.set_qform(np.asarray(affine, dtype=float), code=qcode if scode else (qcode or 1))
     atomic_write_bytes(p, img.to_bytes() if not p.name.lower().endswith(".gz") else gzip.compress(img.to_bytes(), 6))
     return p
