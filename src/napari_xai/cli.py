@@ -65,8 +65,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     rel = explain(volume, model, args.method, params=params, target=args.target, normalization=args.normalization,
                   input_shape=args.input_shape, progress=progress, **extra_kwargs)
-    for w in rel.warnings:
-        print(f"{PROG}: warning: {w}", file=sys.stderr)
     data = rel.data[0] if rel.data.shape[0] == 1 else rel.data
     record = dict(rel.provenance)
     record["output"] = str(out)
@@ -80,6 +78,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         save_nifti(out, data, rel.affine, header=volume.header)
         write_sidecar(out, record)
         extras = write_extras(args, rel, header=volume.header, out=out)
+    for w in rel.warnings:  # after the files are written: a refused export shows its one error line only
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
     probs = ", ".join(f"{k}={v:.3f}" for k, v in rel.probabilities.items())
     print(f"predicted: {rel.provenance['prediction']['name']} ({probs}); explained: {rel.target_name}")
     print(f"wrote {out} and {sidecar_path(out)}" + (f" (+ {len(extras) // 2} more maps)" if extras else ""))
