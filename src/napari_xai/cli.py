@@ -43,8 +43,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from ._cli_lrp import explain_options, write_extras
     from .core.volumes import load_nifti, save_nifti, stack_channels, written_or_removed
 
+    from ._cli_common import input_space_kwargs
+
     out = _check_out(args.out, args.overwrite)
     params = _parse_params(args.param)
+    space = input_space_kwargs(args)
     volume = stack_channels([load_nifti(p) for p in args.volume])
     model = load_model(args.model, weights=args.weights, model_kwargs=args.model_kwargs, device=args.device, trust=args.trust_model)
     extra_params, extra_kwargs = explain_options(args, volume)
@@ -64,7 +67,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"[{frac * 100:5.1f}%] {msg}", file=sys.stderr)
 
     rel = explain(volume, model, args.method, params=params, target=args.target, normalization=args.normalization,
-                  input_shape=args.input_shape, progress=progress, **extra_kwargs)
+                  input_shape=args.input_shape, progress=progress, **space, **extra_kwargs)
     data = rel.data[0] if rel.data.shape[0] == 1 else rel.data
     record = dict(rel.provenance)
     record["output"] = str(out)
@@ -139,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--normalization", choices=("none", "zscore", "minmax"), help="override the model's intensity normalisation")
     p.add_argument("--input-shape", metavar="D,H,W", help="model grid when the model does not declare one (input is resampled to it)")
+    from ._cli_common import add_input_space_options
+
+    add_input_space_options(p)
     p.add_argument(
         "--trust-model",
         action="store_true",
