@@ -37,17 +37,19 @@ def _check_out(path: str, overwrite: bool) -> Path:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from ._cli_common import input_space_kwargs
+
+    # options first, before the heavy imports (torch): a typo fails in a fraction of a second
+    out = _check_out(args.out, args.overwrite)
+    params = _parse_params(args.param)
+    space = input_space_kwargs(args)
+
     from .core.explain import explain
     from .core.models import load_model
     from .core.provenance import sidecar_path, write_sidecar
     from ._cli_lrp import explain_options, write_extras
     from .core.volumes import load_nifti, save_nifti, stack_channels, written_or_removed
 
-    from ._cli_common import input_space_kwargs
-
-    out = _check_out(args.out, args.overwrite)
-    params = _parse_params(args.param)
-    space = input_space_kwargs(args)
     volume = stack_channels([load_nifti(p) for p in args.volume])
     model = load_model(args.model, weights=args.weights, model_kwargs=args.model_kwargs, device=args.device, trust=args.trust_model)
     extra_params, extra_kwargs = explain_options(args, volume)
