@@ -76,6 +76,18 @@ def resize(data: Array, shape: tuple[int, int, int]) -> Array:
     return out[0] if squeeze else out
 
 
+def resize_labels(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Nearest-neighbour resize of a label or mask volume (same field of view, voxel centres aligned)."""
+    arr = np.asarray(labels)
+    if tuple(arr.shape) == tuple(shape):
+        return arr
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(arr.astype(np.float32)))[None, None]
+    out = torch.nn.functional.interpolate(t, size=tuple(int(s) for s in shape), mode="nearest-exact")[0, 0]
+    return out.numpy().astype(arr.dtype if arr.dtype != bool else np.float32).astype(arr.dtype)
+
+
 def relevance_to_grid(relevance: Array, shape: tuple[int, int, int]) -> Array:
     """Map relevance (C, m, m, m) from the model grid back to a volume grid of ``shape``.
 
@@ -376,8 +388,7 @@ class ModelGrid:
         arr = np.array(arr, dtype=np.float32, order="C", copy=True)
         if tuple(arr.shape[1:]) != self.shape:
             if labels:
-                t = torch.from_numpy(arr)[None]
-                arr = torch.nn.functional.interpolate(t, size=self.shape, mode="nearest-exact")[0].numpy()
+                arr = np.stack([resize_labels(a, self.shape) for a in arr])
             else:
                 factor = float(np.prod(arr.shape[1:])) / float(np.prod(self.shape)) if additive else 1.0
                 arr = resize(arr, self.shape) * np.float32(factor)
@@ -408,8 +419,5 @@ class ModelGrid:
         arr = np.asarray(mask)
         out = self.apply(arr[None].astype(np.float32), labels=True)[0]
         if shape is not None and tuple(shape) != out.shape:
-            import torch
-
-            t = torch.from_numpy(np.ascontiguousarray(out))[None, None]
-            out = torch.nn.functional.interpolate(t, size=tuple(int(s) for s in shape), mode="nearest-exact")[0, 0].numpy()
+            out = resize_labels(out, tuple(shape))
         return out.astype(arr.dtype if arr.dtype != bool else np.float32).astype(arr.dtype)

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .geometry import resize_labels  # noqa: F401 - part of this module's API (see __all__)
 
 __all__ = [
     "MaskedSum",
@@ -85,16 +86,6 @@ def class_region(labels: torch.Tensor | np.ndarray, target: int, channels: int) 
     """Boolean region of class ``target`` in a label map (for C = 1 the foreground, label 1)."""
     lab = labels.cpu().numpy() if torch.is_tensor(labels) else np.asarray(labels)
     return lab == (1 if channels == 1 else int(target))
-
-
-def resize_labels(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Nearest-neighbour resize of a label or mask volume (same field of view, voxel centres aligned)."""
-    arr = np.asarray(labels)
-    if tuple(arr.shape) == tuple(shape):
-        return arr
-    t = torch.from_numpy(np.ascontiguousarray(arr.astype(np.float32)))[None, None]
-    out = torch.nn.functional.interpolate(t, size=tuple(int(s) for s in shape), mode="nearest-exact")[0, 0]
-    return out.numpy().astype(arr.dtype if arr.dtype != bool else np.float32).astype(arr.dtype)
 
 
 def mask_to_grid(mask: np.ndarray, volume_shape: tuple[int, ...], grid_shape: tuple[int, ...], what: str = "mask",
