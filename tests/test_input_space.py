@@ -432,3 +432,17 @@ def test_cli_bad_space_options_are_one_line_before_any_work(tmp_path, option, va
     proc = _cli("explain", tmp_path / "missing.nii.gz", "--model", "demo", option, value, "--out", out)
     assert proc.returncode == 2 and proc.stderr.startswith("napari-xai: error: " + message), proc.stderr
     assert proc.stderr.count("\n") == 1 and not out.exists()
+
+
+def test_perturbation_scorer_feeds_perturbed_copies_through_the_same_space():
+    from napari_xai.core.perturbation import Scorer
+
+    vol = _two_blobs()
+    model = python_model(LeftBlobNet((24, 28, 20)), input_shape=(24, 28, 20))
+    left = float(vol.data[0, :12].sum())  # stored RAS: the first half of axis 0 is the left hemisphere
+    for codes in ORDERS:
+        v = volume_as(vol, codes)
+        scorer = Scorer(model, v, 1, model_orientation="RAS")
+        assert scorer.base_logits[1] == pytest.approx(left, rel=1e-5), codes
+        zeroed = np.zeros_like(v.data)
+        assert scorer.logits([zeroed])[0, 1] == 0.0
