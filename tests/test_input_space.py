@@ -446,3 +446,25 @@ def test_perturbation_scorer_feeds_perturbed_copies_through_the_same_space():
         assert scorer.base_logits[1] == pytest.approx(left, rel=1e-5), codes
         zeroed = np.zeros_like(v.data)
         assert scorer.logits([zeroed])[0, 1] == 0.0
+
+
+def test_a_ct_bundles_range_and_crop_pad_are_read_and_applied_in_the_bundles_order():
+    from napari_xai.core.input_space import from_transforms
+
+    pre = {"_target_": "Compose", "transforms": [
+        {"_target_": "LoadImaged", "keys": "image"},
+        {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0], "mode": "bilinear"},
+        {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -57, "a_max": 164, "b_min": 0.0, "b_max": 1.0,
+         "clip": True},
+        {"_target_": "ResizeWithPadOrCropd", "keys": "image", "spatial_size": [8, 8, 8]},
+    ]}
+    space, notes = from_transforms(pre, "pre", lambda value, where: value)
+    assert (space.spacing, space.normalization, space.shape, space.shape_policy) == (
+        (1.5, 1.5, 2.0), "range", (8, 8, 8), "crop-pad")
+    assert space.order[:3] == ("spacing", "intensity", "shape") and not space.skipped
+    grid = ModelGrid(space, np.eye(4), (10, 6, 8))
+    x = grid.apply(np.full((1, 10, 6, 8), 300.0, np.float32))
+    assert [s["transform"] for s in grid.steps] == ["Spacing", "ScaleIntensityRange", "ResizeWithPadOrCrop"]
+    # 300 HU is clipped to a_max -> b_max = 1 inside; the padding comes after the intensity step, so it is 0
+    assert x.shape == (1, 8, 8, 8) and x.max() == pytest.approx(1.0) and x.min() == 0.0
+    assert grid.to_volume(x, additive=False).shape == (1, 10, 6, 8)

@@ -293,21 +293,22 @@ class ModelGrid:
                                 {"transform": "ResizeWithPadOrCrop", "spatial_size": size}))
             elif kind == "intensity" and sp.normalization != "none":
                 p = sp.params
+                cw = bool(p.get("channel_wise", True))  # a bundle's own setting; napari-xai's zscore/minmax: per channel
                 if sp.normalization == "zscore":
-                    t = NormalizeIntensity(nonzero=bool(p.get("nonzero", False)), channel_wise=True)
+                    t = NormalizeIntensity(nonzero=bool(p.get("nonzero", False)), channel_wise=cw)
                     rec = {"transform": "NormalizeIntensity", "nonzero": bool(p.get("nonzero", False)),
-                           "channel_wise": True}
+                           "channel_wise": cw}
                 elif sp.normalization == "minmax":
-                    t = ScaleIntensity(minv=0.0, maxv=1.0, channel_wise=True)
-                    rec = {"transform": "ScaleIntensity", "minv": 0.0, "maxv": 1.0, "channel_wise": True}
+                    t = ScaleIntensity(minv=0.0, maxv=1.0, channel_wise=cw)
+                    rec = {"transform": "ScaleIntensity", "minv": 0.0, "maxv": 1.0, "channel_wise": cw}
                 elif "a_min" in p:
                     kw = {k: p[k] for k in ("a_min", "a_max", "b_min", "b_max", "clip") if k in p}
                     t = ScaleIntensityRange(**kw)
                     rec = {"transform": "ScaleIntensityRange", **kw}
                 else:
-                    t = ScaleIntensity(minv=p.get("minv", 0.0), maxv=p.get("maxv", 1.0), channel_wise=True)
+                    t = ScaleIntensity(minv=p.get("minv", 0.0), maxv=p.get("maxv", 1.0), channel_wise=cw)
                     rec = {"transform": "ScaleIntensity", "minv": p.get("minv", 0.0), "maxv": p.get("maxv", 1.0),
-                           "channel_wise": True}
+                           "channel_wise": cw}
                 out.append(("intensity", t, rec))
         return out
 

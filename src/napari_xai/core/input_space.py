@@ -338,10 +338,12 @@ def from_transforms(preprocessing: Any, where: str, read_value: Callable[[Any, s
                 foreground = True
                 mark("shape")
             elif base == "ScaleIntensity":
-                fields["normalization"], fields["intensity"] = "minmax", ()
+                fields["normalization"] = "minmax"
+                fields["intensity"] = (("channel_wise", bool(args.get("channel_wise", False))),)
                 if (args.get("minv", 0.0), args.get("maxv", 1.0)) != (0.0, 1.0):
                     fields["normalization"] = "range"  # to [minv, maxv]: a range from the data's own min/max
-                    fields["intensity"] = (("minv", float(args.get("minv", 0.0))), ("maxv", float(args.get("maxv", 1.0))))
+                    fields["intensity"] = (("minv", float(args.get("minv", 0.0))), ("maxv", float(args.get("maxv", 1.0))),
+                                           ("channel_wise", bool(args.get("channel_wise", False))))
                 mark("intensity")
             elif base == "ScaleIntensityRange":
                 keys = ("a_min", "a_max", "b_min", "b_max")
@@ -355,7 +357,8 @@ def from_transforms(preprocessing: Any, where: str, read_value: Callable[[Any, s
                 if args.get("subtrahend") is not None or args.get("divisor") is not None:
                     raise UserError("a fixed subtrahend/divisor is not supported")
                 fields["normalization"] = "zscore"
-                fields["intensity"] = (("nonzero", bool(args.get("nonzero", False))),)
+                fields["intensity"] = (("nonzero", bool(args.get("nonzero", False))),
+                                       ("channel_wise", bool(args.get("channel_wise", False))))
                 mark("intensity")
         except (UserError, TypeError, ValueError) as exc:
             skipped.append(f"preprocessing transform '{name}' has arguments napari-xai cannot use ({exc}); it is not applied")
