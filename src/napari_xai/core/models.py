@@ -52,7 +52,11 @@ file as MONAI's ``ckpt_export`` writes it). Accepted keys:
   gives the class names (the first output when there is no ``pred``);
 * simpler top-level keys, which win when present: ``input_shape``,
   ``channels``, ``class_names``, ``normalization``;
-* a ``napari_xai`` section with the same simple keys wins over both.
+* a ``napari_xai`` section with the same simple keys wins over both;
+* ``orientation``, ``spacing`` and ``shape_policy`` (top level or in
+  ``napari_xai``) declare the rest of the model's input space
+  (:mod:`napari_xai.core.input_space`); a bundle's ``preprocessing``
+  transforms declare it too, read as data (``docs/models.md``).
 
 ``normalization`` is ``"none"``, ``"zscore"`` or ``"minmax"``. For a bundle
 that declares none, it is inferred from the ``preprocessing`` transforms in
