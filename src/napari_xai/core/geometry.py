@@ -8,6 +8,9 @@ Conventions
 * "Model grid" resampling keeps the field of view: voxel centres are spread
   evenly over the same extent (``align_corners=False`` semantics), so the model
   grid has its own affine, :func:`model_grid_affine`.
+* A model's input space (orientation, spacing, grid, intensities; see
+  :mod:`input_space`) is reached with MONAI's transforms on a ``MetaTensor`` and
+  left with their inverse: :class:`ModelGrid`.
 """
 
 from __future__ import annotations
