@@ -117,7 +117,9 @@ def test_a_class_name_means_each_models_own_class(setup):
         np.testing.assert_allclose(rows[key].relevance.data, expected, rtol=1e-4, atol=1e-6, err_msg=key)
     # A and C explain the same class: their maps are equal; D's position fallback is said in its cell only
     np.testing.assert_allclose(rows["A"].relevance.data, rows["C"].relevance.data, rtol=1e-5)
-    assert not rows["A"].relevance.warnings and not rows["C"].relevance.warnings
+    # (these test models declare no orientation: that warning is the only one, issue 9)
+    others = [w for k in ("A", "C") for w in rows[k].relevance.warnings if not w.startswith("model orientation unknown")]
+    assert not others
     assert any("names no class 'sick'" in w for w in rows["D"].relevance.provenance["warnings"])
     # an explicit reference list wins over the first model's names
     cells = run_comparison(vol, plan([("method", "input-x-gradient")], ["sick"], ["D"]), models,

@@ -72,3 +72,37 @@ def check_out_file(path, overwrite: bool, suffix: str, option: str = "--out") ->
     if not out.parent.exists():
         raise UserError(f"the folder of {option} does not exist: {out.parent}")
     return out
+
+
+def add_input_space_options(p: argparse.ArgumentParser) -> None:
+    """``--model-orientation`` and ``--model-spacing`` (checked by :func:`input_space_kwargs` before any work)."""
+    p.add_argument("--model-orientation", metavar="AXCODES",
+                   help="voxel order the model was trained on, e.g. RAS or LAS: the input is reoriented to it (MONAI "
+                        "Orientation) and the relevance back; 'stored' feeds it as stored (default: the model's "
+                        "declaration, else as stored with a warning)")
+    p.add_argument("--model-spacing", metavar="MM",
+                   help="voxel size in mm the model was trained on, one number or three (e.g. 2 or 1,1,2.5): the input "
+                        "is resampled to it (MONAI Spacing) and the relevance back; 'stored' keeps the input's own "
+                        "(default: the model's declaration, else as stored)")
+
+
+def input_space_kwargs(args: argparse.Namespace) -> dict:
+    """``model_orientation`` / ``model_spacing`` for :func:`explain`, checked (UserError on a bad value)."""
+    from .core.input_space import AS_STORED, parse_orientation, parse_spacing
+
+    out: dict = {}
+    orientation = getattr(args, "model_orientation", None)
+    spacing = getattr(args, "model_spacing", None)
+    if orientation is not None:
+        text = orientation.strip()
+        try:
+            out["model_orientation"] = AS_STORED if text.lower() == AS_STORED else parse_orientation(text)
+        except UserError as exc:
+            raise UserError(f"--model-orientation: {exc}") from None
+    if spacing is not None:
+        text = spacing.strip()
+        try:
+            out["model_spacing"] = AS_STORED if text.lower() == AS_STORED else parse_spacing(text)
+        except UserError as exc:
+            raise UserError(f"--model-spacing: {exc}") from None
+    return out

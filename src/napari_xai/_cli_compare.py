@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_common import check_out_dir
+from ._cli_common import add_input_space_options, check_out_dir, input_space_kwargs
 from .core.errors import UserError
 
 HELP = "explain one input with several methods/LRP configurations, targets and models; one cell each"
@@ -47,6 +47,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
                    help="class index or name; repeatable (default: each model's predicted class)")
     p.add_argument("--normalization", choices=("none", "zscore", "minmax"), help="override the models' normalisation")
     p.add_argument("--input-shape", metavar="D,H,W", help="model grid when a model does not declare one")
+    add_input_space_options(p)
     g = p.add_argument_group("segmentation models")
     g.add_argument("--segmentation", action="store_true", help="explain the masked sum of the target's logit map")
     g.add_argument("--mask", metavar="MASK.nii.gz", help="mask on the input grid; implies --segmentation")
@@ -115,10 +116,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .core.volumes import atomic_write_bytes, load_nifti, save_nifti, stack_channels, written_or_removed
 
     outdir = check_out_dir(args.out_dir)
+    space = input_space_kwargs(args)
     whats, configs = _whats(args)
     targets = args.target or [None]
     volume = stack_channels([load_nifti(p) for p in args.volume])
-    kwargs: dict = {"normalization": args.normalization, "input_shape": args.input_shape}
+    kwargs: dict = {"normalization": args.normalization, "input_shape": args.input_shape, **space}
     if args.mask:
         m = load_nifti(args.mask)
         if m.channels != 1:

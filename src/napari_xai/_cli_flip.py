@@ -17,7 +17,7 @@ import csv
 import io
 from pathlib import Path
 
-from ._cli_common import add_model_options, check_out_file, load_model_from
+from ._cli_common import add_input_space_options, add_model_options, check_out_file, input_space_kwargs, load_model_from
 from .core.errors import UserError
 
 HELP = "flip input regions in the order of relevance map(s) and write the score curves and their AOPC"
@@ -45,6 +45,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
                         "voxels outside the atlas are never flipped")
     p.add_argument("--normalization", choices=("none", "zscore", "minmax"), help="override the model's intensity normalisation")
     p.add_argument("--input-shape", metavar="D,H,W", help="model grid when the model does not declare one")
+    add_input_space_options(p)
     p.add_argument("--segmentation", action="store_true", help="the model returns a logit map: score the masked sum")
     p.add_argument("--mask", metavar="MASK.nii.gz", help="segmentation target mask on the input grid")
     p.add_argument("--point", type=_point, metavar="I,J,K", help="segmentation: the predicted component at this voxel")
@@ -69,6 +70,7 @@ def cmd_flip(args: argparse.Namespace) -> int:
     from .core.volumes import atomic_write_bytes, load_nifti, stack_channels, written_or_removed
 
     out = check_out_file(args.out, args.overwrite, ".csv")
+    space = input_space_kwargs(args)
     orders = list(dict.fromkeys(args.order or ["morf", "random"]))
     volume = stack_channels([load_nifti(p) for p in args.volume])
     maps = []
@@ -79,7 +81,7 @@ def cmd_flip(args: argparse.Namespace) -> int:
                             "give the map of this input.")
         maps.append((path, rel.data.sum(axis=0)))
     model = load_model_from(args)
-    kwargs: dict = {"normalization": args.normalization, "input_shape": args.input_shape,
+    kwargs: dict = {"normalization": args.normalization, "input_shape": args.input_shape, **space,
                     "output_index": args.output_index}
     if args.mask:
         m = load_nifti(args.mask)

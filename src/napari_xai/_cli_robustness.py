@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_common import add_model_options, add_segmentation_options, check_out_file, load_model_from
+from ._cli_common import (add_input_space_options, add_model_options, add_segmentation_options, check_out_file,
+                          input_space_kwargs, load_model_from)
 from .core.errors import UserError
 
 HELP = "measure how stable (max-sensitivity) and faithful (infidelity) attribution maps are"
@@ -60,6 +61,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the perturbations (and of stochastic methods)")
     p.add_argument("--normalization", choices=("none", "zscore", "minmax"), help="override the model's intensity normalisation")
     p.add_argument("--input-shape", metavar="D,H,W", help="model grid when the model does not declare one")
+    add_input_space_options(p)
     g = p.add_argument_group("segmentation models (as in 'explain')")
     add_segmentation_options(g)
     p.add_argument("--out", metavar="results.json", help="write the results, settings and provenance as JSON")
@@ -119,10 +121,11 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     from .core.volumes import atomic_write_bytes, load_nifti, stack_channels
 
     methods, out = _check_args(args)
+    space = input_space_kwargs(args)
     params = method_params(methods, _parse_params(args.param))
     volume = stack_channels([load_nifti(p) for p in args.volume])
     _, kwargs = explain_options(args, volume)
-    kwargs.update(normalization=args.normalization, input_shape=args.input_shape)
+    kwargs.update(normalization=args.normalization, input_shape=args.input_shape, **space)
     model = load_model_from(args)
     last = [""]
 

@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_common import add_model_options, add_segmentation_options, check_out_dir, load_model_from
+from ._cli_common import (add_input_space_options, add_model_options, add_segmentation_options, check_out_dir,
+                          input_space_kwargs, load_model_from)
 from .core.errors import UserError
 
 HELP = "randomize the model's layers (top down) and measure how much the attribution map changes"
@@ -46,6 +47,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
                    help="share of voxels for the top-voxel overlap (default 0.05)")
     p.add_argument("--normalization", choices=("none", "zscore", "minmax"), help="override the model's intensity normalisation")
     p.add_argument("--input-shape", metavar="D,H,W", help="model grid when the model does not declare one")
+    add_input_space_options(p)
     g = p.add_argument_group("LRP configurations and segmentation models (as in 'explain')")
     g.add_argument("--config", metavar="CONFIG.json", help="LRP configuration for --method lrp (from the LRP designer)")
     g.add_argument("--configuration", metavar="NAME", help="configuration name inside a --config library file")
@@ -85,6 +87,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     from .core.volumes import atomic_write_bytes, load_nifti, save_nifti, stack_channels, written_or_removed
 
     outdir = _check_args(args)
+    space = input_space_kwargs(args)
     params = _parse_params(args.param)
     volume = stack_channels([load_nifti(p) for p in args.volume])
     extra_params, kwargs = explain_options(args, volume)
@@ -104,7 +107,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     result = sanity_check(volume, model, args.method, params=params, target=args.target, mode=args.mode,
                           seed=args.seed, last=args.layers, init=args.init, top_fraction=args.top_fraction,
                           keep_maps=bool(args.maps), progress=progress, normalization=args.normalization,
-                          input_shape=args.input_shape, **kwargs)
+                          input_shape=args.input_shape, **space, **kwargs)
     seconds = time.perf_counter() - t0
     for w in result.warnings:
         print(f"napari-xai: warning: {w}", file=sys.stderr)

@@ -37,14 +37,19 @@ def _check_out(path: str, overwrite: bool) -> Path:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from ._cli_common import input_space_kwargs
+
+    # options first, before the heavy imports (torch): a typo fails in a fraction of a second
+    out = _check_out(args.out, args.overwrite)
+    params = _parse_params(args.param)
+    space = input_space_kwargs(args)
+
     from .core.explain import explain
     from .core.models import load_model
     from .core.provenance import sidecar_path, write_sidecar
     from ._cli_lrp import explain_options, write_extras
     from .core.volumes import load_nifti, save_nifti, stack_channels, written_or_removed
 
-    out = _check_out(args.out, args.overwrite)
-    params = _parse_params(args.param)
     volume = stack_channels([load_nifti(p) for p in args.volume])
     model = load_model(args.model, weights=args.weights, model_kwargs=args.model_kwargs, device=args.device, trust=args.trust_model)
     extra_params, extra_kwargs = explain_options(args, volume)
@@ -64,9 +69,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"[{frac * 100:5.1f}%] {msg}", file=sys.stderr)
 
     rel = explain(volume, model, args.method, params=params, target=args.target, normalization=args.normalization,
-                  input_shape=args.input_shape, progress=progress, **extra_kwargs)
-    for w in rel.warnings:
-        print(f"{PROG}: warning: {w}", file=sys.stderr)
+                  input_shape=args.input_shape, progress=progress, **space, **extra_kwargs)
     data = rel.data[0] if rel.data.shape[0] == 1 else rel.data
     record = dict(rel.provenance)
     record["output"] = str(out)
@@ -80,6 +83,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         save_nifti(out, data, rel.affine, header=volume.header)
         write_sidecar(out, record)
         extras = write_extras(args, rel, header=volume.header, out=out)
+    for w in rel.warnings:  # after the files are written: a refused export shows its one error line only
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
     probs = ", ".join(f"{k}={v:.3f}" for k, v in rel.probabilities.items())
     print(f"predicted: {rel.provenance['prediction']['name']} ({probs}); explained: {rel.target_name}")
     print(f"wrote {out} and {sidecar_path(out)}" + (f" (+ {len(extras) // 2} more maps)" if extras else ""))
@@ -139,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--normalization", choices=("none", "zscore", "minmax"), help="override the model's intensity normalisation")
     p.add_argument("--input-shape", metavar="D,H,W", help="model grid when the model does not declare one (input is resampled to it)")
+    from ._cli_common import add_input_space_options
+
+    add_input_space_options(p)
     p.add_argument(
         "--trust-model",
         action="store_true",

@@ -74,13 +74,13 @@ def layer_activations(model: Any, volume, layer: str | None = None,
     layer gives them (``to_volume_grid=False``)."""
     import torch
 
-    from . import geometry
     from .methods._model import model_session, require_hookable, trace_model
-    from .explain import _forward, prepare_input
+    from .explain import _forward, prepare
 
     module = model.module
     require_hookable(model, "dissection", "it hooks a layer")
-    x, *_ = prepare_input(volume, model)
+    prepared = prepare(volume, model)
+    x = prepared.x
     with model_session(module):
         modules = dict(module.named_modules())
         if layer is None:  # the last leaf layer with a 3D feature map (e.g. the last ReLU before pooling)
@@ -109,8 +109,9 @@ def layer_activations(model: Any, volume, layer: str | None = None,
         shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
         raise UserError(f"layer {layer!r} gives {shape}, not a 3D feature map (N, C, d, h, w); choose a convolution or activation.")
     acts = out.detach().float().cpu().numpy()[0]
-    if to_volume_grid and acts.shape[1:] != tuple(volume.shape):
-        acts = geometry.resize(acts, tuple(volume.shape))
+    if to_volume_grid:
+        # activations are values: interpolated back through the inverse of the input-space transforms
+        acts = prepared.grid.to_volume(acts, additive=False)
     return layer, acts.astype(np.float32, copy=False)
 
 

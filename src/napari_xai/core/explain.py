@@ -59,21 +59,18 @@ class Relevance:
 
 
 def normalize(data: np.ndarray, mode: str) -> np.ndarray:
-    """Intensity normalisation per channel of (C, i, j, k) data: none, zscore or minmax."""
+    """Intensity normalisation per channel of (C, i, j, k) data: none, zscore or minmax (MONAI's
+    ``NormalizeIntensity`` / ``ScaleIntensity``, channel-wise; a constant channel becomes 0)."""
     if mode not in NORMALIZATIONS:
         raise UserError(f"unknown normalisation {mode!r}; use one of {', '.join(NORMALIZATIONS)}.")
-    out = np.asarray(data, dtype=np.float32).copy()
+    out = np.array(data, dtype=np.float32, copy=True)
     if mode == "none":
         return out
-    for c in range(out.shape[0]):
-        ch = out[c]
-        if mode == "zscore":
-            sd = float(ch.std())
-            out[c] = (ch - float(ch.mean())) / (sd if sd > 0 else 1.0)
-        else:
-            lo, hi = float(ch.min()), float(ch.max())
-            out[c] = (ch - lo) / ((hi - lo) if hi > lo else 1.0)
-    return out
+    import torch
+    from monai.transforms import NormalizeIntensity, ScaleIntensity
+
+    t = NormalizeIntensity(channel_wise=True) if mode == "zscore" else ScaleIntensity(minv=0.0, maxv=1.0, channel_wise=True)
+    return np.asarray(t(torch.from_numpy(out)), dtype=np.float32)
 
 
 def resolve_target(target: int | str | None, class_names: list[str], predicted: int) -> int:
@@ -93,9 +90,45 @@ def resolve_target(target: int | str | None, class_names: list[str], predicted: 
     raise UserError(f"unknown target class {target!r}; the model's classes are: {', '.join(class_names)}.")
 
 
-def prepare_input(volume: Volume, model: Any, normalization: str | None = None, input_shape=None):
-    """The model-grid input tensor (1, C, D, H, W), whether it was resampled, and the model shape."""
+@dataclass
+class ModelInput:
+    """One input brought into a model's input space: the tensor, the grid (to take maps back) and the record."""
+
+    x: Any  # torch.Tensor (1, C, D, H, W) on the model's device
+    grid: geometry.ModelGrid
+    space: Any  # input_space.InputSpace applied
+    origin: dict  # where orientation / spacing / shape / normalization came from
+    stored: str  # the input's own axis codes, e.g. "PIR"
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def model_shape(self) -> tuple[int, int, int]:
+        return self.grid.shape
+
+    def record(self, volume: Volume) -> dict:
+        """The sidecar's ``input_space`` section: what was declared, what the input was, every step."""
+        return {
+            "applied": self.space.to_record(),
+            "from": dict(self.origin),
+            "stored": {"orientation": self.stored,
+                       "spacing_mm": [round(float(v), 6) for v in geometry.voxel_sizes(volume.affine)],
+                       "shape": list(volume.shape)},
+            "steps": [dict(s) for s in self.grid.steps],
+            "model_grid": {"shape": list(self.grid.shape), "affine": np.asarray(self.grid.affine).tolist(),
+                           "orientation": geometry.axcodes(self.grid.affine)},
+        }
+
+
+def prepare(volume: Volume, model: Any, normalization: str | None = None, input_shape=None, *,
+            model_orientation: str | None = None, model_spacing=None) -> ModelInput:
+    """Bring ``volume`` into ``model``'s input space (see :mod:`input_space`) with MONAI's transforms.
+
+    ``None`` arguments take the model's declaration (else "as stored"); ``"stored"`` asks for the
+    input as stored even if the model declares otherwise.
+    """
     import torch
+
+    from .input_space import orientation_warning, resolve
 
     spec = model.spec
     if spec.channels is not None and volume.channels != spec.channels:
@@ -103,15 +136,29 @@ def prepare_input(volume: Volume, model: Any, normalization: str | None = None, 
             f"the model expects {spec.channels} channel(s) but the input has {volume.channels}; "
             f"select {spec.channels} image layer(s) / file(s) of one grid."
         )
-    if input_shape is not None:
-        model_shape = parse_shape(input_shape)
-    else:
-        model_shape = tuple(spec.input_shape) if spec.input_shape else volume.shape
-    resampled = tuple(model_shape) != tuple(volume.shape)
-    mode = normalization or getattr(spec, "normalization", "none") or "none"
-    data = to_model_grid(volume.model_copy(), model_shape, mode)
+    declared = spec.input_space if hasattr(spec, "input_space") else None
+    if declared is None:  # a spec-like object without a declared space (duck-typed test doubles)
+        from .input_space import InputSpace
+
+        declared = InputSpace(shape=getattr(spec, "input_shape", None),
+                              normalization=getattr(spec, "normalization", "none") or "none")
+    space, origin = resolve(declared, orientation=model_orientation, spacing=model_spacing, shape=input_shape,
+                            normalization=normalization)
+    stored = geometry.axcodes(volume.affine)
+    warnings = list(space.skipped)
+    if space.orientation is None:
+        warnings.append(orientation_warning(stored))
+    grid = geometry.ModelGrid(space, volume.affine, volume.shape)
+    data = grid.apply(volume.model_copy())
     x = torch.from_numpy(np.ascontiguousarray(data))[None].to(model.device)
-    return x, resampled, tuple(int(s) for s in model_shape), mode
+    return ModelInput(x=x, grid=grid, space=space, origin=origin, stored=stored, warnings=warnings)
+
+
+def prepare_input(volume: Volume, model: Any, normalization: str | None = None, input_shape=None, **space):
+    """The model-space input tensor (1, C, D, H, W), whether it was resampled, the model shape and the
+    normalisation (see :func:`prepare`; ``space`` takes ``model_orientation`` and ``model_spacing``)."""
+    mi = prepare(volume, model, normalization, input_shape, **space)
+    return mi.x, mi.grid.resampled, mi.grid.shape, mi.space.normalization
 
 
 def same_target_kwargs(rel: Any, kwargs: dict) -> dict:
@@ -131,29 +178,11 @@ def _absolute_source(source: str) -> str:
     return os.path.abspath(path) + rest if path and os.path.exists(path) else source
 
 
-def to_model_grid(data: np.ndarray, model_shape, mode: str) -> np.ndarray:
-    """(C, i, j, k) input-grid data resized to ``model_shape`` (if it differs) and normalised with ``mode``."""
-    if tuple(data.shape[1:]) != tuple(model_shape):
-        data = geometry.resize(data, tuple(model_shape))
-    return normalize(data, mode)
-
-
 def parse_shape(value) -> tuple[int, int, int]:
     """A model grid shape from ``"64,64,64"``, ``64`` or a sequence of three positive ints."""
-    try:
-        if isinstance(value, str):
-            parts = [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
-        elif isinstance(value, (int, np.integer)):
-            parts = [int(value)]
-        else:
-            parts = [int(v) for v in value]
-    except (TypeError, ValueError):
-        parts = []
-    if len(parts) == 1:
-        parts *= 3
-    if len(parts) != 3 or min(parts) < 1:
-        raise UserError(f"input shape {value!r} must be three positive integers, e.g. 64,64,64.")
-    return tuple(parts)  # type: ignore[return-value]
+    from .input_space import parse_shape as _parse
+
+    return _parse(value)
 
 
 def predict(model: Any, x) -> np.ndarray:
@@ -237,7 +266,7 @@ def _predict_cached(module: Any, x):
     return detached
 
 
-def _prepare_target(model, x, volume, target, segmentation, mask, point, output_index, connectivity, ctx):
+def _prepare_target(model, x, volume, target, segmentation, mask, point, output_index, connectivity, ctx, grid=None):
     """Model module to explain (wrapped for tuples / segmentation), probabilities, names, target, seg info."""
     import torch
 
@@ -274,7 +303,9 @@ def _prepare_target(model, x, volume, target, segmentation, mask, point, output_
                 raise
             predicted = 0
         tgt = resolve_target(target, names, predicted)
-        seg = resolve_mask(out, tgt, volume.shape, mask=mask, point=point, connectivity=connectivity, names=names)
+        maps = {} if grid is None else {"to_grid": grid.to_model, "to_volume": lambda lab: grid.to_volume(lab, labels=True)}
+        seg = resolve_mask(out, tgt, volume.shape, mask=mask, point=point, connectivity=connectivity, names=names,
+                           **maps)
         counts = np.asarray(seg.class_voxels, dtype=float)
         fractions = counts / max(float(labels.size), 1.0)
         if channels == 1:
@@ -318,6 +349,8 @@ def explain(
     point: tuple[int, int, int] | Any | None = None,
     output_index: int = 0,
     connectivity: int = 26,
+    model_orientation: str | None = None,
+    model_spacing: float | tuple[float, float, float] | str | None = None,
 ) -> Relevance:
     """Explain ``model``'s decision on ``volume`` with attribution ``method``.
 
@@ -337,7 +370,8 @@ def explain(
         Overrides the model's declared intensity normalisation (none, zscore, minmax).
     input_shape : tuple of 3 ints or str, optional
         Overrides the model grid (spatial shape the model expects); the volume is
-        resampled trilinearly to it and the relevance mapped back.
+        brought to it with the model's shape policy (default: MONAI ``Resize``,
+        trilinear) and the relevance mapped back.
     progress, should_stop : callable, optional
         Progress callback ``(fraction, message)`` and cancellation check.
     seed : int
@@ -358,6 +392,15 @@ def explain(
         supervision); the first by default, with a warning.
     connectivity : int
         6, 18 or 26: neighbourhood of the connected component for ``point``.
+    model_orientation : str, optional
+        Axis codes (e.g. ``"RAS"``) of the voxel order the model was trained on;
+        the input is reoriented to it (MONAI ``Orientation``) and the relevance
+        back. ``None``: the model's declaration, else as stored (with a warning);
+        ``"stored"``: as stored.
+    model_spacing : float or 3 floats or str, optional
+        Voxel size in mm the model was trained on (MONAI ``Spacing``, inverted
+        for the relevance). ``None``: the model's declaration, else as stored;
+        ``"stored"``: as stored.
 
     Returns
     -------
@@ -379,35 +422,39 @@ def explain(
     for w in volume.warnings:
         ctx.warn(w)
     ctx.step(0.0, "preparing input")
-    x, resampled, model_shape, norm_mode = prepare_input(volume, model, normalization, input_shape)
-    ctx.grid_affine = geometry.model_grid_affine(volume.affine, volume.shape, model_shape)
+    mi = prepare(volume, model, normalization, input_shape, model_orientation=model_orientation,
+                 model_spacing=model_spacing)
+    for w in mi.warnings:
+        ctx.warn(w)
+    x, grid = mi.x, mi.grid
+    resampled, model_shape, norm_mode = grid.resampled, grid.shape, mi.space.normalization
+    ctx.grid_affine = grid.affine
     module, probs, names, predicted, tgt, seg = _prepare_target(
-        model, x, volume, target, segmentation, mask, point, output_index, connectivity, ctx
+        model, x, volume, target, segmentation, mask, point, output_index, connectivity, ctx, grid=grid
     )
     ctx.step(0.02, f"explaining '{names[tgt]}' with {entry.name}")
     torch.manual_seed(seed)
     out = entry.fn(module, x, tgt, parsed, ctx)
     arrays = (out.used or {}).pop("_arrays", {}) if isinstance(out.used, dict) else {}
-    # maps of per-voxel values (attention coefficients) are interpolated; relevance also keeps its total
-    to_grid = geometry.resize if arrays.get("per_voxel") else geometry.relevance_to_grid
+    # back through the inverse of the same MONAI transforms: maps of per-voxel values (attention coefficients)
+    # are interpolated; relevance also keeps its total (scaled by the ratio of voxel volumes)
+    additive = not arrays.get("per_voxel")
     rel = out.relevance.detach().float().cpu().numpy()[0]
     if rel.shape[0] != volume.channels:
         # single-map methods (e.g. CAM) give one map for all channels
         rel = np.repeat(rel[:1], volume.channels, axis=0)
-    rel = to_grid(rel, volume.shape).astype(np.float32, copy=False)
+    rel = grid.to_volume(rel, additive=additive).astype(np.float32, copy=False)
     if not np.all(np.isfinite(rel)):
         ctx.warn("the relevance contains NaN/Inf values (numerical overflow in the method); they were set to 0.")
         rel = np.nan_to_num(rel, nan=0.0, posinf=0.0, neginf=0.0)
     intermediate = {
-        k: to_grid(np.asarray(v, dtype=np.float32)[None], volume.shape)[0].astype(np.float32)
+        k: grid.to_volume(np.asarray(v, dtype=np.float32), additive=additive).astype(np.float32)
         for k, v in (arrays.get("intermediate") or {}).items()
     }
     seg_labels = seg_mask = None
     if seg is not None:
-        from .segmentation import resize_labels
-
-        seg_labels = resize_labels(seg.labels.astype(np.uint16), volume.shape)
-        seg_mask = resize_labels(seg.mask, volume.shape).astype(bool)
+        seg_labels = grid.to_volume(seg.labels.astype(np.uint16), labels=True)
+        seg_mask = grid.to_volume(seg.mask.astype(np.uint8), labels=True).astype(bool)
     ctx.step(1.0, "done")
     params_rec = {**parsed, **(out.used or {})}
     files = (volume.source or "").split(";") if volume.source else []
@@ -439,6 +486,7 @@ def explain(
             "files": dict(getattr(model, "files", None) or {}),
         },
         "grid": {"resampled": bool(resampled), "model_shape": list(model_shape)},
+        "input_space": mi.record(volume),
         "method": entry.name,
         "params": params_rec,
         "seed": seed,

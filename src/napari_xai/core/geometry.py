@@ -8,11 +8,14 @@ Conventions
 * "Model grid" resampling keeps the field of view: voxel centres are spread
   evenly over the same extent (``align_corners=False`` semantics), so the model
   grid has its own affine, :func:`model_grid_affine`.
+* A model's input space (orientation, spacing, grid, intensities; see
+  :mod:`input_space`) is reached with MONAI's transforms on a ``MetaTensor`` and
+  left with their inverse: :class:`ModelGrid`.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -84,6 +87,18 @@ def resize(data: Array, shape: tuple[int, int, int]) -> Array:
         t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
         out = F.interpolate(t, size=tuple(int(s) for s in shape), mode="trilinear", align_corners=False)[0].numpy()
     return out[0] if squeeze else out
+
+
+def resize_labels(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Nearest-neighbour resize of a label or mask volume (same field of view, voxel centres aligned)."""
+    arr = np.asarray(labels)
+    if tuple(arr.shape) == tuple(shape):
+        return arr
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(arr.astype(np.float32)))[None, None]
+    out = torch.nn.functional.interpolate(t, size=tuple(int(s) for s in shape), mode="nearest-exact")[0, 0]
+    return out.numpy().astype(arr.dtype if arr.dtype != bool else np.float32).astype(arr.dtype)
 
 
 def relevance_to_grid(relevance: Array, shape: tuple[int, int, int]) -> Array:
@@ -286,3 +301,236 @@ def layer_stored(layer, data: Array | None = None) -> tuple[Array, Array]:
     a reoriented view (see :func:`view_axes`) is undone, so a PIR file gives back its PIR array and affine."""
     md = getattr(layer, "metadata", None) or {}
     return stored_geometry(layer.data if data is None else data, md, layer_affine(layer))
+
+
+# Model input space: MONAI transforms there, their inverse back
+# ---------------------------------------------------------------------------
+
+
+def axcodes(affine: Array) -> str:
+    """Axis codes of the voxel order in world (RAS+) space, e.g. ``"LAS"`` or ``"PIR"``."""
+    import nibabel as nib
+
+    return "".join(nib.aff2axcodes(np.asarray(affine, dtype=float)))
+
+
+class ModelGrid:
+    """How an input grid is brought into a model's :class:`~napari_xai.core.input_space.InputSpace`, and back.
+
+    The steps are MONAI array transforms on a ``MetaTensor`` carrying the input's
+    affine: ``Orientation``, ``Spacing``, ``Resize`` / ``ResizeWithPadOrCrop`` /
+    ``SpatialPad`` / ``CenterSpatialCrop`` (after ``SpatialCrop`` to the foreground
+    box for ``crop-pad-foreground``), and ``NormalizeIntensity`` /
+    ``ScaleIntensity`` / ``ScaleIntensityRange``. Maps go back to the input's exact
+    voxel grid through the same transform objects' ``inverse``.
+
+    Parameters
+    ----------
+    space : InputSpace
+        The model's input space for this run.
+    affine : (4, 4) array
+        The input's voxel -> world (mm) affine.
+    shape : tuple of 3 int
+        The input's spatial shape.
+
+    Attributes (after :meth:`apply`)
+    --------------------------------
+    shape, affine
+        The model grid and its voxel -> world affine.
+    steps : list of dict
+        Every transform applied with its arguments, in order (for the sidecar).
+    """
+
+    def __init__(self, space: Any, affine: Array, shape: tuple[int, int, int]):
+        self.space = space
+        self.in_affine = np.asarray(affine, dtype=float)
+        self.in_shape = tuple(int(s) for s in shape)
+        self.shape: tuple[int, int, int] = self.in_shape
+        self.affine = self.in_affine
+        self.steps: list[dict] = []
+        self._spatial: list = []  # (transform, name) applied to the image, in order
+        self._intensity = None
+        self._ops: list | None = None
+        self._meta: dict | None = None
+        self._box: tuple | None = None
+
+    @property
+    def resampled(self) -> bool:
+        """True if the model grid is not the input grid (any spatial step changed it)."""
+        return self.shape != self.in_shape or not np.allclose(self.affine, self.in_affine, atol=1e-6)
+
+    def _transforms(self) -> list:
+        """The planned steps: (role, MONAI transform, record) in order."""
+        from monai.transforms import (
+            CenterSpatialCrop,
+            NormalizeIntensity,
+            Orientation,
+            Resize,
+            ResizeWithPadOrCrop,
+            ScaleIntensity,
+            ScaleIntensityRange,
+            Spacing,
+            SpatialPad,
+        )
+
+        from .input_space import AXIS_LABELS
+
+        sp = self.space
+        out: list = []
+        for kind in sp.order:
+            if kind == "orientation" and sp.orientation:
+                out.append(("spatial", Orientation(axcodes=sp.orientation, labels=AXIS_LABELS),
+                            {"transform": "Orientation", "axcodes": sp.orientation}))
+            elif kind == "spacing" and sp.spacing:
+                out.append(("spatial", Spacing(pixdim=sp.spacing, mode="bilinear", padding_mode="border"),
+                            {"transform": "Spacing", "pixdim": list(sp.spacing), "mode": "bilinear",
+                             "padding_mode": "border"}))
+            elif kind == "shape" and sp.shape:
+                size = list(sp.shape)
+                if sp.shape_policy == "resize":
+                    out.append(("resize", Resize(spatial_size=size, mode="trilinear"),
+                                {"transform": "Resize", "spatial_size": size, "mode": "trilinear"}))
+                elif sp.shape_policy == "crop-pad":
+                    out.append(("spatial", ResizeWithPadOrCrop(spatial_size=size),
+                                {"transform": "ResizeWithPadOrCrop", "spatial_size": size}))
+                elif sp.shape_policy == "pad":
+                    out.append(("spatial", SpatialPad(spatial_size=size),
+                                {"transform": "SpatialPad", "spatial_size": size}))
+                elif sp.shape_policy == "crop":
+                    out.append(("spatial", CenterSpatialCrop(roi_size=size),
+                                {"transform": "CenterSpatialCrop", "roi_size": size}))
+                else:  # crop-pad-foreground: the box of voxels > 0 is found on the data as it arrives here
+                    out.append(("foreground", None, None))
+                    out.append(("spatial", ResizeWithPadOrCrop(spatial_size=size),
+                                {"transform": "ResizeWithPadOrCrop", "spatial_size": size}))
+            elif kind == "intensity" and sp.normalization != "none":
+                p = sp.params
+                cw = bool(p.get("channel_wise", True))  # a bundle's own setting; napari-xai's zscore/minmax: per channel
+                if sp.normalization == "zscore":
+                    t = NormalizeIntensity(nonzero=bool(p.get("nonzero", False)), channel_wise=cw)
+                    rec = {"transform": "NormalizeIntensity", "nonzero": bool(p.get("nonzero", False)),
+                           "channel_wise": cw}
+                elif sp.normalization == "minmax":
+                    t = ScaleIntensity(minv=0.0, maxv=1.0, channel_wise=cw)
+                    rec = {"transform": "ScaleIntensity", "minv": 0.0, "maxv": 1.0, "channel_wise": cw}
+                elif "a_min" in p:
+                    kw = {k: p[k] for k in ("a_min", "a_max", "b_min", "b_max", "clip") if k in p}
+                    t = ScaleIntensityRange(**kw)
+                    rec = {"transform": "ScaleIntensityRange", **kw}
+                else:
+                    t = ScaleIntensity(minv=p.get("minv", 0.0), maxv=p.get("maxv", 1.0), channel_wise=cw)
+                    rec = {"transform": "ScaleIntensity", "minv": p.get("minv", 0.0), "maxv": p.get("maxv", 1.0),
+                           "channel_wise": cw}
+                out.append(("intensity", t, rec))
+        return out
+
+    def apply(self, data: Array, labels: bool = False) -> Array:
+        """Bring (C, i, j, k) data on the input grid into the model space; returns float32 (C, D, H, W).
+
+        The first call fixes the model grid (and the foreground box); later calls (perturbed copies of the
+        input) go through the same steps. ``labels=True`` takes a mask or label volume with nearest-neighbour
+        interpolation and no intensity step.
+        """
+        import torch
+        from monai.data import MetaTensor
+        from monai.transforms import SpatialCrop
+        from monai.transforms.utils import generate_spatial_bounding_box
+
+        first = self._ops is None
+        if first:
+            self._plan = self._transforms()
+        arr = np.array(data, dtype=np.float32, order="C", copy=True)  # MONAI's intensity steps work in place
+        x = MetaTensor(torch.from_numpy(arr), affine=torch.as_tensor(self.in_affine, dtype=torch.float64))
+        spatial = []
+        for role, t, rec in self._plan:
+            if role == "intensity":
+                if not labels:
+                    x = t(x)
+                    if first:
+                        self.steps.append(rec)
+                continue
+            if role == "foreground":
+                if self._box is None:
+                    start, end = generate_spatial_bounding_box(x, select_fn=lambda v: v > 0)
+                    if any(e <= s for s, e in zip(start, end)):
+                        start, end = [0, 0, 0], list(x.shape[1:])
+                    self._box = (tuple(int(v) for v in start), tuple(int(v) for v in end))
+                t = SpatialCrop(roi_start=self._box[0], roi_end=self._box[1])
+                rec = {"transform": "SpatialCrop", "roi_start": list(self._box[0]), "roi_end": list(self._box[1]),
+                       "why": "the bounding box of voxels > 0 (CropForeground)"}
+                if first:
+                    self._fg = t
+                t = self._fg
+            if role == "resize":
+                x = t(x, mode="nearest-exact") if labels else t(x)
+            elif role == "spatial" and labels and type(t).__name__ == "Spacing":
+                x = t(x, mode="nearest")
+            else:
+                x = t(x)
+            spatial.append(t)
+            if first:
+                self.steps.append(rec)
+        if first:
+            self._spatial = spatial
+            self._ops = [dict(op) for op in x.applied_operations]
+            self._meta = dict(x.meta)
+            self.shape = tuple(int(s) for s in x.shape[1:])
+            self.affine = np.asarray(x.affine, dtype=float)
+        return x.as_tensor().numpy().astype(np.float32, copy=False)
+
+    def to_volume(self, data: Array, additive: bool = True, labels: bool = False) -> Array:
+        """Take a map on the model grid back to the input's voxel grid with the inverse transforms.
+
+        ``data`` is (C, d, h, w) or (d, h, w) over the model grid's field of view; a coarser map (a layer's
+        resolution) is first resized to the model grid. ``additive`` maps (relevance) keep their total:
+        values are scaled by the ratio of voxel volumes. Per-voxel maps (``additive=False``, e.g.
+        attention coefficients) are interpolated only. ``labels`` inverts with nearest neighbours.
+        """
+        import copy
+
+        import torch
+        from monai.data import MetaTensor
+
+        if self._ops is None:
+            raise RuntimeError("ModelGrid.apply must run before to_volume")
+        arr = np.asarray(data)
+        squeeze = arr.ndim == 3
+        if squeeze:
+            arr = arr[None]
+        dtype = arr.dtype
+        arr = np.array(arr, dtype=np.float32, order="C", copy=True)
+        if tuple(arr.shape[1:]) != self.shape:
+            if labels:
+                arr = np.stack([resize_labels(a, self.shape) for a in arr])
+            else:
+                factor = float(np.prod(arr.shape[1:])) / float(np.prod(self.shape)) if additive else 1.0
+                arr = resize(arr, self.shape) * np.float32(factor)
+        if self._spatial:
+            ops = copy.deepcopy(self._ops)
+            if labels:
+                for op in ops:
+                    extra = op.get("extra_info") or {}
+                    if op.get("class") == "Resize":
+                        extra["mode"], extra["align_corners"] = "nearest-exact", None
+                    elif "mode" in extra:
+                        extra["mode"] = "nearest"
+            x = MetaTensor(torch.from_numpy(arr), meta=dict(self._meta))
+            x.applied_operations = ops
+            for t in reversed(self._spatial):
+                x = t.inverse(x)
+            arr = x.as_tensor().numpy()
+        if tuple(arr.shape[1:]) != self.in_shape:  # pragma: no cover - MONAI's inverse restores the input shape
+            raise RuntimeError(f"inverse transforms gave {arr.shape[1:]}, not the input grid {self.in_shape}")
+        if additive and not labels:
+            arr = arr * np.float32(voxel_volume_mm3(self.in_affine) / voxel_volume_mm3(self.affine))
+        arr = arr.astype(dtype if labels else np.float32, copy=False)
+        return arr[0] if squeeze else arr
+
+    def to_model(self, mask: Array, shape: tuple[int, int, int] | None = None) -> Array:
+        """A mask or label volume (i, j, k) on the input grid, on the model grid (nearest), optionally resized
+        (nearest) to ``shape`` (a model output grid of another size)."""
+        arr = np.asarray(mask)
+        out = self.apply(arr[None].astype(np.float32), labels=True)[0]
+        if shape is not None and tuple(shape) != out.shape:
+            out = resize_labels(out, tuple(shape))
+        return out.astype(arr.dtype if arr.dtype != bool else np.float32).astype(arr.dtype)

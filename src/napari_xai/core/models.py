@@ -52,7 +52,11 @@ file as MONAI's ``ckpt_export`` writes it). Accepted keys:
   gives the class names (the first output when there is no ``pred``);
 * simpler top-level keys, which win when present: ``input_shape``,
   ``channels``, ``class_names``, ``normalization``;
-* a ``napari_xai`` section with the same simple keys wins over both.
+* a ``napari_xai`` section with the same simple keys wins over both;
+* ``orientation``, ``spacing`` and ``shape_policy`` (top level or in
+  ``napari_xai``) declare the rest of the model's input space
+  (:mod:`napari_xai.core.input_space`); a bundle's ``preprocessing``
+  transforms declare it too, read as data (``docs/models.md``).
 
 ``normalization`` is ``"none"``, ``"zscore"`` or ``"minmax"``. For a bundle
 that declares none, it is inferred from the ``preprocessing`` transforms in
@@ -95,6 +99,7 @@ from typing import Any
 import torch
 
 from .errors import UserError
+from .input_space import InputSpace, from_metadata, from_transforms
 
 __all__ = [
     "ModelSpec",
@@ -153,12 +158,29 @@ class ModelSpec:
         Intensity normalisation applied before the model: ``"none"``,
         ``"zscore"`` (per channel, mean 0, std 1) or ``"minmax"`` (per
         channel, to [0, 1]).
+    space : InputSpace
+        The rest of the declared input space: orientation, spacing, shape
+        policy, intensity parameters, step order (see :attr:`input_space`).
     """
 
     input_shape: tuple[int, int, int] | None = None
     channels: int | None = None
     class_names: list[str] = field(default_factory=list)
     normalization: str = "none"
+    space: InputSpace = field(default_factory=InputSpace)
+
+    @property
+    def input_space(self) -> InputSpace:
+        """The whole declared :class:`~napari_xai.core.input_space.InputSpace` (shape, normalisation and
+        channels from this spec; a bundle's ScaleIntensityRange stays a ``range`` normalisation)."""
+        norm = self.normalization
+        intensity = self.space.intensity
+        if norm == "none" and self.space.normalization == "range":
+            norm = "range"
+        elif norm != self.space.normalization:
+            intensity = ()
+        return self.space.replace(shape=self.input_shape, normalization=norm, intensity=intensity,
+                                  channels=self.channels)
 
     def __post_init__(self) -> None:
         if self.input_shape is not None:
@@ -749,6 +771,7 @@ def _parse_metadata(meta: Mapping, where: str) -> tuple[ModelSpec, list[str], bo
         channels=channels,
         class_names=names,
         normalization=_normalization(normalization, where),
+        space=from_metadata(meta, where),
     )
     return spec, notes, declared_norm
 
@@ -890,40 +913,19 @@ def _build_with_config_parser(folder: Path, cfg_path: Path, where: str) -> torch
     return net
 
 
-def _infer_bundle_normalization(config: Mapping) -> tuple[str, str | None]:
-    """Guess the intensity normalisation from the bundle's preprocessing transforms."""
-    targets: list[str] = []
+def _bundle_input_space(config: Mapping, where: str) -> tuple[InputSpace, list[str]]:
+    """The input space declared by the bundle's ``preprocessing`` transforms, read as data with the same
+    no-code rules as ``network_def`` (``@`` references to plain values; no ``$`` expression, no ``%`` macro)."""
+    if "preprocessing" not in config:
+        return InputSpace(), []
 
-    def walk(node: Any) -> None:
-        if isinstance(node, Mapping):
-            t = node.get("_target_")
-            if isinstance(t, str):
-                targets.append(t.rsplit(".", 1)[-1])
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
+    def read_value(value: Any, here: str) -> Any:
+        try:
+            return _build_value(value, config, here)
+        except (_Unsafe, UserError) as exc:
+            raise ValueError(str(exc)) from None
 
-    walk(config.get("preprocessing"))
-    known = {
-        "NormalizeIntensity": "zscore",
-        "NormalizeIntensityd": "zscore",
-        "ScaleIntensity": "minmax",
-        "ScaleIntensityd": "minmax",
-    }
-    found = {known[t] for t in targets if t in known}
-    others = sorted({t for t in targets if "Intensity" in t and t not in known})
-    if len(found) == 1 and not others:
-        norm = found.pop()
-        return norm, f"normalization '{norm}' inferred from the bundle's preprocessing transforms"
-    if found or others:
-        used = ", ".join(sorted({t for t in targets if t in known}) + others)
-        return "none", (
-            f"the bundle's intensity preprocessing ({used}) cannot be reproduced exactly; declare "
-            "napari_xai.normalization in metadata.json or prepare the volume beforehand"
-        )
-    return "none", None
+    return from_transforms(config["preprocessing"], where, read_value)
 
 
 # ---------------------------------------------------------------------------
@@ -1098,11 +1100,19 @@ def _load_bundle(
     else:
         spec = ModelSpec()
         notes.append(f"{folder.name} has no configs/metadata.json: input shape and class names are unknown")
+    space, more = _bundle_input_space(config, f"{folder.name}/configs/{cfg_path.name} preprocessing")
+    notes += more
+    if meta_path.is_file():
+        # metadata.json's orientation, spacing and shape_policy (top level or napari_xai) win over the transforms
+        space = from_metadata(_read_json(meta_path, "bundle metadata"), f"{folder.name}/configs/metadata.json", space)
+    spec.space = space
+    if spec.input_shape is None and space.shape is not None:
+        spec.input_shape = space.shape
     if not declared_norm:
-        norm, note = _infer_bundle_normalization(config)
+        norm = space.normalization if space.normalization in NORMALIZATIONS else "none"
         spec.normalization = norm
-        if note:
-            notes.append(note)
+        if space.normalization != "none":
+            notes.append(f"normalization '{space.normalization}' inferred from the bundle's preprocessing transforms")
     if spec.channels is None:
         net_def = config.get("network_def")
         in_ch = net_def.get("in_channels") if isinstance(net_def, Mapping) else None

@@ -174,6 +174,14 @@ def explain_arguments(record: dict) -> dict:
         "input_shape": tuple(grid["model_shape"]) if grid.get("model_shape") else None,
         "output_index": int(record.get("output_index", 0) or 0),
     }
+    applied = (record.get("input_space") or {}).get("applied")
+    if isinstance(applied, dict):
+        # the recorded input space: orientation and spacing as applied ("stored" when none), the declared shape
+        kwargs["model_orientation"] = applied.get("orientation") or "stored"
+        kwargs["model_spacing"] = tuple(applied["spacing_mm"]) if applied.get("spacing_mm") else "stored"
+        kwargs["input_shape"] = tuple(applied["shape"]) if applied.get("shape") else None
+        if kwargs["normalization"] not in ("none", "zscore", "minmax"):
+            kwargs["normalization"] = None  # e.g. a bundle's ScaleIntensityRange: the model declares it again
     seg = record.get("segmentation")
     if seg:
         kwargs["segmentation"] = True

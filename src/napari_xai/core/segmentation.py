@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .geometry import resize_labels  # noqa: F401 - part of this module's API (see __all__)
 
 __all__ = [
     "MaskedSum",
@@ -87,17 +88,8 @@ def class_region(labels: torch.Tensor | np.ndarray, target: int, channels: int) 
     return lab == (1 if channels == 1 else int(target))
 
 
-def resize_labels(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Nearest-neighbour resize of a label or mask volume (same field of view, voxel centres aligned)."""
-    arr = np.asarray(labels)
-    if tuple(arr.shape) == tuple(shape):
-        return arr
-    t = torch.from_numpy(np.ascontiguousarray(arr.astype(np.float32)))[None, None]
-    out = torch.nn.functional.interpolate(t, size=tuple(int(s) for s in shape), mode="nearest-exact")[0, 0]
-    return out.numpy().astype(arr.dtype if arr.dtype != bool else np.float32).astype(arr.dtype)
-
-
-def mask_to_grid(mask: np.ndarray, volume_shape: tuple[int, ...], grid_shape: tuple[int, ...], what: str = "mask") -> np.ndarray:
+def mask_to_grid(mask: np.ndarray, volume_shape: tuple[int, ...], grid_shape: tuple[int, ...], what: str = "mask",
+                 to_grid=None) -> np.ndarray:
     """Check a user mask on the volume grid and bring it to the model output grid (nearest neighbour).
 
     Raises
@@ -116,7 +108,7 @@ def mask_to_grid(mask: np.ndarray, volume_shape: tuple[int, ...], grid_shape: tu
     m = m != 0
     if not m.any():
         raise UserError(f"the {what} is empty (no voxel set); paint the region to explain, or use the predicted region.")
-    out = resize_labels(m, grid_shape).astype(bool)
+    out = (to_grid(m, grid_shape) if to_grid is not None else resize_labels(m, grid_shape)).astype(bool)
     if not out.any():
         raise UserError(
             f"the {what} ({int(m.sum())} voxels) vanishes on the model's {tuple(grid_shape)} grid; paint a larger region."
@@ -283,6 +275,8 @@ def resolve_mask(
     point: tuple[int, ...] | Ray | None = None,
     connectivity: int = 26,
     names: list[str] | None = None,
+    to_grid=None,
+    to_volume=None,
 ) -> SegmentationTarget:
     """Build the target mask on the output grid from the predicted labels, a user mask or a point.
 
@@ -304,7 +298,16 @@ def resolve_mask(
         6, 18 or 26 for the component.
     names : list of str, optional
         Class names for messages.
+    to_grid, to_volume : callable, optional
+        ``to_grid(labels, grid_shape)`` and ``to_volume(labels)`` map label volumes between the
+        volume grid and the output grid (nearest neighbour); by default :func:`resize_labels`
+        over the same field of view. :func:`explain` passes its model grid's MONAI transforms.
     """
+    if to_grid is None:
+        to_grid = resize_labels
+    if to_volume is None:
+        def to_volume(lab):
+            return resize_labels(lab, volume_shape)
     if mask is not None and point is not None:
         raise UserError("give either a mask or a point (connected component), not both.")
     ray: Ray | None = None
@@ -317,10 +320,10 @@ def resolve_mask(
         class_voxels = [int(labels.sum())]
     cname = names[target] if names and 0 <= target < len(names) else f"class {target}"
     if mask is not None:
-        m = mask_to_grid(mask, volume_shape, grid)
+        m = mask_to_grid(mask, volume_shape, grid, to_grid=to_grid)
         source = "mask"
     elif point is not None:
-        region_vol = resize_labels(class_region(labels, target, channels), volume_shape).astype(bool)
+        region_vol = to_volume(class_region(labels, target, channels)).astype(bool)
         if isinstance(point, Ray):
             from .geometry import first_nonzero_along_ray
 
@@ -332,7 +335,7 @@ def resolve_mask(
                     "predicted segmentation in the 3D view, or choose another target class."
                 )
         comp = component_at(region_vol, point, connectivity)
-        m = resize_labels(comp, grid).astype(bool)
+        m = to_grid(comp, grid).astype(bool)
         if not m.any():
             raise UserError(f"the component at {tuple(point)} vanishes on the model grid {grid}; pick a larger component.")
         source = "component"

@@ -33,12 +33,10 @@ def channel_relevance(model: Any, volume: Volume, layer: str, target: int | str 
     """
     import torch
 
-    from ..explain import prepare_input
-    from ..geometry import relevance_to_grid
     from ..lrp import run_config
 
     scorer = scorer or Scorer(model, volume, target, **kwargs)
-    x, *_ = prepare_input(volume, model, scorer.normalization, scorer.model_shape)
+    x = scorer.input.x
     target_module = _layer(scorer.module, layer)
     acts: dict = {}
 
@@ -66,12 +64,10 @@ def channel_relevance(model: Any, volume: Volume, layer: str, target: int | str 
                 for c in range(rel.shape[0])]
     volumes = activations = None
     if rel.ndim == 4:
-        volumes = relevance_to_grid(rel.cpu().numpy(), tuple(volume.shape)).astype(np.float32)
+        volumes = scorer.input.grid.to_volume(rel.cpu().numpy(), additive=True).astype(np.float32)
         if act is not None and act.ndim == 5:
             # activations are values, not amounts: resample them (trilinear), do not redistribute their sum
-            from ..geometry import resize
-
-            activations = resize(act[0].float().cpu().numpy(), tuple(volume.shape)).astype(np.float32)
+            activations = scorer.input.grid.to_volume(act[0].float().cpu().numpy(), additive=False).astype(np.float32)
     return {"layer": layer, "target": scorer.target, "channels": channels, "volumes": volumes,
             "activations": activations, "conservation": out.used.get("conservation")}
 

@@ -70,15 +70,20 @@ class Scorer:
 
     def __init__(self, model: Any, volume: Volume, target: int | str | None = None, *, normalization: str | None = None,
                  input_shape=None, segmentation: bool = False, mask: np.ndarray | None = None, point=None,
-                 output_index: int = 0):
-        from ..explain import _prepare_target, prepare_input
+                 output_index: int = 0, model_orientation: str | None = None, model_spacing=None):
+        from ..explain import _prepare_target, prepare
         from ..methods.registry import RunContext
 
         self.model, self.volume = model, volume
-        x, _, self.model_shape, self.normalization = prepare_input(volume, model, normalization, input_shape)
+        #: the input in the model's space; every perturbed copy goes through the same MONAI transforms
+        self.input = prepare(volume, model, normalization, input_shape, model_orientation=model_orientation,
+                             model_spacing=model_spacing)
+        x, self.model_shape, self.normalization = self.input.x, self.input.grid.shape, self.input.space.normalization
         self.ctx = RunContext()
+        for w in self.input.warnings:
+            self.ctx.warn(w)
         module, probs, names, predicted, tgt, seg = _prepare_target(
-            model, x, volume, target, segmentation, mask, point, output_index, 26, self.ctx)
+            model, x, volume, target, segmentation, mask, point, output_index, 26, self.ctx, grid=self.input.grid)
         self.module, self.names, self.predicted, self.target = module, list(names), int(predicted), int(tgt)
         self.segmentation = seg
         self.base_logits = self.logits([volume.model_copy()])[0]
@@ -87,12 +92,12 @@ class Scorer:
         """(n, classes) scores for ``volumes`` (each (C, i, j, k) on the input grid; NaN/Inf count as 0)."""
         import torch
 
-        from ..explain import _forward, to_model_grid
+        from ..explain import _forward
 
         out = []
         for start in range(0, len(volumes), BATCH):
-            batch = np.stack([to_model_grid(np.nan_to_num(np.asarray(v, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0),
-                                            self.model_shape, self.normalization)
+            batch = np.stack([self.input.grid.apply(np.nan_to_num(np.asarray(v, dtype=np.float32), nan=0.0, posinf=0.0,
+                                                                  neginf=0.0))
                               for v in volumes[start:start + BATCH]])
             y = _forward(self.module, torch.from_numpy(np.ascontiguousarray(batch)).to(self.model.device))
             if isinstance(y, (tuple, list)):

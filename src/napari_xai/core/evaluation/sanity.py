@@ -310,7 +310,9 @@ def sanity_check(
     entry = get_method(method)
     entry.parse(params)  # a bad parameter fails before any work
     require_hookable(model, "the randomization test", "it replaces the weights of named layers")
-    x, *_ = prepare_input(volume, model, explain_kwargs.get("normalization"), explain_kwargs.get("input_shape"))
+    x, *_ = prepare_input(volume, model, explain_kwargs.get("normalization"), explain_kwargs.get("input_shape"),
+                          model_orientation=explain_kwargs.get("model_orientation"),
+                          model_spacing=explain_kwargs.get("model_spacing"))
     fixed: dict = {"target": target, "kwargs": dict(explain_kwargs)}
     records: list[dict] = []
     warnings: list[str] = []
