@@ -54,7 +54,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise UserError(f"{side} not found; give the JSON sidecar written beside the relevance file.")
     try:
         record = read_sidecar(side) if side.suffix.lower() == ".json" else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         record = None
     if not isinstance(record, dict):
         raise UserError(f"{side} is not a napari-xai sidecar (JSON object); give the .json beside a relevance file.")

@@ -214,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 2
+    except SystemExit as exc:  # argparse exits before this try; here it can only be a model's code
+        print(f"{PROG}: error: the model's code called sys.exit({exc.code!r}); a model must not end the program.",
+              file=sys.stderr)
+        return 2
     except Exception:  # internal error: show everything
         traceback.print_exc()
         print(f"{PROG}: internal error; please report it with the traceback above.", file=sys.stderr)
