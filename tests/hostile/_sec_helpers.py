@@ -234,7 +234,7 @@ SOCKET_SPY = textwrap.dedent(
 def socket_spy_env(folder: Path) -> tuple[dict, Path]:
     """Environment for :func:`run` that logs every socket attempt to the returned file (and refuses it).
 
-    Downloads would go to ``folder/cache`` (TORCH_HOME, HF_HOME, XDG_CACHE_HOME), inside the hashed folder."""
+    Downloads would go to ``folder/cache`` (TORCH_HOME, HF_HOME), inside the hashed folder."""
     spy_dir = folder / "spy"
     spy_dir.mkdir(parents=True, exist_ok=True)
     (spy_dir / "sitecustomize.py").write_text(SOCKET_SPY)
@@ -242,5 +242,5 @@ def socket_spy_env(folder: Path) -> tuple[dict, Path]:
     cache = folder / "cache"
     path = os.pathsep.join([str(spy_dir), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env = {"PYTHONPATH": path, "NAPARI_XAI_SOCKET_LOG": str(log), "TORCH_HOME": str(cache / "torch"),
-           "HF_HOME": str(cache / "hf"), "XDG_CACHE_HOME": str(cache), "HF_HUB_OFFLINE": "0"}
+           "HF_HOME": str(cache / "hf"), "HF_HUB_OFFLINE": "0"}
     return env, log

@@ -848,6 +848,10 @@ class _Unsafe(Exception):
     """network_def needs MONAI's ConfigParser (code execution) to build."""
 
 
+class _Fetches(_Unsafe):
+    """network_def asks for a download of weights at build time."""
+
+
 #: Public name of the "needs trust" exception raised by :func:`resolve_config_value` and :func:`build_network_def`.
 UnsafeConfig = _Unsafe
 
@@ -999,10 +1003,7 @@ def _no_downloads(cls: type, kwargs: dict, where: str, notes: list[str]) -> dict
     """Refuse an explicit argument that fetches weights; turn off one that does so by default."""
     for key, value in kwargs.items():
         if _FETCH_ARG.search(key.lower()) and not _is_off(value):
-            raise _Unsafe(
-                f"{where} sets {key}={value!r}"[:200] + ", which fetches weights over the network when the network is "
-                "built (the weights come from models/model.pt; remove it)"
-            )
+            raise _Fetches(f"{where} sets {key}={value!r}"[:200] + ", which downloads weights when the network is built")
     try:
         params = inspect.signature(cls).parameters
     except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
@@ -1391,6 +1392,11 @@ def _load_bundle(
     try:
         net = build_network_def(config, where, notes)
     except _Unsafe as reason:
+        if not trust and isinstance(reason, _Fetches):
+            raise UserError(
+                f"{reason}; an untrusted bundle never reaches the network: remove it (the weights come from "
+                f"models/model.pt), or {TRUST_HINT}."
+            ) from None
         if not trust:
             raise UserError(
                 f"{reason}: building it would run code from the bundle config; {TRUST_HINT}."
