@@ -28,7 +28,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="SOURCE", help="demo | MONAI bundle folder | file.py:Class")
     p.add_argument("--weights", help="state_dict checkpoint for a file.py:Class model")
     p.add_argument("--model-kwargs", metavar="JSON", help="constructor keyword arguments as JSON for file.py:Class")
-    p.add_argument("--trust-model", action="store_true", help="allow full unpickling / bundle code (RUNS CODE from the files)")
+    p.add_argument("--trust-model", action="store_true", help="allow full unpickling, bundle code and TorchScript (RUNS CODE from the files)")
     p.add_argument("--input-shape", metavar="D,H,W", help="model grid when the model does not declare one")
     p.add_argument("--write-config", metavar="CONFIG.json", help="write the composite default configuration here")
     p.add_argument("--overwrite", action="store_true", help="replace --write-config if it exists")

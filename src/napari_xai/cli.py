@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--trust-model",
         action="store_true",
-        help="allow full unpickling and bundle code execution: this RUNS CODE from the model files; use only for files you trust",
+        help="allow full unpickling, bundle code and TorchScript: this RUNS CODE from the model files; use only for files you trust",
     )
     p.add_argument("--out", required=True, metavar="OUT.nii.gz", help="output relevance NIfTI (a .json sidecar goes beside it)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

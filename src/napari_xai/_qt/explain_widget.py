@@ -103,7 +103,7 @@ class ExplainWidget(Container):
         self.weights = FileEdit(label="weights", mode="r", filter="*.pt *.pth *.ckpt *.bin", tooltip="state_dict checkpoint")
         self.kwargs = LineEdit(label="kwargs (JSON)", value="{}", tooltip='constructor keyword arguments, e.g. {"in_channels": 1}')
         self.trust = CheckBox(
-            text="trust model code (full unpickling and bundle expressions RUN code from the files)",
+            text="trust model code (TorchScript, full unpickling and bundle expressions RUN code from the files)",
             value=False,
         )
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")

@@ -15,17 +15,25 @@ A MONAI bundle folder
     checkpoint (``weights``).
 A TorchScript file
     Any file written by ``torch.jit.save`` (``.pt``, ``.ts``, ``.pth``...).
-    Gradient methods work on it; LRP and the guided methods need an eager
-    ``nn.Module``.
+    It is code, so it needs ``trust=True`` (see Security). Gradient methods
+    work on it; LRP and the guided methods need an eager ``nn.Module``.
 
 Security
 --------
 Loading a model can run code. napari-xai runs code only where the user asked
-for it explicitly:
+for it explicitly (``trust=True``: CLI ``--trust-model``, widget "trust model
+code"); the threat model is in ``docs/security.md``.
 
 * Checkpoints load with ``torch.load(weights_only=True)``. A file that needs
   full unpickling (custom classes, pickled modules) is refused unless
-  ``trust=True`` (CLI ``--trust-model``, widget "trust model code").
+  ``trust=True``.
+* TorchScript is code: loading runs its ``__setstate__`` and calling it runs
+  its methods, which can read and write any file
+  (``torch.from_file(path, shared=True)``). A TorchScript file, and a bundle
+  whose model is ``models/model.ts``, is refused without ``trust=True``, before
+  ``torch.jit.load``. (Proving a TorchScript program harmless would need an
+  allow-list of graph ops over every submodule and method; an op list that
+  misses one file or process op is a hole, so napari-xai does not try.)
 * A bundle's ``network_def`` is built by napari-xai itself, without MONAI's
   ``ConfigParser``, when every ``_target_`` in it names an ``nn.Module`` class
   from ``monai.networks`` or ``torch.nn`` and it contains no ``$`` expression
@@ -35,9 +43,25 @@ for it explicitly:
   separates levels, as in MONAI) is allowed when it points at a plain value
   that passes the same checks. Everything else needs ``trust=True``, and is
   then built by ``monai.bundle.ConfigParser``.
-* A ``file.py:ClassName`` source imports (runs) that file: naming it is the
-  user's explicit choice. It is imported under a unique module name, with its
-  folder on ``sys.path`` during the import so that it can import its siblings.
+* An untrusted bundle is built offline: an argument that downloads weights
+  (``pretrained=True``, ``pretrained_url``, any name with ``pretrain``, ``url``,
+  ``download``, ``hub`` or ``repo_id``) is refused in one line (the weights come
+  from ``models/model.pt``), a class whose *default* downloads
+  (``EfficientNetBN``, ``ResNetFeatures``...) is built with it turned off, and
+  the constructors run with network access, file writes and new processes
+  refused (a Python audit hook active in the building thread only).
+* Configs are bounded: a JSON/YAML file (bundle config, metadata,
+  ``--model-kwargs``) may nest at most :data:`MAX_CONFIG_DEPTH` levels and
+  expand to at most :data:`MAX_CONFIG_NODES` values, a YAML alias counted each
+  time it is used; ``@`` references expand under the same bounds
+  (:func:`resolve_config_value`, reusable for any config section). A bomb or a
+  reference cycle is one line, in well under a second.
+* A ``file.py:ClassName`` source imports (runs) that file: naming it on the
+  command line or in the widget is the user's explicit choice. It is imported
+  under a unique module name, with its folder on ``sys.path`` during the import
+  so that it can import its siblings. A ``sys.exit`` in it is a user error.
+  ``reproduce`` runs a ``.py`` (or TorchScript) model named in a *sidecar* only
+  with ``trust=True``, after :func:`model_files` has hashed every model file.
 
 Metadata
 --------
@@ -1508,8 +1532,8 @@ def load_model(
     device : str or torch.device, optional
         See :func:`resolve_device`.
     trust : bool
-        Allow code from the model files to run: full unpickling of
-        checkpoints and MONAI ``ConfigParser`` evaluation of bundle configs.
+        Allow code from the model files to run: TorchScript, full unpickling
+        of checkpoints and MONAI ``ConfigParser`` evaluation of bundle configs.
 
     Returns
     -------
