@@ -48,6 +48,10 @@ def cmd_lrp_layers(args: argparse.Namespace) -> int:
 
     if args.write_config and Path(args.write_config).exists() and not args.overwrite:
         raise UserError(f"{args.write_config} exists; choose another --write-config or pass --overwrite.")
+    from .core.models import is_torchscript_file
+
+    if Path(args.model).is_file() and is_torchscript_file(args.model):  # said before loading it (TorchScript is code)
+        raise UserError("LRP needs an eager nn.Module, but the model is TorchScript; load it as file.py:Class with --weights.")
     volume = stack_channels([load_nifti(p) for p in args.volume])
     model = load_model(args.model, weights=args.weights, model_kwargs=args.model_kwargs, device="cpu",
                        trust=args.trust_model)
