@@ -68,6 +68,10 @@ def test_torchscript_both_grids(tmp_path, capsys, input_shape):
     out = tmp_path / "rel.nii.gz"
     extra = ["--input-shape", input_shape] if input_shape else []
     code, _, err = run(capsys, "explain", vol, "--model", ts, "--method", "saliency", "--out", out, "--quiet", *extra)
+    # TorchScript is code: without --trust-model it is refused in one line naming the risk and the opt-in
+    assert code == 2 and "TorchScript" in err and "--trust-model" in err and err.count("\n") == 1 and not out.exists()
+    code, _, err = run(capsys, "explain", vol, "--model", ts, "--method", "saliency", "--out", out, "--quiet",
+                       "--trust-model", *extra)
     assert code == 0, err
     data, side = check_output(out, vol)
     assert side["model"]["kind"] == "torchscript"
@@ -78,7 +82,8 @@ def test_torchscript_with_lrp_is_a_user_error(tmp_path, capsys):
     ts = torchscript_source(tmp_path / "ts")
     vol = nifti(tmp_path / "v.nii.gz")
     out = tmp_path / "rel.nii.gz"
-    code, _, err = run(capsys, "explain", vol, "--model", ts, "--method", "lrp-epsilon", "--out", out)
+    code, _, err = run(capsys, "explain", vol, "--model", ts, "--method", "lrp-epsilon", "--out", out,
+                       "--trust-model")
     assert code == 2
     assert "eager nn.Module" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
@@ -147,7 +152,8 @@ def test_non_classifier_output(tmp_path, capsys):
     path = tmp_path / "seg.pt"
     torch.jit.save(seg, str(path))
     vol = nifti(tmp_path / "v.nii.gz")
-    code, _, err = run(capsys, "explain", vol, "--model", path, "--method", "saliency", "--out", tmp_path / "r.nii.gz")
+    code, _, err = run(capsys, "explain", vol, "--model", path, "--method", "saliency", "--out", tmp_path / "r.nii.gz",
+                       "--trust-model")
     assert code == 2 and "(N, classes)" in err
 
 

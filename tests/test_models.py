@@ -344,7 +344,9 @@ def test_torchscript_file(tiny, tmp_path):
     path = tmp_path / "tiny_scripted.ts"
     torch.jit.save(torch.jit.script(ref), str(path))
     assert models.is_torchscript_file(path)
-    lm = load_model(path)
+    with pytest.raises(UserError, match="TorchScript model, which is code.*--trust-model"):
+        load_model(path)  # TorchScript can read and write files: it needs the trust opt-in
+    lm = load_model(path, trust=True)
     assert lm.kind == "torchscript" and lm.is_scripted
     assert isinstance(lm.module, torch.jit.ScriptModule)
     assert lm.spec.input_shape is None and lm.spec.channels is None
@@ -368,7 +370,7 @@ def test_torchscript_with_embedded_monai_metadata(tiny, tmp_path):
     }
     path = tmp_path / "model.ts"
     torch.jit.save(torch.jit.script(ref), str(path), _extra_files={"metadata.json": json.dumps(meta)})
-    lm = load_model(path)
+    lm = load_model(path, trust=True)
     assert lm.spec.input_shape == (8, 8, 8) and lm.spec.channels == 1
     assert lm.class_names_for(3) == ["a", "b", "c"]
 
@@ -570,7 +572,9 @@ def test_bundle_with_torchscript_weights_only(tmp_path, densenet):
     net, x, expected = densenet
     root = _write_bundle(tmp_path / "tsb", {"_target_": "DenseNet", **DENSENET_KW})
     torch.jit.save(torch.jit.script(net), str(root / "models" / "model.ts"))
-    lm = load_model(root)
+    with pytest.raises(UserError, match="model.ts is a TorchScript model, which is code"):
+        load_model(root)
+    lm = load_model(root, trust=True)
     assert lm.kind == "bundle" and lm.is_scripted
     assert lm.class_names_for(2) == ["healthy", "lesion"]
     with torch.no_grad():

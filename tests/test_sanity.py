@@ -320,7 +320,7 @@ def test_cli_user_errors_exit_2_with_one_line(tiny, capsys, tail, message):
 def test_cli_refuses_torchscript_in_one_line(tmp_path, capsys):
     ts = torchscript_source(tmp_path / "ts")
     vol = nifti(tmp_path / "v.nii.gz", shape=(8, 8, 8))
-    code, _, err = run(capsys, "sanity", vol, "--model", ts, "--method", "saliency")
+    code, _, err = run(capsys, "sanity", vol, "--model", ts, "--method", "saliency", "--trust-model")
     assert code == 2 and "needs an eager nn.Module" in err and err.count("\n") == 1
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .core.errors import UserError
 
-TRUST_HELP = ("allow full unpickling and bundle code execution: this RUNS CODE from the model files; "
+TRUST_HELP = ("allow full unpickling, bundle code and TorchScript: this RUNS CODE from the model files; "
               "use only for files you trust")
 
 

@@ -36,7 +36,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
                    help="state_dict checkpoint for each file.py:Class --model, in the same order")
     p.add_argument("--model-kwargs", metavar="JSON", help="constructor keyword arguments (JSON) for every file.py:Class model")
     p.add_argument("--trust-model", action="store_true",
-                   help="allow full unpickling and bundle code execution: this RUNS CODE from the model files")
+                   help="allow full unpickling, bundle code and TorchScript: this RUNS CODE from the model files")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--method", action="append", metavar="NAME",
                    help="attribution method (see 'napari-xai methods'); repeatable; 'lrp' = the default LRP composite")

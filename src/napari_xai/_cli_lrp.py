@@ -28,7 +28,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="SOURCE", help="demo | MONAI bundle folder | file.py:Class")
     p.add_argument("--weights", help="state_dict checkpoint for a file.py:Class model")
     p.add_argument("--model-kwargs", metavar="JSON", help="constructor keyword arguments as JSON for file.py:Class")
-    p.add_argument("--trust-model", action="store_true", help="allow full unpickling / bundle code (RUNS CODE from the files)")
+    p.add_argument("--trust-model", action="store_true", help="allow full unpickling, bundle code and TorchScript (RUNS CODE from the files)")
     p.add_argument("--input-shape", metavar="D,H,W", help="model grid when the model does not declare one")
     p.add_argument("--write-config", metavar="CONFIG.json", help="write the composite default configuration here")
     p.add_argument("--overwrite", action="store_true", help="replace --write-config if it exists")
@@ -48,6 +48,10 @@ def cmd_lrp_layers(args: argparse.Namespace) -> int:
 
     if args.write_config and Path(args.write_config).exists() and not args.overwrite:
         raise UserError(f"{args.write_config} exists; choose another --write-config or pass --overwrite.")
+    from .core.models import is_torchscript_file
+
+    if Path(args.model).is_file() and is_torchscript_file(args.model):  # said before loading it (TorchScript is code)
+        raise UserError("LRP needs an eager nn.Module, but the model is TorchScript; load it as file.py:Class with --weights.")
     volume = stack_channels([load_nifti(p) for p in args.volume])
     model = load_model(args.model, weights=args.weights, model_kwargs=args.model_kwargs, device="cpu",
                        trust=args.trust_model)

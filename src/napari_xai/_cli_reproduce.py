@@ -29,7 +29,8 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--mask", metavar="MASK.nii.gz", help="the target mask of a segmentation result drawn in napari")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: CUDA when available (results may differ by ~1e-6)")
     p.add_argument("--trust-model", action="store_true",
-                   help="allow full unpickling of the model files: THIS RUNS CODE FROM THEM; only for files you trust")
+                   help="run the recorded .py or TorchScript model and allow full unpickling: THIS RUNS CODE FROM THE FILES "
+                        "the sidecar names (a sidecar may come from anyone); only for files you trust")
     p.add_argument("--allow-changed-model", action="store_true",
                    help="explain even if the model files' SHA-256 differs from the record")
     p.add_argument("--tolerance", type=float, default=TOLERANCE,
@@ -54,7 +55,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise UserError(f"{side} not found; give the JSON sidecar written beside the relevance file.")
     try:
         record = read_sidecar(side) if side.suffix.lower() == ".json" else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         record = None
     if not isinstance(record, dict):
         raise UserError(f"{side} is not a napari-xai sidecar (JSON object); give the .json beside a relevance file.")

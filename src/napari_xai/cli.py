@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--trust-model",
         action="store_true",
-        help="allow full unpickling and bundle code execution: this RUNS CODE from the model files; use only for files you trust",
+        help="allow full unpickling, bundle code and TorchScript: this RUNS CODE from the model files; use only for files you trust",
     )
     p.add_argument("--out", required=True, metavar="OUT.nii.gz", help="output relevance NIfTI (a .json sidecar goes beside it)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -221,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # argparse exits before this try; here it can only be a model's code
+        print(f"{PROG}: error: the model's code called sys.exit({exc.code!r}); a model must not end the program.",
+              file=sys.stderr)
         return 2
     except Exception:  # internal error: show everything
         traceback.print_exc()

@@ -136,7 +136,7 @@ class ExplainWidget(Container):
                                       tooltip="voxel size the model was trained at: one number or three, e.g. 1 or "
                                               "1,1,2 (blank = as stored)")
         self.trust = CheckBox(
-            text="trust model code (full unpickling and bundle expressions RUN code from the files)",
+            text="trust model code (TorchScript, full unpickling and bundle expressions RUN code from the files)",
             value=False,
         )
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")

@@ -594,6 +594,7 @@ class LrpDesignerWidget(QWidget):
         source, extra = self.model_source()
         key = (source, tuple(sorted(extra.items())))
         if self._model is None or self._model_key != key:
+            _refuse_torchscript(source)
             self._model = load_model(source, device="cpu", **extra)
             self._model_key = key
         return self._model
@@ -1266,6 +1267,7 @@ class LrpDesignerWidget(QWidget):
         key = (req["source"], tuple(sorted(req["extra"].items())))
         if self._model is not None and self._model_key == key:
             return self._model
+        _refuse_torchscript(req["source"])
         model = load_model(req["source"], device="cpu", **req["extra"])
         self._model, self._model_key = model, key
         return model
@@ -1534,3 +1536,14 @@ class LrpDesignerWidget(QWidget):
         except ValueError:
             pass
         super().closeEvent(event)
+
+
+def _refuse_torchscript(source: str) -> None:
+    """LRP needs an eager module: say so for a TorchScript file before anything loads it (TorchScript is code)."""
+    import os
+
+    from ..core.models import is_torchscript_file
+
+    if os.path.isfile(source) and is_torchscript_file(source):
+        raise UserError("the LRP designer needs an eager nn.Module, but the model is TorchScript; "
+                        "load it as a .py file with weights or a MONAI bundle.")

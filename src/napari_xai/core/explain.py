@@ -174,6 +174,8 @@ def _absolute_source(source: str) -> str:
     """The model source with its file part made absolute (``net.py:Net``, a bundle folder, a file), if it exists."""
     from .models import source_file
 
+    if source.strip().lower() == "demo":
+        return "demo"  # the built-in demo, even when a folder called "demo" exists here
     path, rest = source_file(source)
     return os.path.abspath(path) + rest if path and os.path.exists(path) else source
 

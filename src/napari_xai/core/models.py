@@ -15,17 +15,25 @@ A MONAI bundle folder
     checkpoint (``weights``).
 A TorchScript file
     Any file written by ``torch.jit.save`` (``.pt``, ``.ts``, ``.pth``...).
-    Gradient methods work on it; LRP and the guided methods need an eager
-    ``nn.Module``.
+    It is code, so it needs ``trust=True`` (see Security). Gradient methods
+    work on it; LRP and the guided methods need an eager ``nn.Module``.
 
 Security
 --------
 Loading a model can run code. napari-xai runs code only where the user asked
-for it explicitly:
+for it explicitly (``trust=True``: CLI ``--trust-model``, widget "trust model
+code"); the threat model is in ``docs/security.md``.
 
 * Checkpoints load with ``torch.load(weights_only=True)``. A file that needs
   full unpickling (custom classes, pickled modules) is refused unless
-  ``trust=True`` (CLI ``--trust-model``, widget "trust model code").
+  ``trust=True``.
+* TorchScript is code: loading runs its ``__setstate__`` and calling it runs
+  its methods, which can read and write any file
+  (``torch.from_file(path, shared=True)``). A TorchScript file, and a bundle
+  whose model is ``models/model.ts``, is refused without ``trust=True``, before
+  ``torch.jit.load``. (Proving a TorchScript program harmless would need an
+  allow-list of graph ops over every submodule and method; an op list that
+  misses one file or process op is a hole, so napari-xai does not try.)
 * A bundle's ``network_def`` is built by napari-xai itself, without MONAI's
   ``ConfigParser``, when every ``_target_`` in it names an ``nn.Module`` class
   from ``monai.networks`` or ``torch.nn`` and it contains no ``$`` expression
@@ -35,9 +43,25 @@ for it explicitly:
   separates levels, as in MONAI) is allowed when it points at a plain value
   that passes the same checks. Everything else needs ``trust=True``, and is
   then built by ``monai.bundle.ConfigParser``.
-* A ``file.py:ClassName`` source imports (runs) that file: naming it is the
-  user's explicit choice. It is imported under a unique module name, with its
-  folder on ``sys.path`` during the import so that it can import its siblings.
+* An untrusted bundle is built offline: an argument that downloads weights
+  (``pretrained=True``, ``pretrained_url``, any name with ``pretrain``, ``url``,
+  ``download``, ``hub`` or ``repo_id``) is refused in one line (the weights come
+  from ``models/model.pt``), a class whose *default* downloads
+  (``EfficientNetBN``, ``ResNetFeatures``...) is built with it turned off, and
+  the constructors run with network access, file writes and new processes
+  refused (a Python audit hook active in the building thread only).
+* Configs are bounded: a JSON/YAML file (bundle config, metadata,
+  ``--model-kwargs``) may nest at most :data:`MAX_CONFIG_DEPTH` levels and
+  expand to at most :data:`MAX_CONFIG_NODES` values, a YAML alias counted each
+  time it is used; ``@`` references expand under the same bounds
+  (:func:`resolve_config_value`, reusable for any config section). A bomb or a
+  reference cycle is one line, in well under a second.
+* A ``file.py:ClassName`` source imports (runs) that file: naming it on the
+  command line or in the widget is the user's explicit choice. It is imported
+  under a unique module name, with its folder on ``sys.path`` during the import
+  so that it can import its siblings. A ``sys.exit`` in it is a user error.
+  ``reproduce`` runs a ``.py`` (or TorchScript) model named in a *sidecar* only
+  with ``trust=True``, after :func:`model_files` has hashed every model file.
 
 Metadata
 --------
@@ -89,6 +113,7 @@ import os
 import pickle
 import re
 import sys
+import threading
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -640,7 +665,9 @@ def parse_model_kwargs(model_kwargs: str | Mapping | None) -> dict[str, Any]:
         p = _existing_file(text, "model kwargs file")
         text = p.read_text(encoding="utf-8")
     try:
-        value = json.loads(text)
+        value = check_config_size(json.loads(text), "--model-kwargs")
+    except RecursionError:
+        raise UserError(f"--model-kwargs nests deeper than {MAX_CONFIG_DEPTH} levels.") from None
     except json.JSONDecodeError as exc:
         raise UserError(
             f"--model-kwargs is not valid JSON ({exc.msg} at character {exc.pos}); write e.g. '{{\"in_channels\": 1}}'."
@@ -652,32 +679,111 @@ def parse_model_kwargs(model_kwargs: str | Mapping | None) -> dict[str, Any]:
     return value
 
 
-def _read_json(path: Path, what: str) -> dict:
+#: Deepest nesting of lists/mappings a config, metadata or kwargs file may have (MONAI bundles use about 10).
+MAX_CONFIG_DEPTH = 100
+#: Most values a config may expand to, counting a YAML alias or an ``@`` reference each time it is used.
+MAX_CONFIG_NODES = 200_000
+
+
+class _Budget:
+    """Counts values visited (with repeats) and nesting depth while a config is walked or resolved."""
+
+    def __init__(self, what: str, max_nodes: int = MAX_CONFIG_NODES, max_depth: int = MAX_CONFIG_DEPTH):
+        self.what, self.max_nodes, self.max_depth, self.nodes = what, max_nodes, max_depth, 0
+
+    def visit(self, depth: int) -> None:
+        self.nodes += 1
+        if self.nodes > self.max_nodes:
+            raise UserError(
+                f"{self.what} expands to more than {self.max_nodes} values (repeated YAML aliases or @ references: "
+                "a config bomb?); napari-xai refuses it."
+            )
+        if depth > self.max_depth:
+            raise UserError(
+                f"{self.what} nests deeper than {self.max_depth} levels (or its references form a cycle); "
+                "napari-xai refuses it."
+            )
+
+
+def check_config_size(value: Any, what: str, budget: _Budget | None = None) -> Any:
+    """Walk ``value`` (without recursion) and refuse it, in one line, if it nests deeper than
+    :data:`MAX_CONFIG_DEPTH` or expands to more than :data:`MAX_CONFIG_NODES` values when shared
+    (aliased) parts are counted each time they are used. Returns ``value``."""
+    budget = budget or _Budget(what)
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        budget.visit(depth)
+        if isinstance(node, Mapping):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, depth + 1) for v in node)
+    return value
+
+
+def load_config_text(text: str, path: Path | str, what: str, yaml_format: bool = False) -> Any:
+    """Parse JSON (or YAML) text with bounded nesting and alias expansion; every failure is one line.
+
+    Parameters
+    ----------
+    text : str
+        The file's text.
+    path : path-like
+        Named in messages.
+    what : str
+        What the file is (``"bundle config"``...), named in messages.
+    yaml_format : bool
+        YAML (``yaml.safe_load``: no Python objects) instead of JSON.
+    """
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        if yaml_format:
+            try:
+                import yaml
+            except ImportError:  # pragma: no cover - pyyaml ships with napari
+                raise UserError(f"{what} {path} is YAML, which needs the pyyaml package.") from None
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise UserError(f"{what} {path} is not valid YAML ({_short(exc, 100)}).") from None
+        else:
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{what} {path} is not valid JSON ({exc.msg}, line {exc.lineno}).") from None
+    except RecursionError:
+        raise UserError(f"{what} {path} nests deeper than {MAX_CONFIG_DEPTH} levels; napari-xai refuses it.") from None
+    return check_config_size(value, f"{what} {path}")
+
+
+def read_config(path: str | os.PathLike, what: str) -> dict:
+    """Read a JSON or YAML (by suffix) file holding one mapping, bounded as :func:`load_config_text` says."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{what} {path} is not a text file.") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{what} {path} is not valid JSON ({exc.msg}, line {exc.lineno}).") from None
+    except OSError as exc:
+        raise UserError(f"{what} {path} cannot be read ({_short(exc, 100)}).") from None
+    yaml_format = path.suffix.lower() in (".yaml", ".yml")
+    value = load_config_text(text, path, what, yaml_format)
+    if not isinstance(value, dict):
+        raise UserError(f"{what} {path} must hold a {'mapping' if yaml_format else 'JSON object'}.")
+    return value
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not a text file.") from None
+    value = load_config_text(text, path, what)
     if not isinstance(value, dict):
         raise UserError(f"{what} {path} must hold a JSON object.")
     return value
 
 
 def _read_config(path: Path, what: str) -> dict:
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:  # pragma: no cover - pyyaml ships with napari
-            raise UserError(f"{what} {path} is YAML, which needs the pyyaml package.") from None
-        try:
-            value = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise UserError(f"{what} {path} is not valid YAML ({_short(exc, 100)}).") from None
-        if not isinstance(value, dict):
-            raise UserError(f"{what} {path} must hold a mapping.")
-        return value
-    return _read_json(path, what)
+    return read_config(path, what)
 
 
 def _pick(section: Any, preferred: str) -> dict | None:
@@ -783,11 +889,18 @@ def _parse_metadata(meta: Mapping, where: str) -> tuple[ModelSpec, list[str], bo
 _ALLOWED_TARGET_PREFIXES = ("monai.networks.", "torch.nn.")
 _ALLOWED_MODULE_PREFIXES = ("monai.networks", "torch.nn")
 _SHORT_NAME_MODULES = ("monai.networks.nets", "monai.networks.blocks", "monai.networks.layers", "torch.nn")
-_MAX_REF_DEPTH = 16
 
 
 class _Unsafe(Exception):
     """network_def needs MONAI's ConfigParser (code execution) to build."""
+
+
+class _Fetches(_Unsafe):
+    """network_def asks for a download of weights at build time."""
+
+
+#: Public name of the "needs trust" exception raised by :func:`resolve_config_value` and :func:`build_network_def`.
+UnsafeConfig = _Unsafe
 
 
 def _resolve_target(name: Any, where: str) -> type:
@@ -831,10 +944,44 @@ def _lookup_reference(config: Mapping, ref: str, where: str) -> Any:
     return node
 
 
-def _build_value(value: Any, config: Mapping, where: str, depth: int = 0) -> Any:
-    """Build a network_def value without executing anything from the config."""
-    if depth > _MAX_REF_DEPTH:
-        raise UserError(f"{where}: references nest too deeply (a reference cycle?).")
+def resolve_config_value(config: Mapping, value: Any, where: str, budget: _Budget | None = None) -> Any:
+    """``value`` from a bundle config with every ``@id`` reference replaced by the (resolved) value it names.
+
+    Nothing is imported, built or evaluated: the result is plain data (``_target_`` mappings stay mappings).
+    The expansion is bounded: at most :data:`MAX_CONFIG_NODES` values in all (a reference used twice counts
+    twice) and :data:`MAX_CONFIG_DEPTH` levels of nesting, references included (so a reference cycle stops
+    too). Reuse it for any config section (``network_def``, ``preprocessing``).
+
+    Parameters
+    ----------
+    config : mapping
+        The whole config, in which references are looked up (``#`` or ``::`` separates levels).
+    value : Any
+        The value to resolve, e.g. ``config["network_def"]``.
+    where : str
+        Names the value in messages (``"net/configs/inference.json network_def"``).
+    budget : optional
+        Share one budget between several calls (from :func:`new_config_budget`).
+
+    Raises
+    ------
+    UnsafeConfig
+        For a ``$`` expression, a ``%`` macro, a special key other than ``_target_``/``_desc_``/``_mode_``
+        or a ``_mode_`` other than ``default``: these need MONAI's ``ConfigParser``, which runs code.
+    UserError
+        For a reference to nothing, an unsupported value type, or a config bomb (one line, fast).
+    """
+    budget = budget or _Budget(where)
+    return _resolve(config, value, where, budget, 0)
+
+
+def new_config_budget(what: str) -> _Budget:
+    """A fresh expansion budget for :func:`resolve_config_value` (``what`` is named when it runs out)."""
+    return _Budget(what)
+
+
+def _resolve(config: Mapping, value: Any, where: str, budget: _Budget, depth: int) -> Any:
+    budget.visit(depth)
     if isinstance(value, str):
         if value.startswith("$"):
             raise _Unsafe(f"{where} is a Python expression ('{value[:40]}')")
@@ -842,10 +989,10 @@ def _build_value(value: Any, config: Mapping, where: str, depth: int = 0) -> Any
             raise _Unsafe(f"{where} is a macro that reads another config ('{value[:40]}')")
         if value.startswith("@"):
             target = _lookup_reference(config, value[1:], where)
-            return _build_value(target, config, f"{where} -> {value}", depth + 1)
+            return _resolve(config, target, f"{where} -> {value}"[:300], budget, depth + 1)
         return value
     if isinstance(value, list):
-        return [_build_value(v, config, f"{where}[{i}]", depth) for i, v in enumerate(value)]
+        return [_resolve(config, v, f"{where}[{i}]", budget, depth + 1) for i, v in enumerate(value)]
     if isinstance(value, Mapping):
         special = [
             k for k in value if isinstance(k, str) and k.startswith("_") and k not in ("_target_", "_desc_", "_mode_")
@@ -854,32 +1001,153 @@ def _build_value(value: Any, config: Mapping, where: str, depth: int = 0) -> Any
             raise _Unsafe(f"{where} uses {', '.join(special)}")
         if value.get("_mode_", "default") != "default":
             raise _Unsafe(f"{where} uses _mode_ '{value['_mode_']}'")
-        cls = _resolve_target(value["_target_"], where) if "_target_" in value else None
-        kwargs = {
-            str(k): _build_value(v, config, f"{where}.{k}", depth)
-            for k, v in value.items()
-            if k not in ("_target_", "_desc_", "_mode_")
-        }
-        if cls is None:
-            return kwargs
-        try:
-            return cls(**kwargs)
-        except Exception as exc:  # noqa: BLE001 - constructor errors of arbitrary networks
-            raise UserError(f"{where}: {cls.__name__}(...) failed with these arguments ({_short(exc, 120)}).") from None
+        return {str(k): _resolve(config, v, f"{where}.{k}", budget, depth + 1) for k, v in value.items()}
     if value is None or isinstance(value, (bool, int, float)):
         return value
-    raise UserError(f"{where}: unsupported value {value!r}.")
+    raise UserError(f"{where}: unsupported value {value!r}."[:300])
 
 
-def build_network_def(config: Mapping, where: str = "network_def") -> torch.nn.Module:
+def _instantiate(value: Any, where: str, notes: list[str]) -> Any:
+    """Build the ``_target_`` mappings of a resolved value (inner ones first), refusing network fetches."""
+    if isinstance(value, list):
+        return [_instantiate(v, f"{where}[{i}]", notes) for i, v in enumerate(value)]
+    if not isinstance(value, Mapping):
+        return value
+    cls = _resolve_target(value["_target_"], where) if "_target_" in value else None
+    kwargs = {k: _instantiate(v, f"{where}.{k}", notes) for k, v in value.items() if k not in _SPECIAL_KEYS}
+    if cls is None:
+        return kwargs
+    kwargs = _no_downloads(cls, kwargs, where, notes)
+    with _untrusted_build(f"{where}: {cls.__name__}(...)"):
+        try:
+            return cls(**kwargs)
+        except _BuildRefused:
+            raise
+        except Exception as exc:  # noqa: BLE001 - constructor errors of arbitrary networks
+            raise UserError(f"{where}: {cls.__name__}(...) failed with these arguments ({_short(exc, 120)}).") from None
+
+
+_SPECIAL_KEYS = ("_target_", "_desc_", "_mode_")
+
+
+def _build_value(value: Any, config: Mapping, where: str, notes: list[str] | None = None) -> Any:
+    """Build a network_def value without executing anything from the config."""
+    return _instantiate(resolve_config_value(config, value, where), where, [] if notes is None else notes)
+
+
+# -- no network, no writes, no processes while an untrusted bundle's network is built -----------------------------
+
+#: Constructor arguments that make a network fetch weights when built (MONAI: ``pretrained``, ``pretrained_url``,
+#: ``ResNetFeatures``' hub download, ``Transchex``'s ``path_or_repo_id``...), matched on the lower-case name.
+_FETCH_ARG = re.compile(r"pretrain|url|download|hub|repo_id")
+
+
+def _is_off(value: Any) -> bool:
+    return value is None or value is False or value == "" or value == 0
+
+
+def _no_downloads(cls: type, kwargs: dict, where: str, notes: list[str]) -> dict:
+    """Refuse an explicit argument that fetches weights; turn off one that does so by default."""
+    for key, value in kwargs.items():
+        if _FETCH_ARG.search(key.lower()) and not _is_off(value):
+            raise _Fetches(f"{where} sets {key}={value!r}"[:200] + ", which downloads weights when the network is built")
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return kwargs
+    out = dict(kwargs)
+    for name, param in params.items():
+        if name in out or not _FETCH_ARG.search(name.lower()) or param.default is inspect.Parameter.empty:
+            continue
+        if not _is_off(param.default):
+            out[name] = False if isinstance(param.default, bool) else None
+            notes.append(f"{where}: {cls.__name__}'s default {name}={param.default!r} (a download) was turned off; "
+                         "the weights come from the bundle")
+    return out
+
+
+class _BuildRefused(UserError):
+    """An untrusted build tried to reach the network, write a file or start a process."""
+
+
+_GUARD = threading.local()
+_GUARD_LOCK = threading.Lock()
+_GUARD_INSTALLED = [False]
+_NET_EVENTS = ("socket.connect", "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr",
+               "socket.bind", "socket.sendto", "socket.sendmsg", "urllib.Request", "http.client.connect",
+               "ftplib.connect", "smtplib.connect", "webbrowser.open")
+_PROC_EVENTS = ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
+                "os.forkpty", "os.startfile", "pty.spawn", "ctypes.dlopen")
+_CHANGE_EVENTS = ("os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.truncate", "os.chmod", "os.chown",
+                  "os.link", "os.symlink", "os.utime", "shutil.rmtree", "shutil.move", "shutil.copyfile")
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+def _audit(event: str, args: tuple) -> None:
+    state = getattr(_GUARD, "what", None)
+    if state is None:
+        return
+    if event == "open":
+        path, mode, flags = (tuple(args) + (None, None, None))[:3]
+        writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+            isinstance(flags, int) and flags & _WRITE_FLAGS
+        )
+        if not writes or "__pycache__" in str(path):  # reading is fine; so is Python's own bytecode cache
+            return
+        done = f"write {path}"
+    elif event in _NET_EVENTS or event.startswith("socket."):
+        if event in ("socket.__new__", "socket.gethostname", "socket.sethostname"):
+            return
+        done = f"reach the network ({event})"
+    elif event in _PROC_EVENTS or event in _CHANGE_EVENTS:
+        done = f"{'start a process' if event in _PROC_EVENTS else 'change files'} ({event})"
+    else:
+        return
+    _GUARD.violations.append(done)
+    raise PermissionError(f"napari-xai: an untrusted bundle may not {done}")
+
+
+class _untrusted_build:
+    """While active (in this thread), network, file writes and processes are refused and remembered."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __enter__(self):
+        with _GUARD_LOCK:
+            if not _GUARD_INSTALLED[0]:
+                sys.addaudithook(_audit)
+                _GUARD_INSTALLED[0] = True
+        self.outer = getattr(_GUARD, "what", None), getattr(_GUARD, "violations", None)
+        _GUARD.what, _GUARD.violations = self.what, []
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        violations = _GUARD.violations
+        _GUARD.what, _GUARD.violations = self.outer
+        if violations:
+            if self.outer[1] is not None:
+                self.outer[1].extend(violations)
+            raise _BuildRefused(
+                f"{self.what} tried to {violations[0]} while being built; an untrusted bundle never reaches the "
+                f"network, writes files or starts processes; {TRUST_HINT}."
+            ) from None
+        return False
+
+
+def build_network_def(config: Mapping, where: str = "network_def", notes: list[str] | None = None) -> torch.nn.Module:
     """Build ``config["network_def"]`` without running code from the config.
+
+    References are resolved by :func:`resolve_config_value` (bounded), classes must come from
+    ``monai.networks`` or ``torch.nn``, arguments that download weights are refused (defaults that would
+    are turned off, noted in ``notes``), and the constructors run with network, file writes and processes
+    refused.
 
     Raises
     ------
-    _Unsafe
-        If building it needs an expression, a macro or a class outside
-        ``monai.networks`` / ``torch.nn`` (the caller turns this into a
-        trust request).
+    UnsafeConfig
+        If building it needs an expression, a macro, a download or a class outside
+        ``monai.networks`` / ``torch.nn`` (the caller turns this into a trust request).
     UserError
         If the definition is missing or the constructor rejects its arguments.
     """
@@ -890,7 +1158,7 @@ def build_network_def(config: Mapping, where: str = "network_def") -> torch.nn.M
         net_def = _lookup_reference(config, net_def[1:], where)
     if not isinstance(net_def, Mapping) or "_target_" not in net_def:
         raise _Unsafe(f"{where} is not a {{'_target_': ...}} definition")
-    net = _build_value(net_def, config, where)
+    net = _build_value(net_def, config, where, notes)
     if not isinstance(net, torch.nn.Module):  # pragma: no cover - _resolve_target ensures a Module class
         raise UserError(f"{where} did not build an nn.Module.")
     return net
@@ -996,8 +1264,8 @@ def _load_torchscript(path: Path, device: torch.device, source: str) -> tuple[to
         text = text.decode("utf-8", "replace")
     if text.strip():
         try:
-            meta = json.loads(text)
-        except json.JSONDecodeError:
+            meta = load_config_text(text, path.name, "the metadata.json inside")
+        except UserError:
             notes.append(f"the metadata.json inside {path.name} is not valid JSON and was ignored")
             meta = None
         if isinstance(meta, Mapping):
@@ -1006,6 +1274,16 @@ def _load_torchscript(path: Path, device: torch.device, source: str) -> tuple[to
             notes.append(f"input shape, channels and class names read from the metadata.json inside {path.name}")
     module.eval()
     return module, spec, notes
+
+
+def _require_trust_for_torchscript(path: Path, trust: bool) -> None:
+    """TorchScript is compiled code: loading runs its ``__setstate__`` and a call runs its methods, which can
+    read and write any file (``torch.from_file(..., shared=True)``). It needs the trust opt-in, like code."""
+    if not trust:
+        raise UserError(
+            f"{path} is a TorchScript model, which is code: loading and running it can read and write files on this "
+            f"computer; {TRUST_HINT}."
+        )
 
 
 _module_counter = itertools.count()
@@ -1025,6 +1303,12 @@ def _import_python_file(py: Path) -> Any:
         sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(mod)
+    except SystemExit as exc:
+        sys.modules.pop(name, None)
+        raise UserError(
+            f"importing model file {py} called sys.exit({exc.code!r}); a model file must only define its classes "
+            "(put script code under if __name__ == '__main__':)."
+        ) from None
     except Exception as exc:  # noqa: BLE001 - user code
         sys.modules.pop(name, None)
         where = ""
@@ -1063,6 +1347,9 @@ def _load_python(
         raise UserError(f"'{class_name}' in {py} is not an nn.Module class.")
     try:
         net = obj(**kwargs)
+    except SystemExit as exc:
+        raise UserError(f"{class_name}(**model_kwargs) in {py} called sys.exit({exc.code!r}); a model's "
+                        "constructor must not end the program.") from None
     except Exception as exc:  # noqa: BLE001 - user constructor
         raise UserError(f"{class_name}(**model_kwargs) failed ({_short(exc, 140)}); check --model-kwargs.") from None
     notes: list[str] = []
@@ -1125,6 +1412,7 @@ def _load_bundle(
         wpath = folder / "models" / "model.pt"
         ts_path = folder / "models" / "model.ts"
         if not wpath.is_file() and ts_path.is_file():
+            _require_trust_for_torchscript(ts_path, trust)
             module, ts_spec, ts_notes = _load_torchscript(ts_path, device, str(ts_path))
             notes.append(f"{folder.name} has no models/model.pt; its TorchScript models/model.ts was used")
             if not meta_path.is_file():
@@ -1136,8 +1424,13 @@ def _load_bundle(
 
     where = f"{folder.name}/configs/{cfg_path.name} network_def"
     try:
-        net = build_network_def(config, where)
+        net = build_network_def(config, where, notes)
     except _Unsafe as reason:
+        if not trust and isinstance(reason, _Fetches):
+            raise UserError(
+                f"{reason}; an untrusted bundle never reaches the network: remove it (the weights come from "
+                f"models/model.pt), or {TRUST_HINT}."
+            ) from None
         if not trust:
             raise UserError(
                 f"{reason}: building it would run code from the bundle config; {TRUST_HINT}."
@@ -1163,6 +1456,55 @@ def source_file(source: str) -> tuple[str, str]:
     a bundle folder or a file -> (itself, "")."""
     py = _split_python_source(source)
     return (py[0], ":" + py[1]) if py else (source, "")
+
+
+def model_files(source: str | os.PathLike, weights: str | os.PathLike | None = None) -> tuple[str, dict[str, str], bool]:
+    """What :func:`load_model` would load for ``source``, found and hashed WITHOUT loading (importing,
+    unpickling) anything: a record's hashes are checked with it before any code could run.
+
+    Returns
+    -------
+    kind : str
+        ``"demo"``, ``"python"``, ``"bundle"``, ``"torchscript"`` or ``"pickled"``.
+    files : dict
+        Each file's SHA-256, keyed as :attr:`LoadedModel.files` keys them (``{}`` for the demo, which ships
+        with napari-xai); :func:`combined_sha256` of it is :attr:`LoadedModel.sha256`.
+    runs_code : bool
+        True when loading or running it runs code from the files: a Python file or TorchScript (also a
+        bundle whose model is ``models/model.ts``).
+    """
+    text = os.fspath(source).strip() if source is not None else ""
+    if text.lower() == "demo":
+        return "demo", {}, False
+    py = _split_python_source(text)
+    if py is not None:
+        paths = [_existing_file(py[0], "model file")]
+        if weights is not None:
+            paths.append(_existing_file(weights, "weights"))
+        return "python", _hash_files(paths), True
+    path = Path(os.path.expanduser(text))
+    if not path.exists():
+        raise UserError(f"model source {text} not found.")
+    if path.is_dir():
+        configs = path / "configs"
+        cfg = next((configs / n for n in ("inference.json", "inference.yaml", "inference.yml")
+                    if (configs / n).is_file()), None)
+        if cfg is None:
+            raise UserError(f"{path} is a folder but not a MONAI bundle: configs/inference.json not found.")
+        if weights is not None:
+            return "bundle", _hash_files([_existing_file(weights, "weights"), cfg]), False
+        wpath, ts_path, meta = path / "models" / "model.pt", path / "models" / "model.ts", configs / "metadata.json"
+        if not wpath.is_file() and ts_path.is_file():
+            return "bundle", _hash_files([ts_path, meta] if meta.is_file() else [ts_path]), True
+        return "bundle", _hash_files([wpath, cfg] if wpath.is_file() else [cfg]), False
+    if is_torchscript_file(path):
+        return "torchscript", _hash_files([path]), True
+    return "pickled", _hash_files([path]), False
+
+
+def combined_sha256(files: dict[str, str]) -> str:
+    """:attr:`LoadedModel.sha256` from its per-file hashes (see the module docstring)."""
+    return _combined_sha256(files)
 
 
 def _reject_extra(kind: str, weights: Any, kwargs: dict, allow_weights: bool = False) -> None:
@@ -1200,8 +1542,8 @@ def load_model(
     device : str or torch.device, optional
         See :func:`resolve_device`.
     trust : bool
-        Allow code from the model files to run: full unpickling of
-        checkpoints and MONAI ``ConfigParser`` evaluation of bundle configs.
+        Allow code from the model files to run: TorchScript, full unpickling
+        of checkpoints and MONAI ``ConfigParser`` evaluation of bundle configs.
 
     Returns
     -------
@@ -1274,6 +1616,7 @@ def _load_model(source, weights, model_kwargs, device, trust) -> LoadedModel:
 
     if is_torchscript_file(path):
         _reject_extra("TorchScript", weights, kwargs)
+        _require_trust_for_torchscript(path, trust)
         module, spec, notes = _load_torchscript(path, dev, text)
         files = _hash_files([path])
         return LoadedModel(

@@ -93,35 +93,144 @@ def _inputs(record: dict, given: list[str] | None, base: Path | None, checks: li
     return stack_channels([load_nifti(p) for p in paths])
 
 
-def _model(record: dict, source: str | None, weights: str | None, device: str | None, trust: bool,
-           allow_changed_model: bool, base: Path | None, checks: list[str]):
-    from .models import load_model, source_file
+def _model_source(record: dict, source: str | None, weights: str | None, base: Path | None):
+    """(source, weights, from_record) to load, every path found; nothing is loaded here."""
+    from .models import source_file
 
     rec = record.get("model") or {}
+    if source is None and (rec.get("kind") == "demo" or str(rec.get("source") or "").strip().lower() == "demo"):
+        return "demo", None, True  # the built-in demo: never a file or folder that happens to be called "demo"
     absolute = str(rec.get("source_absolute") or "")
     src = source or (absolute if absolute and _resolve(source_file(absolute)[0], None) else None) or rec.get("source")
     if not src:
         raise UserError("the record names no model; give it with --model.")
     wts = weights or rec.get("weights")
-    if source is None and src != "demo":
+    if source is None:
         path_part = source_file(src)[0]
         found = _resolve(path_part, base)
         if found is None:
             raise UserError(f"model {src} is not found; give it with --model (and --weights).")
         if found != Path(os.path.expanduser(path_part)):
             src = src.replace(path_part, str(found), 1)
-    if wts and weights is None and _resolve(wts, base) is None:
-        raise UserError(f"the model's weights file {wts} is not found; give it with --weights.")
-    model = load_model(src, weights=wts, model_kwargs=rec.get("model_kwargs") or None, device=device, trust=trust)
+    if wts and weights is None:
+        found_w = _resolve(wts, base)
+        if found_w is None:
+            raise UserError(f"the model's weights file {wts} is not found; give it with --weights.")
+        wts = str(found_w)
+    return src, wts, source is None
+
+
+def _check_model(record: dict, src: str, wts: str | None, from_record: bool, trust: bool,
+                 allow_changed_model: bool, checks: list[str]) -> str | None:
+    """Hash the model's files and refuse changed ones or code from a record without trust, before ANY loading.
+
+    Returns the SHA-256 the files have now (None for the demo)."""
+    from .models import TRUST_HINT, combined_sha256, model_files
+
+    rec = record.get("model") or {}
+    kind, files, runs_code = model_files(src, wts)
+    if kind == "demo":
+        checks.append("model: demo (built in)")
+        return None
+    have = combined_sha256(files)
     want = rec.get("sha256")
-    if want and model.sha256 != want:
+    if want and have != want:
         if not allow_changed_model:
-            raise UserError(f"the model files changed since the result was made (SHA-256 {model.sha256[:12]}… is not "
+            raise UserError(f"the model files changed since the result was made (SHA-256 {have[:12]}… is not "
                             f"the recorded {want[:12]}…); pass --allow-changed-model to explain the new model anyway.")
-        checks.append(f"model: {model.name} CHANGED (SHA-256 {model.sha256[:12]}…, recorded {want[:12]}…)")
+        checks.append(f"model: {src} CHANGED (SHA-256 {have[:12]}…, recorded {want[:12]}…)")
     else:
-        checks.append(f"model: {model.name} (SHA-256 {'matches' if want else 'not recorded'})")
+        checks.append(f"model: {src} (SHA-256 {'matches' if want else 'not recorded'})")
+    if runs_code and from_record and not trust:
+        what = "Python model file" if kind == "python" else "TorchScript model"
+        raise UserError(f"the record asks to run the {what} {src}, which runs code from it (a sidecar may come from "
+                        f"anyone, and matching hashes only say the file is the one recorded); {TRUST_HINT}.")
+    return have
+
+
+def _model(src: str, wts: str | None, record: dict, device: str | None, trust: bool, have: str | None):
+    from .models import load_model
+
+    rec = record.get("model") or {}
+    model = load_model(src, weights=wts, model_kwargs=rec.get("model_kwargs") or None, device=device, trust=trust)
+    if have is not None and model.sha256 != have:
+        raise UserError(f"the model files of {src} changed while they were being loaded; run reproduce again.")
     return model
+
+
+_STR_OR_NONE = (str, type(None))
+
+
+def _field(record: dict, key: str, types, what: str, where: str = "") -> None:
+    value = record.get(key)
+    if value is not None and not isinstance(value, types) or isinstance(value, bool) and bool not in _as_tuple(types):
+        names = " or ".join(t.__name__.replace("NoneType", "null").replace("dict", "object").replace("list", "array")
+                            .replace("str", "string").replace("int", "integer") for t in _as_tuple(types))
+        raise UserError(f"the record's {where}{key!r} must be {what or names}, not {type(value).__name__} "
+                        f"{_shown(value)}; is the sidecar damaged or edited?")
+
+
+def _as_tuple(types) -> tuple:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _ints(value: Any, n: int | None = None) -> bool:
+    return (isinstance(value, list) and (n is None or len(value) == n)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+
+
+def _numbers(value: Any, n: int) -> bool:
+    return (isinstance(value, list) and len(value) == n
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+
+
+def check_record(record: Any) -> None:
+    """Refuse, in one line, a record whose fields have the wrong types (a damaged or edited sidecar)."""
+    if not isinstance(record, dict):
+        raise UserError(f"the record is a {type(record).__name__}, not a JSON object; give the .json beside a "
+                        "relevance file.")
+    for key in ("input", "model", "params", "grid", "target", "segmentation", "sanity"):
+        _field(record, key, dict, "an object")
+    for key in ("method", "kind", "output"):
+        _field(record, key, str, "a string")
+    for key in ("seed", "output_index"):
+        _field(record, key, int, "an integer")
+    if isinstance(record.get("output_index"), int) and record["output_index"] < 0:
+        raise UserError(f"the record's 'output_index' must be 0 or more, not {record['output_index']}.")
+    inp = record.get("input") or {}
+    for key in ("files", "absolute"):
+        _field(inp, key, list, "an array of file names", "input ")
+        if any(not isinstance(f, str) for f in inp.get(key) or []):
+            raise UserError(f"the record's input {key!r} must hold file names (strings); is the sidecar damaged?")
+    _field(inp, "sha256", dict, "an object of file -> SHA-256", "input ")
+    if any(not isinstance(v, str) for v in (inp.get("sha256") or {}).values()):
+        raise UserError("the record's input 'sha256' must map file names to SHA-256 strings; is the sidecar damaged?")
+    model = record.get("model") or {}
+    for key in ("source", "source_absolute", "weights", "kind", "sha256", "normalization"):
+        _field(model, key, str, "a string", "model ")
+    _field(model, "model_kwargs", dict, "an object", "model ")
+    grid = record.get("grid") or {}
+    shape = grid.get("model_shape")
+    if shape is not None and not (_ints(shape, 3) and min(shape) >= 1):
+        raise UserError(f"the record's grid 'model_shape' must be three positive integers, not {_shown(shape)}.")
+    target = record.get("target") or {}
+    _field(target, "index", int, "a class index (integer)", "target ")
+    seg = record.get("segmentation") or {}
+    for key in ("mask", "mask_file", "mask_sha256"):
+        _field(seg, key, str, "a string", "segmentation ")
+    if seg.get("point") is not None and not _ints(seg["point"], 3):
+        raise UserError(f"the record's segmentation 'point' must be three voxel indices, not {_shown(seg['point'])}.")
+    ray = seg.get("ray")
+    if ray is not None and not (isinstance(ray, dict) and _numbers(ray.get("origin"), 3)
+                                and _numbers(ray.get("direction"), 3)):
+        raise UserError("the record's segmentation 'ray' must have an 'origin' and a 'direction' of three numbers each.")
+    sanity = record.get("sanity") or {}
+    _field(sanity, "randomized_layers", list, "an array", "sanity ")
 
 
 def relevance_record(record: dict) -> dict:
@@ -140,6 +249,7 @@ def explain_arguments(record: dict) -> dict:
     from .methods.catalogue import get_method
 
     record = relevance_record(record)
+    check_record(record)
     randomized = (record.get("sanity") or {}).get("randomized_layers")
     if randomized:
         raise UserError(f"this map comes from a sanity check with {len(randomized)} randomized layer(s); it cannot be "
@@ -240,8 +350,13 @@ def reproduce(record: dict, *, sidecar: str | os.PathLike | None = None, inputs:
 
     base = Path(sidecar).resolve().parent if sidecar else None
     checks: list[str] = []
+    if not isinstance(record, dict):
+        check_record(record)
     record = relevance_record(record)
     kwargs = explain_arguments(record)
+    # Every recorded file is found and hashed, and code from a record needs trust, before anything is loaded.
+    src, wts, from_record = _model_source(record, model, weights, base)
+    model_sha = _check_model(record, src, wts, from_record, trust, allow_changed_model, checks)
     seg = record.get("segmentation") or {}
     if seg.get("mask") == "mask":
         if mask is None and seg.get("mask_file"):
@@ -260,7 +375,7 @@ def reproduce(record: dict, *, sidecar: str | os.PathLike | None = None, inputs:
             raise UserError("the result explained a mask drawn in napari (no file); save it and give it with --mask.")
         kwargs["mask"] = np.asarray(mask) != 0
     volume = _inputs(record, inputs, base, checks)
-    loaded = _model(record, model, weights, device, trust, allow_changed_model, base, checks)
+    loaded = _model(src, wts, record, device, trust, model_sha)
     method = kwargs.pop("method")
     rel = explain(volume, loaded, method, progress=progress, **kwargs)
     comparison = None
