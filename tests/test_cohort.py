@@ -138,7 +138,7 @@ def test_cohort_resume_refuses_other_settings_and_survives_a_bad_subject(cohort,
     code, _, err = run(capsys, "cohort", tmp / "s0.nii.gz", tmp / "s1.nii.gz", *model, "--method", "input-x-gradient",
                        "--out-dir", out, "--quiet")
     assert code == 0, err
-    for name in ("subjects.csv", "subjects.json", "mean_relevance.nii.gz", "mean_relevance.json"):
+    for name in ("subjects.csv", "subjects.json", "failures.csv", "mean_relevance.nii.gz", "mean_relevance.json"):
         (out / name).unlink()  # as if the run had been interrupted before the tables
     map_before = (out / "maps" / "s0.nii.gz").read_bytes()
     code, _, err = run(capsys, "cohort", tmp / "s0.nii.gz", *model, "--method", "saliency", "--out-dir", out)
