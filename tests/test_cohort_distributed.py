@@ -221,11 +221,18 @@ def test_dask_futures_in_process_with_a_real_local_cluster(cohort):
                 # a rerun resumes: every finished subject is skipped by the hash of its inputs and settings
                 again = list(iter_dask(subjects, cfg, client, retries=1))
                 assert sorted(r["id"] for r in again) == sorted(rows[name]) and {r["status"] for r in again} == {"reused"}
+                # the recipe of docs/cohort.md: a cluster started elsewhere (here a LocalCluster standing in for
+                # dask-jobqueue's SLURMCluster), the CLI given its address
+                res = run_exe("cohort", tmp / "cohort.csv", *model, "--out-dir", tmp / "by_address",
+                              "--scheduler", cluster.scheduler_address)
+                assert res.returncode == 0, res.stderr
         reduce_cohort(tmp / f"core_{name}", subjects, cfg)
     assert set(rows["a"]) == set(rows["b"]) == {s.id for s in subjects}
     for sid in rows["a"]:
         assert rows["a"][sid]["relevance_sum"] == rows["b"][sid]["relevance_sum"]
     assert maps(tmp / "core_a") == maps(tmp / "core_b")
+    assert maps(tmp / "by_address") == maps(tmp / "core_a")  # same map settings (the CLI adds only an atlas)
+    assert len(list(csv.DictReader((tmp / "by_address" / "regions.csv").open()))) == 2 * N
     ma, mb = (np.asarray(nib.load(str(tmp / f"core_{n}" / "mean_relevance.nii.gz")).dataobj) for n in "ab")
     assert ma.tobytes() == mb.tobytes()
 

@@ -568,3 +568,28 @@ def reduce_cohort(outdir, subjects: Sequence[Subject], cfg: RunConfig) -> dict:
             "readouts": summarize(done_rows, metrics) if metrics else None, "metrics": metrics,
             "correlations": corr, "regions": cfg.atlas is not None,
             "seconds_per_subject": float(np.median(sec)) if sec.size else float("nan")}
+
+
+def run_local(subjects: Sequence[Subject], cfg: RunConfig, model, workers: int = 1,
+              on_row: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
+    """Run every subject on this machine (serially or on a process pool of ``workers``) and reduce the tables.
+
+    ``on_row`` sees each finished row; ``should_stop`` is polled after each
+    subject and stops the run with :class:`~napari_xai.core.errors.Cancelled`
+    (finished subjects are kept: the same call again resumes). For widgets.
+    """
+    from .errors import Cancelled
+
+    Path(cfg.outdir, "maps").mkdir(parents=True, exist_ok=True)
+    cache_model(cfg, model)
+    rows = iter_pool(subjects, cfg, workers, stop=should_stop) if workers > 1 and len(subjects) > 1 \
+        else iter_serial(subjects, cfg)
+    try:
+        for row in rows:
+            if on_row is not None:
+                on_row(row)
+            if should_stop is not None and should_stop():
+                raise Cancelled("cancelled by the user; finished subjects are kept")
+    finally:
+        rows.close()
+    return reduce_cohort(cfg.outdir, subjects, cfg)
