@@ -256,3 +256,26 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(cohort, tmp_path):
     res = run_exe(*args[1:])
     assert res.returncode == 0, res.stderr
     assert f"16 of 16 subjects explained ({done} reused)" in res.stdout
+
+
+def test_spawned_pool_as_with_cuda_loads_the_model_once_per_worker(cohort):
+    """The GPU path of --workers spawns its workers (CUDA cannot be forked): each loads the model exactly once."""
+    from napari_xai.core.cohort import read_subjects
+    from napari_xai.core.cohort_run import RunConfig, iter_pool
+    from napari_xai.core.models import load_model
+
+    tmp, model = cohort
+    m = load_model(model[1], weights=model[3])
+    cfg = RunConfig(model=model[1], weights=str(model[3]), model_sha256=m.sha256, method="saliency", target="1",
+                    outdir=str(tmp / "spawned"))
+    (tmp / "spawned" / "maps").mkdir(parents=True)
+    rows = list(iter_pool(read_subjects(tmp / "cohort.csv"), cfg, 2, cuda=True))
+    assert {r["status"] for r in rows} == {"ok"} and len(rows) == N
+    assert {r["timings"]["model_loads"] for r in rows} == {1} and len({r["timings"]["pid"] for r in rows}) == 2
+    from dataclasses import replace
+
+    from napari_xai.core.cohort_run import iter_serial
+
+    (tmp / "spawned_ref" / "maps").mkdir(parents=True)
+    assert {r["status"] for r in iter_serial(read_subjects(tmp / "cohort.csv"), replace(cfg, outdir=str(tmp / "spawned_ref")))} == {"ok"}
+    assert maps(tmp / "spawned") == maps(tmp / "spawned_ref")

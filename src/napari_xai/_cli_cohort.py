@@ -241,7 +241,7 @@ def run_rows(subjects, cfg, args, model, progress: Progress) -> None:
         rows = cr.iter_dask(subjects, cfg, client, gpus=gpus, retries=args.retries)
     elif args.workers > 1 and len(subjects) > 1:
         cr.cache_model(cfg, model)
-        rows = cr.iter_pool(subjects, cfg, args.workers, gpus=gpus)
+        rows = cr.iter_pool(subjects, cfg, args.workers, gpus=gpus, cuda=getattr(model.device, "type", "cpu") == "cuda")
     else:
         cr.cache_model(cfg, model)
         rows = cr.iter_serial(subjects, cfg)

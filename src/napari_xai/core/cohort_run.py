@@ -322,23 +322,25 @@ def _pool_init(queue, model_cached: bool) -> None:
 
 
 def iter_pool(subjects: Sequence[Subject], cfg: RunConfig, workers: int, gpus: int = 0,
-              stop: Callable[[], bool] | None = None) -> Iterator[dict]:
+              stop: Callable[[], bool] | None = None, cuda: bool = False) -> Iterator[dict]:
     """Run the tasks on a local process pool; yields rows as they complete.
 
     On CPU the workers are forked from this process, so they inherit the model
-    it loaded (no reload, no start-up import); with CUDA they are spawned (CUDA
-    cannot be forked) and each loads the model once on its own GPU.
+    it loaded (no reload, no start-up import); with CUDA (``cuda`` or ``gpus``)
+    they are spawned (CUDA cannot be forked) and each loads the model once, with
+    ``gpus``: each on its own GPU.
     """
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     plan = worker_plan(workers, gpus, os.cpu_count() or 1)
-    ctx = mp.get_context("spawn" if gpus > 0 or os.name != "posix" else "fork")
-    queue = ctx.Manager().Queue() if ctx.get_start_method() == "spawn" else ctx.Queue()
+    cuda = cuda or gpus > 0
+    ctx = mp.get_context("spawn" if cuda or os.name != "posix" else "fork")
+    queue = ctx.Queue()  # handed to each worker at its start (initargs): allowed for fork and spawn
     for p in plan:
         queue.put(p)
     cfg = _with_threads(cfg, plan[0]["threads"])
-    ex = ProcessPoolExecutor(len(plan), mp_context=ctx, initializer=_pool_init, initargs=(queue, gpus == 0))
+    ex = ProcessPoolExecutor(len(plan), mp_context=ctx, initializer=_pool_init, initargs=(queue, not cuda))
     pending = set()
     todo = iter(subjects)
     try:
