@@ -65,6 +65,7 @@ class CohortWidget(Container):
         self.extend([self.csv, self.out, self.source, self.path, self.class_name, self.weights, self.trust,
                      self.method, self.target, self.atlas, buttons, self.progress, self.status])
         self.native.layout().addWidget(self.table)
+        self.table.setVisible(False)  # shown with an atlas
         self.source.changed.connect(self._on_source)
         self.run_btn.changed.connect(self.run)
         self.cancel_btn.changed.connect(self.cancel)
@@ -183,6 +184,7 @@ class CohortWidget(Container):
         tuples += signed_layers(mean.data[0], f"cohort mean · {self.method.value}", mean.affine, meta)
         upsert(self._viewer, tuples)
         self.table.setRowCount(len(regions))
+        self.table.setVisible(bool(regions))
         for i, r in enumerate(regions):
             for j, v in enumerate((r["region"], f"{r['pos_sum']:.4g}", f"{r['mean']:.4g}")):
                 self.table.setItem(i, j, QTableWidgetItem(v))
