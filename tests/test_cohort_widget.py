@@ -32,6 +32,9 @@ def cohort(tmp_path):
         xs.append(x)
         nib.save(nib.Nifti1Image(x, AFF), str(tmp_path / f"s{k}.nii.gz"))
         lines.append(f"s{k},s{k}.nii.gz,{60 + k}")
+    atlas = np.zeros(SHAPE, np.int16)
+    atlas[:2], atlas[3:] = 1, 2
+    nib.save(nib.Nifti1Image(atlas, AFF), str(tmp_path / "atlas.nii.gz"))
     (tmp_path / "bad.nii.gz").write_bytes(b"not a NIfTI file")
     lines.append("bad,bad.nii.gz,70")
     (tmp_path / "cohort.csv").write_text("\n".join(lines) + "\n")
@@ -51,6 +54,7 @@ def test_cohort_widget_runs_shows_mean_layers_and_keeps_going_past_a_bad_subject
     widget.weights.value = weights
     widget.method.value = "input-x-gradient"
     widget.target.value = "1"
+    widget.atlas.value = str(tmp / "atlas.nii.gz")
     widget.run()
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     res = widget.last_result
@@ -63,6 +67,10 @@ def test_cohort_widget_runs_shows_mean_layers_and_keeps_going_past_a_bad_subject
     np.testing.assert_allclose(np.asarray(pos.data), np.clip(expected, 0, None), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.asarray(neg.data), np.clip(-expected, 0, None), rtol=1e-4, atol=1e-6)
     assert "cohort template" in viewer.layers
+    # the region table of the mean map: positive relevance summed in i < 2 and in i >= 3, largest first
+    sums = sorted((float(np.clip(expected[sl], 0, None).sum()) for sl in (np.s_[:2], np.s_[3:])), reverse=True)
+    assert widget.table.rowCount() == 2 and widget.table.isVisibleTo(widget.native)
+    assert [float(widget.table.item(i, 1).text()) for i in range(2)] == pytest.approx(sums, rel=1e-3)
     fails = list(csv.DictReader((tmp / "out" / "failures.csv").open()))
     assert [f["id"] for f in fails] == ["bad"]
     # Run again: every finished subject is reused (resume), the bad one is tried again
