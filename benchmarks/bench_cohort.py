@@ -42,6 +42,9 @@ def main(argv=None) -> int:
     ap.add_argument("--target", default="atrophy")
     ap.add_argument("--workdir", default="/tmp/bench_cohort")
     ap.add_argument("--skip-dask", action="store_true")
+    ap.add_argument("--gpu-seconds", type=float, default=1.1,
+                    help="assumed GPU explain time per subject for the 10,000-subject estimate (default 1.1 s: the "
+                         "seed's 1,655 scans in about 30 min on one GPU)")
     args = ap.parse_args(argv)
 
     from napari_xai.core import cohort_run as cr
@@ -84,6 +87,12 @@ def main(argv=None) -> int:
     rows = list(cr.iter_serial(subjects, cfg))
     record("serial", time.perf_counter() - t, rows, 1)
     ref = _maps(work / "serial")
+    phases = {k: float(np.median([r["timings"].get(k, 0.0) for r in rows])) for k in ("load", "explain", "write", "readouts")}
+    print("  serial task phases (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in phases.items()))
+    t = time.perf_counter()
+    cr.reduce_cohort(work / "serial", subjects, cfg)
+    reduce_s = (time.perf_counter() - t) / len(subjects)
+    print(f"  reduction (tables from the per-subject outputs): {reduce_s * 1000:.1f} ms per subject")
 
     cfg = config("workers2")
     t = time.perf_counter()
@@ -106,6 +115,15 @@ def main(argv=None) -> int:
             cluster.close()
         assert _maps(work / "dask2") == ref, "maps of --scheduler local:2 differ from serial"
     print("maps bitwise equal to serial: yes")
+    # 10,000 subjects, from the measured times and stated assumptions (see docs/performance.md)
+    n = 10_000
+    serial_s = results["serial"][0] / len(subjects)
+    pool_s = results["--workers 2"][0] / len(subjects)
+    gpu_task = args.gpu_seconds + phases["load"] + phases["write"] + phases["readouts"]
+    print(f"10,000 subjects: CPU serial {n * serial_s / 3600:.1f} h, CPU --workers 2 {n * pool_s / 3600:.1f} h; "
+          f"1 GPU {(n * gpu_task + n * reduce_s) / 3600:.1f} h; 8 GPUs {(n * gpu_task / 8 + n * reduce_s) / 3600:.2f} h "
+          f"(GPU explain {args.gpu_seconds} s per subject assumed; load, write and readouts as measured here; "
+          f"the reduction runs once, serially: {n * reduce_s / 60:.1f} min)")
     print(f"load average {os.getloadavg()[0]:.2f} at end")
     return 0
 

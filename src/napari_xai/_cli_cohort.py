@@ -238,7 +238,7 @@ def run_rows(subjects, cfg, args, model, progress: Progress) -> None:
     client = cluster = None
     if args.scheduler:
         client, cluster = cr.start_dask(args.scheduler.strip(), gpus=gpus, memory_limit=args.memory_limit)
-        rows = cr.iter_dask(subjects, cfg, client, gpus=gpus, retries=args.retries)
+        rows = cr.iter_dask(subjects, cfg, client, gpus=gpus, retries=args.retries, local=cluster is not None)
     elif args.workers > 1 and len(subjects) > 1:
         cr.cache_model(cfg, model)
         rows = cr.iter_pool(subjects, cfg, args.workers, gpus=gpus, cuda=getattr(model.device, "type", "cpu") == "cuda")

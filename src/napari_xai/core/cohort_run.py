@@ -408,19 +408,25 @@ def start_dask(scheduler: str, gpus: int = 0, memory_limit: str | None = None):
 
 
 def iter_dask(subjects: Sequence[Subject], cfg: RunConfig, client, gpus: int = 0, retries: int = 1,
-              stop: Callable[[], bool] | None = None) -> Iterator[dict]:
+              stop: Callable[[], bool] | None = None, local: bool = True) -> Iterator[dict]:
     """Run the tasks as Dask futures (``submit``, ``as_completed``, ``retries``); yields rows as they complete.
 
     A task that loses its worker (killed, out of memory) is retried ``retries``
-    times; since every write is atomic, a retry is harmless. On GPU workers
-    each task asks for the resource ``GPU=1``, so one task runs per GPU.
+    times; since every write is atomic, a retry is harmless. When the workers
+    offer the resource ``GPU`` (or this machine has GPUs), each task asks for
+    ``GPU=1``, so one task runs per GPU. ``local``: the workers run on this
+    machine (``local:N``), so its cores are divided among them.
     """
     from distributed import as_completed
 
-    nworkers = max(1, len(client.scheduler_info().get("workers", {})))
-    cfg = _with_threads(cfg, 0 if gpus else max(1, (os.cpu_count() or 1) // nworkers))
+    workers = client.scheduler_info().get("workers", {})
+    nworkers = max(1, len(workers))
+    # on this machine the cores are divided among the workers; elsewhere torch's default (set OMP_NUM_THREADS there)
+    cfg = _with_threads(cfg, max(1, (os.cpu_count() or 1) // nworkers) if local and not gpus else 0)
     cfg_future = client.scatter(cfg, broadcast=True)
-    extra = {"resources": {"GPU": 1}} if gpus else {}
+    # one task per GPU: ask for GPU=1 when this machine has GPUs or any worker offers the resource (--resources GPU=1)
+    gpu_workers = any("GPU" in (w.get("resources") or {}) for w in workers.values())
+    extra = {"resources": {"GPU": 1}} if gpus or gpu_workers else {}
     token = f"{os.getpid()}-{time.time_ns()}"
     todo = iter(subjects)
 
