@@ -43,7 +43,6 @@ from pathlib import Path
 
 from ._cli_common import add_model_options, check_out_dir, load_model_from
 from .core.errors import UserError
-from .core.metrics import MASK_READOUTS
 
 HELP = "explain every subject of a cohort (CSV or files) with one model and method; mean map, region table, correlations"
 MEASURES = ("pos_sum", "sum", "mean", "neg_sum")
