@@ -106,6 +106,15 @@ def test_pool_and_parts_match_serial_bitwise_and_merge(cohort, capsys):
     code, out, err = run(capsys, "cohort", tmp / "cohort.csv", *model, "--out-dir", serial)
     assert code == 0, err
     assert len(maps(serial)) == N
+    # correlations.csv uses --measure (default pos_sum) of each region: Pearson's r from regions.csv's column
+    regions = list(csv.DictReader((serial / "regions.csv").open()))
+    ages = {r["id"]: float(r["age"]) for r in csv.DictReader((tmp / "cohort.csv").open())}
+    corr = {(r["region"], r["covariate"]): r for r in csv.DictReader((serial / "correlations.csv").open())}
+    for region in ("left", "right"):
+        rows = [r for r in regions if r["region"] == region]
+        x, y = [float(r["pos_sum"]) for r in rows], [ages[r["id"]] for r in rows]
+        assert corr[(region, "age")]["measure"] == "pos_sum"
+        assert float(corr[(region, "age")]["r"]) == pytest.approx(float(np.corrcoef(x, y)[0, 1]), abs=1e-6)
     # two halves, as two array jobs would run them; no tables until the merge
     halves = tmp / "halves"
     for i in (0, 1):

@@ -545,7 +545,7 @@ def reduce_cohort(outdir, subjects: Sequence[Subject], cfg: RunConfig) -> dict:
             if regions is not None:
                 for r in row.get("regions", []):
                     regions.write([s.id, *r])
-                values[s.id] = {r[0]: float(r[1 + mcol]) for r in row.get("regions", [])}
+                values[s.id] = {r[0]: float(r[mcol]) for r in row.get("regions", [])}
             subj.write([s.covariates.get(h, "") if h in covariates else row.get(h, "") for h in header])
             done_rows.append({"status": row["status"], **{k: row[k] for k in metrics if k in row}})
         corr = []
