@@ -386,7 +386,11 @@ def start_dask(scheduler: str, gpus: int = 0, memory_limit: str | None = None):
     if scheduler.startswith("local:"):
         n = int(scheduler.split(":", 1)[1])
         mem = memory_limit or "auto"
-        with dask.config.set({"distributed.worker.daemon": False, "logging.distributed": "error"}):
+        # no dashboard here, so no statistical profiler (it samples the task thread every 10 ms and takes the GIL
+        # that the Python-heavy attribution hooks need); slower event-loop ticks and system monitor for the same reason
+        quiet = {"logging.distributed": "error", "distributed.worker.profile.enabled": False,
+                 "distributed.admin.tick.interval": "1s", "distributed.admin.system-monitor.interval": "2s"}
+        with dask.config.set(quiet):
             if gpus > 0:
                 from distributed import Nanny, Scheduler, SpecCluster
 
