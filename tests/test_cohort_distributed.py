@@ -248,7 +248,7 @@ def test_dask_futures_in_process_with_a_real_local_cluster(cohort):
 
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(cohort, tmp_path):
     tmp, model = cohort
-    lines = ["id,path"] + [f"r{k},{tmp / f's{k % N}.nii.gz'}" for k in range(16)]
+    lines = ["id,path"] + [f"r{k},{tmp / f's{k % N}.nii.gz'}" for k in range(80)]
     (tmp_path / "many.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "o"
     args = [exe(), "cohort", tmp_path / "many.csv", *[a for a in model if a != "--quiet"], "--out-dir", out, "--workers", "2"]
@@ -261,10 +261,10 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(cohort, tmp_path):
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "stopping after" in stderr and "Traceback" not in stderr, stderr
     done = len(list((out / "rows").glob("*.json")))
-    assert 2 <= done < 16 and not list((out / "maps").glob(".*.tmp")) and not (out / "subjects.csv").exists()
+    assert 2 <= done < 80 and not list((out / "maps").glob(".*.tmp")) and not (out / "subjects.csv").exists()
     res = run_exe(*args[1:])
     assert res.returncode == 0, res.stderr
-    assert f"16 of 16 subjects explained ({done} reused)" in res.stdout
+    assert f"80 of 80 subjects explained ({done} reused)" in res.stdout
 
 
 def test_spawned_pool_as_with_cuda_loads_the_model_once_per_worker(cohort):
