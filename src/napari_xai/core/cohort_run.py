@@ -449,6 +449,7 @@ def iter_dask(subjects: Sequence[Subject], cfg: RunConfig, client, gpus: int = 0
             except Exception as exc:  # the worker died on every retry
                 sid = f.key.split("napari-xai-subject-", 1)[1].rsplit(f"-{token}", 1)[0]
                 row = {"id": sid, "status": "failed", "error": f"worker lost after {retries} retries: {_one_line(exc)}"}
+                _write_row(cfg.outdir, sid, cfg.row_settings(), row)  # so failures.csv gives this reason
             yield row
             if stop is None or not stop():
                 nxt = next(todo, None)
