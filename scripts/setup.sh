@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up napari-xai on a fresh Debian/Ubuntu machine: system packages for a
 # virtual display + software OpenGL (Xvfb, Mesa), a virtual environment in .venv,
-# and the package with its Qt and test extras. Safe to run again: it only does
+# and the package with its Qt, test and dask extras (the Dask cohort tests run in CI). Safe to run again: it only does
 # what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ want="$(cat pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import napari_xai" 2>/dev/null; then
   echo "setup: installing napari-xai and its dependencies into .venv (torch is large; this takes a few minutes the first time)"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e ".[qt,test]"
+  .venv/bin/python -m pip install -q -e ".[qt,test,dask]"
   echo "$want" > "$stamp"
 fi
 echo "setup: ready (.venv)"

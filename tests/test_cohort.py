@@ -120,6 +120,10 @@ def test_cohort_cli_end_to_end_with_hand_computed_regions_mean_and_correlation(c
     corr = {(r["region"], r["covariate"]): r for r in csv.DictReader((out / "correlations.csv").open())}
     assert float(corr[("front", "score")]["r"]) == pytest.approx(1.0, abs=1e-6)  # score = 3 * front + 2
     assert ("front", "site") not in corr  # a non-numeric column is no covariate
+    # "back" is not a linear function of the score: its r is Pearson's r of the back sums (--measure sum) by hand
+    back = [float((W1 * xs[k])[3:].sum()) for k in sorted(xs)]
+    scores = [float(subjects[k]["score"]) for k in sorted(xs)]
+    assert float(corr[("back", "score")]["r"]) == pytest.approx(float(np.corrcoef(back, scores)[0, 1]), abs=1e-5)
     side = json.loads((out / "subjects.json").read_text())
     assert side["ok"] == 5 and side["settings"]["method"] == "input-x-gradient" and not side["failures"]
     assert "5 of 5 subjects explained (0 reused)" in stdout
@@ -138,7 +142,7 @@ def test_cohort_resume_refuses_other_settings_and_survives_a_bad_subject(cohort,
     code, _, err = run(capsys, "cohort", tmp / "s0.nii.gz", tmp / "s1.nii.gz", *model, "--method", "input-x-gradient",
                        "--out-dir", out, "--quiet")
     assert code == 0, err
-    for name in ("subjects.csv", "subjects.json", "mean_relevance.nii.gz", "mean_relevance.json"):
+    for name in ("subjects.csv", "subjects.json", "failures.csv", "mean_relevance.nii.gz", "mean_relevance.json"):
         (out / name).unlink()  # as if the run had been interrupted before the tables
     map_before = (out / "maps" / "s0.nii.gz").read_bytes()
     code, _, err = run(capsys, "cohort", tmp / "s0.nii.gz", *model, "--method", "saliency", "--out-dir", out)

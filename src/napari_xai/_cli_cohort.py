@@ -23,8 +23,13 @@ Writes into ``--out-dir``:
   over the cohort go into ``subjects.json``, so methods and models can be
   ranked on a whole cohort.
 
-A subject that fails with a user error (a bad file, a wrong channel count) is
-reported and skipped; the others go on, and the exit code is 2.
+A subject that fails (a bad file, a wrong channel count, a model error) is
+reported, listed in ``failures.csv`` with a one-line reason and skipped; the
+others go on, and the exit code is 2.
+
+The subjects run through :mod:`napari_xai.core.cohort_run`: serially, on a
+local process pool (``--workers N``), on Dask (``--scheduler``), or one part
+of a job array (``--num-parts K --part-id I``, then ``napari-xai cohort-merge``).
 """
 
 from __future__ import annotations
@@ -38,7 +43,6 @@ from pathlib import Path
 
 from ._cli_common import add_model_options, check_out_dir, load_model_from
 from .core.errors import UserError
-from .core.evaluation.metrics import MASK_READOUTS
 
 HELP = "explain every subject of a cohort (CSV or files) with one model and method; mean map, region table, correlations"
 MEASURES = ("pos_sum", "sum", "mean", "neg_sum")
@@ -73,41 +77,29 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="recompute maps made with other settings; replace the tables")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    g = p.add_argument_group("executors (see docs/cohort.md)")
+    g.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="local worker processes (default 1: in this process); with CUDA one per GPU, on CPU the "
+                        "cores are divided among them")
+    g.add_argument("--scheduler", metavar="ADDRESS|local:N",
+                   help="run the subjects on a Dask distributed cluster (tcp://host:8786), or start a local one of "
+                        "N workers; needs the extra napari-xai[dask]")
+    g.add_argument("--memory-limit", metavar="SIZE", help="Dask memory limit per worker of --scheduler local:N (e.g. 4GB; default auto)")
+    g.add_argument("--retries", type=int, default=1, metavar="N",
+                   help="Dask: times a task is retried when its worker dies (default 1; retries are harmless)")
+    g.add_argument("--num-parts", type=int, metavar="K", help="split the cohort into K parts (job arrays); "
+                   "then run napari-xai cohort-merge OUT_DIR")
+    g.add_argument("--part-id", type=int, metavar="I", help="the part to run, 0 to K-1: every K-th subject from the I-th")
     p.set_defaults(func=cmd_cohort)
+    m = subparsers.add_parser("cohort-merge", help=MERGE_HELP, description=MERGE_HELP + ".")
+    m.add_argument("out_dir", metavar="OUT_DIR", help="the --out-dir of the cohort parts")
+    m.add_argument("--overwrite", action="store_true", help="replace the tables")
+    m.set_defaults(func=cmd_merge)
     return p
 
 
-READOUTS = (*MASK_READOUTS, "aopc_morf", "aopc_random")
-
-
-def _readouts(args, subject, data, model, target, volume=None) -> dict:
-    """Ground-truth readouts (with a ``truth`` column) and flipping AOPC (with ``--flip``) for one subject's map.
-
-    ``volume`` is the subject's input if it is loaded already (a reused map's input is loaded here, once).
-    """
-    from .core.volumes import load_nifti, stack_channels
-
-    out: dict = {}
-    if subject.truth is None and not args.flip:
-        return out
-    if volume is None:
-        volume = stack_channels([load_nifti(p) for p in subject.paths])
-    if subject.truth is not None:
-        from .core.evaluation.metrics import mask_report
-
-        t = load_nifti(subject.truth)
-        if t.channels != 1 or tuple(t.shape) != tuple(data.shape):
-            raise UserError(f"truth mask {subject.truth.name} has shape {tuple(t.shape)} but the map has "
-                            f"{tuple(data.shape)}; give the mask on the subject's grid.")
-        rep = mask_report(data, t.data[0] != 0, image=volume.data)
-        out.update({k: float(rep[k]) for k in MASK_READOUTS})
-    if args.flip:
-        from .core.evaluation.flipping import Scorer, aopc_readouts
-
-        scorer = Scorer(model, volume, int(target["index"]), normalization=args.normalization,
-                        input_shape=args.input_shape)
-        out.update(aopc_readouts(model, volume, data, scorer))
-    return out
+MERGE_HELP = ("build the tables of a cohort run in --num-parts parts (mean map, subjects, regions, correlations, "
+              "failures) from the parts' per-subject outputs")
 
 
 def _csv_bytes(header: list[str], rows: list[list]) -> bytes:
@@ -155,26 +147,149 @@ def _subjects_png(args, rows: list[dict], subjects, outdir: Path, png: Path) -> 
     return True
 
 
-def cmd_cohort(args: argparse.Namespace) -> int:
-    import numpy as np
 
+TABLES = ("subjects.csv", "failures.csv", "regions.csv", "correlations.csv", "mean_relevance.nii.gz")
+CONFIG = "cohort.json"
+
+
+def check_executor_options(args) -> None:
+    """Every executor option, checked before any work (one line each)."""
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}.")
+    if args.retries < 0:
+        raise UserError(f"--retries must be 0 or more, got {args.retries}.")
+    if args.scheduler is not None:
+        if args.workers != 1:
+            raise UserError("give either --workers (a local process pool) or --scheduler (Dask), not both.")
+        sched = args.scheduler.strip()
+        if sched.startswith("local:"):
+            n = sched.split(":", 1)[1]
+            if not n.isdigit() or int(n) < 1:
+                raise UserError(f"--scheduler local:N needs a number of workers N >= 1, got {args.scheduler!r}.")
+        elif not sched or " " in sched:
+            raise UserError(f"--scheduler {args.scheduler!r} is neither local:N nor a scheduler address (tcp://host:8786).")
+        from .core.cohort_run import require_dask
+
+        require_dask()
+    elif args.memory_limit is not None:
+        raise UserError("--memory-limit is for --scheduler local:N (Dask workers).")
+    if (args.num_parts is None) != (args.part_id is None):
+        raise UserError("give --num-parts K and --part-id I together (I from 0 to K-1).")
+    if args.num_parts is not None:
+        if args.num_parts < 1:
+            raise UserError(f"--num-parts must be at least 1, got {args.num_parts}.")
+        if not 0 <= args.part_id < args.num_parts:
+            raise UserError(f"--part-id must be 0 to {args.num_parts - 1} for --num-parts {args.num_parts}, got {args.part_id}.")
+        if args.png:
+            raise UserError("--png draws from the whole cohort: run it with napari-xai cohort (no --num-parts) after the merge.")
+
+
+class Progress:
+    """Subjects done and failed, the rate and the ETA: a tqdm bar on a terminal, one line per subject otherwise."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.total, self.quiet, self.done, self.failed = total, quiet, 0, 0
+        self.t0 = time.perf_counter()
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="subject", file=sys.stderr, dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def update(self, row: dict) -> None:
+        self.done += 1
+        self.failed += row.get("status") == "failed"
+        if row.get("status") == "failed":
+            msg = f"napari-xai: error: subject {row['id']}: {row.get('error', '')}"
+            (self.bar.write if self.bar is not None else lambda m: print(m, file=sys.stderr))(msg)
+        if self.bar is not None:
+            self.bar.set_postfix(failed=self.failed, refresh=False)
+            self.bar.update(1)
+        elif not self.quiet:
+            dt = time.perf_counter() - self.t0
+            rate = self.done / dt if dt > 0 else float("inf")
+            eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+            print(f"[{self.done}/{self.total}] {row['id']}: {row.get('status')}"
+                  + (f"; predicted {row.get('predicted')}, explained {row.get('target')}" if row.get("status") != "failed" else "")
+                  + f" ({self.failed} failed; {rate:.2f} subjects/s, ETA {eta:.0f} s)", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _gpus(model) -> int:
+    if getattr(model, "device", None) is None or model.device.type != "cuda" or model.device.index is not None:
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def run_rows(subjects, cfg, args, model, progress: Progress) -> None:
+    """Run every subject's task on the chosen executor, reporting each row to ``progress``."""
+    from .core import cohort_run as cr
+
+    gpus = _gpus(model)
+    client = cluster = None
+    if args.scheduler:
+        client, cluster = cr.start_dask(args.scheduler.strip(), gpus=gpus, memory_limit=args.memory_limit)
+        rows = cr.iter_dask(subjects, cfg, client, gpus=gpus, retries=args.retries, local=cluster is not None)
+    elif args.workers > 1 and len(subjects) > 1:
+        cr.cache_model(cfg, model)
+        rows = cr.iter_pool(subjects, cfg, args.workers, gpus=gpus, cuda=getattr(model.device, "type", "cpu") == "cuda")
+    else:
+        cr.cache_model(cfg, model)
+        rows = cr.iter_serial(subjects, cfg)
+    try:
+        for row in rows:
+            progress.update(row)
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"napari-xai: stopping after {progress.done} of {progress.total} subjects; finished subjects are kept, "
+              "and the same command again resumes from there.", file=sys.stderr)
+        raise
+    finally:
+        rows.close()
+        progress.close()
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _run_config(args, model, method, params, outdir: Path):
+    from .core.cohort_run import RunConfig
+
+    return RunConfig(model=str(args.model), model_sha256=model.sha256, method=method.name,
+                     params=tuple(sorted(params.items())), weights=str(Path(args.weights).resolve()) if args.weights else None,
+                     model_kwargs=args.model_kwargs, trust=bool(args.trust_model), device=args.device,
+                     target=args.target, normalization=args.normalization, input_shape=args.input_shape,
+                     atlas=args.atlas, labels=args.labels, atlas_threshold=float(args.atlas_threshold),
+                     measure=args.measure, flip=bool(args.flip), outdir=str(outdir.resolve()),
+                     overwrite=bool(args.overwrite), command=getattr(args, "command_line", "napari-xai cohort"))
+
+
+def cmd_cohort(args: argparse.Namespace) -> int:
     from .cli import _parse_params
     from .core import atlas as at
-    from .core.cohort import RunningMean, correlations, subjects_from_inputs, summarize
-    from .core.explain import explain
-    from .core.provenance import package_versions, read_sidecar, sha256_file, write_sidecar
+    from .core.cohort import subjects_from_inputs
+    from .core.cohort_run import select_part
+    from .core.provenance import to_json
     from .core.methods.catalogue import get_method
-    from .core.volumes import atomic_write_bytes, load_nifti, save_nifti, stack_channels
+    from .core.volumes import atomic_write_bytes
 
     t0 = time.perf_counter()
     outdir = check_out_dir(args.out_dir)
+    check_executor_options(args)
     subjects = subjects_from_inputs(args.inputs)
     params = _parse_params(args.param)
     method = get_method(args.method)
     method.parse(params)  # bad parameters fail before any subject runs
-    tables = [outdir / n for n in ("subjects.csv", "regions.csv", "correlations.csv", "mean_relevance.nii.gz")]
     if args.png:
-        tables.append(outdir / "subjects.png")
         from ._demo_app import require_display
 
         require_display()
@@ -183,111 +298,93 @@ def cmd_cohort(args: argparse.Namespace) -> int:
         if args.png_by and args.png_by not in (subjects[0].covariates if subjects else {}):
             raise UserError(f"--png-by {args.png_by!r} is not a covariate of the cohort table; use one of: "
                             f"{', '.join(subjects[0].covariates) or 'none (the table has no covariates)'}.")
-    check_out_dir(outdir, [p.name for p in tables], args.overwrite,
-                  note=" (maps made with the same settings are reused either way)")
-    atlas = None
+    part = args.num_parts is not None
+    if not part:
+        check_out_dir(outdir, [*TABLES, *(["subjects.png"] if args.png else [])], args.overwrite,
+                      note=" (maps made with the same settings are reused either way)")
     if args.atlas:
         if not 0.0 <= args.atlas_threshold <= 100.0:
             raise UserError(f"--atlas-threshold is a probability in percent (0-100), got {args.atlas_threshold:g}.")
-        atlas = at.load_atlas(args.atlas, labels=args.labels)
+        at.load_atlas(args.atlas, labels=args.labels)
     model = load_model_from(args)
-    settings = {"model_sha256": model.sha256, "method": method.name, "params": params,
-                "target": args.target, "normalization": args.normalization, "input_shape": args.input_shape}
+    cfg = _run_config(args, model, method, params, outdir)
     (outdir / "maps").mkdir(parents=True, exist_ok=True)
-    command = getattr(args, "command_line", "napari-xai cohort")
-    mean = RunningMean()
-    rows, region_rows, failures = [], [], []
-    values: dict[str, dict[str, float]] = {}
-    grids: dict = {}
-    for k, s in enumerate(subjects, start=1):
-        path = outdir / "maps" / f"{s.id}.nii.gz"
-        key = {**settings, "inputs": [sha256_file(p) for p in s.paths]}
-        status = "ok"
-        volume = None
-        try:
-            side = read_sidecar(path) if path.exists() else None
-            if side is not None and side.get("cohort_key") == key:
-                rel_vol = load_nifti(path)
-                data, affine = rel_vol.data[0], rel_vol.affine
-                pred, target = side["prediction"], side["target"]
-                status = "reused"
-            else:
-                if path.exists() and not args.overwrite:
-                    raise UserError(f"{path} was made with other settings; pass --overwrite to recompute it, or "
-                                    "choose another --out-dir.")
-                volume = stack_channels([load_nifti(p) for p in s.paths])
-                rel = explain(volume, model, method.name, params=dict(params), target=args.target,
-                              normalization=args.normalization, input_shape=args.input_shape)
-                data = rel.data.sum(axis=0)
-                affine = rel.affine
-                pred, target = rel.provenance["prediction"], rel.provenance["target"]
-                record = {**rel.provenance, "output": str(path), "command": command, "subject": s.id,
-                          "cohort_key": key}
-                save_nifti(path, data, affine, header=volume.header)
-                write_sidecar(path, record)
-                for w in rel.warnings:
-                    print(f"napari-xai: warning: {s.id}: {w}", file=sys.stderr)
-            data = np.asarray(data, dtype=np.float64)
-            readouts = _readouts(args, s, data, model, target, volume)
-        except UserError as exc:
-            failures.append({"id": s.id, "error": str(exc)})
-            print(f"napari-xai: error: subject {s.id}: {exc}", file=sys.stderr)
-            rows.append({"id": s.id, "status": "failed", "error": str(exc), **s.covariates})
-            continue
-        mean.add(data, affine, s.id)
-        if atlas is not None:
-            gkey = (tuple(data.shape), tuple(np.round(np.asarray(affine), 4).ravel()))
-            if gkey not in grids:
-                grids[gkey] = at.atlas_on_grid(atlas, data.shape, affine, threshold=args.atlas_threshold / 100.0)
-            table = at.region_table(grids[gkey], data, sort_by=None)
-            values[s.id] = {r["region"]: float(r[args.measure]) for r in table.rows}
-            region_rows += [[s.id, r["region"], r["voxels"], _fmt(r["pos_sum"]), _fmt(r["neg_sum"]),
-                             _fmt(r["sum"]), _fmt(r["mean"])] for r in table.rows]
-        prob = pred.get("probabilities", {}).get(pred.get("name"), float("nan")) if isinstance(pred, dict) else float("nan")
-        rows.append({"id": s.id, "status": status, "predicted": pred.get("name", ""), "probability": float(prob),
-                     "target": target.get("name", ""), "relevance_sum": float(data.sum()),
-                     "positive_sum": float(data[data > 0].sum()), "negative_sum": float(data[data < 0].sum()),
-                     "map": f"maps/{path.name}", "error": "", **readouts, **s.covariates})
-        if not args.quiet:
-            print(f"[{k}/{len(subjects)}] {s.id}: {status}; predicted {pred.get('name')}, explained {target.get('name')}",
-                  file=sys.stderr)
-    covariates = list(subjects[0].covariates) if subjects else []
-    metrics = [k for k in READOUTS if any(k in r for r in rows)]
-    header = ["id", "status", "predicted", "probability", "target", "relevance_sum", "positive_sum", "negative_sum",
-              "map", "error", *metrics, *covariates]
-    atomic_write_bytes(tables[0], _csv_bytes(header, [[_fmt(r.get(h, "")) for h in header] for r in rows]))
-    corr = []
-    if atlas is not None:
-        atomic_write_bytes(tables[1], _csv_bytes(["id", "region", "voxels", "pos_sum", "neg_sum", "sum", "mean"], region_rows))
-        if covariates and values:
-            ok = [s for s in subjects if s.id in values]
-            corr = correlations(values, ok, args.measure)
-            atomic_write_bytes(tables[2], _csv_bytes(["region", "covariate", "measure", "n", "r", "p"],
-                                                     [[c["region"], c["covariate"], c["measure"], c["n"], _fmt(c["r"]),
-                                                       _fmt(c["p"])] for c in corr]))
-    if mean.mean is not None:
-        save_nifti(tables[3], mean.mean, mean.affine)
-        write_sidecar(tables[3], {"kind": "cohort-mean-relevance", "subjects": mean.count, "skipped_other_grid": mean.skipped,
-                                  "settings": settings, "command": command})
-    png_written = bool(args.png) and _subjects_png(args, rows, subjects, outdir, tables[4])
-    summary = {"kind": "cohort", "command": command, "settings": settings, "method_params": method.parse(params),
-               "model": {"source": str(args.model), "name": model.name, "sha256": model.sha256},
-               "atlas": {"name": atlas.name, "threshold_percent": args.atlas_threshold} if atlas is not None else None,
-               "subjects": len(subjects), "ok": len(subjects) - len(failures), "failures": failures,
-               "mean_over": mean.count, "mean_skipped_other_grid": mean.skipped,
-               "readouts": summarize([r for r in rows if r["status"] != "failed"], metrics) if metrics else None,
+    inputs = [str(Path(i).resolve()) for i in args.inputs]
+    atomic_write_bytes(outdir / CONFIG, (to_json({"kind": "cohort-config", "inputs": inputs, "config": cfg.to_dict(),
+                                                  "num_parts": args.num_parts}) + "\n").encode("utf-8"))
+    todo = select_part(subjects, args.num_parts, args.part_id) if part else subjects
+    progress = Progress(len(todo), args.quiet)
+    run_rows(todo, cfg, args, model, progress)
+    if part:
+        print(f"part {args.part_id} of {args.num_parts}: {progress.done - progress.failed} of {len(todo)} subjects "
+              f"explained in {time.perf_counter() - t0:.1f} s; when every part is done: napari-xai cohort-merge {outdir}")
+        if progress.failed:
+            raise UserError(f"{progress.failed} subject(s) of part {args.part_id} failed; see the lines above.")
+        return 0
+    return _finish(outdir, subjects, cfg, args, t0, model=model, method=method, params=params, png=args.png)
+
+
+def _finish(outdir: Path, subjects, cfg, args, t0: float, model=None, method=None, params=None, png=False) -> int:
+    """The tables (streaming reduction), subjects.json, the optional figure, the summary lines and the exit code."""
+    from .core.cohort_run import reduce_cohort
+    from .core.provenance import package_versions, write_sidecar
+
+    res = reduce_cohort(outdir, subjects, cfg)
+    png_written = bool(png) and _subjects_png(args, _png_rows(outdir, subjects), subjects, outdir, outdir / "subjects.png")
+    summary = {"kind": "cohort", "command": cfg.command, "settings": cfg.settings(),
+               "method_params": method.parse(params) if method is not None else dict(cfg.params),
+               "model": {"source": cfg.model, "name": getattr(model, "name", None), "sha256": cfg.model_sha256},
+               "atlas": {"name": cfg.atlas, "threshold_percent": cfg.atlas_threshold} if cfg.atlas else None,
+               **{k: res[k] for k in ("subjects", "ok", "failures", "mean_over", "mean_skipped_other_grid", "readouts")},
+               "seconds_per_subject_median": res["seconds_per_subject"],
                "seconds": round(time.perf_counter() - t0, 2), "versions": package_versions()}
-    write_sidecar(tables[0], summary)
-    reused = sum(1 for r in rows if r["status"] == "reused")
-    print(f"{len(subjects) - len(failures)} of {len(subjects)} subjects explained ({reused} reused) in "
-          f"{time.perf_counter() - t0:.1f} s; mean map over {mean.count}; wrote {outdir}/subjects.csv"
-          + (", regions.csv" if atlas is not None else "") + (", correlations.csv" if corr else "")
+    write_sidecar(outdir / "subjects.csv", summary)
+    corr = res["correlations"]
+    n, nfail = len(subjects), len(res["failures"])
+    print(f"{n - nfail} of {n} subjects explained ({res['reused']} reused) in "
+          f"{time.perf_counter() - t0:.1f} s; mean map over {res['mean_over']}; wrote {outdir}/subjects.csv, failures.csv"
+          + (", regions.csv" if res["regions"] else "") + (", correlations.csv" if corr else "")
           + (", subjects.png" if png_written else ""))
     for c in corr[:3]:
         print(f"  r = {c['r']:+.3f} (p = {c['p']:.2g}, n = {c['n']}): {c['measure']} in {c['region']} vs {c['covariate']}")
     for k, v in (summary["readouts"] or {}).items():
         print(f"  {k}: mean {v['mean']:.4g}, sd {v['sd']:.4g} (n = {v['n']})")
-    if failures:
-        raise UserError(f"{len(failures)} subject(s) failed ({', '.join(f['id'] for f in failures[:5])}); "
-                        "see the lines above and subjects.csv.")
+    if nfail:
+        raise UserError(f"{nfail} subject(s) failed ({', '.join(f['id'] for f in res['failures'][:5])}); "
+                        "see failures.csv; the same command again retries them and reuses the others.")
     return 0
+
+
+def _png_rows(outdir: Path, subjects) -> list[dict]:
+    from .core.cohort_run import _read_json, row_path
+
+    rows = []
+    for s in subjects:
+        rec = _read_json(row_path(outdir, s.id)) or {}
+        r = rec.get("row", {"status": "failed"})
+        rows.append({"id": s.id, "status": r.get("status"), "map": r.get("map"), "predicted": r.get("predicted"),
+                     "probability": float(r.get("probability") or float("nan")), **s.covariates})
+    return rows
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """``napari-xai cohort-merge OUT_DIR``: the tables of a cohort run in parts."""
+    import json
+
+    from .core.cohort import subjects_from_inputs
+    from .core.cohort_run import RunConfig
+
+    t0 = time.perf_counter()
+    outdir = Path(args.out_dir)
+    if not (outdir / CONFIG).is_file():
+        raise UserError(f"{outdir} has no {CONFIG}; give the --out-dir of a napari-xai cohort run.")
+    check_out_dir(outdir, TABLES, args.overwrite, option="OUT_DIR")
+    try:
+        rec = json.loads((outdir / CONFIG).read_text(encoding="utf-8"))
+        cfg = RunConfig.from_dict(rec["config"])
+        inputs = rec["inputs"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{outdir / CONFIG} is damaged ({exc}); run a part again to rewrite it.") from None
+    subjects = subjects_from_inputs(inputs)
+    args.png = False
+    return _finish(outdir, subjects, cfg, args, t0)
