@@ -405,7 +405,7 @@ def test_cli_bundle_with_orientationd_and_py_model_with_model_orientation_agree_
     from napari_xai.core.reproduce import reproduce
 
     sidecar = py_dir / "rel_PIR.json"
-    again = reproduce(json.loads(sidecar.read_text()), sidecar=sidecar)
+    again = reproduce(json.loads(sidecar.read_text()), sidecar=sidecar, trust=True)  # a .py model runs code
     assert again.reproduced, again.comparison
     assert again.relevance.provenance["input_space"]["steps"] == python["PIR"][2]["input_space"]["steps"]
 
