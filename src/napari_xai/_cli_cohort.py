@@ -164,7 +164,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     from .core.explain import explain
     from .core.provenance import package_versions, read_sidecar, sha256_file, write_sidecar
     from .core.registry import get_method
-    from .core.volumes import atomic_write_bytes, load_nifti, save_nifti, stack_channels
+    from .core.volumes import atomic_write_bytes, load_nifti, save_nifti, stack_channels, written_or_removed
 
     t0 = time.perf_counter()
     outdir = check_out_dir(args.out_dir)
@@ -183,7 +183,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
         if args.png_by and args.png_by not in (subjects[0].covariates if subjects else {}):
             raise UserError(f"--png-by {args.png_by!r} is not a covariate of the cohort table; use one of: "
                             f"{', '.join(subjects[0].covariates) or 'none (the table has no covariates)'}.")
-    check_out_dir(outdir, [p.name for p in tables], args.overwrite,
+    check_out_dir(outdir, [p.name for p in tables], args.overwrite, sidecars=True,
                   note=" (maps made with the same settings are reused either way)")
     atlas = None
     if args.atlas:
@@ -223,8 +223,9 @@ def cmd_cohort(args: argparse.Namespace) -> int:
                 pred, target = rel.provenance["prediction"], rel.provenance["target"]
                 record = {**rel.provenance, "output": str(path), "command": command, "subject": s.id,
                           "cohort_key": key}
-                save_nifti(path, data, affine, header=volume.header)
-                write_sidecar(path, record)
+                with written_or_removed():  # the map and its sidecar appear together (a resumed run trusts both)
+                    save_nifti(path, data, affine, header=volume.header)
+                    write_sidecar(path, record)
                 for w in rel.warnings:
                     print(f"napari-xai: warning: {s.id}: {w}", file=sys.stderr)
             data = np.asarray(data, dtype=np.float64)

@@ -34,7 +34,13 @@ def read_nifti(path):
     if isinstance(path, list):
         path = path[0]
     vol = load_nifti(path)
-    side = read_sidecar(path)
+    try:
+        side = read_sidecar(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:  # a broken JSON beside the image must not hide it
+        import warnings
+
+        warnings.warn(f"{path}: its JSON sidecar could not be read ({type(exc).__name__}); opened without it.", stacklevel=2)
+        side = None
     provenance = side if isinstance(side, dict) and side.get("kind") else None
     kwargs = volume_layer_kwargs(vol, provenance)
     if vol.channels == 1:

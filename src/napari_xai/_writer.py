@@ -1,4 +1,4 @@
-"""napari writers: Image and Labels layers to NIfTI with their source affine and a JSON sidecar."""
+"""napari writers: Image and Labels layers to NIfTI with their source affine and a JSON sidecar (``NAME.nii.gz.xai.json``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 
 from .core.errors import UserError
 from .core.provenance import now_iso, package_versions, write_sidecar
-from .core.volumes import is_nifti_path, save_nifti
+from .core.volumes import is_nifti_path, save_nifti, written_or_removed
 
 
 def _affine_of(meta: dict) -> np.ndarray:
@@ -44,7 +44,6 @@ def _write(path: str, data, meta: dict, kind: str) -> list[str]:
     if signed is not None and np.shape(signed) == arr.shape[-3:]:
         # a relevance layer shows one sign of the map; the file holds the whole signed map it came from
         arr = np.asarray(signed, dtype=np.float32)
-    save_nifti(p, arr, affine, header=md.get("nifti_header"))
     saved = {"layer": meta.get("name"), "saved": now_iso(), "affine": affine.tolist()}
     if prov is not None and "method" in prov:
         # the same record as 'napari-xai explain' writes, so the reader, the widget and 'reproduce' read it alike
@@ -52,7 +51,9 @@ def _write(path: str, data, meta: dict, kind: str) -> list[str]:
     else:
         record = {"kind": prov.get("kind", kind) if prov else kind, **saved, "file": p.name, "provenance": prov,
                   "versions": package_versions()}
-    write_sidecar(p, record)
+    with written_or_removed():  # the image and its sidecar (``NAME.nii.gz.xai.json``, never a BIDS ``NAME.json``)
+        save_nifti(p, arr, affine, header=md.get("nifti_header"))
+        write_sidecar(p, record)
     return [str(p)]
 
 

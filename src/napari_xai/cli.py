@@ -44,6 +44,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .core.volumes import load_nifti, save_nifti, stack_channels, written_or_removed
 
     out = _check_out(args.out, args.overwrite)
+    from ._cli_lrp import check_extras
+
+    check_extras(args, out)
     params = _parse_params(args.param)
     volume = stack_channels([load_nifti(p) for p in args.volume])
     model = load_model(args.model, weights=args.weights, model_kwargs=args.model_kwargs, device=args.device, trust=args.trust_model)
@@ -187,11 +190,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: options that name what a command writes (everything else naming an existing file is an input)
+OUTPUT_OPTIONS = frozenset({"out", "out_dir", "out_table", "out_labels", "out_filtered", "out_segmentation",
+                            "headless", "write_config"})
+
+
+def _note_inputs(args: argparse.Namespace) -> None:
+    """Register every existing file (or folder) the command line names, except outputs, as an input of this run:
+    no output may replace one of them, even with --overwrite (checked by resolved path and inode)."""
+    from .core.outputs import note_inputs
+    from .core.provenance import find_sidecar
+
+    paths = []
+    for key, value in vars(args).items():
+        if key in OUTPUT_OPTIONS or key in ("func", "command"):
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if not isinstance(v, (str, os.PathLike)) or not str(v):
+                continue
+            v = str(v)
+            for cand in (v, v.rsplit(":", 1)[0] if ":" in v else None):
+                try:
+                    if cand and os.path.exists(cand):
+                        paths.append(cand)
+                        if os.path.isfile(cand):
+                            paths.append(find_sidecar(cand))
+                except (OSError, ValueError):
+                    pass
+    note_inputs(paths)
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM unwinds like Ctrl-C, so a killed run removes its temporary files and leaves nothing."""
+    import signal
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, _raise)
+    except (ValueError, OSError):  # not the main thread
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # the command as given (to this call, not to the Python process), for every output's provenance record
     args.command_line = shlex.join([PROG, *(sys.argv[1:] if argv is None else [str(a) for a in argv])])
+    _note_inputs(args)
+    _sigterm_as_interrupt()
     if not sys.warnoptions:
         # library chatter (Captum, torch) is not for CLI users; our own warnings are printed explicitly
         import warnings

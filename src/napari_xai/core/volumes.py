@@ -158,17 +158,17 @@ def remove_files(paths) -> None:
 
 @contextlib.contextmanager
 def written_or_removed(*paths: str | os.PathLike):
-    """Collect the files an export writes; on any exception remove them all, then re-raise.
+    """An export as one transaction (:func:`napari_xai.core.outputs.transaction`): every file written inside goes
+    to a temporary name and is renamed into place at the end; on any exception only those temporaries are removed,
+    so files that existed before (``paths``, e.g. an output and its sidecar being replaced) are left as they were.
 
-    Yields a list that starts with ``paths`` (files to remove on failure even if not yet
-    written, e.g. an output and its sidecar); append each further path once it is written.
+    Yields a list that starts with ``paths``; callers may append what they wrote (kept for their own reporting).
     """
+    from .outputs import transaction
+
     written: list = list(paths)
-    try:
+    with transaction():
         yield written
-    except BaseException:
-        remove_files(written)
-        raise
 
 
 def _umask() -> int:
@@ -178,9 +178,19 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
-    """Write bytes to ``path`` through a temporary file in the same folder, then rename."""
+    """Write bytes to ``path`` through a temporary file in the same folder, then rename (at the end of the open
+    transaction, if any). Never replaces a registered input of the running command."""
+    from .outputs import refuse_input, stage
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    refuse_input(p)
+    staged = stage(p)
+    if staged is not None:  # inside a transaction: renamed onto ``p`` when the whole export succeeded
+        with open(staged, "wb") as fh:
+            fh.write(payload)
+        os.chmod(staged, 0o666 & ~_umask())
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
     try:
         with os.fdopen(fd, "wb") as fh:
