@@ -220,6 +220,16 @@ def _note_inputs(args: argparse.Namespace) -> None:
     note_inputs(paths)
 
 
+def _check_finite(args: argparse.Namespace) -> None:
+    """NaN and Inf are refused for every float option (a NaN slips past every range check)."""
+    import math
+
+    for key, value in vars(args).items():
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UserError(f"--{key.replace('_', '-')} must be a finite number, got {v}.")
+
+
 def _sigterm_as_interrupt() -> None:
     """SIGTERM unwinds like Ctrl-C, so a killed run removes its temporary files and leaves nothing."""
     import signal
@@ -238,7 +248,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # the command as given (to this call, not to the Python process), for every output's provenance record
     args.command_line = shlex.join([PROG, *(sys.argv[1:] if argv is None else [str(a) for a in argv])])
-    _note_inputs(args)
     _sigterm_as_interrupt()
     if not sys.warnoptions:
         # library chatter (Captum, torch) is not for CLI users; our own warnings are printed explicitly
@@ -246,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
 
         warnings.simplefilter("ignore")
     try:
+        _check_finite(args)
+        _note_inputs(args)
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

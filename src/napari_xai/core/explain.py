@@ -107,6 +107,11 @@ def prepare_input(volume: Volume, model: Any, normalization: str | None = None, 
     else:
         model_shape = tuple(spec.input_shape) if spec.input_shape else volume.shape
     resampled = tuple(model_shape) != tuple(volume.shape)
+    from .volumes import check_fits
+
+    # the grid tensor, its gradient and the relevance, before any of them is allocated
+    check_fits(float(np.prod([float(s) for s in model_shape])) * volume.channels * 4 * 3,
+               f"the model grid {tuple(model_shape)}", hint="give a smaller --input-shape (or model input size)")
     mode = normalization or getattr(spec, "normalization", "none") or "none"
     data = to_model_grid(volume.model_copy(), model_shape, mode)
     x = torch.from_numpy(np.ascontiguousarray(data))[None].to(model.device)
