@@ -128,7 +128,7 @@ def run_headless(outdir: Path, method: str = "integrated-gradients", overwrite: 
         write_sidecar(rel_path, {**rel.provenance, "output": str(rel_path), "command": "napari-xai demo --headless"})
     probs = ", ".join(f"{k}={v:.3f}" for k, v in rel.probabilities.items())
     print(f"predicted: {rel.provenance['prediction']['name']} ({probs}); explained '{rel.target_name}' with {rel.method}")
-    print(f"wrote {rel_path}, {brain_path} and their .json sidecars ({time.perf_counter() - t0:.1f} s)")
+    print(f"wrote {rel_path}, {brain_path} and their .xai.json sidecars ({time.perf_counter() - t0:.1f} s)")
     with virtual_display():
         screenshot_3d(volume, mask, rel, shot_path)
     print(f"wrote {shot_path}")
