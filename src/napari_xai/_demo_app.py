@@ -126,11 +126,11 @@ def run_headless(outdir: Path, method: str = "integrated-gradients", overwrite: 
         write_sidecar(brain_path, {"kind": "demo-brain", "seed": DEMO_SEED, "condition": "atrophy"})
         save_nifti(rel_path, rel.data[0], rel.affine, header=volume.header)
         write_sidecar(rel_path, {**rel.provenance, "output": str(rel_path), "command": "napari-xai demo --headless"})
-    probs = ", ".join(f"{k}={v:.3f}" for k, v in rel.probabilities.items())
-    print(f"predicted: {rel.provenance['prediction']['name']} ({probs}); explained '{rel.target_name}' with {rel.method}")
+        probs = ", ".join(f"{k}={v:.3f}" for k, v in rel.probabilities.items())
+        print(f"predicted: {rel.provenance['prediction']['name']} ({probs}); explained '{rel.target_name}' with {rel.method}")
+        with virtual_display():  # the screenshot joins the same transaction: all three files appear, or none
+            screenshot_3d(volume, mask, rel, shot_path)
     print(f"wrote {rel_path}, {brain_path} and their .xai.json sidecars ({time.perf_counter() - t0:.1f} s)")
-    with virtual_display():
-        screenshot_3d(volume, mask, rel, shot_path)
     print(f"wrote {shot_path}")
     return 0
 
