@@ -441,7 +441,8 @@ def test_atlas_columns_cursor_region_and_save(make_napari_viewer, qtbot, tmp_pat
     [
         (["--atlas", "aal", "--out-labels", "L.nii.gz"], "--out-table"),
         (["--atlas", "no-such-atlas", "--out-table", "T.csv"], "no-such-atlas"),
-        (["--atlas", "aal", "--out-table", "X.csv", "--out-labels", "X.nii.gz"], "collide"),
+        # X.csv and X.nii.gz have their own sidecars now (X.csv.xai.json, X.nii.gz.xai.json); one file twice collides
+        (["--atlas", "aal", "--out-table", "T.csv", "--out-labels", "X.nii.gz", "--out-filtered", "X.nii.gz"], "collide"),
     ],
 )
 def test_cli_atlas_user_errors_write_nothing(tmp_path, capsys, monkeypatch, args, match):
