@@ -47,16 +47,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from ._cli_lrp import check_extras
 
     check_extras(args, out)
+    from .core.registry import get_method
+
+    get_method(args.method)  # an unknown method fails before the model loads
+    if getattr(args, "out_intermediate", False) and get_method(args.method).name not in ("lrp", "attention-gates"):
+        raise UserError(f"--out-intermediate needs a method with intermediate maps (lrp: segment boundaries; "
+                        f"attention-gates: one map per gate), not {args.method!r}.")
     params = _parse_params(args.param)
     volume = stack_channels([load_nifti(p) for p in args.volume])
     model = load_model(args.model, weights=args.weights, model_kwargs=args.model_kwargs, device=args.device, trust=args.trust_model)
     extra_params, extra_kwargs = explain_options(args, volume)
     params.update(extra_params)
-    from .core.registry import get_method
-
-    if getattr(args, "out_intermediate", False) and get_method(args.method).name not in ("lrp", "attention-gates"):
-        raise UserError(f"--out-intermediate needs a method with intermediate maps (lrp: segment boundaries; "
-                        f"attention-gates: one map per gate), not {args.method!r}.")
     last = [-1.0]
 
     def progress(frac: float, msg: str) -> None:

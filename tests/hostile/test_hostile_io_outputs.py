@@ -115,6 +115,16 @@ def test_clusters_refuse_an_existing_labels_sidecar_before_work(work):
                           "--out-labels", work / "L.nii.gz", words=("L.nii.gz.xai.json",))
 
 
+def test_reproduce_to_rel_nii_keeps_the_record_it_reproduces(work):
+    side = sidecar_of(work / "rel.nii.gz")
+    before = tree(work)
+    res = cli("reproduce", side, "--out", work / "rel.nii")
+    assert res.returncode in (0, 3), res.stderr
+    after = tree(work)
+    assert after[side.name] == before[side.name], "the record was replaced"
+    unchanged_except(before, after, {"rel.nii", sidecar_of(work / "rel.nii").name} - {side.name})
+
+
 # ------------------------------------------------------------------ 6. a failed run removes only what it wrote
 
 def test_refused_out_segmentation_keeps_the_users_result_json(work):
@@ -270,3 +280,35 @@ def test_demo_headless_into_an_unwritable_folder(work):
 def test_sanity_out_folder_under_a_file(work):
     refused_and_unchanged(work, "sanity", work / "in.nii.gz", "--model", "demo", "--method", "saliency",
                           "--layers", "1", "--out", work / "in.nii.gz" / "s", words=("in.nii.gz",))
+
+
+def test_lrp_layers_write_config_under_a_file(work):
+    refused_and_unchanged(work, "lrp-layers", work / "in.nii.gz", "--model", "demo", "--write-config",
+                          work / "in.nii.gz" / "c.json", words=("in.nii.gz",))
+
+
+def test_lrp_layers_write_config_over_the_input_volume(work):
+    refused_and_unchanged(work, "lrp-layers", work / "in.nii.gz", "--model", "demo", "--write-config",
+                          work / "in.nii.gz", "--overwrite", words=("in.nii.gz",))
+
+
+def test_robustness_into_an_unwritable_folder(work):
+    refused_and_unchanged(work, "robustness", work / "in.nii.gz", "--model", "demo", "--method", "saliency",
+                          "--samples", "2", "--out", "/proc/r.json", words=("/proc",))
+
+
+def test_compare_out_dir_under_a_file(work):
+    refused_and_unchanged(work, "compare", work / "in.nii.gz", "--model", "demo", "--method", "saliency",
+                          "--out-dir", work / "in.nii.gz" / "d", words=("in.nii.gz",))
+
+
+def test_embed_into_an_unwritable_folder(work):
+    vols = []
+    for k in range(4):
+        vols.append(nifti(work / f"e{k}.nii.gz", shape=(12, 12, 12), seed=k))
+    refused_and_unchanged(work, "embed", *vols, "--model", "demo", "--out", "/proc/e", words=("/proc",))
+
+
+def test_dissect_into_an_unwritable_folder(work):
+    refused_and_unchanged(work, "dissect", work / "in.nii.gz", "--model", "demo", "--atlas", "aal",
+                          "--out", "/proc/c.csv", words=("/proc",))
