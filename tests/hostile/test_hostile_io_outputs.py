@@ -147,13 +147,18 @@ def test_a_missing_folder_for_out_segmentation_keeps_the_previous_result(work):
 
 def _interrupt(work, sig):
     models_file(work)
+    marker = work.parent / "started"
     before = tree(work)
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "napari-xai"), "explain",
                              str(work / "in.nii.gz"), "--model", f"{work / 'hostile_models.py'}:Slow", "--trust-model",
                              "--method", "integrated-gradients", "--param", "steps=400", "--param", "internal_batch_size=1",
                              "--out", str(work / "rel.nii.gz"), "--overwrite", "--quiet"],
-                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(6)
+                            env={**env(), "HOSTILE_MARKER": str(marker)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
