@@ -522,7 +522,7 @@ def test_cli_regions_writes_csv_and_sidecar(tmp_path, capsys):
     assert rows[0]["region"] == "Hippocampus_R" and float(rows[0]["pos_share"]) == pytest.approx(100.0)
     pre = next(r for r in rows if r["region"] == "Precentral_L")
     assert float(pre["neg_sum"]) == pytest.approx(-int((g.labels == 2001).sum()))
-    side = json.loads((tmp_path / "regions.json").read_text())
+    side = json.loads((tmp_path / "regions.csv.xai.json").read_text())
     assert side["kind"] == "regions" and side["atlas"]["name"] == "AAL2" and len(side["atlas"]["sha256"]) == 2
     assert side["totals"]["inside_atlas_pos"] == pytest.approx(float(rel[rel > 0].sum()))
     # refusing to overwrite, and bad atlas names, are user errors that leave nothing behind
@@ -533,7 +533,7 @@ def test_cli_regions_writes_csv_and_sidecar(tmp_path, capsys):
     args = _parser().parse_args(["regions", str(rp), "--atlas", "nonsense", "--out", str(bad)])
     with pytest.raises(UserError):
         args.func(args)
-    assert not bad.exists() and not (tmp_path / "bad.json").exists()
+    assert not bad.exists() and not (tmp_path / "bad.csv.xai.json").exists()
 
 
 def test_cli_atlases_lists_all_ten(capsys):

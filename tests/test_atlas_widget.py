@@ -160,7 +160,7 @@ def _check_region_table(viewer, widget, grid, tmp_path):
         if axis not in viewer.dims.displayed:
             assert viewer.dims.point[axis] == pytest.approx(centre[axis], abs=4.0)
     out = widget.save_table(str(tmp_path / "regions.csv"))
-    assert out.exists() and (tmp_path / "regions.json").exists()
+    assert out.exists() and (tmp_path / "regions.csv.xai.json").exists()
 
 
 def test_probabilistic_atlas_threshold_and_probabilities(viewer_and_widget, qtbot):

@@ -219,7 +219,7 @@ def test_e_cli_explains_a_saved_attention_unet_bundle(tmp_path, capsys):
     for point, b in ((OUTER, 1.0), (INNER, -0.5)):
         gate = tmp_path / f"att.at-{point}.nii.gz"
         np.testing.assert_allclose(np.asarray(nib.load(str(gate)).dataobj), coefficient(b), atol=1e-6)
-        side = json.loads((tmp_path / f"att.at-{point}.json").read_text())
+        side = json.loads((tmp_path / f"att.at-{point}.nii.gz.xai.json").read_text())
         assert side["kind"] == "intermediate" and side["point"] == point
     # run again without --overwrite: refused in one line, and nothing written is lost
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -231,7 +231,7 @@ def test_e_cli_explains_a_saved_attention_unet_bundle(tmp_path, capsys):
     data = np.asarray(nib.load(str(out)).dataobj)
     assert data.shape == (16, 16, 16)
     np.testing.assert_allclose(data, coefficient(1.0) * coefficient(-0.5), atol=1e-6)
-    record = json.loads(out.with_suffix("").with_suffix(".json").read_text())
+    record = json.loads(out.with_name(out.name + ".xai.json").read_text())
     assert record["method"] == "attention-gates" and record["params"]["combine"] == "product"
     assert record["params"]["target_independent"] is True and record["params"]["gates"] == [OUTER, INNER]
 

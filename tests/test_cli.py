@@ -25,7 +25,7 @@ def check_output(path, vol_path):
     src, out = nib.load(str(vol_path)), nib.load(str(path))
     assert out.shape == src.shape
     np.testing.assert_allclose(out.affine, src.affine, atol=1e-5)
-    side = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+    side = json.loads(path.with_name(path.name + ".xai.json").read_text())
     for key in ("model", "method", "params", "target", "prediction", "versions"):
         assert key in side
     assert len(side["model"]["sha256"]) == 64
@@ -125,7 +125,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys, argv_tail, message):
     assert code == 2
     assert message.lower() in err.lower(), err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert not out.exists() and not (tmp_path / "rel.json").exists()
+    assert not out.exists() and not (tmp_path / "rel.nii.gz.xai.json").exists()
 
 
 def test_channel_mismatch(tmp_path, capsys):
@@ -198,5 +198,5 @@ def test_the_record_holds_the_command_as_given(tmp_path, capsys, monkeypatch):
     vol = nifti(folder / "t1.nii.gz", shape=(8, 8, 8))
     out = folder / "rel.nii.gz"
     assert main(["explain", str(vol), "--model", "demo", "--method", "saliency", "--out", str(out), "--quiet"]) == 0
-    record = json.loads((folder / "rel.json").read_text())
+    record = json.loads((folder / "rel.nii.gz.xai.json").read_text())
     assert record["command"] == f"napari-xai explain '{vol}' --model demo --method saliency --out '{out}' --quiet"

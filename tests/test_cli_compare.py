@@ -52,7 +52,7 @@ def test_cells_on_disk_are_hand_computed_and_the_table_lists_them(case, capsys):
         data = np.asarray(nib.load(str(out / row["file"])).dataobj)
         np.testing.assert_allclose(data, expected, rtol=1e-4, atol=1e-6, err_msg=row["label"])
         assert row["relevance_sum"] == pytest.approx(float(expected.sum()), rel=1e-4, abs=1e-5)
-        side = json.loads((out / row["file"].replace(".nii.gz", ".json")).read_text())
+        side = json.loads((out / (row["file"] + ".xai.json")).read_text())
         assert side["comparison"]["label"] == row["label"] and side["target"]["index"] == row["target_index"]
     first = table["cells"][0]
     assert first["label"] == "input-x-gradient · class 0 · Lin (wa)" and first["file"].startswith("01_")

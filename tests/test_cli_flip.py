@@ -49,7 +49,7 @@ def test_curves_are_hand_computed_and_the_target_comes_from_the_sidecar(case, ca
     expected = [logit - top[:int(row["voxels"])].sum() for row in morf]
     assert [int(row["voxels"]) for row in morf] == [round(f * r.size) for f in (0, 0.1, 0.2, 0.3, 0.4, 0.5)]
     np.testing.assert_allclose([float(row["score"]) for row in morf], expected, rtol=1e-4, atol=1e-4)
-    side = json.loads((tmp / "curves.json").read_text())
+    side = json.loads((tmp / "curves.csv.xai.json").read_text())
     aopc = {c["order"]: c["aopc"] for c in side["curves"]}
     assert aopc["morf"] == pytest.approx(np.mean(expected[0] - np.asarray(expected)), rel=1e-4)
     assert aopc["morf"] > 0 > aopc["lerf"]
@@ -96,7 +96,7 @@ def test_atlas_regions_are_flipped_and_named(case, capsys):
     r = (w[1] * x.ravel()).reshape(SHAPE)
     sums = {1: float(r[:2].sum()), 2: float(r[3:].sum())}
     first = max(sums, key=sums.get)
-    side = json.loads((tmp / "atlas_curves.json").read_text())
+    side = json.loads((tmp / "atlas_curves.csv.xai.json").read_text())
     assert side["curves"][0]["flipped"] == [f"label {first}", f"label {3 - first}"]
     scores = [float(row["score"]) for row in csv.DictReader(out.open())]
     assert scores == pytest.approx([r.sum(), r.sum() - sums[first], r.sum() - sums[1] - sums[2]], rel=1e-4, abs=1e-4)

@@ -124,7 +124,7 @@ def test_cohort_cli_end_to_end_with_hand_computed_regions_mean_and_correlation(c
     back = [float((W1 * xs[k])[3:].sum()) for k in sorted(xs)]
     scores = [float(subjects[k]["score"]) for k in sorted(xs)]
     assert float(corr[("back", "score")]["r"]) == pytest.approx(float(np.corrcoef(back, scores)[0, 1]), abs=1e-5)
-    side = json.loads((out / "subjects.json").read_text())
+    side = json.loads((out / "subjects.csv.xai.json").read_text())
     assert side["ok"] == 5 and side["settings"]["method"] == "input-x-gradient" and not side["failures"]
     assert "5 of 5 subjects explained (0 reused)" in stdout
     # the same settings again (tables replaced with --overwrite): every map is reused, the numbers are the same
@@ -142,7 +142,7 @@ def test_cohort_resume_refuses_other_settings_and_survives_a_bad_subject(cohort,
     code, _, err = run(capsys, "cohort", tmp / "s0.nii.gz", tmp / "s1.nii.gz", *model, "--method", "input-x-gradient",
                        "--out-dir", out, "--quiet")
     assert code == 0, err
-    for name in ("subjects.csv", "subjects.json", "failures.csv", "mean_relevance.nii.gz", "mean_relevance.json"):
+    for name in ("subjects.csv", "subjects.csv.xai.json", "failures.csv", "mean_relevance.nii.gz", "mean_relevance.nii.gz.xai.json"):
         (out / name).unlink()  # as if the run had been interrupted before the tables
     map_before = (out / "maps" / "s0.nii.gz").read_bytes()
     code, _, err = run(capsys, "cohort", tmp / "s0.nii.gz", *model, "--method", "saliency", "--out-dir", out)
@@ -186,7 +186,7 @@ def test_truth_masks_and_flipping_readouts_per_subject(cohort, capsys):
         aopc = float(np.mean(scores[0] - np.asarray(scores)))
         assert float(rows[sid]["aopc_morf"]) == pytest.approx(aopc, rel=1e-4, abs=1e-5)
         aopcs.append(aopc)
-    summary = json.loads((out / "subjects.json").read_text())["readouts"]
+    summary = json.loads((out / "subjects.csv.xai.json").read_text())["readouts"]
     assert summary["aopc_morf"]["n"] == 3 and summary["aopc_morf"]["mean"] == pytest.approx(np.mean(aopcs), rel=1e-4)
     assert summary["aopc_morf"]["sd"] == pytest.approx(np.std(aopcs, ddof=1), rel=1e-3)
     assert "aopc_morf: mean" in stdout

@@ -117,7 +117,7 @@ def test_cli_with_relevance_shares(setup, capsys):
     assert float(rows[0]["relevance_share"]) == pytest.approx(0.75, abs=1e-4)
     assert float(rows[1]["relevance_share"]) == pytest.approx(0.25, abs=1e-4)
     assert rows[0]["region"] == "B" and rows[0]["detector"] == "1"
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = json.loads(out.with_name(out.name + ".xai.json").read_text())
     assert side["layer"] == "mix" and side["quantile"] == 0.85 and side["relevance"]["target"] == "1"
     code, _, err = run_cli(capsys, *args)
     assert code == 2 and "exists" in err and err.count("\n") == 1

@@ -166,14 +166,14 @@ def test_save_writes_nifti_csv_and_sidecars_with_provenance(tmp_path):
         res, labels_path=tmp_path / "L.nii.gz", filtered_path=tmp_path / "F.nii.gz", table_path=tmp_path / "T.csv",
         source={"file": "rel.nii.gz"}, provenance=prov, mask_filtered=True,
     )
-    assert {p.name for p in paths} == {"L.nii.gz", "L.json", "F.nii.gz", "F.json", "T.csv", "T.json"}
+    assert {p.name for p in paths} == {"L.nii.gz", "L.nii.gz.xai.json", "F.nii.gz", "F.nii.gz.xai.json", "T.csv", "T.csv.xai.json"}
     lab = nib.load(tmp_path / "L.nii.gz")
     assert lab.get_data_dtype() == np.uint16
     assert np.allclose(lab.affine, aff)
     assert np.array_equal(np.asarray(lab.dataobj), res.labels)
     filt = np.asarray(nib.load(tmp_path / "F.nii.gz").dataobj)
     assert np.array_equal(filt, np.where(res.labels > 0, res.filtered, 0))
-    for name, kind in (("L.json", "clusters"), ("F.json", "filtered_relevance"), ("T.json", "cluster_table")):
+    for name, kind in (("L.nii.gz.xai.json", "clusters"), ("F.nii.gz.xai.json", "filtered_relevance"), ("T.csv.xai.json", "cluster_table")):
         rec = json.loads((tmp_path / name).read_text())
         assert rec["kind"] == kind
         assert rec["provenance"] == prov
@@ -188,7 +188,8 @@ def test_save_writes_nifti_csv_and_sidecars_with_provenance(tmp_path):
 def test_save_refuses_colliding_or_existing_outputs(tmp_path):
     res = run(smooth_noise(), affine_2mm())
     with pytest.raises(UserError, match="collide"):
-        save_outputs(res, labels_path=tmp_path / "A.nii.gz", filtered_path=tmp_path / "A.nii")
+        save_outputs(res, labels_path=tmp_path / "A.nii.gz", filtered_path=tmp_path / "A.nii.gz")
+    # A.nii.gz and A.nii have their own sidecars (A.nii.gz.xai.json, A.nii.xai.json): no collision any more
     (tmp_path / "L.nii.gz").write_bytes(b"x")
     with pytest.raises(UserError, match="exists"):
         save_outputs(res, labels_path=tmp_path / "L.nii.gz", overwrite=False)
@@ -238,18 +239,18 @@ def test_cli_clusters_equals_the_explorer_and_carries_provenance(relevance_file,
         expected = Explorer(np.asarray(vol.dataobj), vol.affine, params).update()
     assert np.array_equal(np.asarray(nib.load(tmp_path / "L.nii.gz").dataobj), expected.labels)
     assert (tmp_path / "T.csv").read_text() == expected.table.to_csv()
-    rec = json.loads((tmp_path / "L.json").read_text())
+    rec = json.loads((tmp_path / "L.nii.gz.xai.json").read_text())
     assert rec["provenance"] == {"kind": "relevance", "method": "integrated-gradients"}
     assert rec["source_relevance"]["sha256"]
     # the sidecar alone reproduces the result; a flag overrides one parameter
-    assert params_from_sidecar(tmp_path / "L.json") == params
-    rc = cli("clusters", relevance_file, "--params-from", tmp_path / "L.json", "--out-labels", tmp_path / "L2.nii.gz")
+    assert params_from_sidecar(tmp_path / "L.nii.gz.xai.json") == params
+    rc = cli("clusters", relevance_file, "--params-from", tmp_path / "L.nii.gz.xai.json", "--out-labels", tmp_path / "L2.nii.gz")
     assert rc == 0
     assert np.array_equal(np.asarray(nib.load(tmp_path / "L2.nii.gz").dataobj), expected.labels)
-    rc = cli("clusters", relevance_file, "--params-from", tmp_path / "L.json", "--min-size", 0,
+    rc = cli("clusters", relevance_file, "--params-from", tmp_path / "L.nii.gz.xai.json", "--min-size", 0,
              "--out-labels", tmp_path / "L3.nii.gz")
     assert rc == 0
-    rec3 = json.loads((tmp_path / "L3.json").read_text())
+    rec3 = json.loads((tmp_path / "L3.nii.gz.xai.json").read_text())
     assert rec3["postprocess"]["min_size"] == 0 and rec3["postprocess"]["connectivity"] == 26
 
 

@@ -268,9 +268,9 @@ def test_save_then_cli_gives_exactly_the_widget_result(make_napari_viewer, relev
     w.wait()
     assert w.result.params == params.validated()
     written = w.save(tmp_path / "out")
-    assert {p.name for p in written} >= {"out_clusters.nii.gz", "out_clusters.json", "out_table.csv", "out_table.json",
-                                         "out_filtered.nii.gz", "out_filtered.json"}
-    side = json.loads((tmp_path / "out_clusters.json").read_text())
+    assert {p.name for p in written} >= {"out_clusters.nii.gz", "out_clusters.nii.gz.xai.json", "out_table.csv", "out_table.csv.xai.json",
+                                         "out_filtered.nii.gz", "out_filtered.nii.gz.xai.json"}
+    side = json.loads((tmp_path / "out_clusters.nii.gz.xai.json").read_text())
     assert side["provenance"]["method"] == "integrated-gradients"
     assert side["source_relevance"]["sha256"]
     rc = main(["clusters", str(path), "--sigma", "3", "--scale", "percentile", "--percentile", "99.5", "--clip",
@@ -284,7 +284,7 @@ def test_save_then_cli_gives_exactly_the_widget_result(make_napari_viewer, relev
     assert np.array_equal(a, b) and a.any()
     assert (tmp_path / "out_table.csv").read_text() == (tmp_path / "cli_table.csv").read_text()
     # and from the widget's sidecar alone
-    assert main(["clusters", str(path), "--params-from", str(tmp_path / "out_clusters.json"),
+    assert main(["clusters", str(path), "--params-from", str(tmp_path / "out_clusters.nii.gz.xai.json"),
                  "--out-labels", str(tmp_path / "cli2.nii.gz")]) == 0
     assert np.array_equal(np.asarray(nib.load(tmp_path / "cli2.nii.gz").dataobj), a)
 
@@ -413,12 +413,12 @@ def test_atlas_columns_cursor_region_and_save(make_napari_viewer, qtbot, tmp_pat
     assert head.endswith(",peak_region,regions")
     assert first.startswith("1,positive,") and ",Hippocampus_L," in first
     assert second.startswith("2,negative,") and ",Thalamus_R," in second
-    side = json.loads((tmp_path / "out_table.json").read_text())
+    side = json.loads((tmp_path / "out_table.csv.xai.json").read_text())
     assert side["atlas"]["name"] == w.atlas_grid.atlas.name and side["columns"][-2:] == ["peak_region", "regions"]
-    assert "atlas" not in json.loads((tmp_path / "out_clusters.json").read_text())
+    assert "atlas" not in json.loads((tmp_path / "out_clusters.nii.gz.xai.json").read_text())
     path = tmp_path / "rel.nii.gz"
     nib.save(nib.Nifti1Image(rel, MNI_4MM), str(path))
-    assert main(["clusters", str(path), "--params-from", str(tmp_path / "out_clusters.json"), "--atlas", "aal",
+    assert main(["clusters", str(path), "--params-from", str(tmp_path / "out_clusters.nii.gz.xai.json"), "--atlas", "aal",
                  "--out-table", str(tmp_path / "cli.csv"), "--quiet"]) == 0
     assert (tmp_path / "cli.csv").read_text() == text
 
@@ -441,7 +441,8 @@ def test_atlas_columns_cursor_region_and_save(make_napari_viewer, qtbot, tmp_pat
     [
         (["--atlas", "aal", "--out-labels", "L.nii.gz"], "--out-table"),
         (["--atlas", "no-such-atlas", "--out-table", "T.csv"], "no-such-atlas"),
-        (["--atlas", "aal", "--out-table", "X.csv", "--out-labels", "X.nii.gz"], "collide"),
+        # X.csv and X.nii.gz have their own sidecars now (X.csv.xai.json, X.nii.gz.xai.json); one file twice collides
+        (["--atlas", "aal", "--out-table", "T.csv", "--out-labels", "X.nii.gz", "--out-filtered", "X.nii.gz"], "collide"),
     ],
 )
 def test_cli_atlas_user_errors_write_nothing(tmp_path, capsys, monkeypatch, args, match):

@@ -35,19 +35,19 @@ def made(tmp_path, capsys):
 
 def test_a_recorded_map_is_made_again_voxel_for_voxel(made, capsys):
     tmp_path, *_ , out = made
-    record = json.loads((tmp_path / "rel.json").read_text())
+    record = json.loads((tmp_path / "rel.nii.gz.xai.json").read_text())
     assert record["model"]["model_kwargs"] == {"in_channels": 1, "classes": 3}
     assert list(record["input"]["sha256"].values())[0] and record["model"]["weights"].endswith("tiny_net.pt")
     new = tmp_path / "again.nii.gz"
     # a sidecar naming a .py model runs its code: that needs --trust-model even though every hash matches
-    code, _, err = run_cli(capsys, "reproduce", tmp_path / "rel.json", "--out", new)
+    code, _, err = run_cli(capsys, "reproduce", tmp_path / "rel.nii.gz.xai.json", "--out", new)
     assert code == 2 and "--trust-model" in err and err.count("\n") == 1 and not new.exists()
-    code, stdout, err = run_cli(capsys, "reproduce", tmp_path / "rel.json", "--out", new, "--trust-model")
+    code, stdout, err = run_cli(capsys, "reproduce", tmp_path / "rel.nii.gz.xai.json", "--out", new, "--trust-model")
     assert code == 0, err
     assert "checked input" in stdout and "SHA-256 matches" in stdout and "reproduced:" in stdout
     # stochastic SmoothGrad too: the recorded seed makes the same noise
     np.testing.assert_array_equal(np.asarray(nib.load(str(new)).dataobj), np.asarray(nib.load(str(out)).dataobj))
-    again = json.loads((tmp_path / "again.json").read_text())
+    again = json.loads((tmp_path / "again.nii.gz.xai.json").read_text())
     assert again["comparison"]["max_abs_diff"] == 0.0 and again["target"]["index"] == 2
     # the .nii.gz may be named instead of its sidecar, and from another folder (paths beside the sidecar)
     code, stdout, _ = run_cli(capsys, "reproduce", out, "--trust-model")
@@ -59,23 +59,23 @@ def test_changed_model_or_input_is_refused_and_a_changed_map_is_reported(made, c
     saved = weights.read_bytes()
     net = torch.load(weights, weights_only=True)
     torch.save({k: v + 0.5 for k, v in net.items()}, weights)
-    code, _, err = run_cli(capsys, "reproduce", tmp_path / "rel.json", "--trust-model")
+    code, _, err = run_cli(capsys, "reproduce", tmp_path / "rel.nii.gz.xai.json", "--trust-model")
     assert code == 2 and "model files changed" in err and "--allow-changed-model" in err and err.count("\n") == 1
-    code, stdout, _ = run_cli(capsys, "reproduce", tmp_path / "rel.json", "--allow-changed-model", "--trust-model")
+    code, stdout, _ = run_cli(capsys, "reproduce", tmp_path / "rel.nii.gz.xai.json", "--allow-changed-model", "--trust-model")
     assert code == 3 and "NOT reproduced" in stdout and "CHANGED" in stdout
     weights.write_bytes(saved)
     img = nib.load(str(vol))
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * 2.0, img.affine), str(vol))
-    code, _, err = run_cli(capsys, "reproduce", tmp_path / "rel.json", "--trust-model")
+    code, _, err = run_cli(capsys, "reproduce", tmp_path / "rel.nii.gz.xai.json", "--trust-model")
     assert code == 2 and "input file" in err and "changed" in err and "--input" in err
     assert np.asarray(nib.load(str(out)).dataobj).any()  # the recorded map is never touched
 
 
 def test_paths_are_also_found_beside_the_sidecar(made, capsys, monkeypatch):
     tmp_path, *_ = made
-    record = json.loads((tmp_path / "rel.json").read_text())
+    record = json.loads((tmp_path / "rel.nii.gz.xai.json").read_text())
     record["input"]["files"] = ["t1.nii.gz"]  # relative to the sidecar's folder
-    record["input"]["sha256"] = {"t1.nii.gz": list(json.loads((tmp_path / "rel.json").read_text())["input"]["sha256"].values())[0]}
+    record["input"]["sha256"] = {"t1.nii.gz": list(json.loads((tmp_path / "rel.nii.gz.xai.json").read_text())["input"]["sha256"].values())[0]}
     record["output"] = "rel.nii.gz"
     (tmp_path / "moved.json").write_text(json.dumps(record))
     monkeypatch.chdir(tmp_path.parent)
@@ -95,7 +95,7 @@ def test_lrp_uses_the_recorded_configuration_when_its_file_is_gone(tmp_path, cap
                            "--method", "lrp", "--config", cfg, "--out", out, "--quiet")
     assert code == 0, err
     cfg.unlink()
-    code, stdout, err = run_cli(capsys, "reproduce", tmp_path / "lrp.json", "--trust-model")
+    code, stdout, err = run_cli(capsys, "reproduce", tmp_path / "lrp.nii.gz.xai.json", "--trust-model")
     assert code == 0 and "reproduced:" in stdout, err
 
 
@@ -110,13 +110,13 @@ def test_segmentation_mask_file_is_recorded_and_a_drawn_mask_must_be_given(tmp_p
     code, _, err = run_cli(capsys, "explain", vol, "--model", bundle, "--method", "input-x-gradient", "--mask", mask,
                            "--target", "organ", "--out", out, "--quiet")
     assert code == 0, err
-    record = json.loads((tmp_path / "seg.json").read_text())
+    record = json.loads((tmp_path / "seg.nii.gz.xai.json").read_text())
     assert record["segmentation"]["mask_file"] == str(mask.resolve())
-    code, stdout, err = run_cli(capsys, "reproduce", tmp_path / "seg.json")
+    code, stdout, err = run_cli(capsys, "reproduce", tmp_path / "seg.nii.gz.xai.json")
     assert code == 0 and "checked mask" in stdout and "SHA-256 matches" in stdout, err
     saved = mask.read_bytes()
     nib.save(nib.Nifti1Image(np.pad(np.ones((4, 4, 4), np.uint8), 6), np.eye(4)), str(mask))  # the mask changed
-    code, _, err = run_cli(capsys, "reproduce", tmp_path / "seg.json")
+    code, _, err = run_cli(capsys, "reproduce", tmp_path / "seg.nii.gz.xai.json")
     assert code == 2 and "target mask" in err and "changed" in err
     mask.write_bytes(saved)
     del record["segmentation"]["mask_file"]  # as from a mask drawn in napari
@@ -160,9 +160,9 @@ def test_a_map_saved_from_napari_is_signed_and_can_be_made_again(made, capsys):
     saved = tmp_path / "saved.nii.gz"
     write_image(str(saved), data, meta)
     np.testing.assert_allclose(np.asarray(nib.load(str(saved)).dataobj), rel.data[0], rtol=1e-6)
-    side = json.loads((tmp_path / "saved.json").read_text())
+    side = json.loads((tmp_path / "saved.nii.gz.xai.json").read_text())
     assert side["method"] == "input-x-gradient" and side["output"] == "saved.nii.gz" and side["signed_relevance"]
-    code, stdout, err = run_cli(capsys, "reproduce", tmp_path / "saved.json", "--trust-model")
+    code, stdout, err = run_cli(capsys, "reproduce", tmp_path / "saved.nii.gz.xai.json", "--trust-model")
     assert code == 0 and "reproduced:" in stdout, err
 
 
@@ -177,7 +177,7 @@ def test_relative_inputs_are_found_from_another_folder(tmp_path, capsys, monkeyp
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    code, stdout, err = run_cli(capsys, "reproduce", tmp_path / "out" / "rel.json", "--trust-model")
+    code, stdout, err = run_cli(capsys, "reproduce", tmp_path / "out" / "rel.nii.gz.xai.json", "--trust-model")
     assert code == 0 and "reproduced:" in stdout, err
 
 
@@ -207,5 +207,5 @@ def test_a_channel_summed_map_is_compared_with_the_new_sum(tmp_path, capsys):
     out = tmp_path / "summed.nii.gz"
     save_nifti(out, rel.data.sum(axis=0), rel.affine)
     write_sidecar(out, {**rel.provenance, "output": str(out)})
-    code, stdout, err = run_cli(capsys, "reproduce", tmp_path / "summed.json", "--trust-model")
+    code, stdout, err = run_cli(capsys, "reproduce", tmp_path / "summed.nii.gz.xai.json", "--trust-model")
     assert code == 0 and "sums the 2 channels" in stdout and "reproduced:" in stdout, err

@@ -282,9 +282,9 @@ def test_cli_writes_the_table_maps_and_provenance(tiny, capsys):
     for name in table["files"]:
         img = nib.load(str(out / name))
         assert img.shape == (12, 12, 12)
-        side = json.loads((out / name.replace(".nii.gz", ".json")).read_text())
+        side = json.loads((out / (name + ".xai.json")).read_text())
         assert side["sanity"]["seed"] == 3 and side["method"] == "saliency"
-    side = json.loads((out / "02_conv2.json").read_text())
+    side = json.loads((out / "02_conv2.nii.gz.xai.json").read_text())
     assert side["sanity"]["randomized_layers"] == ["fc", "conv2"]
     lines = stdout.splitlines()
     assert "spearman" in lines[1] and lines[2].split()[:2] == ["0", "(none)"] and lines[3].split()[:3] == ["1", "fc", "Linear"]
@@ -354,7 +354,7 @@ def test_cli_segmentation_model_with_its_mask(tmp_path, capsys):
     table = json.loads((tmp_path / "o" / "sanity.json").read_text())
     assert table["layers"] == ["head", "conv"] and table["segmentation"]["mask"] == "predicted"
     assert table["target"]["index"] == 1 and nib.load(str(tmp_path / "o" / "01_head.nii.gz")).shape == (8, 8, 8)
-    side = json.loads((tmp_path / "o" / "02_conv.json").read_text())
+    side = json.loads((tmp_path / "o" / "02_conv.nii.gz.xai.json").read_text())
     assert side["segmentation"]["mask"] == "mask"  # the original's predicted region, kept for every step
     assert side["segmentation"]["mask_voxels"] == table["segmentation"]["mask_voxels"]
     # without --segmentation the map output is refused in one line

@@ -179,11 +179,10 @@ def save_outputs_with_regions(result, regions: dict | None, atlas: dict | None, 
         raise UserError("the output files (or their .json sidecars) collide; give each output its own name.")
     annotated = dataclasses.replace(result, table=_TableWithRegions(result.table, regions))
     table_extra = {**(extra or {}), "columns": list(pp.TABLE_COLUMNS) + list(REGION_COLUMNS), "atlas": atlas}
-    written = save_outputs(annotated, table_path=t, extra=table_extra, **kwargs)
-    if not others:
-        return written
-    with written_or_removed(*written) as written:
-        written += save_outputs(result, labels_path=labels_path, filtered_path=filtered_path, extra=extra, **kwargs)
+    with written_or_removed() as written:  # one transaction: all files appear together, or none
+        written += save_outputs(annotated, table_path=t, extra=table_extra, **kwargs)
+        if others:
+            written += save_outputs(result, labels_path=labels_path, filtered_path=filtered_path, extra=extra, **kwargs)
     return written
 
 
@@ -201,6 +200,14 @@ def cmd_clusters(args: argparse.Namespace) -> int:
         raise UserError("--atlas adds region columns to the cluster table; give --out-table T.csv as well.")
     if args.atlas_labels and not args.atlas:
         raise UserError("--atlas-labels needs --atlas IMAGE.nii.gz (the label image of the user atlas).")
+    from ._cli_common import check_out_file
+    from .core.outputs import check_distinct
+    from .core.provenance import sidecar_path
+
+    outs = [check_out_file(path, args.overwrite, suffix, option=opt)
+            for opt, path, suffix in (("--out-table", args.out_table, ".csv"), ("--out-labels", args.out_labels, "nifti"),
+                                      ("--out-filtered", args.out_filtered, "nifti")) if path]
+    check_distinct(outs + [sidecar_path(p) for p in outs])
     params = params_from_args(args)
     vol = load_nifti(args.relevance)
     if vol.channels > 1 and args.channel is None:

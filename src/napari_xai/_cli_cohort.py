@@ -6,7 +6,7 @@ Writes into ``--out-dir``:
   records the same model, method, parameters, target and input files is reused,
   so an interrupted run resumes where it stopped; a map made with other
   settings is refused unless ``--overwrite``;
-* ``subjects.csv`` (+ ``subjects.json``: settings, failures, versions): per
+* ``subjects.csv`` (+ ``subjects.csv.xai.json``: settings, failures, versions): per
   subject the status, prediction, explained class, relevance sums, the map's
   file and the covariates of the cohort CSV;
 * ``mean_relevance.nii.gz`` (+ sidecar): the mean map over the subjects that
@@ -20,7 +20,7 @@ Writes into ``--out-dir``:
 * with a ``truth`` column (ground-truth masks), the relevance mass inside the
   mask, rank accuracy and inclusivity per subject, and with ``--flip`` the
   AOPC of region flipping (most relevant first and random); their mean and SD
-  over the cohort go into ``subjects.json``, so methods and models can be
+  over the cohort go into ``subjects.csv.xai.json``, so methods and models can be
   ranked on a whole cohort.
 
 A subject that fails (a bad file, a wrong channel count, a model error) is
@@ -300,7 +300,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
                             f"{', '.join(subjects[0].covariates) or 'none (the table has no covariates)'}.")
     part = args.num_parts is not None
     if not part:
-        check_out_dir(outdir, [*TABLES, *(["subjects.png"] if args.png else [])], args.overwrite,
+        check_out_dir(outdir, [*TABLES, *(["subjects.png"] if args.png else [])], args.overwrite, sidecars=True,
                       note=" (maps made with the same settings are reused either way)")
     if args.atlas:
         if not 0.0 <= args.atlas_threshold <= 100.0:
@@ -325,7 +325,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
 
 
 def _finish(outdir: Path, subjects, cfg, args, t0: float, model=None, method=None, params=None, png=False) -> int:
-    """The tables (streaming reduction), subjects.json, the optional figure, the summary lines and the exit code."""
+    """The tables (streaming reduction), the subjects sidecar, the optional figure, the summary lines and the exit code."""
     from .core.cohort_run import reduce_cohort
     from .core.provenance import package_versions, write_sidecar
 
@@ -378,7 +378,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     outdir = Path(args.out_dir)
     if not (outdir / CONFIG).is_file():
         raise UserError(f"{outdir} has no {CONFIG}; give the --out-dir of a napari-xai cohort run.")
-    check_out_dir(outdir, TABLES, args.overwrite, option="OUT_DIR")
+    check_out_dir(outdir, TABLES, args.overwrite, option="OUT_DIR", sidecars=True)
     try:
         rec = json.loads((outdir / CONFIG).read_text(encoding="utf-8"))
         cfg = RunConfig.from_dict(rec["config"])

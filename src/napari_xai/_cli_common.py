@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from .core.errors import UserError
@@ -39,26 +40,44 @@ def load_model_from(args: argparse.Namespace):
                       device=getattr(args, "device", None), trust=args.trust_model)
 
 
-def check_out_dir(path, names=(), overwrite: bool = False, option: str = "--out-dir", note: str = "") -> Path:
-    """An output folder: refuse a file in its place and, without ``--overwrite``, any of ``names`` already in it.
+def check_out_dir(path, names=(), overwrite: bool = False, option: str = "--out-dir", note: str = "",
+                  sidecars: bool = False) -> Path:
+    """An output folder: refuse a file in its place or in its path, a folder that takes no new files and, without
+    ``--overwrite``, any of ``names`` already in it; never any input of the command (even with ``--overwrite``).
 
     ``names`` are file names or glob patterns (``"[0-9][0-9]_*.nii.gz"``); the first existing one is named,
-    literal names in the given order, then each pattern's matches sorted. ``note`` ends the message.
+    literal names in the given order, then each pattern's matches sorted. ``note`` ends the message. With
+    ``sidecars``, each name's provenance sidecar is checked too.
     """
+    from .core.outputs import check_folder, input_named
+    from .core.provenance import sidecar_path
+
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise UserError(f"{option} {out} is a file; give a folder.")
-    if not overwrite and out.is_dir():
+    check_folder(out, option, create=True)
+    if out.is_dir():
         for name in names:
-            found = sorted(out.glob(name)) if any(c in name for c in "*?[") else [out / name] if (out / name).exists() else []
-            if found:
+            found = sorted(out.glob(name)) if any(c in name for c in "*?[") else [out / name] if os.path.lexists(out / name) else []
+            if sidecars:
+                found += [s for s in map(sidecar_path, found) if os.path.lexists(s)]
+                lit = out / name
+                if not any(c in name for c in "*?[") and os.path.lexists(sidecar_path(lit)):
+                    found.append(sidecar_path(lit))
+            for f in found:
+                if input_named(f):
+                    raise UserError(f"{f} is an input of this command; choose another {option} "
+                                    "(--overwrite never replaces a file being read).")
+            if found and not overwrite:
                 raise UserError(f"{found[0]} exists; choose another {option} or pass --overwrite{note}.")
     return out
 
 
-def check_out_file(path, overwrite: bool, suffix: str, option: str = "--out") -> Path:
+def check_out_file(path, overwrite: bool, suffix: str, option: str = "--out", sidecar: bool = True) -> Path:
     """An output file: ``suffix`` (".csv", ".json", or "nifti" for .nii/.nii.gz), not there yet unless
-    ``overwrite``, and its folder exists."""
+    ``overwrite`` (nor its provenance sidecar, with ``sidecar``), never an input, and its folder exists and takes
+    new files."""
+    from .core.outputs import check_output
     from .core.volumes import is_nifti_path
 
     out = Path(path)
@@ -67,11 +86,7 @@ def check_out_file(path, overwrite: bool, suffix: str, option: str = "--out") ->
             raise UserError(f"{option} {path} must end in .nii or .nii.gz.")
     elif out.suffix.lower() != suffix:
         raise UserError(f"{option} {path} must end in {suffix}.")
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; choose another {option} or pass --overwrite.")
-    if not out.parent.exists():
-        raise UserError(f"the folder of {option} does not exist: {out.parent}")
-    return out
+    return check_output(out, overwrite, option, sidecar=sidecar)
 
 
 def add_input_space_options(p: argparse.ArgumentParser) -> None:

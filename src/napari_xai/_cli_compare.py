@@ -143,7 +143,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     items = plan(whats, targets, list(models))
     table, png = outdir / "comparison.json", outdir / "comparison.png"
     # cell file names depend on the class names, known only after the run: any earlier comparison blocks
-    check_out_dir(outdir, [table.name, png.name, "[0-9][0-9]_*.nii.gz"], args.overwrite)
+    check_out_dir(outdir, [table.name, png.name, "[0-9][0-9]_*.nii.gz"], args.overwrite, sidecars=True)
     last = [-1.0]
 
     def progress(frac: float, msg: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from ._cli_common import add_model_options, load_model_from
 from .core.errors import UserError
@@ -53,11 +52,9 @@ def cmd_dissect(args: argparse.Namespace) -> int:
     from .core.provenance import package_versions, sidecar_path, write_sidecar
     from .core.volumes import atomic_write_bytes, load_nifti, stack_channels, written_or_removed
 
-    out = Path(args.out)
-    if out.suffix.lower() != ".csv":
-        raise UserError(f"--out {out} must end in .csv.")
-    if (out.exists() or sidecar_path(out).exists()) and not args.overwrite:
-        raise UserError(f"{out} exists; choose another --out or pass --overwrite.")
+    from ._cli_common import check_out_file
+
+    out = check_out_file(args.out, args.overwrite, ".csv")
     if not 0.0 <= args.atlas_threshold <= 100.0:
         raise UserError(f"--atlas-threshold is a probability in percent (0-100), got {args.atlas_threshold:g}.")
     subjects = subjects_from_inputs(args.inputs)

@@ -46,8 +46,10 @@ def cmd_lrp_layers(args: argparse.Namespace) -> int:
     from .core.segmentation import is_segmentation_output, pick_output
     from .core.volumes import load_nifti, stack_channels
 
-    if args.write_config and Path(args.write_config).exists() and not args.overwrite:
-        raise UserError(f"{args.write_config} exists; choose another --write-config or pass --overwrite.")
+    if args.write_config:
+        from ._cli_common import check_out_file
+
+        check_out_file(args.write_config, args.overwrite, ".json", option="--write-config", sidecar=False)
     from .core.models import is_torchscript_file
 
     if Path(args.model).is_file() and is_torchscript_file(args.model):  # said before loading it (TorchScript is code)
@@ -136,6 +138,24 @@ def intermediate_paths(out: Path, rel) -> dict[str, Path]:
 
     stem = out.name[: -len(".nii.gz")] if out.name.lower().endswith(".nii.gz") else out.with_suffix("").name
     return {key: out.with_name(f"{stem}.at-{slug(key)}.nii.gz") for key in (rel.intermediate or {})}
+
+
+def check_extras(args: argparse.Namespace, out: Path) -> None:
+    """Before any work: ``--out-segmentation`` and the ``--out-intermediate`` maps (and their sidecars) are new
+    files unless ``--overwrite``, never an input, and distinct from ``--out``."""
+    from ._cli_common import check_out_dir, check_out_file
+    from .core.outputs import check_distinct
+    from .core.provenance import sidecar_path
+
+    overwrite = getattr(args, "overwrite", False)
+    seg_out = getattr(args, "out_segmentation", None)
+    if seg_out:
+        seg = check_out_file(seg_out, overwrite, "nifti", option="--out-segmentation")
+        check_distinct([out, sidecar_path(out), seg, sidecar_path(seg)],
+                       "--out-segmentation and --out name the same file; give each its own name.")
+    if getattr(args, "out_intermediate", False):
+        stem = out.name[: -len(".nii.gz")] if out.name.lower().endswith(".nii.gz") else out.with_suffix("").name
+        check_out_dir(out.parent, [f"{stem}.at-*.nii.gz"], overwrite, option="--out", sidecars=True)
 
 
 def write_extras(args: argparse.Namespace, rel, header=None, out: Path | None = None) -> list[Path]:

@@ -42,15 +42,28 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _note_recorded_inputs(record: dict, side: Path) -> None:
+    """The files the record names (its input volumes, its relevance file) are inputs too: --out never replaces one."""
+    from .core.outputs import note_inputs
+
+    rec = record.get("input") if isinstance(record.get("input"), dict) else {}
+    names = [f for f in (rec.get("files") or []) if isinstance(f, str)] if isinstance(rec.get("files"), list) else []
+    if isinstance(record.get("output"), str):
+        names.append(record["output"])
+    note_inputs([p for n in names for p in (Path(n), side.parent / Path(n).name)])
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .cli import PROG, _check_out
     from .core.provenance import read_sidecar, sidecar_path, write_sidecar
     from .core.reproduce import reproduce
     from .core.volumes import is_nifti_path, load_nifti, save_nifti, written_or_removed
 
+    from .core.provenance import find_sidecar
+
     side = Path(args.sidecar)
     if is_nifti_path(side):
-        side = sidecar_path(side)
+        side = find_sidecar(side)
     if not side.exists():
         raise UserError(f"{side} not found; give the JSON sidecar written beside the relevance file.")
     try:
@@ -59,6 +72,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         record = None
     if not isinstance(record, dict):
         raise UserError(f"{side} is not a napari-xai sidecar (JSON object); give the .json beside a relevance file.")
+    _note_recorded_inputs(record, side)
     out = _check_out(args.out, args.overwrite) if args.out else None
     mask = load_nifti(args.mask).data[0] if args.mask else None
     res = reproduce(record, sidecar=side, inputs=args.input, model=args.model, weights=args.weights, mask=mask,

@@ -93,7 +93,7 @@ def _check_args(args: argparse.Namespace) -> tuple[list[str], Path | None]:
                         "intensities is meaningless).")
     if not args.out:
         return methods, None
-    return methods, check_out_file(args.out, args.overwrite, ".json")
+    return methods, check_out_file(args.out, args.overwrite, ".json", sidecar=False)
 
 
 def method_params(methods: list[str], raw: dict[str, str]) -> dict[str, dict]:

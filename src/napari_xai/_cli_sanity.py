@@ -75,7 +75,8 @@ def _check_args(args: argparse.Namespace) -> Path | None:
         raise UserError("--maps writes the maps into the --out folder; give --out FOLDER too.")
     if not args.out:
         return None
-    return check_out_dir(args.out, ["sanity.json", "[0-9][0-9]*_*.nii.gz"], args.overwrite, option="--out")
+    return check_out_dir(args.out, ["sanity.json", "[0-9][0-9]*_*.nii.gz"], args.overwrite, option="--out",
+                         sidecars=True)
 
 
 def cmd_sanity(args: argparse.Namespace) -> int:

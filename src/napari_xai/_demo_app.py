@@ -111,24 +111,26 @@ def run_headless(outdir: Path, method: str = "integrated-gradients", overwrite: 
     rel_path = outdir / "demo_relevance.nii.gz"
     brain_path = outdir / "demo_brain.nii.gz"
     shot_path = outdir / "demo_3d.png"
-    if not overwrite:
-        existing = [p for p in (rel_path, brain_path, shot_path) if p.exists()]
-        if existing:
-            raise UserError(f"{existing[0]} exists; choose another OUTDIR or pass --overwrite.")
+    from ._cli_common import check_out_dir
+    from .core.volumes import written_or_removed
+
+    check_out_dir(outdir, [p.name for p in (rel_path, brain_path, shot_path)], overwrite, option="OUTDIR",
+                  sidecars=True)
     outdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     volume, mask, model, rel = explain_demo(method, progress=_print_progress)
     for w in rel.warnings:
         print(f"napari-xai: warning: {w}", file=sys.stderr)
-    save_nifti(brain_path, volume.data[0], volume.affine, header=volume.header)
-    write_sidecar(brain_path, {"kind": "demo-brain", "seed": DEMO_SEED, "condition": "atrophy"})
-    save_nifti(rel_path, rel.data[0], rel.affine, header=volume.header)
-    write_sidecar(rel_path, {**rel.provenance, "output": str(rel_path), "command": "napari-xai demo --headless"})
-    probs = ", ".join(f"{k}={v:.3f}" for k, v in rel.probabilities.items())
-    print(f"predicted: {rel.provenance['prediction']['name']} ({probs}); explained '{rel.target_name}' with {rel.method}")
-    print(f"wrote {rel_path}, {brain_path} and their .json sidecars ({time.perf_counter() - t0:.1f} s)")
-    with virtual_display():
-        screenshot_3d(volume, mask, rel, shot_path)
+    with written_or_removed():
+        save_nifti(brain_path, volume.data[0], volume.affine, header=volume.header)
+        write_sidecar(brain_path, {"kind": "demo-brain", "seed": DEMO_SEED, "condition": "atrophy"})
+        save_nifti(rel_path, rel.data[0], rel.affine, header=volume.header)
+        write_sidecar(rel_path, {**rel.provenance, "output": str(rel_path), "command": "napari-xai demo --headless"})
+        probs = ", ".join(f"{k}={v:.3f}" for k, v in rel.probabilities.items())
+        print(f"predicted: {rel.provenance['prediction']['name']} ({probs}); explained '{rel.target_name}' with {rel.method}")
+        with virtual_display():  # the screenshot joins the same transaction: all three files appear, or none
+            screenshot_3d(volume, mask, rel, shot_path)
+    print(f"wrote {rel_path}, {brain_path} and their .xai.json sidecars ({time.perf_counter() - t0:.1f} s)")
     print(f"wrote {shot_path}")
     return 0
 

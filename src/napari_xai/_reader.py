@@ -55,7 +55,7 @@ def _sidecar(path) -> tuple[dict | None, str | None]:
         side = read_sidecar(path)
     except (ValueError, OSError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return None, f"{sidecar_path(path).name} is not a readable JSON sidecar ({msg}); opened as a plain image."
+        return None, f"{sidecar_path(path).name} could not be read as a JSON sidecar ({msg}); opened as a plain image."
     if side is not None and not isinstance(side, dict):
         return None, f"{sidecar_path(path).name} is not a JSON object; opened as a plain image."
     return side, None

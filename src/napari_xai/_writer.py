@@ -1,4 +1,4 @@
-"""napari writers: Image and Labels layers to NIfTI with their source affine and a JSON sidecar."""
+"""napari writers: Image and Labels layers to NIfTI with their source affine and a JSON sidecar (``NAME.nii.gz.xai.json``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 from .core.errors import UserError
 from .core.geometry import stored_geometry
 from .core.provenance import now_iso, package_versions, write_sidecar
-from .core.volumes import is_nifti_path, save_nifti
+from .core.volumes import is_nifti_path, save_nifti, written_or_removed
 
 
 def _affine_of(meta: dict) -> np.ndarray:
@@ -46,7 +46,6 @@ def _write(path: str, data, meta: dict, kind: str) -> list[str]:
         arr = np.asarray(signed, dtype=np.float32)
     # a volume shown transposed (stored with permuted axes, e.g. PIR) goes back to the file's voxel order and affine
     arr, affine = stored_geometry(arr, md, _affine_of(meta))
-    save_nifti(p, arr, affine, header=md.get("nifti_header"))
     saved = {"layer": meta.get("name"), "saved": now_iso(), "affine": affine.tolist()}
     if prov is not None and "method" in prov:
         # the same record as 'napari-xai explain' writes, so the reader, the widget and 'reproduce' read it alike
@@ -54,7 +53,9 @@ def _write(path: str, data, meta: dict, kind: str) -> list[str]:
     else:
         record = {"kind": prov.get("kind", kind) if prov else kind, **saved, "file": p.name, "provenance": prov,
                   "versions": package_versions()}
-    write_sidecar(p, record)
+    with written_or_removed():  # the image and its sidecar (``NAME.nii.gz.xai.json``, never a BIDS ``NAME.json``)
+        save_nifti(p, arr, affine, header=md.get("nifti_header"))
+        write_sidecar(p, record)
     return [str(p)]
 
 

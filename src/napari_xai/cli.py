@@ -50,15 +50,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from ._cli_lrp import explain_options, write_extras
     from .core.volumes import load_nifti, save_nifti, stack_channels, written_or_removed
 
+    from ._cli_lrp import check_extras
+
+    check_extras(args, out)
+    from .core.methods.catalogue import get_method
+
+    get_method(args.method)  # an unknown method fails before the model loads
+    if getattr(args, "out_intermediate", False) and get_method(args.method).name not in ("lrp", "attention-gates"):
+        raise UserError(f"--out-intermediate needs a method with intermediate maps (lrp: segment boundaries; "
+                        f"attention-gates: one map per gate), not {args.method!r}.")
     volume = stack_channels([load_nifti(p) for p in args.volume])
     model = load_model(args.model, weights=args.weights, model_kwargs=args.model_kwargs, device=args.device, trust=args.trust_model)
     extra_params, extra_kwargs = explain_options(args, volume)
     params.update(extra_params)
-    from .core.methods.catalogue import get_method
-
-    if getattr(args, "out_intermediate", False) and get_method(args.method).name not in ("lrp", "attention-gates"):
-        raise UserError(f"--out-intermediate needs a method with intermediate maps (lrp: segment boundaries; "
-                        f"attention-gates: one map per gate), not {args.method!r}.")
     last = [-1.0]
 
     def progress(frac: float, msg: str) -> None:
@@ -195,17 +199,73 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: options that name what a command writes (everything else naming an existing file is an input)
+OUTPUT_OPTIONS = frozenset({"out", "out_dir", "out_table", "out_labels", "out_filtered", "out_segmentation",
+                            "headless", "write_config"})
+
+
+def _note_inputs(args: argparse.Namespace) -> None:
+    """Register every existing file (or folder) the command line names, except outputs, as an input of this run:
+    no output may replace one of them, even with --overwrite (checked by resolved path and inode)."""
+    from .core.outputs import note_inputs
+    from .core.provenance import find_sidecar
+
+    paths = []
+    for key, value in vars(args).items():
+        if key in OUTPUT_OPTIONS or key in ("func", "command"):
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if not isinstance(v, (str, os.PathLike)) or not str(v):
+                continue
+            v = str(v)
+            for cand in (v, v.rsplit(":", 1)[0] if ":" in v else None):
+                try:
+                    if cand and os.path.exists(cand):
+                        paths.append(cand)
+                        if os.path.isfile(cand):
+                            paths.append(find_sidecar(cand))
+                except (OSError, ValueError):
+                    pass
+    note_inputs(paths)
+
+
+def _check_finite(args: argparse.Namespace) -> None:
+    """NaN and Inf are refused for every float option (a NaN slips past every range check)."""
+    import math
+
+    for key, value in vars(args).items():
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UserError(f"--{key.replace('_', '-')} must be a finite number, got {v}.")
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM unwinds like Ctrl-C, so a killed run removes its temporary files and leaves nothing."""
+    import signal
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, _raise)
+    except (ValueError, OSError):  # not the main thread
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # the command as given (to this call, not to the Python process), for every output's provenance record
     args.command_line = shlex.join([PROG, *(sys.argv[1:] if argv is None else [str(a) for a in argv])])
+    _sigterm_as_interrupt()
     if not sys.warnoptions:
         # library chatter (Captum, torch) is not for CLI users; our own warnings are printed explicitly
         import warnings
 
         warnings.simplefilter("ignore")
     try:
+        _check_finite(args)
+        _note_inputs(args)
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

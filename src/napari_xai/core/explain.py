@@ -148,6 +148,12 @@ def prepare(volume: Volume, model: Any, normalization: str | None = None, input_
     warnings = list(space.skipped)
     if space.orientation is None:
         warnings.append(orientation_warning(stored))
+    from .volumes import check_fits
+
+    # the grid tensor, its gradient and the relevance, before any of them is allocated
+    planned = tuple(space.shape) if space.shape else tuple(volume.shape)
+    check_fits(float(np.prod([float(s) for s in planned])) * volume.channels * 4 * 3,
+               f"the model grid {planned}", hint="give a smaller --input-shape (or model input size)")
     grid = geometry.ModelGrid(space, volume.affine, volume.shape)
     data = grid.apply(volume.model_copy())
     x = torch.from_numpy(np.ascontiguousarray(data))[None].to(model.device)
@@ -207,9 +213,57 @@ def _forward(module: Any, x):
     with torch.no_grad():
         try:
             return module(x)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"the model failed on an input of shape {tuple(x.shape)}: {first[:300]}") from None
+        except (UserError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # anything raised by the user's model is a user error
+            raise model_error(exc, module, x) from None
+
+
+def model_error(exc: BaseException, module: Any, x) -> UserError:
+    """One line for an exception raised by (or because of) the user's model: the model, the input shape, a hint."""
+    import re
+
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    name = getattr(module, "_xai_name", None) or type(getattr(module, "model", module)).__name__
+    shape = tuple(int(s) for s in x.shape)
+    low = text.lower()
+    if any(k in low for k in ("does not require grad", "does not have a grad_fn", "not have been used in the graph")):
+        return UserError(f"the output of model {name} does not depend on its input of shape {shape} (no gradient "
+                         "reaches the input: does forward() detach, use torch.no_grad() or ignore x?); gradient "
+                         "methods cannot explain it, fix the model or use occlusion.")
+    if "inplace operation" in low or "in-place operation" in low or "leaf variable" in low:
+        return UserError(f"model {name} changes a tensor in place that the gradient needs (input of shape {shape}; "
+                         "e.g. x += ..., x.clamp_() or ReLU(inplace=True) on the input); make forward() work on a copy.")
+    m = re.search(r"divisible by (\d+)", text)
+    if m:
+        hint = f"the network needs sizes divisible by {m.group(1)}: pass --input-shape D,H,W with such sizes"
+    else:
+        hint = "check the grid and channels the network accepts and pass --input-shape D,H,W if needed"
+    return UserError(f"model {name} failed on an input of shape {shape} ({type(exc).__name__}: {first[:240]}); {hint}.")
+
+
+def _model_fault(exc: BaseException, module: Any) -> bool:
+    """True when ``exc`` came from the user's model: raised inside one of its modules' forward() (and not from
+    napari-xai, Captum or Zennit code called from there), or a gradient error typical of a model (no input
+    dependence, in-place changes)."""
+    import traceback
+
+    low = str(exc).lower()
+    if isinstance(exc, RuntimeError) and any(k in low for k in ("does not require grad", "does not have a grad_fn",
+                                                                  "not have been used in the graph",
+                                                                  "inplace operation", "leaf variable")):
+        return True
+    try:
+        mods = {id(m) for m in module.modules()}
+    except Exception:
+        return False
+    frames = [f for f, _ in traceback.walk_tb(exc.__traceback__)]
+    inside = [i for i, f in enumerate(frames) if f.f_code.co_name == "forward" and id(f.f_locals.get("self")) in mods]
+    if not inside:
+        return False
+    ours = (f"{os.sep}napari_xai{os.sep}", f"{os.sep}captum{os.sep}", f"{os.sep}zennit{os.sep}")
+    return not any(any(o in f.f_code.co_filename for o in ours) for f in frames[inside[-1] + 1:])
 
 
 _PREDICTIONS: Any = None  # weakref.WeakKeyDictionary: module -> OrderedDict(key -> output), see _predict_cached
@@ -431,12 +485,23 @@ def explain(
     x, grid = mi.x, mi.grid
     resampled, model_shape, norm_mode = grid.resampled, grid.shape, mi.space.normalization
     ctx.grid_affine = grid.affine
+    version = x._version
     module, probs, names, predicted, tgt, seg = _prepare_target(
         model, x, volume, target, segmentation, mask, point, output_index, connectivity, ctx, grid=grid
     )
+    if x._version != version:
+        raise UserError(f"model {model.name} changed its input (shape {tuple(x.shape)}) in place during the "
+                        "prediction; make forward() work on a copy (x = x.clone()).")
     ctx.step(0.02, f"explaining '{names[tgt]}' with {entry.name}")
     torch.manual_seed(seed)
-    out = entry.fn(module, x, tgt, parsed, ctx)
+    try:
+        out = entry.fn(module, x, tgt, parsed, ctx)
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if not _model_fault(exc, model.module):
+            raise
+        raise model_error(exc, model.module, x) from None
     arrays = (out.used or {}).pop("_arrays", {}) if isinstance(out.used, dict) else {}
     # back through the inverse of the same MONAI transforms: maps of per-voxel values (attention coefficients)
     # are interpolated; relevance also keeps its total (scaled by the ratio of voxel volumes)

@@ -293,7 +293,7 @@ def save_outputs(
     """Write clusters (uint16 NIfTI), filtered relevance (float32 NIfTI) and the table (CSV).
 
     Every file is written atomically with the result's affine and gets a JSON
-    sidecar (``OUT.nii.gz`` -> ``OUT.json``, ``T.csv`` -> ``T.json``) holding all
+    sidecar (``OUT.nii.gz`` -> ``OUT.nii.gz.xai.json``, ``T.csv`` -> ``T.csv.xai.json``) holding all
     post-processing parameters and the source relevance's ``provenance``. If a
     write fails, the files written so far are removed. Returns the written paths.
     """

@@ -3,7 +3,7 @@
 The record holds the model identity (file hash), the method and all its
 parameters, the target, the prediction, the input and package versions. It is
 saved as a JSON sidecar beside every exported file (``OUT.nii.gz`` ->
-``OUT.json``).
+``OUT.nii.gz.xai.json``; older ``OUT.json`` sidecars are still read).
 """
 
 from __future__ import annotations
@@ -75,8 +75,22 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
+SIDECAR_SUFFIX = ".xai.json"
+
+
 def sidecar_path(path: str | os.PathLike) -> Path:
-    """``out.nii.gz`` -> ``out.json``; ``table.csv`` -> ``table.json``."""
+    """``out.nii.gz`` -> ``out.nii.gz.xai.json``; ``table.csv`` -> ``table.csv.xai.json``.
+
+    The whole file name is kept, so two outputs never share a sidecar (``rel.nii.gz`` and ``rel.csv``), and the
+    ``.xai.json`` ending cannot be a BIDS sidecar (``sub-01_T1w.json``), so writing one never replaces a file
+    napari-xai did not make.
+    """
+    p = Path(path)
+    return p.with_name(p.name + SIDECAR_SUFFIX)
+
+
+def legacy_sidecar_path(path: str | os.PathLike) -> Path:
+    """The sidecar name of napari-xai before 0.x: ``out.nii.gz`` -> ``out.json`` (read, never written)."""
     p = Path(path)
     name = p.name
     for suffix in (".nii.gz", ".nii", ".csv", ".png"):
@@ -116,9 +130,30 @@ def write_sidecar(path: str | os.PathLike, record: dict) -> Path:
 
 
 def read_sidecar(path: str | os.PathLike) -> dict | None:
-    """The sidecar of ``path`` (or ``path`` itself if it is a .json), or None when absent."""
+    """The sidecar of ``path`` (or ``path`` itself if it is a .json), or None when absent.
+
+    Looks for ``path.xai.json`` first, then the older ``stem.json`` naming (only when it holds a napari-xai record:
+    a JSON object with ``kind``, ``method`` or ``versions``; a BIDS sidecar of the same stem is not ours).
+    """
     p = Path(path)
-    side = p if p.suffix.lower() == ".json" else sidecar_path(p)
-    if not side.exists():
+    if p.suffix.lower() == ".json":
+        if not p.exists():
+            return None
+        return json.loads(p.read_text(encoding="utf-8"))
+    side = sidecar_path(p)
+    if side.exists():
+        return json.loads(side.read_text(encoding="utf-8"))
+    old = legacy_sidecar_path(p)
+    if not old.exists():
         return None
-    return json.loads(side.read_text(encoding="utf-8"))
+    record = json.loads(old.read_text(encoding="utf-8"))
+    return record if isinstance(record, dict) and {"kind", "method", "versions"} & set(record) else None
+
+
+def find_sidecar(path: str | os.PathLike) -> Path:
+    """The sidecar file of ``path``: ``path.xai.json`` if present, else an older ``stem.json``, else the new name."""
+    p = Path(path)
+    side = sidecar_path(p)
+    if not side.exists() and legacy_sidecar_path(p).exists():
+        return legacy_sidecar_path(p)
+    return side

@@ -72,6 +72,12 @@ def check_array(data: np.ndarray, name: str) -> tuple[np.ndarray, list[str]]:
         arr = np.moveaxis(arr, -1, 0)
     if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise UserError(f"{name} has data type {arr.dtype}; a real-valued numeric volume is needed.")
+    if np.issubdtype(arr.dtype, np.floating) and arr.dtype.itemsize > 4 and arr.size:
+        with np.errstate(invalid="ignore"):
+            big = float(np.nanmax(np.abs(np.where(np.isfinite(arr), arr, 0))))
+        if big > float(np.finfo(np.float32).max):
+            raise UserError(f"{name} has values up to {big:.3g}, beyond float32 (max {np.finfo(np.float32).max:.3g}) "
+                            "that the model computes in; rescale the image (e.g. to its physical units) first.")
     if np.issubdtype(arr.dtype, np.floating):
         nbad = int(np.count_nonzero(~np.isfinite(arr)))
         if nbad:
@@ -99,10 +105,16 @@ def load_nifti(path: str | os.PathLike) -> Volume:
         raise UserError(f"{p.name} is not a NIfTI file; napari-xai reads .nii and .nii.gz.")
     try:
         img = nib.load(str(p))
+        check_header(img, p)
         data = np.asanyarray(img.dataobj)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise UserError(f"{p.name} is truncated or corrupt ({type(exc).__name__}); re-export or re-download it.") from None
-    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, ValueError, OSError) as exc:
+    except UserError:
+        raise
+    except MemoryError:
+        raise UserError(f"{p.name} does not fit in memory; use a smaller image (crop or downsample it).") from None
+    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, ValueError, OSError,
+            OverflowError) as exc:
         if p.name.lower().endswith(".gz") and not _gzip_complete(p):
             raise UserError(f"{p.name} is truncated or corrupt (incomplete gzip stream); re-export or re-download it.") from None
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -111,6 +123,85 @@ def load_nifti(path: str | os.PathLike) -> Volume:
     arr, warnings = check_array(data, p.name)
     affine = np.asarray(img.affine, dtype=float)
     return Volume(data=arr, affine=affine, header=img.header, name=name, source=str(p), warnings=warnings)
+
+
+def available_memory() -> int:
+    """Bytes this process may still allocate: MemAvailable, capped by a cgroup limit (0 if unknown)."""
+    avail = 0
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError):
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = 0
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+            if text.isdigit() and int(text) < (1 << 60):
+                avail = min(avail, int(text)) if avail else int(text)
+        except OSError:
+            continue
+    return avail
+
+
+def check_fits(nbytes: float, what: str, hint: str = "use a smaller image (crop or downsample it)") -> None:
+    """Refuse, before allocating, an array of ``nbytes`` that cannot fit in the memory still available."""
+    avail = available_memory()
+    if avail and nbytes > avail:
+        raise UserError(f"{what} would need {nbytes / 2**30:.1f} GiB, more than the {avail / 2**30:.1f} GiB of "
+                        f"memory available; {hint}.")
+
+
+def check_header(img, p: Path) -> None:
+    """Header sanity before any voxel is read: dimensions, the bytes the file holds, memory, the affine."""
+    shape = tuple(int(d) for d in img.header.get_data_shape())
+    if any(d < 0 for d in shape):
+        raise UserError(f"{p.name} has a negative dimension in its header (shape {shape}); the file is corrupt.")
+    if any(d == 0 for d in shape):
+        raise UserError(f"{p.name} has an empty dimension in its header (shape {shape}); the file holds no image.")
+    itemsize = int(np.dtype(img.header.get_data_dtype()).itemsize)
+    nbytes = float(np.prod([float(d) for d in shape])) * itemsize
+    offset = int(getattr(img.dataobj, "offset", 0) or img.header.get("vox_offset", 0) or 0)
+    if p.name.lower().endswith(".gz"):
+        size = _gzip_isize(p)
+        if size is not None and nbytes + offset < 2**32 and size < nbytes + offset:
+            raise UserError(f"{p.name}: its header claims {shape} voxels ({nbytes:.0f} bytes) but the file holds "
+                            f"only {max(size - offset, 0)} bytes of data; it is truncated or its header is wrong.")
+    else:
+        size = p.stat().st_size
+        if size < nbytes + offset:
+            raise UserError(f"{p.name}: its header claims {shape} voxels ({nbytes:.0f} bytes) but the file holds "
+                            f"only {max(size - offset, 0)} bytes of data; it is truncated or its header is wrong.")
+    # the voxels as stored, plus the float32 copy the model gets
+    check_fits(nbytes + float(np.prod([float(d) for d in shape])) * 4, f"{p.name} (shape {shape})")
+    check_affine(np.asarray(img.affine, dtype=float), p.name)
+
+
+def check_affine(affine: np.ndarray, name: str) -> None:
+    """A usable voxel-to-world affine: finite, and its 3x3 part of full rank (not singular)."""
+    aff = np.asarray(affine, dtype=float)
+    if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
+        raise UserError(f"{name} has an affine with NaN or Inf entries; fix its header (sform/qform) first.")
+    lin = aff[:3, :3]
+    sv = np.linalg.svd(lin, compute_uv=False)
+    if sv[0] <= 0 or sv[-1] <= sv[0] * 1e-8:
+        raise UserError(f"{name} has a singular affine (its voxel axes do not span 3D space, rank "
+                        f"{int(np.linalg.matrix_rank(lin))}); fix its header (sform/qform) first.")
+
+
+def _gzip_isize(path: Path) -> int | None:
+    """The uncompressed size a gzip file records in its last 4 bytes (modulo 2**32), or None."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            return int.from_bytes(fh.read(4), "little")
+    except OSError:
+        return None
 
 
 def _gzip_complete(path: Path) -> bool:
@@ -158,17 +249,17 @@ def remove_files(paths) -> None:
 
 @contextlib.contextmanager
 def written_or_removed(*paths: str | os.PathLike):
-    """Collect the files an export writes; on any exception remove them all, then re-raise.
+    """An export as one transaction (:func:`napari_xai.core.outputs.transaction`): every file written inside goes
+    to a temporary name and is renamed into place at the end; on any exception only those temporaries are removed,
+    so files that existed before (``paths``, e.g. an output and its sidecar being replaced) are left as they were.
 
-    Yields a list that starts with ``paths`` (files to remove on failure even if not yet
-    written, e.g. an output and its sidecar); append each further path once it is written.
+    Yields a list that starts with ``paths``; callers may append what they wrote (kept for their own reporting).
     """
+    from .outputs import transaction
+
     written: list = list(paths)
-    try:
+    with transaction():
         yield written
-    except BaseException:
-        remove_files(written)
-        raise
 
 
 def _umask() -> int:
@@ -178,9 +269,19 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
-    """Write bytes to ``path`` through a temporary file in the same folder, then rename."""
+    """Write bytes to ``path`` through a temporary file in the same folder, then rename (at the end of the open
+    transaction, if any). Never replaces a registered input of the running command."""
+    from .outputs import refuse_input, stage
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    refuse_input(p)
+    staged = stage(p)
+    if staged is not None:  # inside a transaction: renamed onto ``p`` when the whole export succeeded
+        with open(staged, "wb") as fh:
+            fh.write(payload)
+        os.chmod(staged, 0o666 & ~_umask())
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -215,10 +316,10 @@ def save_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, he
     img = nib.Nifti1Image(arr, np.asarray(affine, dtype=float), header=hdr)
     img.set_data_dtype(arr.dtype)
     if hdr is not None:
-        # keep the source's qform/sform codes with the (same) affine; an unset qform stays unset beside a set
-        # sform (as nibabel writes files), so a volume read and saved again has the same header
+        # keep the source's qform/sform codes as they were (a qform the source did not have is not invented);
+        # only when it had neither is the sform marked, so that the affine is not lost
         scode, qcode = int(hdr["sform_code"]), int(hdr["qform_code"])
-        img.set_sform(np.asarray(affine, dtype=float), code=scode or 1)
-        img.set_qform(np.asarray(affine, dtype=float), code=qcode if scode else (qcode or 1))
+        img.set_sform(np.asarray(affine, dtype=float), code=scode if (scode or qcode) else 2)
+        img.set_qform(np.asarray(affine, dtype=float), code=qcode)
     atomic_write_bytes(p, img.to_bytes() if not p.name.lower().endswith(".gz") else gzip.compress(img.to_bytes(), 6))
     return p

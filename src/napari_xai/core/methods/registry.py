@@ -80,13 +80,15 @@ class Param:
                 out = int(value)
             elif self.type is float:
                 out = float(value)
+                if out != out or out in (float("inf"), float("-inf")):
+                    raise UserError(f"{where} must be a finite number, got {value!r}.")
             elif hasattr(value, "to_dict"):
                 # a str parameter that names a file may take the in-memory object instead (e.g. an LrpConfig);
                 # the method records its to_dict() in the provenance, never the object
                 return value
             else:
                 out = str(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             tname = "three integers like 8,8,8" if self.type == "ints3" else getattr(self.type, "__name__", str(self.type))
             raise UserError(f"{where} must be {tname}, got {value!r}.") from None
         if self.choices is not None and out not in self.choices:
