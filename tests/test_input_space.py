@@ -368,7 +368,7 @@ def _explain_all(files, out_dir: Path, model_args: list) -> dict:
         proc = _cli("explain", path, *model_args, "--method", "integrated-gradients", "--param", "steps=8",
                     "--out", out, "--quiet")
         assert proc.returncode == 0, proc.stderr
-        side = json.loads(out.with_suffix("").with_suffix(".json").read_text())
+        side = json.loads(Path(str(out) + ".xai.json").read_text())
         img = nib.load(str(out))
         results[codes] = (np.asarray(img.dataobj), img.affine, side, proc)
     ref = results["RAS"]
@@ -404,7 +404,7 @@ def test_cli_bundle_with_orientationd_and_py_model_with_model_orientation_agree_
     # reproduce redoes the recorded space (in-process: the CLI around it is tested in test_reproduce)
     from napari_xai.core.reproduce import reproduce
 
-    sidecar = py_dir / "rel_PIR.json"
+    sidecar = py_dir / "rel_PIR.nii.gz.xai.json"
     again = reproduce(json.loads(sidecar.read_text()), sidecar=sidecar, trust=True)  # a .py model runs code
     assert again.reproduced, again.comparison
     assert again.relevance.provenance["input_space"]["steps"] == python["PIR"][2]["input_space"]["steps"]
@@ -417,7 +417,7 @@ def test_cli_without_a_declared_orientation_warns_and_records_it(tmp_path, mni_f
                 "--method", "saliency", "--out", out, "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert f"napari-xai: warning: {WARNING_PIR}" in proc.stderr
-    side = json.loads((tmp_path / "raw.json").read_text())
+    side = json.loads((tmp_path / "raw.nii.gz.xai.json").read_text())
     assert WARNING_PIR in side["warnings"]
     assert side["input_space"]["applied"]["orientation"] is None
     assert side["input_space"]["from"]["orientation"] == "nothing declared"

@@ -126,7 +126,7 @@ def test_exported_relevance_and_clusters_reopen_as_results(make_napari_viewer, t
     path, img = _scan(tmp_path, "PIR")
     _cli("explain", "--model", "demo", "--method", "saliency", str(path), "--out", "rel.nii.gz", "--quiet", cwd=tmp_path)
     _cli("clusters", "rel.nii.gz", "--threshold", "0.3", "--out-labels", "cl.nii.gz", "--quiet", cwd=tmp_path)
-    record = json.loads((tmp_path / "rel.json").read_text())
+    record = json.loads((tmp_path / "rel.nii.gz.xai.json").read_text())
     rel_img = nib.load(str(tmp_path / "rel.nii.gz"))
     signed = np.asarray(rel_img.dataobj)
     assert (signed > 0).any() and (signed < 0).any()
@@ -157,7 +157,7 @@ def test_exported_relevance_and_clusters_reopen_as_results(make_napari_viewer, t
     again = nib.load(str(tmp_path / "again.nii.gz"))
     np.testing.assert_array_equal(np.asarray(again.dataobj), signed)
     np.testing.assert_array_equal(again.affine, rel_img.affine)
-    assert json.loads((tmp_path / "again.json").read_text())["method"] == "saliency"
+    assert json.loads((tmp_path / "again.nii.gz.xai.json").read_text())["method"] == "saliency"
 
     labels = viewer.open(str(tmp_path / "cl.nii.gz"), plugin="napari-xai")
     assert len(labels) == 1 and type(labels[0]).__name__ == "Labels"
@@ -176,7 +176,7 @@ def test_files_without_or_with_a_broken_sidecar_open_as_plain_images(make_napari
         warnings.simplefilter("error")
         ((_, kw, kind),) = read_nifti(str(path))
     assert kind == "image" and "provenance" not in kw["metadata"] and "colormap" not in kw
-    with pytest.warns(UserWarning, match="broken.json is not a readable JSON sidecar"):
+    with pytest.warns(UserWarning, match="broken.json could not be read as a JSON sidecar"):
         ((_, kw, kind),) = read_nifti(str(broken))
     assert kind == "image" and any("broken.json" in w for w in kw["metadata"]["warnings"])
     viewer = make_napari_viewer()

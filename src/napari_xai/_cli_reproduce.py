@@ -64,8 +64,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     side = Path(args.sidecar)
     if is_nifti_path(side):
         side = find_sidecar(side)
+    if not side.exists() and side.suffix.lower() == ".json":
+        # an older record name (OUT.json) given for a map written as OUT.nii.gz: its OUT.nii.gz.xai.json
+        for ext in (".nii.gz", ".nii"):
+            if find_sidecar(side.with_suffix(ext)).exists():
+                side = find_sidecar(side.with_suffix(ext))
+                break
     if not side.exists():
-        raise UserError(f"{side} not found; give the JSON sidecar written beside the relevance file.")
+        raise UserError(f"{side} not found; give the relevance file or the JSON sidecar written beside it.")
     try:
         record = read_sidecar(side) if side.suffix.lower() == ".json" else None
     except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested thousands deep

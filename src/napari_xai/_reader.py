@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ._layers import display_tuple, relevance_layer_data
-from .core.provenance import read_sidecar, sidecar_path
+from .core.provenance import find_sidecar, read_sidecar
 from .core.volumes import is_nifti_path, load_nifti
 
 #: Sidecar kinds shown as Labels (integer data only).
@@ -55,9 +55,9 @@ def _sidecar(path) -> tuple[dict | None, str | None]:
         side = read_sidecar(path)
     except (ValueError, OSError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return None, f"{sidecar_path(path).name} could not be read as a JSON sidecar ({msg}); opened as a plain image."
+        return None, f"{find_sidecar(path).name} could not be read as a JSON sidecar ({msg}); opened as a plain image."
     if side is not None and not isinstance(side, dict):
-        return None, f"{sidecar_path(path).name} is not a JSON object; opened as a plain image."
+        return None, f"{find_sidecar(path).name} is not a JSON object; opened as a plain image."
     return side, None
 
 

@@ -43,12 +43,12 @@ def made(tmp_path):
 def test_reproduce_from_another_folder_holding_a_demo_folder(made, tmp_path_factory):
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     (elsewhere / "demo").mkdir()
-    _ok(run("reproduce", made / "demo" / "rel.json", cwd=elsewhere))
+    _ok(run("reproduce", made / "demo" / "rel.nii.gz.xai.json", cwd=elsewhere))
 
 
 def test_an_old_record_naming_a_demo_folder_as_absolute_source(made):
     """Records written before the fix carry source_absolute = <cwd>/demo: the built-in is used all the same."""
-    side = made / "demo" / "rel.json"
+    side = made / "demo" / "rel.nii.gz.xai.json"
     record = json.loads(side.read_text())
     assert record["model"]["source"] == "demo" and record["model"]["source_absolute"] == "demo"
     record["model"]["source_absolute"] = str(made / "demo")
@@ -64,7 +64,7 @@ def test_a_demo_folder_holding_a_payload_is_never_loaded(made):
     (made / "demo" / "models").mkdir()
     (made / "demo" / "configs" / "inference.json").write_text(json.dumps({"network_def": {"_target_": "Identity"}}))
     evil_torchscript(made / "demo" / "models", v, "model.ts")
-    side = made / "demo" / "rel.json"
+    side = made / "demo" / "rel.nii.gz.xai.json"
     record = json.loads(side.read_text())
     record["model"]["source_absolute"] = str(made / "demo")  # as main wrote it
     side.write_text(json.dumps(record))

@@ -82,6 +82,8 @@ class Param:
                 out = float(value)
                 if out != out or out in (float("inf"), float("-inf")):
                     raise UserError(f"{where} must be a finite number, got {value!r}.")
+                if out != out or out in (float("inf"), float("-inf")):
+                    raise UserError(f"{where} must be a finite number, got {value!r}.")
             elif hasattr(value, "to_dict"):
                 # a str parameter that names a file may take the in-memory object instead (e.g. an LrpConfig);
                 # the method records its to_dict() in the provenance, never the object
