@@ -52,8 +52,9 @@ def populate_viewer(viewer, volume, mask, rel) -> None:
     brain.opacity = 0.8
     viewer.dims.ndisplay = 3
     viewer.reset_view()
-    viewer.camera.angles = (-15.0, 35.0, 145.0)
-    viewer.camera.zoom *= 0.9
+    camera = viewer.scene.camera if hasattr(getattr(viewer, "scene", None), "camera") else viewer.camera  # napari 0.9
+    camera.angles = (-15.0, 35.0, 145.0)
+    camera.zoom *= 0.9
 
 
 def require_display() -> None:

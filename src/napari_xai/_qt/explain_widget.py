@@ -83,9 +83,11 @@ def _param_widget(p: Param, layer_choices: list[str] | None = None):
 class ExplainWidget(Container):
     """The Explain dock widget (Plugins › napari-xai › Explain)."""
 
-    def __init__(self, viewer: "napari.viewer.Viewer"):
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        # napari passes the viewer by this parameter *name* (an annotation under
+        # ``from __future__ import annotations`` is a string napari does not match)
         super().__init__(labels=True)
-        self._viewer = viewer
+        viewer = self._viewer = napari_viewer
         self._model_cache: dict[tuple, Any] = {}
         self._worker = None
         self._loaded = None
@@ -155,13 +157,10 @@ class ExplainWidget(Container):
 
     # ---------------------------------------------------------------- choices
     def _image_choices(self, *_):
-        from napari.layers import Image
+        """Volumes only: 3D scans, never a relevance map, cluster or filtered layer made from one."""
+        from .._layers import is_input_volume
 
-        return [
-            layer.name
-            for layer in self._viewer.layers
-            if isinstance(layer, Image) and "xai_relevance" not in layer.metadata and "xai_explorer" not in layer.metadata
-        ]
+        return [layer.name for layer in self._viewer.layers if is_input_volume(layer)]
 
     def _mask_choices(self, *_):
         from napari.layers import Labels
