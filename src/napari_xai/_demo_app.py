@@ -18,6 +18,7 @@ from pathlib import Path
 from .core.errors import UserError
 
 DEMO_SEED = 0
+AUTO_OUTDIR = "demo-out"  # where `napari-xai demo` writes when there is no display
 
 
 def explain_demo(method: str = "integrated-gradients", progress=None):
@@ -104,7 +105,29 @@ def virtual_display():
                 os.environ[k] = v
 
 
-def run_headless(outdir: Path, method: str = "integrated-gradients", overwrite: bool = False) -> int:
+def _written_by_demo(paths: list[Path]) -> bool:
+    """True when every existing output is one an earlier demo run wrote (its NIfTIs' sidecars say so)."""
+    import json
+
+    for p in paths:
+        if p.suffix == ".png":
+            continue
+        try:
+            record = json.loads(p.with_name(p.name.replace(".nii.gz", ".json")).read_text())
+        except (OSError, ValueError):
+            return False
+        if not (record.get("kind") == "demo-brain" or str(record.get("command", "")).startswith("napari-xai demo")):
+            return False
+    return any(p.suffix != ".png" for p in paths)
+
+
+def run_headless(outdir: Path, method: str = "integrated-gradients", overwrite: bool = False, auto: bool = False) -> int:
+    """Explain the demo and write the relevance, the brain, their sidecars and a 3D screenshot into ``outdir``.
+
+    ``auto`` is the run ``napari-xai demo`` does by itself without a display: it
+    replaces the files of an earlier demo run in ``outdir`` (nothing else), and
+    without Xvfb it skips the screenshot with a note instead of failing.
+    """
     from .core.provenance import write_sidecar
     from .core.volumes import save_nifti
 
@@ -114,8 +137,17 @@ def run_headless(outdir: Path, method: str = "integrated-gradients", overwrite: 
     shot_path = outdir / "demo_3d.png"
     if not overwrite:
         existing = [p for p in (rel_path, brain_path, shot_path) if p.exists()]
-        if existing:
-            raise UserError(f"{existing[0]} exists; choose another OUTDIR or pass --overwrite.")
+        if existing and not (auto and _written_by_demo(existing)):
+            flag = "--overwrite" if not auto else "--overwrite (or move it away)"
+            raise UserError(f"{existing[0]} exists; choose another OUTDIR or pass {flag}.")
+    screenshot = True
+    if auto:
+        try:
+            require_display()
+        except UserError:
+            screenshot = False
+            print("napari-xai: note: no Xvfb to render the 3D screenshot (apt-get install xvfb libgl1-mesa-dri, or "
+                  "bash scripts/setup.sh); writing the relevance and sidecars without it.", file=sys.stderr)
     outdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     volume, mask, model, rel = explain_demo(method, progress=_print_progress)
@@ -128,9 +160,10 @@ def run_headless(outdir: Path, method: str = "integrated-gradients", overwrite: 
     probs = ", ".join(f"{k}={v:.3f}" for k, v in rel.probabilities.items())
     print(f"predicted: {rel.provenance['prediction']['name']} ({probs}); explained '{rel.target_name}' with {rel.method}")
     print(f"wrote {rel_path}, {brain_path} and their .json sidecars ({time.perf_counter() - t0:.1f} s)")
-    with virtual_display():
-        screenshot_3d(volume, mask, rel, shot_path)
-    print(f"wrote {shot_path}")
+    if screenshot:
+        with virtual_display():
+            screenshot_3d(volume, mask, rel, shot_path)
+        print(f"wrote {shot_path}")
     return 0
 
 
