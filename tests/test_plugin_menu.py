@@ -122,3 +122,33 @@ def test_readme_flow_through_the_plugins_menu(make_napari_viewer_proxy, qtbot):
     viewer.open_sample(PLUGIN, "demo_brain")
     viewer.dims.ndisplay = 3
     assert "demo brain" in viewer.layers
+
+
+def test_all_docks_fit_a_1280x800_window(make_napari_viewer, qtbot):
+    """Every dock scrolls instead of growing the window: four stacked docks fit 1280×800 (the worst case; tabbed
+    docks need less), none asks for more than ~600 px of height, and the canvas keeps half the width."""
+    from qtpy.QtWidgets import QApplication, QDockWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "demo_brain")
+    docks = [viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=False)[0] for name in manifest_widgets()]
+    window = docks[0].window()  # the QMainWindow (Qt API)
+    for dock in docks:
+        hint = dock.minimumSizeHint()
+        assert hint.height() <= 600, (dock.windowTitle(), hint.height())
+        assert hint.width() <= 320, (dock.windowTitle(), hint.width())
+    window.resize(1280, 800)
+    for _ in range(5):
+        QApplication.processEvents()
+        qtbot.wait(20)
+    assert window.height() <= 800 and window.width() <= 1280, (window.width(), window.height())
+    canvas = window.centralWidget()
+    # napari's own layer docks on the left take ~320-340 px (more with some layer controls): our column on the
+    # right must leave the canvas half of the window beside them
+    left = max(d.x() + d.width() for d in window.findChildren(QDockWidget)
+               if d.isVisible() and d.x() < canvas.x())
+    ours = window.width() - canvas.x() - canvas.width()
+    assert ours <= 1280 - 640 - 330, f"our docks take {ours} px"
+    if left <= 340:
+        assert canvas.width() >= 640, f"the canvas is {canvas.width()} px of {window.width()}"
+    assert all(dock.isVisible() and dock.height() >= 100 for dock in docks)

@@ -205,23 +205,23 @@ def _print_progress(frac: float, msg: str) -> None:
     print(f"[{frac * 100:5.1f}%] {msg}", file=sys.stderr)
 
 
+def dock_widgets(viewer, names=("Explain", "Relevance explorer")) -> list:
+    """Open napari-xai's docks the way Plugins › napari-xai does, tabbed on the right; the inner widgets."""
+    widgets = []
+    for name in names:
+        _, widget = viewer.window.add_plugin_dock_widget("napari-xai", name, tabify=True)
+        widgets.append(widget)
+    return widgets
+
+
 def run_gui(method: str = "integrated-gradients") -> int:
     _preload_torch_extras()
     import napari
 
-    from ._qt.explain_widget import ExplainWidget
-
     viewer = napari.Viewer(title="napari-xai demo")
     volume, mask, model, rel = explain_demo(method, progress=_print_progress)
     populate_viewer(viewer, volume, mask, rel)
-    widget = ExplainWidget(viewer)
-    widget.method.value = method
-    viewer.window.add_dock_widget(widget, name="Explain (napari-xai)", area="right")
-    try:
-        from ._qt.explorer_widget import ExplorerWidget
-
-        viewer.window.add_dock_widget(ExplorerWidget(viewer), name="Relevance explorer (napari-xai)", area="right", tabify=True)
-    except ImportError:
-        pass
+    explain, _explorer = dock_widgets(viewer)
+    explain.method.value = method
     napari.run()
     return 0

@@ -47,6 +47,7 @@ from qtpy.QtWidgets import (
 
 from ..core import atlas as at
 from ..core.errors import UserError
+from ._layout import compact, scroll_body
 
 CUSTOM = "Custom atlas…"
 ROLE_KEY = "xai_atlas_role"  # layer metadata: which outline layer this is
@@ -203,8 +204,7 @@ class AtlasWidget(QWidget):
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
-        self.setMinimumWidth(420)
-        lay = QVBoxLayout(self)
+        lay = QVBoxLayout(scroll_body(self))  # the form scrolls: the dock fits a laptop screen
         form = QFormLayout()
         self.atlas_combo = QComboBox()
         for name in at.builtin_atlas_names():
@@ -335,6 +335,7 @@ class AtlasWidget(QWidget):
         self.table_summary.setWordWrap(True)
         tl.addWidget(self.table_summary)
         lay.addWidget(tbox, 1)
+        compact(self)
 
     def _with_browse(self, edit: QLineEdit, filt: str) -> QWidget:
         w = QWidget()

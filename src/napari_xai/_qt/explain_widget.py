@@ -31,6 +31,7 @@ from qtpy.QtCore import QTimer
 from ..core.errors import Cancelled, UserError
 from ..core.registry import Param, all_methods, get_method
 from ._jobs import fail, report_error, start_worker
+from ._layout import into_scroll_area
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -105,8 +106,10 @@ class ExplainWidget(Container):
         self.weights = FileEdit(label="weights", mode="r", filter="*.pt *.pth *.ckpt *.bin", tooltip="state_dict checkpoint")
         self.kwargs = LineEdit(label="kwargs (JSON)", value="{}", tooltip='constructor keyword arguments, e.g. {"in_channels": 1}')
         self.trust = CheckBox(
-            text="trust model code (full unpickling and bundle expressions RUN code from the files)",
+            text="trust model code (runs code from the files)",
             value=False,
+            tooltip="full unpickling and MONAI bundle expressions RUN code from the model files; tick only for "
+                    "files you trust",
         )
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.method = ComboBox(label="method", choices=[m.name for m in all_methods()], value="integrated-gradients")
@@ -114,9 +117,9 @@ class ExplainWidget(Container):
         self._class_names: list[str] = []
         self.target = ComboBox(label="target", choices=lambda _w: ["predicted", *self._class_names], value="predicted")
         self.segmentation = CheckBox(
-            text="segmentation model: explain the target's logits summed inside a mask",
+            text="segmentation model (logits in a mask)",
             value=False,
-            tooltip="for models returning a map (N, C, D, H, W)",
+            tooltip="for models returning a map (N, C, D, H, W): explain the target's logits summed inside a mask",
         )
         self.mask = ComboBox(
             label="mask",
@@ -154,6 +157,7 @@ class ExplainWidget(Container):
         self._on_source()
         self._rebuild_params()
         self._refresh_layers()
+        into_scroll_area(self.native)  # the form scrolls: the dock fits a laptop screen
 
     # ---------------------------------------------------------------- choices
     def _image_choices(self, *_):
@@ -446,7 +450,9 @@ class ExplainWidget(Container):
             text += "\n⚠ the model files differ from those of the result whose settings were loaded (SHA-256)"
         self._expected_sha = None
         self.status.value = text
-        self.progress.value = 100
+        self._timer.stop()  # the last step's message must not outlive the run
+        self._progress[:] = [1.0, "done"]
+        self._show_progress()
 
     def _update_layer_choices(self, model):
         names = [n for n, m in model.module.named_modules() if n and type(m).__name__.startswith("Conv")]
@@ -459,8 +465,10 @@ class ExplainWidget(Container):
                     w.value = current if current in w.choices else AUTO
 
     def _on_error(self, exc):
-        if report_error(exc, self._set_status):
-            self.progress.value = 0
+        self._timer.stop()
+        cancelled = report_error(exc, self._set_status)
+        self._progress[:] = [0.0 if cancelled else self._progress[0], "cancelled" if cancelled else "failed"]
+        self._show_progress()
 
     def _set_status(self, text: str) -> None:
         self.status.value = text

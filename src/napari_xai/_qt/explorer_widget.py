@@ -52,6 +52,7 @@ from ..core import atlas as at
 from ..core import postprocess as pp
 from ..core.errors import UserError
 from ..core.explorer import Explorer, source_provenance
+from ._layout import compact, scroll_body
 from .atlas_widget import atlas_grid_for_viewer, atlas_widget_for_viewer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -306,7 +307,7 @@ class ExplorerWidget(QWidget):
     # -- construction ------------------------------------------------------------
     def _build(self) -> None:
         d = pp.PostParams()
-        root = QVBoxLayout(self)
+        root = QVBoxLayout(scroll_body(self))  # the form scrolls: the dock fits a laptop screen
         root.setContentsMargins(4, 4, 4, 4)
 
         src = QHBoxLayout()
@@ -433,7 +434,7 @@ class ExplorerWidget(QWidget):
         self.table_view.clicked.connect(self._on_row_clicked)
         root.addWidget(self.table_view, 1)
 
-        opts = QHBoxLayout()
+        opts = QVBoxLayout()
         self.mask_check = QCheckBox("relevance only in clusters")
         self.mask_check.setChecked(True)
         self.mask_check.setToolTip("show (and save) the filtered relevance only inside the kept clusters")
@@ -473,6 +474,7 @@ class ExplorerWidget(QWidget):
         self.highlight_check.toggled.connect(self._on_highlight_toggled)
         self._sync_scale_widgets()
         self._sync_filter_widgets()
+        compact(self)
 
     def _connect_viewer(self) -> None:
         v = self.viewer
