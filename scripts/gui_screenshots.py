@@ -7,7 +7,8 @@ Run under Xvfb (screenshots have content only with show=True)::
 File › Open Sample, then Explain (run), Relevance explorer, Atlas (AAL, all
 outlines) and LRP designer, opened from the Plugins menu path and tabbed on the
 right. Writes gui_1280x800_2d.png, gui_1280x800_3d.png, gui_1600x1200_2d.png and
-gui_1600x1200_3d.png (whole window), and prints each canvas width.
+gui_1600x1200_3d.png (whole window; at 1600 px the dock is dragged to 440 px
+wide, as a user would), and prints each canvas width.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ k = int(round(world_to_vox(brain.metadata["affine"], [0.0, 0.0, -16.0])[2]))  # 
 window = explain.native.window()  # the QMainWindow (Qt API)
 for w, h in ((1280, 800), (1600, 1200)):
     window.resize(w, h)
+    settle()
+    if w > 1280:  # on a larger screen the user drags the dock wider (docks open at most 280 px wide)
+        from qtpy.QtCore import Qt
+
+        window.resizeDocks([explorer.parentWidget()], [440], Qt.Orientation.Horizontal)
     for nd in (2, 3):
         viewer.dims.ndisplay = nd
         if nd == 2:
