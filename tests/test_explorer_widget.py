@@ -457,3 +457,25 @@ def test_cli_atlas_user_errors_write_nothing(tmp_path, capsys, monkeypatch, args
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0] and "Traceback" not in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rel.nii.gz"]
+
+
+def test_offers_only_relevance_layers_unless_any_image(make_napari_viewer, relevance):
+    # issue 12: a T1 is never taken as relevance; a map without a record is offered when asked for
+    viewer = make_napari_viewer()
+    aff = affine_2mm()
+    viewer.add_image(np.abs(relevance), name="T1", affine=aff, metadata={"affine": aff})
+    w = ExplorerWidget(viewer)
+    assert w.layer_combo.count() == 0 and w.hint_label.isVisibleTo(w) and w.result is None
+    w.any_image_check.setChecked(True)
+    assert [w.layer_combo.itemText(i) for i in range(w.layer_combo.count())] == ["T1"]
+    w.any_image_check.setChecked(False)
+    add_relevance(viewer, relevance, name="map")
+    w.wait()
+    assert w.layer_combo.currentText() == "map" and not w.hint_label.isVisibleTo(w)
+    # a newer relevance map is followed; deleting it goes back to the remaining one
+    add_relevance(viewer, -relevance, name="newer")
+    w.wait()
+    assert w.layer_combo.currentText() == "newer"
+    viewer.layers.remove("newer")
+    w.wait()
+    assert w.layer_combo.currentText() == "map" and w.result is not None
