@@ -143,7 +143,7 @@ def bench_gui(g):
         viewer.dims.ndisplay = ndisplay
         app.processEvents()
         if ndisplay == 3:
-            viewer.cursor._view_direction = np.array([0.0, 0.0, -1.0])
+            viewer.camera.set_view_direction((0.0, 0.0, -1.0))
         times, changed, prev = [], 0, None
         for p in pts:
             t = time.perf_counter()

@@ -112,7 +112,7 @@ def _check_outline_layers(viewer, widget, grid):
 def _check_3d_pick(viewer, widget, grid):
     viewer.dims.ndisplay = 3
     # look along +x (from the subject's left): the ray through y=-20, z=-15 mm
-    viewer.cursor._view_direction = np.array([1.0, 0.0, 0.0])
+    viewer.scene.camera.set_view_direction((1.0, 0.0, 0.0), up_direction=(0.0, 0.0, 1.0))  # the picking ray (public API)
     viewer.cursor.position = (0.0, -20.0, -15.0)
     j = int(round((-20 + 126) / 4))
     k = int(round((-15 + 72) / 4))

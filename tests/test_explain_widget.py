@@ -77,14 +77,15 @@ def test_cancel_leaves_no_layer(make_napari_viewer, qtbot):
     assert "cancelled" in widget.status.value
 
 
-def test_2d_layer_is_refused_with_one_line(make_napari_viewer):
+def test_2d_layer_is_not_offered_and_run_says_what_to_do(make_napari_viewer):
+    # issue 12: only volumes are offered as inputs (a 2D image used to be offered, then refused)
     viewer = make_napari_viewer()
     viewer.add_image(np.ones((16, 16), np.float32), name="slice")
     widget = ExplainWidget(viewer)
-    widget.inputs.value = ["slice"]
+    assert widget.inputs.choices == ()
     widget.run_btn.native.click()
     assert not widget.busy
-    assert widget.status.value == "error: layer 'slice' is 2D; napari-xai explains 3D volumes."
+    assert widget.status.value.startswith("error: select at least one input image layer")
     assert len(viewer.layers) == 1
 
 

@@ -36,9 +36,13 @@ def relevance():
     return ndimage.gaussian_filter(rng.standard_normal((20, 22, 18)), 1.3).astype(np.float32)
 
 
+# the explorer offers only layers with a relevance record (issue 12); these test maps carry a minimal one
+RECORD = {"kind": "relevance", "method": "test-map"}
+
+
 def add_relevance(viewer, data, name="relevance", **metadata):
     aff = affine_2mm()
-    return viewer.add_image(data, name=name, affine=aff, metadata={"affine": aff, **metadata})
+    return viewer.add_image(data, name=name, affine=aff, metadata={"affine": aff, "provenance": RECORD, **metadata})
 
 
 def expected(data, params):
@@ -338,7 +342,7 @@ def test_atlas_columns_cursor_region_and_save(make_napari_viewer, qtbot, tmp_pat
 
     viewer = make_napari_viewer()
     rel = _two_blobs()
-    viewer.add_image(rel, name="relevance", affine=MNI_4MM, metadata={"affine": MNI_4MM})
+    viewer.add_image(rel, name="relevance", affine=MNI_4MM, metadata={"affine": MNI_4MM, "provenance": RECORD})
     w = ExplorerWidget(viewer)
     viewer.window.add_dock_widget(w)
     w.set_params(pp.PostParams(scale="max", threshold=0.3, min_size=1))
@@ -389,7 +393,7 @@ def test_atlas_columns_cursor_region_and_save(make_napari_viewer, qtbot, tmp_pat
     # 3D: the region is the first labelled one along the view ray (here +x from outside the head, through the
     # left hippocampus' y and z), found by hand on the atlas grid: x = 90 - 4 i, so +x walks i downwards
     viewer.dims.ndisplay = 3
-    viewer.cursor._view_direction = np.array([1.0, 0.0, 0.0])
+    viewer.scene.camera.set_view_direction((1.0, 0.0, 0.0), up_direction=(0.0, 0.0, 1.0))  # the picking ray (public API)
     viewer.cursor.position = (-120.0, HIPPO_L_MM[1], HIPPO_L_MM[2])
     j, k = int(round((HIPPO_L_MM[1] + 126) / 4)), int(round((HIPPO_L_MM[2] + 72) / 4))
     row = lab[:, j, k]
@@ -454,3 +458,25 @@ def test_cli_atlas_user_errors_write_nothing(tmp_path, capsys, monkeypatch, args
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0] and "Traceback" not in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rel.nii.gz"]
+
+
+def test_offers_only_relevance_layers_unless_any_image(make_napari_viewer, relevance):
+    # issue 12: a T1 is never taken as relevance; a map without a record is offered when asked for
+    viewer = make_napari_viewer()
+    aff = affine_2mm()
+    viewer.add_image(np.abs(relevance), name="T1", affine=aff, metadata={"affine": aff})
+    w = ExplorerWidget(viewer)
+    assert w.layer_combo.count() == 0 and w.hint_label.isVisibleTo(w) and w.result is None
+    w.any_image_check.setChecked(True)
+    assert [w.layer_combo.itemText(i) for i in range(w.layer_combo.count())] == ["T1"]
+    w.any_image_check.setChecked(False)
+    add_relevance(viewer, relevance, name="map")
+    w.wait()
+    assert w.layer_combo.currentText() == "map" and not w.hint_label.isVisibleTo(w)
+    # a newer relevance map is followed; deleting it goes back to the remaining one
+    add_relevance(viewer, -relevance, name="newer")
+    w.wait()
+    assert w.layer_combo.currentText() == "newer"
+    viewer.layers.remove("newer")
+    w.wait()
+    assert w.layer_combo.currentText() == "map" and w.result is not None

@@ -18,6 +18,7 @@ from pathlib import Path
 from .core.errors import UserError
 
 DEMO_SEED = 0
+AUTO_OUTDIR = "demo-out"  # where `napari-xai demo` writes when there is no display
 
 
 def explain_demo(method: str = "integrated-gradients", progress=None):
@@ -52,8 +53,9 @@ def populate_viewer(viewer, volume, mask, rel) -> None:
     brain.opacity = 0.8
     viewer.dims.ndisplay = 3
     viewer.reset_view()
-    viewer.camera.angles = (-15.0, 35.0, 145.0)
-    viewer.camera.zoom *= 0.9
+    camera = viewer.scene.camera if hasattr(getattr(viewer, "scene", None), "camera") else viewer.camera  # napari 0.9
+    camera.angles = (-15.0, 35.0, 145.0)
+    camera.zoom *= 0.9
 
 
 def require_display() -> None:
@@ -103,7 +105,29 @@ def virtual_display():
                 os.environ[k] = v
 
 
-def run_headless(outdir: Path, method: str = "integrated-gradients", overwrite: bool = False) -> int:
+def _written_by_demo(paths: list[Path]) -> bool:
+    """True when every existing output is one an earlier demo run wrote (its NIfTIs' sidecars say so)."""
+    from .core.provenance import read_sidecar
+
+    for p in paths:
+        if p.suffix == ".png":
+            continue
+        try:
+            record = read_sidecar(p)
+        except (OSError, ValueError):
+            return False
+        if not isinstance(record, dict) or not (record.get("kind") == "demo-brain" or str(record.get("command", "")).startswith("napari-xai demo")):
+            return False
+    return any(p.suffix != ".png" for p in paths)
+
+
+def run_headless(outdir: Path, method: str = "integrated-gradients", overwrite: bool = False, auto: bool = False) -> int:
+    """Explain the demo and write the relevance, the brain, their sidecars and a 3D screenshot into ``outdir``.
+
+    ``auto`` is the run ``napari-xai demo`` does by itself without a display: it
+    replaces the files of an earlier demo run in ``outdir`` (nothing else), and
+    without Xvfb it skips the screenshot with a note instead of failing.
+    """
     from .core.provenance import write_sidecar
     from .core.volumes import save_nifti
 
@@ -114,8 +138,19 @@ def run_headless(outdir: Path, method: str = "integrated-gradients", overwrite: 
     from ._cli_common import check_out_dir
     from .core.volumes import written_or_removed
 
-    check_out_dir(outdir, [p.name for p in (rel_path, brain_path, shot_path)], overwrite, option="OUTDIR",
-                  sidecars=True)
+    targets = (rel_path, brain_path, shot_path)
+    existing = [p for p in targets if p.exists()]
+    # the automatic headless run (no display) replaces the files of an earlier demo run, and nothing else
+    replace = overwrite or bool(auto and existing and _written_by_demo(existing))
+    check_out_dir(outdir, [p.name for p in targets], replace, option="OUTDIR", sidecars=True)
+    screenshot = True
+    if auto:
+        try:
+            require_display()
+        except UserError:
+            screenshot = False
+            print("napari-xai: note: no Xvfb to render the 3D screenshot (apt-get install xvfb libgl1-mesa-dri, or "
+                  "bash scripts/setup.sh); writing the relevance and sidecars without it.", file=sys.stderr)
     outdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     volume, mask, model, rel = explain_demo(method, progress=_print_progress)
@@ -128,10 +163,12 @@ def run_headless(outdir: Path, method: str = "integrated-gradients", overwrite: 
         write_sidecar(rel_path, {**rel.provenance, "output": str(rel_path), "command": "napari-xai demo --headless"})
         probs = ", ".join(f"{k}={v:.3f}" for k, v in rel.probabilities.items())
         print(f"predicted: {rel.provenance['prediction']['name']} ({probs}); explained '{rel.target_name}' with {rel.method}")
-        with virtual_display():  # the screenshot joins the same transaction: all three files appear, or none
-            screenshot_3d(volume, mask, rel, shot_path)
+        if screenshot:
+            with virtual_display():  # the screenshot joins the same transaction: all files appear, or none
+                screenshot_3d(volume, mask, rel, shot_path)
     print(f"wrote {rel_path}, {brain_path} and their .xai.json sidecars ({time.perf_counter() - t0:.1f} s)")
-    print(f"wrote {shot_path}")
+    if screenshot:
+        print(f"wrote {shot_path}")
     return 0
 
 
@@ -173,23 +210,23 @@ def _print_progress(frac: float, msg: str) -> None:
     print(f"[{frac * 100:5.1f}%] {msg}", file=sys.stderr)
 
 
+def dock_widgets(viewer, names=("Explain", "Relevance explorer")) -> list:
+    """Open napari-xai's docks the way Plugins › napari-xai does, tabbed on the right; the inner widgets."""
+    widgets = []
+    for name in names:
+        _, widget = viewer.window.add_plugin_dock_widget("napari-xai", name, tabify=True)
+        widgets.append(widget)
+    return widgets
+
+
 def run_gui(method: str = "integrated-gradients") -> int:
     _preload_torch_extras()
     import napari
 
-    from ._qt.explain_widget import ExplainWidget
-
     viewer = napari.Viewer(title="napari-xai demo")
     volume, mask, model, rel = explain_demo(method, progress=_print_progress)
     populate_viewer(viewer, volume, mask, rel)
-    widget = ExplainWidget(viewer)
-    widget.method.value = method
-    viewer.window.add_dock_widget(widget, name="Explain (napari-xai)", area="right")
-    try:
-        from ._qt.explorer_widget import ExplorerWidget
-
-        viewer.window.add_dock_widget(ExplorerWidget(viewer), name="Relevance explorer (napari-xai)", area="right", tabify=True)
-    except ImportError:
-        pass
+    explain, _explorer = dock_widgets(viewer)
+    explain.method.value = method
     napari.run()
     return 0

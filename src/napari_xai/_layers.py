@@ -223,3 +223,55 @@ def show_grid(viewer, tuples: list[tuple], three_d: bool = True) -> list:
         viewer.dims.ndisplay = 3
     viewer.reset_view()
     return added
+
+
+# kinds of napari-xai records that are results made from a volume, not volumes to explain
+_DERIVED_KINDS = {"relevance", "clusters", "filtered_relevance", "intermediate", "activation", "channel",
+                  "cohort-mean-relevance", "sanity", "sanity-check", "segmentation"}
+# metadata keys our widgets put on the layers they make
+_DERIVED_KEYS = ("xai_relevance", "xai_explorer", "xai_explain", "xai_lrp", "xai_compare", "xai_check", "xai_segmentation")
+
+
+def _record(layer) -> dict | None:
+    md = getattr(layer, "metadata", None) or {}
+    rec = md.get("provenance")
+    return rec if isinstance(rec, dict) else None
+
+
+def is_relevance_layer(layer) -> bool:
+    """True for an Image layer holding a relevance map: made by napari-xai, or opened with its relevance sidecar.
+
+    A relevance record is one with a ``"method"`` (an explanation); records of
+    other kinds (clusters, the explorer's filtered map, an LRP intermediate
+    map) are results *made from* relevance, not relevance to explore.
+    """
+    from napari.layers import Image
+
+    if not isinstance(layer, Image) or getattr(layer, "rgb", False):
+        return False
+    md = getattr(layer, "metadata", None) or {}
+    if md.get("xai_relevance") is not None:
+        return True
+    if "xai_explain" in md or "xai_explorer" in md:  # intermediate maps, the explorer's own layers
+        return False
+    rec = _record(layer)
+    if rec is None:
+        return False
+    kind = rec.get("kind")
+    if kind not in (None, "relevance") and not str(kind).endswith("-relevance"):
+        return False
+    inner = rec.get("provenance")
+    return "method" in rec or str(kind).endswith("-relevance") or (isinstance(inner, dict) and "method" in inner)
+
+
+def is_input_volume(layer) -> bool:
+    """True for a 3D (or channels × 3D) Image layer that is a scan, not a result napari-xai made from one."""
+    from napari.layers import Image
+
+    if not isinstance(layer, Image) or getattr(layer, "rgb", False) or layer.ndim not in (3, 4):
+        return False
+    md = getattr(layer, "metadata", None) or {}
+    if any(k in md for k in _DERIVED_KEYS) or is_relevance_layer(layer):
+        return False
+    rec = _record(layer)
+    return rec is None or rec.get("kind") not in _DERIVED_KINDS

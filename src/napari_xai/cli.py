@@ -128,7 +128,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.headless:
         return _demo_app.run_headless(Path(args.headless), method=args.method, overwrite=args.overwrite)
     if not has_display():
-        raise UserError("no display found; run 'napari-xai demo --headless OUTDIR' to write the files and a 3D screenshot instead.")
+        # the README's first command must work on a server: do the headless run by itself
+        out = Path(_demo_app.AUTO_OUTDIR)
+        print(f"napari-xai: no display, so the demo runs headless: relevance, sidecars and a 3D screenshot go to "
+              f"{out}/ (open them with 'napari {out}/demo_brain.nii.gz {out}/demo_relevance.nii.gz').", file=sys.stderr)
+        return _demo_app.run_headless(out, method=args.method, overwrite=args.overwrite, auto=True)
     return _demo_app.run_gui(method=args.method)
 
 
@@ -167,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list attribution methods and their parameters")
     p.set_defaults(func=cmd_methods)
 
-    p = sub.add_parser("demo", help="open napari with the demo brain, model and a 3D explanation")
+    p = sub.add_parser("demo", help="open napari with the demo brain, model and a 3D explanation "
+                                     "(without a display: the --headless run into ./demo-out)")
     p.add_argument("--headless", metavar="OUTDIR", help="write relevance NIfTI, sidecar and a 3D screenshot to OUTDIR, no window")
     p.add_argument("--method", default="integrated-gradients", help="attribution method for the demo")
     p.add_argument("--overwrite", action="store_true", help="replace existing files in OUTDIR")

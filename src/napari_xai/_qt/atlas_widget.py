@@ -47,6 +47,7 @@ from qtpy.QtWidgets import (
 
 from ..core import atlas as at
 from ..core.errors import UserError
+from ._layout import compact, scroll_body
 from ..core.geometry import layer_affine  # the one layer -> affine
 
 CUSTOM = "Custom atlas…"
@@ -59,13 +60,24 @@ SELECTED_COLOUR = "#3cff3c"
 _WIDGETS: "weakref.WeakValueDictionary[int, AtlasWidget]" = weakref.WeakValueDictionary()
 
 
+def _camera(viewer):
+    """The viewer's camera: ``viewer.scene.camera`` since napari 0.9 (``viewer.camera`` is deprecated there)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
+def _viewer_key(viewer) -> int:
+    """One key per viewer: napari hands each plugin dock its own proxy of the same viewer."""
+    return id(getattr(viewer, "__wrapped__", viewer))
+
+
 def atlas_grid_for_viewer(viewer, shape=None, affine=None):
     """The atlas in use in ``viewer`` as an :class:`~napari_xai.core.atlas.AtlasOnGrid`, or None.
 
     With ``shape``/``affine`` the atlas is returned resampled onto that grid
     (cached), e.g. the grid of a cluster label volume.
     """
-    w = _WIDGETS.get(id(viewer))
+    w = _WIDGETS.get(_viewer_key(viewer))
     grid = w.grid if w is not None else None
     if grid is None:
         for layer in viewer.layers:
@@ -81,7 +93,7 @@ def atlas_grid_for_viewer(viewer, shape=None, affine=None):
 
 def atlas_widget_for_viewer(viewer) -> "AtlasWidget | None":
     """The atlas widget docked in ``viewer`` (to connect to its ``atlas_changed`` signal), or None."""
-    return _WIDGETS.get(id(viewer))
+    return _WIDGETS.get(_viewer_key(viewer))
 
 
 def cursor_voxel(viewer, grid) -> tuple[int, int, int] | None:
@@ -91,9 +103,9 @@ def cursor_voxel(viewer, grid) -> tuple[int, int, int] | None:
         return None
     xyz = pos[-3:]
     if viewer.dims.ndisplay == 3:
-        direction = getattr(viewer.cursor, "_view_direction", None)
-        if direction is None:
-            direction = viewer.camera.calculate_nd_view_direction(viewer.dims.ndim, viewer.dims.displayed)
+        # the camera's viewing direction (public API): the ray under the mouse in napari's default orthographic
+        # view; with perspective the rays spread and this is the central one
+        direction = _camera(viewer).calculate_nd_view_direction(viewer.dims.ndim, viewer.dims.displayed)
         if direction is None:
             return None
         return at.first_nonzero_along_ray(grid.labels, grid.affine, xyz, np.asarray(direction, dtype=float)[-3:])
@@ -155,7 +167,7 @@ class AtlasWidget(QWidget):
         self._selected_values: list[int] = []
         self._setting_status = False
         self._table_grid: at.AtlasOnGrid | None = None
-        _WIDGETS[id(napari_viewer)] = self
+        _WIDGETS[_viewer_key(napari_viewer)] = self
         self._build_ui()
         self._refresh_layer_choices()
         v = self.viewer
@@ -178,8 +190,7 @@ class AtlasWidget(QWidget):
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
-        self.setMinimumWidth(420)
-        lay = QVBoxLayout(self)
+        lay = QVBoxLayout(scroll_body(self))  # the form scrolls: the dock fits a laptop screen
         form = QFormLayout()
         self.atlas_combo = QComboBox()
         for name in at.builtin_atlas_names():
@@ -310,6 +321,7 @@ class AtlasWidget(QWidget):
         self.table_summary.setWordWrap(True)
         tl.addWidget(self.table_summary)
         lay.addWidget(tbox, 1)
+        compact(self)
 
     def _with_browse(self, edit: QLineEdit, filt: str) -> QWidget:
         w = QWidget()
@@ -344,18 +356,17 @@ class AtlasWidget(QWidget):
             combo.setCurrentIndex(idx if idx >= 0 else 0)
             combo.blockSignals(False)
 
-        mine = {id(lay) for lay in self._layers.values()}
-        vols = [
-            lay
-            for lay in self.viewer.layers
-            if isinstance(lay, (Image, Labels)) and lay.ndim >= 3 and id(lay) not in mine and not (isinstance(lay, Image) and lay.rgb)
-        ]
+        mine = [lay for lay in self._layers.values() if lay is not None]
+        vols = self._volumes()
         images = [lay for lay in self.viewer.layers if isinstance(lay, Image) and lay.ndim >= 3 and not lay.rgb]
-        labels = [lay for lay in self.viewer.layers if isinstance(lay, Labels) and lay.ndim >= 3 and id(lay) not in mine]
+        labels = [lay for lay in self.viewer.layers
+                  if isinstance(lay, Labels) and lay.ndim >= 3 and not any(lay == m for m in mine)]
         prev_rel = self.relevance_combo.currentText()
         fill(self.volume_combo, vols, None)
         fill(self.relevance_combo, images, "(none)")
         fill(self.clusters_combo, labels, "(none)")
+        if not vols and self.grid is not None:
+            self._forget_atlas()  # every volume was deleted: the atlas has no grid to sit on
         if prev_rel in ("", "(none)"):
             # default: a relevance layer made by napari-xai
             for layer in images:
@@ -368,6 +379,37 @@ class AtlasWidget(QWidget):
                 if "cluster" in layer.name.lower() or (isinstance(prov, dict) and prov.get("kind") == "clusters"):
                     self.clusters_combo.setCurrentIndex(self.clusters_combo.findText(layer.name))
                     break
+
+    def _volumes(self) -> list:
+        """3D Image/Labels layers an atlas can be resampled onto (not this widget's outline layers)."""
+        from napari.layers import Image, Labels
+
+        mine = [lay for lay in self._layers.values() if lay is not None]
+        return [
+            lay for lay in self.viewer.layers
+            if isinstance(lay, (Image, Labels)) and lay.ndim >= 3 and not any(lay == m for m in mine)
+            and not (isinstance(lay, Image) and lay.rgb)
+        ]
+
+    def _forget_atlas(self) -> None:
+        """Drop the atlas grid, lookup and table; outline layers still in the viewer go once the event ends."""
+        self.grid = None
+        self.table = None
+        self._table_grid = None
+        self.last_lookup = None
+        self._cursor_value = None
+        self._pending_outline = None
+        self._outline_timer.stop()
+        self._table_timer.stop()
+        self.status_text = ""
+        self.region_label.setText("—")
+        self._fill_table()
+        self.table_summary.setText("")
+        self.message.setText("no volume layer: add one and load the atlas again")
+        leftovers, self._layers = list(self._layers.values()), {}
+        # never change the layer list inside its own removal event (napari is iterating over it)
+        QTimer.singleShot(0, lambda: [self.viewer.layers.remove(ly) for ly in leftovers if ly in self.viewer.layers])
+        self.atlas_changed.emit(None)
 
     def _layer_by_name(self, name: str):
         if name and name in self.viewer.layers:
@@ -644,6 +686,9 @@ class AtlasWidget(QWidget):
     def _on_display_change(self, event=None) -> None:
         if self.grid is None:
             return
+        if not self._volumes():  # e.g. all layers deleted: napari changes the dims before it says so
+            self._forget_atlas()
+            return
         self._update_outline_layers()
         if event is not None and getattr(event, "type", "") == "ndisplay":
             self._style_for_display()
@@ -860,7 +905,7 @@ class AtlasWidget(QWidget):
         for axis in range(nd - 3, nd):
             v.dims.set_point(axis, point[axis])
         centre = [point[d] for d in v.dims.displayed]
-        v.camera.center = tuple(centre)
+        _camera(v).center = tuple(centre)
         return world
 
     # ------------------------------------------------------------------ saving

@@ -164,11 +164,16 @@ class CurvePlot(QWidget):
 
 
 def read_only_table(headers: list[str]) -> QTableWidget:
-    """A read-only table with these column headers, stretched columns and no row numbers."""
+    """A read-only table with these column headers, no row numbers, and nothing elided.
+
+    Columns fit their contents (headers and cells are never cut to "negati…"),
+    the last one takes the remaining width, and a narrow dock scrolls sideways.
+    """
     t = QTableWidget(0, len(headers))
     t.setHorizontalHeaderLabels(headers)
     t.verticalHeader().setVisible(False)
-    t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+    t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    t.horizontalHeader().setStretchLastSection(True)
     t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
     return t
 

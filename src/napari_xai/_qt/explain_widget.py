@@ -32,6 +32,7 @@ from ..core.errors import Cancelled, UserError
 from ..core.methods.registry import Param
 from ..core.methods.catalogue import all_methods, get_method
 from ._jobs import fail, report_error, start_worker
+from ._layout import into_scroll_area
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -111,9 +112,11 @@ def _param_widget(p: Param, layer_choices: list[str] | None = None):
 class ExplainWidget(Container):
     """The Explain dock widget (Plugins › napari-xai › Explain)."""
 
-    def __init__(self, viewer: "napari.viewer.Viewer"):
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        # napari passes the viewer by this parameter *name* (an annotation under
+        # ``from __future__ import annotations`` is a string napari does not match)
         super().__init__(labels=True)
-        self._viewer = viewer
+        viewer = self._viewer = napari_viewer
         self._model_cache: dict[tuple, Any] = {}
         self._worker = None
         self._loaded = None
@@ -138,6 +141,8 @@ class ExplainWidget(Container):
         self.trust = CheckBox(
             text="trust model code (TorchScript, full unpickling and bundle expressions RUN code from the files)",
             value=False,
+            tooltip="full unpickling and MONAI bundle expressions RUN code from the model files; tick only for "
+                    "files you trust",
         )
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.method = ComboBox(label="method", choices=[m.name for m in all_methods()], value="integrated-gradients")
@@ -145,9 +150,9 @@ class ExplainWidget(Container):
         self._class_names: list[str] = []
         self.target = ComboBox(label="target", choices=lambda _w: ["predicted", *self._class_names], value="predicted")
         self.segmentation = CheckBox(
-            text="segmentation model: explain the target's logits summed inside a mask",
+            text="segmentation model (logits in a mask)",
             value=False,
-            tooltip="for models returning a map (N, C, D, H, W)",
+            tooltip="for models returning a map (N, C, D, H, W): explain the target's logits summed inside a mask",
         )
         self.mask = ComboBox(
             label="mask",
@@ -186,16 +191,14 @@ class ExplainWidget(Container):
         self._on_source()
         self._rebuild_params()
         self._refresh_layers()
+        into_scroll_area(self.native)  # the form scrolls: the dock fits a laptop screen
 
     # ---------------------------------------------------------------- choices
     def _image_choices(self, *_):
-        from napari.layers import Image
+        """Volumes only: 3D scans, never a relevance map, cluster or filtered layer made from one."""
+        from .._layers import is_input_volume
 
-        return [
-            layer.name
-            for layer in self._viewer.layers
-            if isinstance(layer, Image) and "xai_relevance" not in layer.metadata and "xai_explorer" not in layer.metadata
-        ]
+        return [layer.name for layer in self._viewer.layers if is_input_volume(layer)]
 
     def _mask_choices(self, *_):
         from napari.layers import Labels
@@ -469,7 +472,9 @@ class ExplainWidget(Container):
             text += "\n⚠ the model files differ from those of the result whose settings were loaded (SHA-256)"
         self._expected_sha = None
         self.status.value = text
-        self.progress.value = 100
+        self._timer.stop()  # the last step's message must not outlive the run
+        self._progress[:] = [1.0, "done"]
+        self._show_progress()
 
     def _update_layer_choices(self, model):
         names = [n for n, m in model.module.named_modules() if n and type(m).__name__.startswith("Conv")]
@@ -482,8 +487,10 @@ class ExplainWidget(Container):
                     w.value = current if current in w.choices else AUTO
 
     def _on_error(self, exc):
-        if report_error(exc, self._set_status):
-            self.progress.value = 0
+        self._timer.stop()
+        cancelled = report_error(exc, self._set_status)
+        self._progress[:] = [0.0 if cancelled else self._progress[0], "cancelled" if cancelled else "failed"]
+        self._show_progress()
 
     def _set_status(self, text: str) -> None:
         self.status.value = text

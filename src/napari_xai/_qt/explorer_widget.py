@@ -53,6 +53,7 @@ from ..core import postprocess as pp
 from ..core.geometry import voxel_volume_mm3
 from ..core.errors import UserError
 from ..core.explorer import Explorer, source_provenance
+from ._layout import compact, scroll_body
 from ..core.geometry import layer_affine  # the one layer -> affine
 from .atlas_widget import atlas_grid_for_viewer, atlas_widget_for_viewer
 
@@ -62,6 +63,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 FILTERED_NAME = "filtered relevance"
+NO_RELEVANCE_HINT = ("No relevance map yet: run Plugins › napari-xai › Explain, or open a relevance NIfTI with its "
+                     ".json sidecar (tick 'any image' for a map without one).")
 CLUSTERS_NAME = "clusters"
 THROTTLE_MS = 30
 SIZE_SLIDER_STEPS = 1000
@@ -287,16 +290,25 @@ class ExplorerWidget(QWidget):
     # -- construction ------------------------------------------------------------
     def _build(self) -> None:
         d = pp.PostParams()
-        root = QVBoxLayout(self)
+        root = QVBoxLayout(scroll_body(self))  # the form scrolls: the dock fits a laptop screen
         root.setContentsMargins(4, 4, 4, 4)
 
         src = QHBoxLayout()
         src.addWidget(QLabel("relevance"))
         self.layer_combo = QComboBox()
-        self.layer_combo.setToolTip("the relevance layer to explore")
+        self.layer_combo.setToolTip("the relevance layer to explore (the newest one is chosen when it appears)")
         self.layer_combo.currentTextChanged.connect(self._on_layer_chosen)
         src.addWidget(self.layer_combo, 1)
+        self.any_image_check = QCheckBox("any image")
+        self.any_image_check.setToolTip("also offer image layers without a relevance record "
+                                        "(e.g. a map made by another tool)")
+        self.any_image_check.toggled.connect(self.refresh_layers)
+        src.addWidget(self.any_image_check)
         root.addLayout(src)
+        self.hint_label = QLabel(NO_RELEVANCE_HINT)
+        self.hint_label.setWordWrap(True)
+        self.hint_label.setStyleSheet("color: #f0c060;")
+        root.addWidget(self.hint_label)
 
         box = QGroupBox("smooth · scale · filter")
         form = QFormLayout(box)
@@ -317,12 +329,13 @@ class ExplorerWidget(QWidget):
         self.scale_value_spin.setKeyboardTracking(False)
         self.clip_check = QCheckBox("clip to [-1, 1]")
         self.clip_check.setChecked(d.clip)
+        # one or two controls per row: the dock stays narrow (it shares a laptop screen with the canvas)
+        form.addRow("scale", self.scale_combo)
         row = QHBoxLayout()
-        row.addWidget(self.scale_combo)
         row.addWidget(self.percentile_spin)
         row.addWidget(self.scale_value_spin)
         row.addWidget(self.clip_check)
-        form.addRow("scale", row)
+        form.addRow("", row)
         self.filter_combo = QComboBox()
         self.filter_combo.addItems(pp.FILTERS)
         self.filter_combo.setCurrentText(d.filter)
@@ -334,10 +347,8 @@ class ExplorerWidget(QWidget):
         self.alpha_slider.setToolTip("filter range [α1, α2] as fractions of max|r|")
         self.alpha_slider.setEdgeLabelMode(self.alpha_slider.EdgeLabelMode.LabelIsValue)
         self.alpha_slider.setHandleLabelPosition(self.alpha_slider.LabelPosition.NoLabel)
-        row = QHBoxLayout()
-        row.addWidget(self.filter_combo)
-        row.addWidget(self.alpha_slider, 1)
-        form.addRow("filter", row)
+        form.addRow("filter", self.filter_combo)
+        form.addRow("α range", self.alpha_slider)
         self.sign_combo = QComboBox()
         self.sign_combo.addItems(pp.SIGNS)
         self.sign_combo.setCurrentText(d.sign)
@@ -363,6 +374,7 @@ class ExplorerWidget(QWidget):
         self.min_size_spin = QDoubleSpinBox(minimum=0.0, maximum=1e9, decimals=1)
         self.min_size_spin.setValue(d.min_size)
         self.min_size_spin.setKeyboardTracking(False)
+        self.min_size_spin.setMinimumWidth(90)  # its 1e9 maximum would ask for ~160 px
         self.size_unit_combo = QComboBox()
         self.size_unit_combo.addItems(["voxels", "mm3"])
         self.size_unit_combo.setCurrentText(d.size_unit)
@@ -370,9 +382,10 @@ class ExplorerWidget(QWidget):
         row = QHBoxLayout()
         row.addWidget(self.min_size_spin)
         row.addWidget(self.size_unit_combo)
-        self.size_readout = QLabel("")
-        row.addWidget(self.size_readout, 1)
         form.addRow("", row)
+        self.size_readout = QLabel("")
+        self.size_readout.setWordWrap(True)
+        form.addRow("", self.size_readout)
         root.addWidget(box)
 
         self.hist_canvas, (self.hist_ax,) = _canvas(4.2, 1.7)
@@ -405,7 +418,7 @@ class ExplorerWidget(QWidget):
         self.table_view.clicked.connect(self._on_row_clicked)
         root.addWidget(self.table_view, 1)
 
-        opts = QHBoxLayout()
+        opts = QVBoxLayout()
         self.mask_check = QCheckBox("relevance only in clusters")
         self.mask_check.setChecked(True)
         self.mask_check.setToolTip("show (and save) the filtered relevance only inside the kept clusters")
@@ -445,6 +458,7 @@ class ExplorerWidget(QWidget):
         self.highlight_check.toggled.connect(self._on_highlight_toggled)
         self._sync_scale_widgets()
         self._sync_filter_widgets()
+        compact(self)
 
     def _connect_viewer(self) -> None:
         v = self.viewer
@@ -480,18 +494,32 @@ class ExplorerWidget(QWidget):
 
     # -- source --------------------------------------------------------------------
     def _candidate_layers(self) -> list:
+        """Relevance layers (one per map: the (+)/(−) pair share one), or every 3D image with "any image"."""
         from napari.layers import Image
 
-        mine = self._layers.get("image")
-        return [
-            ly for ly in self.viewer.layers
-            if isinstance(ly, Image) and ly.name != FILTERED_NAME and not (mine is not None and ly == mine)
-            and np.asarray(ly.data).ndim in (3, 4)
-        ]
+        from .._layers import is_relevance_layer
 
-    def refresh_layers(self, *_args) -> None:
-        """Refill the relevance picker from the viewer's Image layers."""
-        names = [ly.name for ly in self._candidate_layers()]
+        mine = [ly for ly in self._layers.values() if ly is not None]
+        out, seen = [], set()
+        for ly in self.viewer.layers:
+            if not isinstance(ly, Image) or ly.name == FILTERED_NAME or any(ly == m for m in mine) \
+                    or ly.ndim not in (3, 4) or getattr(ly, "rgb", False):
+                continue
+            if not is_relevance_layer(ly):
+                if self.any_image_check.isChecked():
+                    out.append(ly)
+                continue
+            signed = (ly.metadata or {}).get("xai_relevance")
+            key = id(signed) if signed is not None else id(ly)
+            if key not in seen:
+                seen.add(key)
+                out.append(ly)
+        return out
+
+    def refresh_layers(self, event=None) -> None:
+        """Refill the relevance picker; a relevance layer just added becomes the one explored."""
+        candidates = self._candidate_layers()
+        names = [ly.name for ly in candidates]
         current = self.layer_combo.currentText()
         self.layer_combo.blockSignals(True)
         self.layer_combo.clear()
@@ -499,12 +527,31 @@ class ExplorerWidget(QWidget):
         if current in names:
             self.layer_combo.setCurrentText(current)
         self.layer_combo.blockSignals(False)
-        if names and (self._source_layer is None or self._source_layer.name not in names):
-            preferred = [n for n in names if (self.viewer.layers[n].metadata or {}).get("xai_relevance") is not None]
-            self.layer_combo.setCurrentText((preferred or names)[0])
+        self.hint_label.setVisible(not names)
+        added = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
+        newest = next((ly for ly in candidates if added is not None and ly == added), None)
+        if self._source_layer is not None and self._source_layer not in self.viewer.layers:
+            self._drop_source()
+        if newest is not None and not (self._source_layer is not None and newest == self._source_layer):
+            self.layer_combo.setCurrentText(newest.name)
+            self._on_layer_chosen(newest.name)
+        elif names and (self._source_layer is None or self._source_layer.name not in names):
+            self.layer_combo.setCurrentText(names[-1])  # the newest relevance map
             self._on_layer_chosen(self.layer_combo.currentText())
         if self._result is not None:
             self._sync_atlas()  # an atlas widget adds its outline layers when it loads an atlas
+
+    def _drop_source(self) -> None:
+        """The explored layer was deleted: forget it and its result (the output layers go their own way)."""
+        self._explorer = None
+        self._source_layer = None
+        self._result = None
+        self._attempted = None
+        self._timer.stop()
+        self.table_model.set_table(pp.empty_table(), None)
+        self.status_label.setText("")
+        self.message_label.setText("")
+        self.cursor_label.setText("cluster under cursor: –")
 
     def _on_layer_chosen(self, name: str) -> None:
         if not name or name not in self.viewer.layers:

@@ -71,6 +71,7 @@ from ..core.lrp import CUSTOM, PARAM_HELP, PRESETS, STEPS, RuleParams, formula, 
 from ..core.compare import cell_limits, common_limit
 from .._layers import array_on_grid, intermediate_layer_data, point_on_grid, signed_layers
 from ._jobs import fail, report_error, start_worker
+from ._layout import compact, scrolled
 from .check_panel import fill_table, read_only_table
 from ..core.segmentation import Ray
 
@@ -217,12 +218,13 @@ class LrpDesignerWidget(QWidget):
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
         outer = QVBoxLayout(self)
-        outer.setContentsMargins(4, 4, 4, 4)
+        outer.setContentsMargins(0, 2, 0, 2)
         self.tabs = QTabWidget()
         outer.addWidget(self.tabs)
-        self.tabs.addTab(self._build_design(), "Design")
-        self.tabs.addTab(self._build_run(), "Run")
-        self.tabs.addTab(self._build_compare(), "Compare")
+        # the pages scroll (the check panel scrolls its own groups): the dock fits a laptop screen
+        self.tabs.addTab(scrolled(self._build_design()), "Design")
+        self.tabs.addTab(scrolled(self._build_run()), "Run")
+        self.tabs.addTab(scrolled(self._build_compare()), "Compare")
         from .check_panel import CheckPanel
 
         self.check = CheckPanel(self)
@@ -233,6 +235,7 @@ class LrpDesignerWidget(QWidget):
         self.progress.setRange(0, 100)
         outer.addWidget(self.progress)
         outer.addWidget(self.status)
+        compact(self)
 
     def _build_design(self) -> QWidget:
         page = QWidget()
@@ -458,8 +461,10 @@ class LrpDesignerWidget(QWidget):
     def _build_compare(self) -> QWidget:
         page = QWidget()
         lay = QVBoxLayout(page)
-        lay.addWidget(QLabel("Every ticked configuration/method runs for every ticked target and model\n"
-                             "on the same input; one grid cell each, one colour scale for all."))
+        intro = QLabel("Every ticked configuration/method runs for every ticked target and model "
+                       "on the same input; one grid cell each, one colour scale for all.")
+        intro.setWordWrap(True)
+        lay.addWidget(intro)
         self.compare_list = QListWidget()
         self.compare_list.setToolTip("LRP configurations of this designer and the registry's methods.")
         lay.addWidget(QLabel("configurations and methods"))
@@ -1318,11 +1323,15 @@ class LrpDesignerWidget(QWidget):
             self._show_run(*payload)
         else:
             self._show_comparison(*payload)
-        self.progress.setValue(100)
+        self._timer.stop()  # the last cell's message ("3/4") must not outlive the run
+        self._progress[:] = [1.0, "done"]
+        self._show_progress()
 
     def _on_error(self, exc):
-        if report_error(exc, self.status.setText):
-            self.progress.setValue(0)
+        self._timer.stop()
+        cancelled = report_error(exc, self.status.setText)
+        self._progress[:] = [0.0 if cancelled else self._progress[0], "cancelled" if cancelled else "failed"]
+        self._show_progress()
 
     def _on_finished(self):
         self._timer.stop()
