@@ -52,6 +52,20 @@ def make(viewer, data, **metadata):
     return w, layer
 
 
+def full(layer, shape=(20, 22, 18)):
+    """The layer's data on the relevance grid. The explorer shows its layers cropped to the clusters' box
+    (fast 3D rendering) and places the crop by the layer's affine: read back through napari's data_to_world."""
+    aff = affine_2mm()
+    origin = np.asarray(layer.data_to_world(np.zeros(3)), dtype=float)
+    assert np.allclose(layer.affine.affine_matrix[:3, :3], aff[:3, :3])
+    off = np.linalg.solve(aff[:3, :3], origin - aff[:3, 3])
+    assert np.allclose(off, np.round(off)) and (off >= 0).all()
+    off = np.round(off).astype(int)
+    out = np.zeros(shape, dtype=layer.data.dtype)
+    out[tuple(slice(o, o + n) for o, n in zip(off, layer.data.shape))] = layer.data
+    return out
+
+
 def masked(res):
     return np.where(res.labels > 0, res.filtered, 0)
 
@@ -63,9 +77,8 @@ def test_widget_creates_two_layers_and_updates_them_in_place(make_napari_viewer,
     filtered = viewer.layers[FILTERED_NAME]
     assert clusters.data.dtype == np.uint16
     res = expected(relevance, w.params())
-    assert np.array_equal(clusters.data, res.labels)
-    assert np.array_equal(filtered.data, masked(res))
-    assert np.allclose(clusters.affine.affine_matrix, affine_2mm())
+    assert np.array_equal(full(clusters), res.labels)
+    assert np.array_equal(full(filtered), masked(res))
     n_layers = len(viewer.layers)
     for t in (0.2, 0.35, 0.6, 0.45):
         w.threshold_slider.setValue(t)
@@ -74,7 +87,7 @@ def test_widget_creates_two_layers_and_updates_them_in_place(make_napari_viewer,
     assert viewer.layers[CLUSTERS_NAME] is clusters and viewer.layers[FILTERED_NAME] is filtered
     res = expected(relevance, pp.PostParams(threshold=0.45))
     assert w.result.params.threshold == pytest.approx(0.45)
-    assert np.array_equal(clusters.data, res.labels)
+    assert np.array_equal(full(clusters), res.labels)
     assert res.n_clusters > 1
     # un-masked view shows the whole filtered map
     w.mask_check.setChecked(False)
@@ -111,7 +124,7 @@ def test_cluster_size_slider_runs_on_the_gui_thread_and_reuses_the_labelling(mak
     assert w._explorer.last_ran == ("size",)
     assert w._explorer.counts["label"] == labelled
     res = expected(relevance, pp.PostParams(threshold=0.25, min_size=ms))
-    assert np.array_equal(viewer.layers[CLUSTERS_NAME].data, res.labels)
+    assert np.array_equal(full(viewer.layers[CLUSTERS_NAME]), res.labels)
     assert res.n_clusters < res.n_clusters_before_size
     assert f"{ms:.1f} voxels" in w.size_readout.text() and "mm³" in w.size_readout.text()
     # the histogram marks the current minimum size
@@ -121,7 +134,7 @@ def test_cluster_size_slider_runs_on_the_gui_thread_and_reuses_the_labelling(mak
     w.size_unit_combo.setCurrentText("mm3")
     w.wait()
     assert w.min_size_spin.value() == pytest.approx(round(ms * 8.0, 1))
-    assert np.array_equal(viewer.layers[CLUSTERS_NAME].data, res.labels)
+    assert np.array_equal(full(viewer.layers[CLUSTERS_NAME]), res.labels)
 
     # slow stages run in a worker thread, the size stage on the GUI thread
     threads = []
@@ -141,7 +154,7 @@ def test_cluster_size_slider_runs_on_the_gui_thread_and_reuses_the_labelling(mak
     w.wait()
     assert threads == [False, True]
     res = expected(relevance, pp.PostParams(threshold=0.25, sign="negative", min_size=3))
-    assert np.array_equal(viewer.layers[CLUSTERS_NAME].data, res.labels)
+    assert np.array_equal(full(viewer.layers[CLUSTERS_NAME]), res.labels)
     assert set(res.table.sign) == {-1}
 
 
@@ -172,7 +185,7 @@ def test_layers_are_only_touched_on_the_main_thread(make_napari_viewer_proxy, re
     assert w.message_label.text() == "" or "internal" not in w.message_label.text()
     p = pp.PostParams(sigma_mm=2.0, filter="clamp", alpha=(0.0, 0.6), threshold=0.3)
     assert w.result.params == p.validated()
-    assert np.array_equal(viewer.layers[CLUSTERS_NAME].data, expected(relevance, p).labels)
+    assert np.array_equal(full(viewer.layers[CLUSTERS_NAME]), expected(relevance, p).labels)
 
 
 def test_table_click_centres_the_view_and_highlights(make_napari_viewer, relevance, qtbot):
@@ -243,7 +256,7 @@ def test_uses_the_signed_map_of_split_relevance_layers(make_napari_viewer, relev
                 provenance={"kind": "relevance", "method": "saliency"})
     res = expected(relevance, w.params())
     assert -1 in set(res.table.sign)
-    assert np.array_equal(viewer.layers[CLUSTERS_NAME].data, res.labels)
+    assert np.array_equal(full(viewer.layers[CLUSTERS_NAME]), res.labels)
     assert viewer.layers[CLUSTERS_NAME].metadata["provenance"]["provenance"]["method"] == "saliency"
 
 
@@ -453,3 +466,23 @@ def test_cli_atlas_user_errors_write_nothing(tmp_path, capsys, monkeypatch, args
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0] and "Traceback" not in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rel.nii.gz"]
+
+
+def test_cropped_explorer_layers_save_on_the_full_grid(make_napari_viewer, relevance, tmp_path):
+    """The clusters layer holds only the clusters' box; napari's File › Save (our writer) writes the full grid."""
+    viewer = make_napari_viewer()
+    blobs = np.zeros((20, 22, 18), np.float32)
+    blobs[3:7, 4:9, 2:6] = 1.0
+    blobs[9:12, 5:8, 6:9] = -0.8
+    w, _ = make(viewer, blobs)
+    clusters = viewer.layers[CLUSTERS_NAME]
+    res = expected(blobs, w.params())
+    assert res.n_clusters == 2
+    assert clusters.data.shape == (11, 7, 9)  # the clusters' box (3..11, 4..8, 2..8) and one voxel around
+    assert np.array_equal(full(clusters), res.labels)
+    out = tmp_path / "clusters.nii.gz"
+    written = clusters.save(str(out), plugin="napari-xai")
+    img = nib.load(written[0])
+    assert img.shape == res.labels.shape
+    assert np.allclose(img.affine, affine_2mm())
+    assert np.array_equal(np.asarray(img.dataobj), res.labels)

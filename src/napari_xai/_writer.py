@@ -39,6 +39,12 @@ def _write(path: str, data, meta: dict, kind: str) -> list[str]:
         arr = arr.astype(np.uint16)
     md = meta.get("metadata") or {}
     affine = _affine_of(meta)
+    crop = md.get("xai_crop")
+    if isinstance(crop, dict) and arr.ndim == 3:
+        # the explorer shows its layers cropped to the clusters' box (fast 3D); the file is on the full grid
+        full = np.zeros(tuple(int(n) for n in crop["shape"]), dtype=arr.dtype)
+        full[tuple(slice(int(o), int(o) + n) for o, n in zip(crop["offset"], arr.shape))] = arr
+        arr, affine = full, np.asarray(crop["affine"], dtype=float)
     prov = md.get("provenance") if isinstance(md.get("provenance"), dict) else None
     signed = md.get("xai_relevance")
     if signed is not None and np.shape(signed) == arr.shape[-3:]:

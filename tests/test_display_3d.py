@@ -1,0 +1,140 @@
+"""How relevance, filtered relevance, clusters and outlines look together (issue 12, items 4 and 5).
+
+Facts: percentiles of hand-made maps, napari's layer properties, and pixels of
+tiny 3D scenes rendered under Xvfb (outline colour present or not).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import napari  # noqa: F401  - a missing GUI stack fails these tests, never skips them
+
+from napari_xai._layers import (
+    ANATOMY_STYLE,
+    FAINT_FRACTION,
+    comparison_layer_data,
+    faint_cells,
+    relevance_layer_data,
+)
+
+
+def _rel(data, label="map"):
+    data = np.asarray(data, np.float32)
+    return SimpleNamespace(data=data[None], label=label, affine=np.eye(4), header=None, provenance={}, warnings=[])
+
+
+def test_nonnegative_map_gets_percentile_limits_not_a_placeholder():
+    # a Grad-CAM-like map: non-negative, tiny values, covering everything; values 1..1000 × 1e-7
+    vals = (np.arange(1, 1001, dtype=np.float64) * 1e-7).reshape(10, 10, 10)
+    (pos, kp, _), (neg, kn, _) = relevance_layer_data(_rel(vals))
+    assert not neg.any()
+    lo, hi = kp["contrast_limits"]
+    # hand-computed: 99.9th percentile of 1..1000 is 999.001, the 90th 900.1 (linear interpolation)
+    assert hi == pytest.approx(999.001e-7, rel=1e-4)
+    assert lo == pytest.approx(900.1e-7, rel=1e-4)
+    assert kn["contrast_limits"] == kp["contrast_limits"]
+    # so only the top tenth is coloured (the whole brain is not tinted)
+    assert (pos > lo).mean() == pytest.approx(0.1, abs=0.002)
+
+
+def test_sparse_signed_map_lower_limit_is_a_quarter_of_the_upper():
+    r = np.zeros((20, 20, 20), np.float32)
+    r[:10, :10, :10] = np.linspace(0.01, 4.0, 1000).reshape(10, 10, 10)  # all values distinct
+    r[10:, 10:, 10:] = -np.linspace(0.01, 4.0, 1000).reshape(10, 10, 10)
+    (_, kp, _), _ = relevance_layer_data(_rel(r))
+    lo, hi = kp["contrast_limits"]
+    assert 3.9 < hi <= 4.0  # 99.9th percentile of |r| over both signs
+    assert lo == pytest.approx(max(np.percentile(np.abs(r[r != 0]), 90), hi / 4), rel=1e-6)
+
+
+def test_all_zero_map_keeps_a_valid_scale():
+    (_, kp, _), _ = relevance_layer_data(_rel(np.zeros((4, 4, 4))))
+    assert kp["contrast_limits"] == (0.0, 1.0)
+
+
+def test_sample_brain_renders_as_attenuated_mip_for_3d():
+    from napari_xai._sample_data import demo_layer_data
+
+    (data, kwargs, kind), _ = demo_layer_data()
+    assert kind == "image" and kwargs["rendering"] == "attenuated_mip" and kwargs["opacity"] < 1
+    assert ANATOMY_STYLE["rendering"] == "attenuated_mip"
+
+
+def test_shared_scale_cell_too_faint_to_read_says_why():
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal((8, 8, 8)).astype(np.float32)
+    small = np.abs(big) * 1e-4  # a Grad-CAM next to LRP: 10^4 times smaller
+    cells = [("lrp", _rel(big)), ("grad-cam", _rel(small))]
+    shared = float(np.percentile(np.abs(big), 99.99))
+    tuples = comparison_layer_data(np.zeros((8, 8, 8)), cells, shared)
+    titles = [kw["name"] for _, kw, _ in tuples if kw.get("colormap") == "gray"]
+    assert titles[0] == "1. lrp"
+    assert titles[1].startswith("2. grad-cam · faint:") and "of the shared scale" in titles[1]
+    assert faint_cells(tuples) == ["grad-cam"]
+    # each cell on its own scale: nothing is faint, titles unchanged
+    per_cell = comparison_layer_data(np.zeros((8, 8, 8)), cells, [shared, shared * 1e-4])
+    assert faint_cells(per_cell) == [] and [kw["name"] for _, kw, _ in per_cell][3] == "2. grad-cam"
+    assert FAINT_FRACTION < 1
+
+
+# -------------------------------------------------------------------------------------- 3D pixels (Xvfb)
+
+
+def _outline_pixels(img: np.ndarray) -> int:
+    """Pixels where green clearly dominates (the outline colour; relevance is red-yellow / blue-cyan)."""
+    r, g, b = (img[..., i].astype(int) for i in range(3))
+    return int(((g - np.maximum(r, b)) > 25).sum())
+
+
+def test_atlas_outlines_stay_visible_in_3d_with_the_filtered_relevance(make_napari_viewer, qtbot):
+    from napari.utils.colormaps import DirectLabelColormap
+    from qtpy.QtWidgets import QApplication
+
+    from napari_xai._qt.explorer_widget import CLUSTERS_NAME, FILTERED_NAME
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(700, 600)
+    n = 28
+    z, y, x = np.mgrid[:n, :n, :n]
+    rad = np.sqrt((z - 14) ** 2 + (y - 14) ** 2 + (x - 14) ** 2)
+    rel = np.zeros((n, n, n), np.float32)
+    rel[10:18, 10:18, 3:11] = 1.0
+    rel[10:18, 10:18, 17:25] = -1.0
+    viewer.add_image(np.exp(-rad ** 2 / 80).astype(np.float32), name="brain", colormap="gray", **ANATOMY_STYLE)
+    viewer.add_image(np.clip(rel, 0, None), name="relevance (+)", metadata={"xai_relevance": rel},
+                     colormap="hot", blending="additive")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-xai", "Relevance explorer")
+    widget.wait()
+    filtered = viewer.layers[FILTERED_NAME]
+    assert filtered.blending == "translucent_no_depth"  # no depth writes (see _layers.FILTERED_STYLE)
+    assert filtered.data.any() and viewer.layers[CLUSTERS_NAME].data.dtype == np.uint16
+    # an outline shell like the atlas widget's in 3D: translucent labels, on top of the list
+    shell = ((rad > 11) & (rad < 12.5)).astype(np.uint8)
+    outl = viewer.add_labels(shell, name="outlines", opacity=0.25, blending="translucent")
+    outl.colormap = DirectLabelColormap(color_dict={None: "lime", 0: "transparent", 1: "lime"})
+    viewer.layers[CLUSTERS_NAME].visible = False
+    viewer.dims.ndisplay = 3
+    outl.rendering = "translucent"
+    viewer.camera.angles = (0.0, 30.0, 60.0)
+
+    def shot():
+        for _ in range(4):
+            QApplication.processEvents()
+        return viewer.screenshot(canvas_only=True, flash=False)
+
+    with_filtered = _outline_pixels(shot())
+    filtered.visible = False
+    without = _outline_pixels(shot())
+    assert without > 1000  # the shell shows at all
+    assert with_filtered > 0.5 * without, (with_filtered, without)
+
+
+def test_map_whose_top_tenth_is_flat_gets_increasing_limits():
+    r = np.zeros((10, 10, 10), np.float32)
+    r[:5] = 2.0  # every non-zero value equal: both percentiles are 2.0
+    (_, kp, _), _ = relevance_layer_data(_rel(r))
+    assert kp["contrast_limits"] == (0.5, 2.0)
