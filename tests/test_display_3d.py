@@ -138,3 +138,29 @@ def test_map_whose_top_tenth_is_flat_gets_increasing_limits():
     r[:5] = 2.0  # every non-zero value equal: both percentiles are 2.0
     (_, kp, _), _ = relevance_layer_data(_rel(r))
     assert kp["contrast_limits"] == (0.5, 2.0)
+
+
+def test_grad_cam_through_the_explain_widget_reads_in_2d_and_3d(make_napari_viewer, qtbot):
+    """Grad-CAM is non-negative: its scale comes from its own values (it was (0, 1) for a map peaking at 1e-4,
+    i.e. invisible), and the input layer, left at napari's plain MIP, becomes an attenuated MIP."""
+    from napari_xai._qt.explain_widget import ExplainWidget
+    from napari_xai._sample_data import demo_brain
+
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in demo_brain():
+        kwargs = {k: v for k, v in kwargs.items() if k not in ANATOMY_STYLE}  # as a user's own NIfTI opens
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    brain = viewer.layers["demo brain"]
+    assert brain.rendering == "mip" and brain.opacity == 1.0
+    widget = ExplainWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.method.value = "grad-cam"
+    widget.run_btn.native.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert widget.status.value.startswith("predicted"), widget.status.value
+    pos = next(ly for ly in viewer.layers if ly.name.endswith("(+)"))
+    lo, hi = pos.contrast_limits
+    peak = float(pos.data.max())
+    assert 0 < lo < hi <= peak  # a scale inside the map's own range
+    assert (pos.data > lo).mean() <= 0.1 + 1e-3  # at most the top tenth of the non-zero voxels is coloured
+    assert brain.rendering == "attenuated_mip" and brain.opacity == pytest.approx(ANATOMY_STYLE["opacity"])

@@ -478,7 +478,8 @@ def test_cropped_explorer_layers_save_on_the_full_grid(make_napari_viewer, relev
     clusters = viewer.layers[CLUSTERS_NAME]
     res = expected(blobs, w.params())
     assert res.n_clusters == 2
-    assert clusters.data.shape == (11, 7, 9)  # the clusters' box (3..11, 4..8, 2..8) and one voxel around
+    # the clusters' box [3, 12) × [4, 9) × [2, 9), one voxel around and CROP_MARGIN = 6 more, clipped to the grid
+    assert clusters.data.shape == (19, 16, 16) and clusters.data.size < res.labels.size
     assert np.array_equal(full(clusters), res.labels)
     out = tmp_path / "clusters.nii.gz"
     written = clusters.save(str(out), plugin="napari-xai")

@@ -61,6 +61,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 FILTERED_NAME = "filtered relevance"
+CROP_MARGIN = 6  # voxels around the clusters' box in a new crop, so small changes keep the box (and the affine)
+CROP_SLACK = 8  # a crop is kept while at most this many times the volume it needs
 CROP_KEY = "xai_crop"  # metadata of a cropped explorer layer: {"offset": ijk, "shape": full shape, "affine": full}
 CLUSTERS_NAME = "clusters"
 THROTTLE_MS = 30
@@ -275,6 +277,7 @@ class ExplorerWidget(QWidget):
         self._result: pp.PostResult | None = None
         self._worker = None
         self._layers: dict[str, Any] = {}
+        self._crop_boxes: dict[str, tuple] = {}  # kind -> (crop box, full shape) of the cropped layers
         self._error: str = ""
         self._attempted: pp.PostParams | None = None
         self._slice_lines: list = []
@@ -805,26 +808,30 @@ class ExplorerWidget(QWidget):
         layer = self._layers.get("image")
         if key == self._filtered_key and layer is not None and layer in self.viewer.layers:
             return  # unchanged (e.g. a size step with the whole map shown)
-        data = res.masked() if masked else res.filtered
         # the largest |r| shown: the clusters' peaks when masked, else the whole map's
         self._display_max = (float(np.abs(res.table.peak).max()) if len(res.table) else 0.0) if masked else res.max_abs
-        self._set_layer("image", FILTERED_NAME, data, crop=masked)
+        # masked: only the clusters' box, masked there (never a full-size copy on the GUI thread)
+        self._set_layer("image", FILTERED_NAME, res.filtered, crop=masked, mask=res.labels if masked else None)
         self._filtered_key = key
 
-    def _set_layer(self, kind: str, name: str, data: np.ndarray, crop: bool = False) -> None:
+    def _set_layer(self, kind: str, name: str, data: np.ndarray, crop: bool = False,
+                   mask: np.ndarray | None = None) -> None:
         """Put ``data`` into the layer; ``crop``: only the box around the clusters (``CROP_KEY`` in the metadata).
 
         The clusters and the masked filtered relevance are zero outside the clusters, and a 3D view casts rays
         through a layer's whole box: cropped, a 3D frame at 1 mm costs ~0.1 s per layer instead of seconds
         (``benchmarks/bench_gui.py``). The layer's affine places the crop; the writer pads it back.
+        ``mask``: labels; ``data`` is shown only where they are non-zero.
         """
         from ..core.geometry import crop_box, cropped_affine
 
         full_shape = data.shape
         affine = self._affine
         if crop:
-            box = crop_box(full_shape, self._result.box if self._result is not None else None)
-            data = np.ascontiguousarray(data[box])
+            box = self._stable_box(kind, crop_box(full_shape, self._result.box if self._result is not None else None),
+                                   full_shape)
+            data = (np.where(mask[box] > 0, data[box], np.float32(0)) if mask is not None
+                    else np.ascontiguousarray(data[box]))
             affine = cropped_affine(self._affine, box)
         v = self.viewer
         layer = self._layers.get(kind)
@@ -860,6 +867,21 @@ class ExplorerWidget(QWidget):
                               "affine": self._affine}
         layer.metadata = {**meta, "affine": affine, "provenance": self._provenance_record(kind)}
         self._layers[kind] = layer
+
+    def _stable_box(self, kind: str, want: tuple, shape: tuple) -> tuple:
+        """The crop box of a layer: the last one while it holds ``want`` and is not much larger, else ``want``
+        widened by :data:`CROP_MARGIN` voxels. A new box means a new layer affine, which costs napari as much as
+        the data itself; this way most slider steps only replace the data."""
+        def volume(box):
+            return int(np.prod([b.stop - b.start for b in box]))
+
+        cur = self._crop_boxes.get(kind)
+        if cur is not None and cur[1] == shape and volume(cur[0]) <= CROP_SLACK * max(volume(want), 4096) \
+                and all(c.start <= w.start and w.stop <= c.stop for c, w in zip(cur[0], want)):
+            return cur[0]
+        box = tuple(slice(max(0, w.start - CROP_MARGIN), min(int(n), w.stop + CROP_MARGIN)) for w, n in zip(want, shape))
+        self._crop_boxes[kind] = (box, shape)
+        return box
 
     def _provenance_record(self, kind: str) -> dict:
         res = self._result
