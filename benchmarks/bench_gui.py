@@ -21,7 +21,8 @@ are moved step by step; each step is split into
   timer, worker thread and hand-over included);
 * **canvas paint**: the napari canvas's own paint after the new data (timed by
   vispy's draw event -- napari has no public hook, so the benchmark reaches
-  into ``viewer.window._qt_viewer``), texture uploads included;
+  into ``viewer.window._qt_viewer`` -- ending with ``glFinish``, because Mesa's
+  llvmpipe otherwise rasterises only at the buffer swap), texture uploads included;
 * **slider → redrawn**: from ``setValue`` to the end of that paint, as the user
   waits for it (Qt runs the plots' deferred draws in the same event loop, so
   they may fall before the paint).
@@ -149,6 +150,9 @@ class Draws:
         canvas.events.draw.connect(self._end, position="last")
 
     def _end(self, _e):
+        from vispy.gloo import gl
+
+        gl.glFinish()  # software OpenGL renders lazily (at the buffer swap): wait until this frame is really drawn
         if self.spans:
             self.spans[-1][1] = time.perf_counter()
 
@@ -211,6 +215,16 @@ def run_size(size: str, steps: int, rows: list, only_first_3d: bool = False) -> 
     rows.append((size, "first 3D switch", first, t_switch, b - a, b2 - a2))
     print(f"first 3D switch: {first:.2f} s to the first 3D frame (napari set-up {t_switch:.2f} s, first paint "
           f"{b - a:.2f} s); a second paint {b2 - a2:.2f} s")
+    for layer in viewer.layers:  # what each layer costs a 3D paint on its own
+        for other in viewer.layers:
+            other.visible = other is layer
+        t1 = time.perf_counter()
+        viewer.window._qt_viewer.canvas._scene_canvas.update()
+        a1, b1 = wait_for_draw(app, draws, t1)
+        print(f"   3D paint with only {layer.name!r} ({getattr(layer, 'rendering', '')}, {layer.data.shape}): "
+              f"{b1 - a1:.2f} s")
+    for layer in viewer.layers:
+        layer.visible = True
     if only_first_3d:
         viewer.close()
         return
