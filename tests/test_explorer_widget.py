@@ -487,3 +487,20 @@ def test_cropped_explorer_layers_save_on_the_full_grid(make_napari_viewer, relev
     assert img.shape == res.labels.shape
     assert np.allclose(img.affine, affine_2mm())
     assert np.array_equal(np.asarray(img.dataobj), res.labels)
+
+
+def test_first_slider_step_starts_without_the_throttle_delay(make_napari_viewer, relevance):
+    """Leading edge: a size step is applied inside the slider's own event (no timer, no event loop), a threshold
+    step starts its worker at once; the user's slider position survives a result computed for an earlier one."""
+    viewer = make_napari_viewer()
+    w, _ = make(viewer, relevance)
+    w.min_size_spin.setValue(12)  # no event loop runs between this line and the asserts
+    res = expected(relevance, w.params())
+    assert w.result.params.min_size == 12
+    assert np.array_equal(full(viewer.layers[CLUSTERS_NAME]), res.labels)
+    w.wait()  # the throttle window of that step ends
+    w.threshold_slider.setValue(0.3)
+    assert w.busy  # the worker runs already
+    w.threshold_slider.setValue(0.5)  # dragged on while it runs
+    w.wait()
+    assert w.threshold_slider.value() == pytest.approx(0.5) and w.result.params.threshold == pytest.approx(0.5)

@@ -14,7 +14,8 @@ The widget only
   region under the cursor to the readout.
 
 Layers are touched only on the GUI thread (in the worker's ``returned``
-callback). Slider events are throttled: at most one computation runs, and when
+callback). Slider events are throttled: the first step of a drag starts at once,
+at most one computation runs, and when
 it ends the widget computes the *latest* control state once, so dragging never
 queues stale work.
 """
@@ -452,14 +453,14 @@ class ExplorerWidget(QWidget):
 
         # any control change -> throttled update
         for w in (self.sigma_spin, self.percentile_spin, self.scale_value_spin, self.min_size_spin):
-            w.valueChanged.connect(self._schedule)
+            w.valueChanged.connect(self._on_control)
         for w in (self.scale_combo, self.filter_combo, self.sign_combo, self.connectivity_combo):
             w.currentTextChanged.connect(self._schedule)
         self.scale_combo.currentTextChanged.connect(self._sync_scale_widgets)
         self.filter_combo.currentTextChanged.connect(self._sync_filter_widgets)
         self.clip_check.toggled.connect(self._schedule)
         self.alpha_slider.valueChanged.connect(self._schedule)
-        self.threshold_slider.valueChanged.connect(self._schedule)
+        self.threshold_slider.valueChanged.connect(self._on_control)
         self.size_slider.valueChanged.connect(self._on_size_slider)
         self.min_size_spin.valueChanged.connect(self._sync_size_slider)
         self.size_unit_combo.currentTextChanged.connect(self._on_unit_changed)
@@ -637,7 +638,7 @@ class ExplorerWidget(QWidget):
         self.min_size_spin.setValue(value)
         self.min_size_spin.blockSignals(False)
         self._update_size_readout()
-        self._schedule()
+        self._on_control()
 
     def _sync_size_slider(self, *_):
         top = self._size_max()
@@ -674,6 +675,15 @@ class ExplorerWidget(QWidget):
     def result(self) -> pp.PostResult | None:
         """The result shown in the layers."""
         return self._result
+
+    def _on_control(self, *_args) -> None:
+        """A slider or spin box moved: when idle, start at once (the leading edge: no throttle delay before the
+        first step of a drag); what follows within :data:`THROTTLE_MS` is coalesced as in :meth:`_schedule`."""
+        if self._timer.isActive() or self._worker is not None or self._explorer is None:
+            self._schedule()
+            return
+        self._timer.start()
+        self._run()
 
     def _schedule(self, *_args) -> None:
         if not self._timer.isActive():
@@ -775,8 +785,9 @@ class ExplorerWidget(QWidget):
         # enough decimals for maps in any unit (raw gradients can be ~1e-6)
         self.threshold_slider.setDecimals(int(min(12, max(4, 3 - math.floor(math.log10(top))))))
         self.threshold_slider.blockSignals(True)
+        wanted = float(self.threshold_slider.value())  # the user may have dragged on while this result was computed
         self.threshold_slider.setRange(0.0, max(top, res.params.threshold))
-        self.threshold_slider.setValue(res.params.threshold)
+        self.threshold_slider.setValue(min(wanted, max(top, res.params.threshold)))
         self.threshold_slider.blockSignals(False)
         self._sync_size_slider()
         self._follow_atlas_widget()
