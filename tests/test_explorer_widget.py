@@ -481,6 +481,11 @@ def test_cropped_explorer_layers_save_on_the_full_grid(make_napari_viewer, relev
     # the clusters' box [3, 12) × [4, 9) × [2, 9), one voxel around and CROP_MARGIN = 6 more, clipped to the grid
     assert clusters.data.shape == (19, 16, 16) and clusters.data.size < res.labels.size
     assert np.array_equal(full(clusters), res.labels)
+    # what the atlas widget's region table and the writer read: the crop back on the full grid
+    from napari_xai._layers import uncropped
+
+    data, aff = uncropped(clusters.data, clusters.metadata)
+    assert np.array_equal(data, res.labels) and np.allclose(aff, affine_2mm())
     out = tmp_path / "clusters.nii.gz"
     written = clusters.save(str(out), plugin="napari-xai")
     img = nib.load(written[0])

@@ -126,6 +126,18 @@ def intermediate_layer_data(rel, base: str | None = None, meta: dict | None = No
     return out
 
 
+def uncropped(data, metadata: dict | None):
+    """``(data, affine or None)`` on the full grid of a layer the explorer shows cropped (``xai_crop`` in its
+    metadata: offset, full shape and affine; zeros outside the crop); other layers' data unchanged, affine None."""
+    crop = (metadata or {}).get("xai_crop")
+    arr = np.asarray(data)
+    if not isinstance(crop, dict) or arr.ndim != 3:
+        return arr, None
+    full = np.zeros(tuple(int(n) for n in crop["shape"]), dtype=arr.dtype)
+    full[tuple(slice(int(o), int(o) + n) for o, n in zip(crop["offset"], arr.shape))] = arr
+    return full, np.asarray(crop["affine"], dtype=float)
+
+
 def upsert(viewer, layer_tuples: list[tuple]) -> list:
     """Add layers, or update the data and metadata of same-named layers (no pile-up)."""
     out = []

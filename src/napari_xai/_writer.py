@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._layers import uncropped
 from .core.errors import UserError
 from .core.provenance import now_iso, package_versions, write_sidecar
 from .core.volumes import is_nifti_path, save_nifti
@@ -39,12 +40,9 @@ def _write(path: str, data, meta: dict, kind: str) -> list[str]:
         arr = arr.astype(np.uint16)
     md = meta.get("metadata") or {}
     affine = _affine_of(meta)
-    crop = md.get("xai_crop")
-    if isinstance(crop, dict) and arr.ndim == 3:
-        # the explorer shows its layers cropped to the clusters' box (fast 3D); the file is on the full grid
-        full = np.zeros(tuple(int(n) for n in crop["shape"]), dtype=arr.dtype)
-        full[tuple(slice(int(o), int(o) + n) for o, n in zip(crop["offset"], arr.shape))] = arr
-        arr, affine = full, np.asarray(crop["affine"], dtype=float)
+    arr, full_affine = uncropped(arr, md)  # the explorer's layers are cropped (fast 3D); files are on the full grid
+    if full_affine is not None:
+        affine = full_affine
     prov = md.get("provenance") if isinstance(md.get("provenance"), dict) else None
     signed = md.get("xai_relevance")
     if signed is not None and np.shape(signed) == arr.shape[-3:]:
