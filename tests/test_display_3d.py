@@ -164,3 +164,16 @@ def test_grad_cam_through_the_explain_widget_reads_in_2d_and_3d(make_napari_view
     assert 0 < lo < hi <= peak  # a scale inside the map's own range
     assert (pos.data > lo).mean() <= 0.1 + 1e-3  # at most the top tenth of the non-zero voxels is coloured
     assert brain.rendering == "attenuated_mip" and brain.opacity == pytest.approx(ANATOMY_STYLE["opacity"])
+
+
+def test_crop_box_and_its_affine_place_the_crop_where_it_was(oblique_affine):
+    from napari_xai.core.geometry import crop_box, cropped_affine, vox_to_world
+
+    box = crop_box((20, 30, 40), (slice(5, 9), slice(0, 3), slice(38, 40)), pad=1)
+    assert box == (slice(4, 10), slice(0, 4), slice(37, 40))  # widened by one voxel, clipped to the grid
+    aff = cropped_affine(oblique_affine, box)
+    for ijk in ([0, 0, 0], [2, 3, 1]):  # a crop voxel and the same voxel of the full grid
+        full = np.add(ijk, [4, 0, 37])
+        assert np.allclose(vox_to_world(aff, ijk), vox_to_world(oblique_affine, full))
+    assert crop_box((5, 5, 5), None) == (slice(0, 1),) * 3
+    assert crop_box((5, 5, 5), (slice(2, 2), slice(0, 5), slice(0, 5))) == (slice(0, 1),) * 3
