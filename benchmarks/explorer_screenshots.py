@@ -5,7 +5,8 @@
 Uses the demo brain. The relevance is the demo model's integrated gradients when
 the demo model is installed; otherwise a synthetic map (smoothed noise in the
 brain plus positive blobs in the hippocampi/amygdalae) -- the script prints which.
-Writes ``explorer_widget.png``, ``explorer_window_2d.png`` and ``explorer_3d.png``.
+Writes ``explorer_widget.png`` and ``explorer_window_2d.png``; the 3D views
+(``explorer_3d*.png``) come from ``composition_screenshots.py``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,6 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-
-ANGLES = [(20.0, 20.0, 70.0)]  # an oblique view (brain stem at the bottom)
 
 
 def relevance_for(volume, region):
@@ -45,7 +43,7 @@ def main(outdir: str = "docs/images") -> int:
     import napari
     from qtpy.QtCore import QCoreApplication
 
-    from napari_xai._qt.explorer_widget import CLUSTERS_NAME, FILTERED_NAME, ExplorerWidget
+    from napari_xai._qt.explorer_widget import CLUSTERS_NAME, ExplorerWidget
     from napari_xai.core import postprocess as pp
     from napari_xai.core.demo import demo_volume
 
@@ -57,7 +55,7 @@ def main(outdir: str = "docs/images") -> int:
 
     viewer = napari.Viewer(show=True, title="napari-xai relevance explorer")
     viewer.window.resize(1700, 1150)
-    anat = viewer.add_image(vol.data[0], name="demo brain", affine=vol.affine, colormap="gray",
+    viewer.add_image(vol.data[0], name="demo brain", affine=vol.affine, colormap="gray",
                             metadata={"affine": vol.affine})
     pos = np.clip(rel, 0, None)
     src = viewer.add_image(pos, name="relevance (+)", affine=vol.affine, colormap="hot", blending="additive",
@@ -89,23 +87,6 @@ def main(outdir: str = "docs/images") -> int:
     widget.grab().save(str(out / "explorer_widget.png"))
     viewer.screenshot(str(out / "explorer_window_2d.png"), canvas_only=False)
 
-    viewer.dims.ndisplay = 3
-    anat.visible = True
-    anat.rendering = "attenuated_mip"
-    anat.opacity = 0.25
-    viewer.reset_view()
-    for i, angles in enumerate(ANGLES):
-        cam.angles = angles
-        settle()
-        if i < len(ANGLES) - 1:
-            viewer.screenshot(str(out / f"explorer_3d_try{i}.png"), canvas_only=True)
-    settle()
-    viewer.layers[FILTERED_NAME].visible = False
-    viewer.screenshot(str(out / "explorer_3d.png"), canvas_only=True)
-    viewer.layers[FILTERED_NAME].visible = True
-    viewer.layers[CLUSTERS_NAME].visible = False
-    settle()
-    viewer.screenshot(str(out / "explorer_3d_relevance.png"), canvas_only=True)
     print("wrote", sorted(p.name for p in out.glob("explorer_*.png")))
     viewer.close()
     return 0

@@ -52,13 +52,7 @@ for _ in range(5):
     app.processEvents()
 viewer.screenshot(str(out / "explain_widget_2d.png"), canvas_only=False, flash=False)
 
-for layer in viewer.layers:
-    if "xai_relevance" in layer.metadata:
-        hi = layer.contrast_limits[1]
-        layer.contrast_limits = (0.25 * hi, hi)
-brain.rendering = "attenuated_mip"
-brain.attenuation = 0.5
-brain.opacity = 0.8
+# colour scales and the brain's 3D rendering are napari-xai's defaults (_layers.relevance_limits, anatomy_style)
 viewer.layers["demo atrophy (ground truth)"].visible = False
 viewer.dims.order = (0, 1, 2)
 viewer.dims.ndisplay = 3

@@ -56,6 +56,20 @@ def make(viewer, data, **metadata):
     return w, layer
 
 
+def full(layer, shape=(20, 22, 18)):
+    """The layer's data on the relevance grid. The explorer shows its layers cropped to the clusters' box
+    (fast 3D rendering) and places the crop by the layer's affine: read back through napari's data_to_world."""
+    aff = affine_2mm()
+    origin = np.asarray(layer.data_to_world(np.zeros(3)), dtype=float)
+    assert np.allclose(layer.affine.affine_matrix[:3, :3], aff[:3, :3])
+    off = np.linalg.solve(aff[:3, :3], origin - aff[:3, 3])
+    assert np.allclose(off, np.round(off)) and (off >= 0).all()
+    off = np.round(off).astype(int)
+    out = np.zeros(shape, dtype=layer.data.dtype)
+    out[tuple(slice(o, o + n) for o, n in zip(off, layer.data.shape))] = layer.data
+    return out
+
+
 def masked(res):
     return np.where(res.labels > 0, res.filtered, 0)
 
@@ -67,9 +81,8 @@ def test_widget_creates_two_layers_and_updates_them_in_place(make_napari_viewer,
     filtered = viewer.layers[FILTERED_NAME]
     assert clusters.data.dtype == np.uint16
     res = expected(relevance, w.params())
-    assert np.array_equal(clusters.data, res.labels)
-    assert np.array_equal(filtered.data, masked(res))
-    assert np.allclose(clusters.affine.affine_matrix, affine_2mm())
+    assert np.array_equal(full(clusters), res.labels)
+    assert np.array_equal(full(filtered), masked(res))
     n_layers = len(viewer.layers)
     for t in (0.2, 0.35, 0.6, 0.45):
         w.threshold_slider.setValue(t)
@@ -78,7 +91,7 @@ def test_widget_creates_two_layers_and_updates_them_in_place(make_napari_viewer,
     assert viewer.layers[CLUSTERS_NAME] is clusters and viewer.layers[FILTERED_NAME] is filtered
     res = expected(relevance, pp.PostParams(threshold=0.45))
     assert w.result.params.threshold == pytest.approx(0.45)
-    assert np.array_equal(clusters.data, res.labels)
+    assert np.array_equal(full(clusters), res.labels)
     assert res.n_clusters > 1
     # un-masked view shows the whole filtered map
     w.mask_check.setChecked(False)
@@ -115,7 +128,7 @@ def test_cluster_size_slider_runs_on_the_gui_thread_and_reuses_the_labelling(mak
     assert w._explorer.last_ran == ("size",)
     assert w._explorer.counts["label"] == labelled
     res = expected(relevance, pp.PostParams(threshold=0.25, min_size=ms))
-    assert np.array_equal(viewer.layers[CLUSTERS_NAME].data, res.labels)
+    assert np.array_equal(full(viewer.layers[CLUSTERS_NAME]), res.labels)
     assert res.n_clusters < res.n_clusters_before_size
     assert f"{ms:.1f} voxels" in w.size_readout.text() and "mm³" in w.size_readout.text()
     # the histogram marks the current minimum size
@@ -125,7 +138,7 @@ def test_cluster_size_slider_runs_on_the_gui_thread_and_reuses_the_labelling(mak
     w.size_unit_combo.setCurrentText("mm3")
     w.wait()
     assert w.min_size_spin.value() == pytest.approx(round(ms * 8.0, 1))
-    assert np.array_equal(viewer.layers[CLUSTERS_NAME].data, res.labels)
+    assert np.array_equal(full(viewer.layers[CLUSTERS_NAME]), res.labels)
 
     # slow stages run in a worker thread, the size stage on the GUI thread
     threads = []
@@ -145,7 +158,7 @@ def test_cluster_size_slider_runs_on_the_gui_thread_and_reuses_the_labelling(mak
     w.wait()
     assert threads == [False, True]
     res = expected(relevance, pp.PostParams(threshold=0.25, sign="negative", min_size=3))
-    assert np.array_equal(viewer.layers[CLUSTERS_NAME].data, res.labels)
+    assert np.array_equal(full(viewer.layers[CLUSTERS_NAME]), res.labels)
     assert set(res.table.sign) == {-1}
 
 
@@ -176,7 +189,7 @@ def test_layers_are_only_touched_on_the_main_thread(make_napari_viewer_proxy, re
     assert w.message_label.text() == "" or "internal" not in w.message_label.text()
     p = pp.PostParams(sigma_mm=2.0, filter="clamp", alpha=(0.0, 0.6), threshold=0.3)
     assert w.result.params == p.validated()
-    assert np.array_equal(viewer.layers[CLUSTERS_NAME].data, expected(relevance, p).labels)
+    assert np.array_equal(full(viewer.layers[CLUSTERS_NAME]), expected(relevance, p).labels)
 
 
 def test_table_click_centres_the_view_and_highlights(make_napari_viewer, relevance, qtbot):
@@ -247,7 +260,7 @@ def test_uses_the_signed_map_of_split_relevance_layers(make_napari_viewer, relev
                 provenance={"kind": "relevance", "method": "saliency"})
     res = expected(relevance, w.params())
     assert -1 in set(res.table.sign)
-    assert np.array_equal(viewer.layers[CLUSTERS_NAME].data, res.labels)
+    assert np.array_equal(full(viewer.layers[CLUSTERS_NAME]), res.labels)
     assert viewer.layers[CLUSTERS_NAME].metadata["provenance"]["provenance"]["method"] == "saliency"
 
 
@@ -480,3 +493,46 @@ def test_offers_only_relevance_layers_unless_any_image(make_napari_viewer, relev
     viewer.layers.remove("newer")
     w.wait()
     assert w.layer_combo.currentText() == "map" and w.result is not None
+
+
+def test_cropped_explorer_layers_save_on_the_full_grid(make_napari_viewer, relevance, tmp_path):
+    """The clusters layer holds only the clusters' box; napari's File › Save (our writer) writes the full grid."""
+    viewer = make_napari_viewer()
+    blobs = np.zeros((20, 22, 18), np.float32)
+    blobs[3:7, 4:9, 2:6] = 1.0
+    blobs[9:12, 5:8, 6:9] = -0.8
+    w, _ = make(viewer, blobs)
+    clusters = viewer.layers[CLUSTERS_NAME]
+    res = expected(blobs, w.params())
+    assert res.n_clusters == 2
+    # the clusters' box [3, 12) × [4, 9) × [2, 9), one voxel around and CROP_MARGIN = 6 more, clipped to the grid
+    assert clusters.data.shape == (19, 16, 16) and clusters.data.size < res.labels.size
+    assert np.array_equal(full(clusters), res.labels)
+    # what the atlas widget's region table and the writer read: the crop back on the full grid
+    from napari_xai._layers import uncropped
+
+    data, aff = uncropped(clusters.data, clusters.metadata)
+    assert np.array_equal(data, res.labels) and np.allclose(aff, affine_2mm())
+    out = tmp_path / "clusters.nii.gz"
+    written = clusters.save(str(out), plugin="napari-xai")
+    img = nib.load(written[0])
+    assert img.shape == res.labels.shape
+    assert np.allclose(img.affine, affine_2mm())
+    assert np.array_equal(np.asarray(img.dataobj), res.labels)
+
+
+def test_first_slider_step_starts_without_the_throttle_delay(make_napari_viewer, relevance):
+    """Leading edge: a size step is applied inside the slider's own event (no timer, no event loop), a threshold
+    step starts its worker at once; the user's slider position survives a result computed for an earlier one."""
+    viewer = make_napari_viewer()
+    w, _ = make(viewer, relevance)
+    w.min_size_spin.setValue(12)  # no event loop runs between this line and the asserts
+    res = expected(relevance, w.params())
+    assert w.result.params.min_size == 12
+    assert np.array_equal(full(viewer.layers[CLUSTERS_NAME]), res.labels)
+    w.wait()  # the throttle window of that step ends
+    w.threshold_slider.setValue(0.3)
+    assert w.busy  # the worker runs already
+    w.threshold_slider.setValue(0.5)  # dragged on while it runs
+    w.wait()
+    assert w.threshold_slider.value() == pytest.approx(0.5) and w.result.params.threshold == pytest.approx(0.5)

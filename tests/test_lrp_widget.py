@@ -347,7 +347,15 @@ def test_comparison_grid_with_one_colour_limit_and_png(make_napari_viewer, nets,
     rel_layers = [l for l in cells if l.colormap.name in ("hot", "cyan")]
     assert len({tuple(l.contrast_limits) for l in rel_layers}) == 1  # identical colour scaling
     titles = [l.name for l in cells if l.name_overlay.visible]
-    assert titles == ["1. lrp-0", "2. lrp-zplus", "3. lrp-flat", "4. lrp-alphabeta"]
+    assert [t.split(" · faint: ")[0] for t in titles] == ["1. lrp-0", "2. lrp-zplus", "3. lrp-flat", "4. lrp-alphabeta"]
+    # a cell that is blank at the shared limit says so (issue 12): its own 99.99th percentile of |r| < 5 % of it
+    limit = rel_layers[0].contrast_limits[1]
+    for title, item in zip(titles, ("lrp-0", "lrp-zplus", "lrp-flat", "lrp-alphabeta")):
+        signed = next(l for l in rel_layers if l.name.startswith(title)).metadata["xai_relevance"]
+        own = np.percentile(np.abs(signed[signed != 0]), 99.99)
+        assert ("· faint: " in title) == (own < 0.05 * limit), (title, own, limit)
+        named = w.status.text().split("too faint")[0] if "too faint" in w.status.text() else ""
+        assert (item in named) == ("· faint: " in title), w.status.text()
     others = [l for l in viewer.layers if l not in cells]
     assert all(not l.visible for l in others)
     png = w.save_comparison(tmp_path / "compare.png")

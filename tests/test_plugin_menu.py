@@ -6,7 +6,6 @@ so a new widget is tested the moment it is declared.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np

@@ -40,17 +40,8 @@ def populate_viewer(viewer, volume, mask, rel) -> None:
 
     upsert(viewer, demo_layer_data(seed=DEMO_SEED, condition=True))
     upsert(viewer, relevance_layer_data(rel))
-    # In 3D, a MIP of raw relevance shows the weak background as haze; start the
-    # colour scale at a quarter of the robust maximum (the 2D/3D contrast slider
-    # in the layer controls changes it).
-    for layer in viewer.layers:
-        if "xai_relevance" in layer.metadata:
-            hi = layer.contrast_limits[1]
-            layer.contrast_limits = (0.25 * hi, hi)
-    brain = viewer.layers["demo brain"]
-    brain.rendering = "attenuated_mip"
-    brain.attenuation = 0.5
-    brain.opacity = 0.8
+    # colour scales and the brain's 3D rendering come from _layers (relevance_limits, anatomy_style),
+    # the same as after File › Open Sample and the Explain widget
     viewer.dims.ndisplay = 3
     viewer.reset_view()
     camera = viewer.scene.camera if hasattr(getattr(viewer, "scene", None), "camera") else viewer.camera  # napari 0.9

@@ -6,6 +6,18 @@ MIP rendering, so zero is transparent in 2D and in 3D and both signs stay
 visible (a single diverging colormap with white at zero renders as an opaque
 box in 3D). Both layers carry the full signed map in their metadata so the
 writer and the explorer always work on the true relevance.
+
+Colour scale: the upper limit is the 99.9th percentile of the map's non-zero
+|r| (both signs together, so a non-negative map such as Grad-CAM gets its own
+scale, not a placeholder for its empty negative part), the lower limit the
+larger of the 90th percentile of |r| and a quarter of the upper limit. Below
+the lower limit nothing is added (black under additive blending), so a smooth
+non-negative map shows its top instead of tinting the whole brain in 2D, and
+the weak background does not haze a 3D MIP.
+
+Anatomy under relevance (:func:`anatomy_style`) renders as an attenuated MIP
+at 0.8 opacity: a plain MIP of a T1 is a white blob in 3D that additive
+relevance cannot show through.
 """
 
 from __future__ import annotations
@@ -70,13 +82,44 @@ def array_on_grid(layer, volume) -> np.ndarray:
     return data
 
 
-def _limit(values: np.ndarray) -> float:
-    """Upper contrast limit: the 99.9th percentile of the non-zero magnitudes (robust to single hot voxels)."""
-    nz = values[values > 0]
+#: Percentiles of the non-zero |r| behind a relevance layer's contrast limits, and the lower limit's
+#: minimum as a fraction of the upper one (see the module docstring).
+HIGH_PERCENTILE = 99.9
+LOW_PERCENTILE = 90.0
+LOW_FRACTION = 0.25
+#: Anatomy under relevance: readable in 3D (a plain MIP of a T1 is a white blob), unchanged in 2D but for opacity.
+ANATOMY_STYLE = {"rendering": "attenuated_mip", "attenuation": 0.5, "opacity": 0.8}
+#: The explorer's "filtered relevance" (a signed map, transparent at zero): translucent compositing *without*
+#: depth writes. With depth (napari's "translucent") the volume writes its box's front face into the depth buffer
+#: and every layer drawn after it inside that box (the atlas outlines) fails the depth test in 3D.
+FILTERED_STYLE = {"blending": "translucent_no_depth", "rendering": "translucent", "interpolation3d": "linear"}
+#: The explorer's "clusters" (uint16 labels; napari's iso_categorical in 3D writes depth only where a label is hit).
+CLUSTERS_STYLE = {"opacity": 0.55}
+#: A shared-scale comparison cell whose own limit is below this fraction of the shared limit is called faint.
+FAINT_FRACTION = 0.05
+
+
+def relevance_limits(signed: np.ndarray) -> tuple[float, float]:
+    """Contrast limits ``(lo, hi)`` for the magnitude layers of a signed map (``(0, 1)`` for an all-zero map)."""
+    mag = np.abs(np.asarray(signed, dtype=np.float32))
+    nz = mag[mag > 0]
     if nz.size == 0:
-        return 1.0
-    hi = float(np.percentile(nz, 99.9))
-    return hi if hi > 0 else float(nz.max())
+        return 0.0, 1.0
+    lo_p, hi = (float(v) for v in np.percentile(nz, [LOW_PERCENTILE, HIGH_PERCENTILE]))
+    if not hi > 0:
+        hi = float(nz.max())
+    lo = max(lo_p, LOW_FRACTION * hi)
+    return (lo if lo < hi else LOW_FRACTION * hi), hi  # the top tenth all at the peak: a quarter of it
+
+
+def anatomy_style(layer=None) -> dict:
+    """The anatomy's 3D display settings (:data:`ANATOMY_STYLE`); applied to ``layer`` if it still has napari's
+    defaults (a plain MIP at full opacity), so a user's own choice is kept."""
+    style = dict(ANATOMY_STYLE)
+    if layer is not None and str(getattr(layer, "rendering", "")) == "mip" and float(layer.opacity) == 1.0:
+        for k, v in style.items():
+            setattr(layer, k, v)
+    return style
 
 
 def point_on_grid(point, volume):
@@ -114,10 +157,10 @@ def relevance_layer_data(rel, channel: int = 0, name: str | None = None) -> list
     pos = np.clip(signed, 0, None)
     neg = np.clip(-signed, 0, None)
     common = {"affine": rel.affine, "blending": "additive", "rendering": "mip", "metadata": meta}
-    lim = max(_limit(pos), _limit(neg))
+    lims = relevance_limits(signed)
     return [display_tuple(t) for t in (
-        (pos, {**common, "name": base + POS_SUFFIX, "colormap": "hot", "contrast_limits": (0.0, lim)}, "image"),
-        (neg, {**common, "name": base + NEG_SUFFIX, "colormap": "cyan", "contrast_limits": (0.0, lim)}, "image"),
+        (pos, {**common, "name": base + POS_SUFFIX, "colormap": "hot", "contrast_limits": lims}, "image"),
+        (neg, {**common, "name": base + NEG_SUFFIX, "colormap": "cyan", "contrast_limits": lims}, "image"),
     )]
 
 
@@ -153,6 +196,18 @@ def intermediate_layer_data(rel, base: str | None = None, meta: dict | None = No
     return out
 
 
+def uncropped(data, metadata: dict | None):
+    """``(data, affine or None)`` on the full grid of a layer the explorer shows cropped (``xai_crop`` in its
+    metadata: offset, full shape and affine; zeros outside the crop); other layers' data unchanged, affine None."""
+    crop = (metadata or {}).get("xai_crop")
+    arr = np.asarray(data)
+    if not isinstance(crop, dict) or arr.ndim != 3:
+        return arr, None
+    full = np.zeros(tuple(int(n) for n in crop["shape"]), dtype=arr.dtype)
+    full[tuple(slice(int(o), int(o) + n) for o, n in zip(crop["offset"], arr.shape))] = arr
+    return full, np.asarray(crop["affine"], dtype=float)
+
+
 def upsert(viewer, layer_tuples: list[tuple]) -> list:
     """Add layers, or update the data and metadata of same-named layers (no pile-up)."""
     out = []
@@ -184,14 +239,27 @@ def comparison_layer_data(anatomy, results: list, limit, meta_key: str = "xai_co
     number (every relevance layer gets contrast limits ``(0, limit)``) or one
     per cell. Each layer's metadata holds ``{meta_key: {"kind": "compare",
     "item": label, "limit": limit}}``.
+
+    With one shared limit, a cell whose own limit (99.99th percentile of its
+    |r|) is below :data:`FAINT_FRACTION` of it would look blank: its title says
+    so ("· faint: 0.2 % of the shared scale") and its tag holds ``"faint":
+    fraction``; a per-cell scale shows it.
     """
 
-    limits = [float(limit)] * len(results) if np.ndim(limit) == 0 else [float(v) for v in limit]
+    from .core.compare import cell_limits
+
+    shared = np.ndim(limit) == 0
+    limits = [float(limit)] * len(results) if shared else [float(v) for v in limit]
     anatomies = list(anatomy) if isinstance(anatomy, (list, tuple)) else [anatomy] * len(results)
+    own = cell_limits([np.asarray(rel.data, np.float32).sum(axis=0) for _, rel in results]) if shared else limits
     tuples: list[tuple] = []
     for i, ((label, rel), limit, anatomy) in enumerate(zip(results, limits, anatomies)):
         title = f"{i + 1}. {label}"
         tag = {"kind": "compare", "item": label, "limit": float(limit)}
+        fraction = own[i] / limit if shared and limit > 0 else 1.0
+        if fraction < FAINT_FRACTION:  # a blank cell says why (a per-cell scale shows it)
+            tag["faint"] = float(fraction)
+            title += f" · faint: {faint_percent(fraction)} of the shared scale"
         meta = {"affine": rel.affine, "nifti_header": rel.header, "provenance": rel.provenance,
                 "warnings": list(rel.warnings), meta_key: dict(tag)}
         tuples.append((np.asarray(anatomy), {"name": title, "affine": rel.affine, "colormap": "gray", "rendering": "mip",
@@ -204,6 +272,22 @@ def comparison_layer_data(anatomy, results: list, limit, meta_key: str = "xai_co
             kw["contrast_limits"] = (0.0, float(limit))
             tuples.append((data, kw, kind))
     return tuples
+
+
+def faint_percent(fraction: float) -> str:
+    """A faint cell's share of the shared scale, e.g. '0.2 %' or '<0.01 %'."""
+    pct = 100.0 * fraction
+    return "<0.01 %" if pct < 0.01 else f"{pct:.2g} %"
+
+
+def faint_cells(tuples: list[tuple], meta_key: str = "xai_compare") -> list[str]:
+    """Items of comparison layer tuples that are faint at the shared scale (for a widget's status line)."""
+    out: list[str] = []
+    for _, kw, _ in tuples:
+        tag = kw.get("metadata", {}).get(meta_key, {})
+        if "faint" in tag and tag["item"] not in out:
+            out.append(tag["item"])
+    return out
 
 
 def show_grid(viewer, tuples: list[tuple], three_d: bool = True) -> list:

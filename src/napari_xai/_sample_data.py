@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._layers import anatomy_style
 from ._reader import volume_layer_kwargs
 
 
@@ -14,6 +15,7 @@ def demo_layer_data(seed: int = 0, condition: bool = True) -> list[tuple]:
     kwargs = volume_layer_kwargs(vol)
     kwargs["name"] = "demo brain"
     kwargs["colormap"] = "gray"
+    kwargs.update(anatomy_style())  # readable under relevance in 3D
     kwargs["metadata"]["demo"] = {"seed": seed, "condition": condition}
     gt = {
         "name": "demo atrophy (ground truth)",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._layers import uncropped
 from .core.errors import UserError
 from .core.geometry import stored_geometry
 from .core.provenance import now_iso, package_versions, write_sidecar
@@ -39,13 +40,17 @@ def _write(path: str, data, meta: dict, kind: str) -> list[str]:
     if kind == "labels" and arr.dtype.kind in "iu" and arr.max(initial=0) <= np.iinfo(np.uint16).max and arr.min(initial=0) >= 0:
         arr = arr.astype(np.uint16)
     md = meta.get("metadata") or {}
+    affine = _affine_of(meta)
+    arr, full_affine = uncropped(arr, md)  # the explorer's layers are cropped (fast 3D); files are on the full grid
+    if full_affine is not None:
+        affine = full_affine
     prov = md.get("provenance") if isinstance(md.get("provenance"), dict) else None
     signed = md.get("xai_relevance")
     if signed is not None and np.shape(signed) == arr.shape[-3:]:
         # a relevance layer shows one sign of the map; the file holds the whole signed map it came from
         arr = np.asarray(signed, dtype=np.float32)
     # a volume shown transposed (stored with permuted axes, e.g. PIR) goes back to the file's voxel order and affine
-    arr, affine = stored_geometry(arr, md, _affine_of(meta))
+    arr, affine = stored_geometry(arr, md, affine)
     saved = {"layer": meta.get("name"), "saved": now_iso(), "affine": affine.tolist()}
     if prov is not None and "method" in prov:
         # the same record as 'napari-xai explain' writes, so the reader, the widget and 'reproduce' read it alike

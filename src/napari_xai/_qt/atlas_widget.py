@@ -45,6 +45,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .._layers import uncropped
 from ..core import atlas as at
 from ..core.errors import UserError
 from ._layout import compact, scroll_body
@@ -817,8 +818,9 @@ class AtlasWidget(QWidget):
             tgrid = at.atlas_on_grid(self.grid.atlas, rel.shape[-3:], aff, threshold=thr)
             clusters = None
             cl_layer = self._layer_by_name(self.clusters_combo.currentText())
-            if cl_layer is not None and tuple(cl_layer.data.shape[-3:]) == tuple(rel.shape[-3:]):
-                clusters = np.asarray(cl_layer.data)
+            cl_data = uncropped(cl_layer.data, cl_layer.metadata)[0] if cl_layer is not None else None
+            if cl_data is not None and tuple(cl_data.shape[-3:]) == tuple(rel.shape[-3:]):
+                clusters = cl_data  # the explorer's clusters layer is cropped to the clusters' box
             self.table = at.region_table(tgrid, rel, clusters)
             self._table_grid = tgrid
         except UserError as exc:

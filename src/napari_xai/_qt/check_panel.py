@@ -939,7 +939,7 @@ class CheckPanel(QWidget):
         """The original map and every step's map as new layers in napari's grid (one colour scale, or one per map)."""
         import dataclasses
 
-        from .._layers import comparison_layer_data
+        from .._layers import comparison_layer_data, faint_cells
         from ..core.compare import cell_limits, common_limit
 
         if self.last_sanity is None:
@@ -960,6 +960,9 @@ class CheckPanel(QWidget):
             tag.update({"kind": "sanity", "step": int(kw["metadata"]["provenance"]["sanity"]["step"])})
         self.host.enter_grid(tuples, three_d=self.sanity_3d.isChecked(), meta_key=META_KEY)
         scale = f"colour limit 0…{limit:.3g} for all" if common else "each map scaled to its own 99.99th percentile"
+        faint = faint_cells(tuples, META_KEY)
+        if faint:
+            scale += f" ({', '.join(faint)}: too faint at this scale; uncheck 'one colour scale' to see them)"
         self.status.setText(f"{len(cells)} maps of {what} side by side (sanity 0 = the original); {scale} "
                             "(hot: positive, cyan: negative). 'Exit grid' shows your layers again.")
 

@@ -441,7 +441,7 @@ class ExplainWidget(Container):
         self._on_error(payload)
 
     def _on_returned(self, result):
-        from .._layers import intermediate_layer_data, relevance_layer_data, upsert
+        from .._layers import anatomy_style, intermediate_layer_data, relevance_layer_data, upsert
 
         key, model, rel = result
         self._model_cache = {key: model}
@@ -459,6 +459,9 @@ class ExplainWidget(Container):
                 "labels",
             ))
         upsert(self._viewer, tuples)
+        for name in list(self.inputs.value or []):  # the anatomy under the relevance: readable in 3D
+            if name in self._viewer.layers:
+                anatomy_style(self._viewer.layers[name])
         self.last_result = rel
         probs = ", ".join(f"{k}: {v:.1%}" for k, v in rel.probabilities.items())
         text = f"predicted {rel.provenance['prediction']['name']} ({probs}); explained '{rel.target_name}'"

@@ -14,7 +14,8 @@ The widget only
   region under the cursor to the readout.
 
 Layers are touched only on the GUI thread (in the worker's ``returned``
-callback). Slider events are throttled: at most one computation runs, and when
+callback). Slider events are throttled: the first step of a drag starts at once,
+at most one computation runs, and when
 it ends the widget computes the *latest* control state once, so dragging never
 queues stale work.
 """
@@ -48,6 +49,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleRangeSlider, QLabeledDoubleSlider
 
+from .._layers import CLUSTERS_STYLE, FILTERED_STYLE
 from ..core import atlas as at
 from ..core import postprocess as pp
 from ..core.geometry import voxel_volume_mm3
@@ -64,7 +66,10 @@ log = logging.getLogger(__name__)
 
 FILTERED_NAME = "filtered relevance"
 NO_RELEVANCE_HINT = ("No relevance map yet: run Plugins › napari-xai › Explain, or open a relevance NIfTI with its "
-                     ".json sidecar (tick 'any image' for a map without one).")
+                     ".xai.json sidecar (tick 'any image' for a map without one).")
+CROP_MARGIN = 6  # voxels around the clusters' box in a new crop, so small changes keep the box (and the affine)
+CROP_SLACK = 8  # a crop is kept while at most this many times the volume it needs
+CROP_KEY = "xai_crop"  # metadata of a cropped explorer layer: {"offset": ijk, "shape": full shape, "affine": full}
 CLUSTERS_NAME = "clusters"
 THROTTLE_MS = 30
 SIZE_SLIDER_STEPS = 1000
@@ -259,6 +264,7 @@ class ExplorerWidget(QWidget):
         self._result: pp.PostResult | None = None
         self._worker = None
         self._layers: dict[str, Any] = {}
+        self._crop_boxes: dict[str, tuple] = {}  # kind -> (crop box, full shape) of the cropped layers
         self._error: str = ""
         self._attempted: pp.PostParams | None = None
         self._slice_lines: list = []
@@ -443,14 +449,14 @@ class ExplorerWidget(QWidget):
 
         # any control change -> throttled update
         for w in (self.sigma_spin, self.percentile_spin, self.scale_value_spin, self.min_size_spin):
-            w.valueChanged.connect(self._schedule)
+            w.valueChanged.connect(self._on_control)
         for w in (self.scale_combo, self.filter_combo, self.sign_combo, self.connectivity_combo):
             w.currentTextChanged.connect(self._schedule)
         self.scale_combo.currentTextChanged.connect(self._sync_scale_widgets)
         self.filter_combo.currentTextChanged.connect(self._sync_filter_widgets)
         self.clip_check.toggled.connect(self._schedule)
         self.alpha_slider.valueChanged.connect(self._schedule)
-        self.threshold_slider.valueChanged.connect(self._schedule)
+        self.threshold_slider.valueChanged.connect(self._on_control)
         self.size_slider.valueChanged.connect(self._on_size_slider)
         self.min_size_spin.valueChanged.connect(self._sync_size_slider)
         self.size_unit_combo.currentTextChanged.connect(self._on_unit_changed)
@@ -662,7 +668,7 @@ class ExplorerWidget(QWidget):
         self.min_size_spin.setValue(value)
         self.min_size_spin.blockSignals(False)
         self._update_size_readout()
-        self._schedule()
+        self._on_control()
 
     def _sync_size_slider(self, *_):
         top = self._size_max()
@@ -699,6 +705,15 @@ class ExplorerWidget(QWidget):
     def result(self) -> pp.PostResult | None:
         """The result shown in the layers."""
         return self._result
+
+    def _on_control(self, *_args) -> None:
+        """A slider or spin box moved: when idle, start at once (the leading edge: no throttle delay before the
+        first step of a drag); what follows within :data:`THROTTLE_MS` is coalesced as in :meth:`_schedule`."""
+        if self._timer.isActive() or self._worker is not None or self._explorer is None:
+            self._schedule()
+            return
+        self._timer.start()
+        self._run()
 
     def _schedule(self, *_args) -> None:
         if not self._timer.isActive():
@@ -794,14 +809,15 @@ class ExplorerWidget(QWidget):
         self._result = res
         self._error = ""
         self._show_filtered()
-        self._set_layer("labels", CLUSTERS_NAME, res.labels)
+        self._set_layer("labels", CLUSTERS_NAME, res.labels, crop=True)
         # slider ranges follow the data (without triggering updates)
         top = max(res.max_abs, 1e-12)
         # enough decimals for maps in any unit (raw gradients can be ~1e-6)
         self.threshold_slider.setDecimals(int(min(12, max(4, 3 - math.floor(math.log10(top))))))
         self.threshold_slider.blockSignals(True)
+        wanted = float(self.threshold_slider.value())  # the user may have dragged on while this result was computed
         self.threshold_slider.setRange(0.0, max(top, res.params.threshold))
-        self.threshold_slider.setValue(res.params.threshold)
+        self.threshold_slider.setValue(min(wanted, max(top, res.params.threshold)))
         self.threshold_slider.blockSignals(False)
         self._sync_size_slider()
         self._follow_atlas_widget()
@@ -833,13 +849,31 @@ class ExplorerWidget(QWidget):
         layer = self._layers.get("image")
         if key == self._filtered_key and layer is not None and layer in self.viewer.layers:
             return  # unchanged (e.g. a size step with the whole map shown)
-        data = res.masked() if masked else res.filtered
         # the largest |r| shown: the clusters' peaks when masked, else the whole map's
         self._display_max = (float(np.abs(res.table.peak).max()) if len(res.table) else 0.0) if masked else res.max_abs
-        self._set_layer("image", FILTERED_NAME, data)
+        # masked: only the clusters' box, masked there (never a full-size copy on the GUI thread)
+        self._set_layer("image", FILTERED_NAME, res.filtered, crop=masked, mask=res.labels if masked else None)
         self._filtered_key = key
 
-    def _set_layer(self, kind: str, name: str, data: np.ndarray) -> None:
+    def _set_layer(self, kind: str, name: str, data: np.ndarray, crop: bool = False,
+                   mask: np.ndarray | None = None) -> None:
+        """Put ``data`` into the layer; ``crop``: only the box around the clusters (``CROP_KEY`` in the metadata).
+
+        The clusters and the masked filtered relevance are zero outside the clusters, and a 3D view casts rays
+        through a layer's whole box: cropped, a 3D frame at 1 mm costs ~0.1 s per layer instead of seconds
+        (``benchmarks/bench_gui.py``). The layer's affine places the crop; the writer pads it back.
+        ``mask``: labels; ``data`` is shown only where they are non-zero.
+        """
+        from ..core.geometry import crop_box, cropped_affine
+
+        full_shape = data.shape
+        affine = self._affine
+        if crop:
+            box = self._stable_box(kind, crop_box(full_shape, self._result.box if self._result is not None else None),
+                                   full_shape)
+            data = (np.where(mask[box] > 0, data[box], np.float32(0)) if mask is not None
+                    else np.ascontiguousarray(data[box]))
+            affine = cropped_affine(self._affine, box)
         v = self.viewer
         layer = self._layers.get(kind)
         if layer is not None and layer not in v.layers:
@@ -853,8 +887,8 @@ class ExplorerWidget(QWidget):
             limits = (-m, m) if m > 0 else (-1.0, 1.0)
             if layer is None:
                 layer = v.add_image(
-                    data, name=name, affine=self._affine, colormap=relevance_colormap(), contrast_limits=limits,
-                    blending="translucent", rendering="translucent", interpolation3d="linear",
+                    data, name=name, affine=affine, colormap=relevance_colormap(), contrast_limits=limits,
+                    **FILTERED_STYLE,
                     metadata={"affine": self._affine},
                 )
             else:
@@ -862,15 +896,33 @@ class ExplorerWidget(QWidget):
                 layer.contrast_limits = limits
         else:
             if layer is None:
-                layer = v.add_labels(data, name=name, affine=self._affine, opacity=0.55,
-                                     metadata={"affine": self._affine})
+                layer = v.add_labels(data, name=name, affine=affine, **CLUSTERS_STYLE,
+                                     metadata={"affine": affine})
             else:
                 layer.data = data
-        if not np.allclose(np.asarray(layer.affine.affine_matrix)[-4:, -4:], self._affine):
-            layer.affine = self._affine
-        layer.metadata = {**(layer.metadata or {}), "affine": self._affine,
-                          "provenance": self._provenance_record(kind)}
+        if not np.allclose(np.asarray(layer.affine.affine_matrix)[-4:, -4:], affine):
+            layer.affine = affine
+        meta = {k: val for k, val in (layer.metadata or {}).items() if k != CROP_KEY}
+        if crop:
+            meta[CROP_KEY] = {"offset": [int(s.start) for s in box], "shape": [int(n) for n in full_shape],
+                              "affine": self._affine}
+        layer.metadata = {**meta, "affine": affine, "provenance": self._provenance_record(kind)}
         self._layers[kind] = layer
+
+    def _stable_box(self, kind: str, want: tuple, shape: tuple) -> tuple:
+        """The crop box of a layer: the last one while it holds ``want`` and is not much larger, else ``want``
+        widened by :data:`CROP_MARGIN` voxels. A new box means a new layer affine, which costs napari as much as
+        the data itself; this way most slider steps only replace the data."""
+        def volume(box):
+            return int(np.prod([b.stop - b.start for b in box]))
+
+        cur = self._crop_boxes.get(kind)
+        if cur is not None and cur[1] == shape and volume(cur[0]) <= CROP_SLACK * max(volume(want), 4096) \
+                and all(c.start <= w.start and w.stop <= c.stop for c, w in zip(cur[0], want)):
+            return cur[0]
+        box = tuple(slice(max(0, w.start - CROP_MARGIN), min(int(n), w.stop + CROP_MARGIN)) for w, n in zip(want, shape))
+        self._crop_boxes[kind] = (box, shape)
+        return box
 
     def _provenance_record(self, kind: str) -> dict:
         res = self._result

@@ -1478,16 +1478,19 @@ class LrpDesignerWidget(QWidget):
         return show_grid(viewer, tuples, three_d=three_d)
 
     def _show_comparison(self, req, results: list) -> None:
-        from .._layers import comparison_layer_data
+        from .._layers import comparison_layer_data, faint_cells
 
         maps = [rel.data.sum(axis=0) for _, rel in results]
         common = self.compare_common.isChecked()
         limit = common_limit(maps) if common else cell_limits(maps)
-        self.enter_grid(comparison_layer_data(req["volume"].data[0], results, limit, META_KEY),
-                        three_d=self.compare_3d.isChecked())
+        tuples = comparison_layer_data(req["volume"].data[0], results, limit, META_KEY)
+        self.enter_grid(tuples, three_d=self.compare_3d.isChecked())
         self.last_comparison = results
         self._fill_cell_table(req, results)
         scale = f"colour limit 0…{limit:.3g} for all" if common else "each cell scaled to its own 99.99th percentile"
+        faint = faint_cells(tuples, META_KEY)
+        if faint:
+            scale += f" ({', '.join(faint)}: too faint at this scale; uncheck 'one colour scale' to see them)"
         self.status.setText(f"{len(results)} cells side by side; {scale} (hot: positive, cyan: negative relevance).")
 
     def _fill_cell_table(self, req, results: list) -> None:

@@ -534,3 +534,19 @@ class ModelGrid:
         if shape is not None and tuple(shape) != out.shape:
             out = resize_labels(out, tuple(shape))
         return out.astype(arr.dtype if arr.dtype != bool else np.float32).astype(arr.dtype)
+
+
+def crop_box(shape: Sequence[int], box: Sequence[slice] | None, pad: int = 1) -> tuple[slice, ...]:
+    """``box`` (slices, e.g. where a map is non-zero) widened by ``pad`` voxels and clipped to ``shape``;
+    an empty or missing box becomes a 1-voxel box at the origin."""
+    if box is None or any((s.stop or 0) <= (s.start or 0) for s in box):
+        return tuple(slice(0, 1) for _ in shape)
+    return tuple(slice(max(0, (s.start or 0) - pad), min(int(n), (s.stop if s.stop is not None else int(n)) + pad))
+                 for s, n in zip(box, shape))
+
+
+def cropped_affine(affine: Array, box: Sequence[slice]) -> Array:
+    """The voxel -> world affine of ``data[box]`` (its voxel (0, 0, 0) is ``box``'s first voxel)."""
+    out = np.array(affine, dtype=float, copy=True)
+    out[:3, 3] = out[:3, :3] @ np.array([s.start or 0 for s in box], dtype=float) + out[:3, 3]
+    return out
