@@ -189,9 +189,9 @@ def test_demo_without_display_runs_headless_by_itself(tmp_path):
     notes = [ln for ln in proc.stderr.splitlines() if "no display" in ln]
     assert len(notes) == 1 and "demo-out/" in notes[0], proc.stderr
     out = tmp_path / "demo-out"
-    assert sorted(p.name for p in out.iterdir()) == ["demo_3d.png", "demo_brain.json", "demo_brain.nii.gz",
-                                                     "demo_relevance.json", "demo_relevance.nii.gz"]
-    record = json.loads((out / "demo_relevance.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["demo_3d.png", "demo_brain.nii.gz", "demo_brain.nii.gz.xai.json",
+                                                     "demo_relevance.nii.gz", "demo_relevance.nii.gz.xai.json"]
+    record = json.loads((out / "demo_relevance.nii.gz.xai.json").read_text())
     assert record["method"] == "saliency" and record["command"].startswith("napari-xai demo")
     shot = np.asarray(Image.open(out / "demo_3d.png").convert("RGB"))
     assert shot.shape[0] > 300 and shot.shape[1] > 300
@@ -201,7 +201,7 @@ def test_demo_without_display_runs_headless_by_itself(tmp_path):
 
     assert _written_by_demo(sorted(out.iterdir()))
     # a file that is not the demo's is never replaced without --overwrite (refused before any work)
-    (out / "demo_brain.json").write_text(json.dumps({"kind": "my-own"}))
+    (out / "demo_brain.nii.gz.xai.json").write_text(json.dumps({"kind": "my-own"}))  # now not the demo's
     refused = subprocess.run([exe, "demo", "--method", "saliency"], cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=600)
     assert refused.returncode == 2 and "exists" in refused.stderr and "Traceback" not in refused.stderr

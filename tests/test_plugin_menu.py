@@ -124,7 +124,7 @@ def test_readme_flow_through_the_plugins_menu(make_napari_viewer_proxy, qtbot):
 
 
 def test_all_docks_fit_a_1280x800_window(make_napari_viewer, qtbot):
-    """Every dock scrolls instead of growing the window: four stacked docks fit 1280×800 (the worst case; tabbed
+    """Every dock scrolls instead of growing the window: every dock stacked fits 1280×800 (the worst case; tabbed
     docks need less), none asks for more than ~600 px of height, and the canvas keeps half the width."""
     from qtpy.QtWidgets import QApplication, QDockWidget
 

@@ -14,13 +14,23 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+)
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
 
 from ..core.errors import Cancelled, UserError
 from ..core.methods.catalogue import all_methods, get_method
 from ._jobs import fail, report_error, start_worker
+from ._layout import into_scroll_area
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -47,7 +57,8 @@ class CohortWidget(Container):
         self.path = FileEdit(label="model path", mode="r", tooltip="bundle folder, .py file or TorchScript file")
         self.class_name = LineEdit(label="class", value="", tooltip="class name inside the .py file, e.g. MyNet")
         self.weights = FileEdit(label="weights", mode="r", filter="*.pt *.pth *.ckpt *.bin")
-        self.trust = CheckBox(text="trust model code (full unpickling and bundle expressions RUN code)", value=False)
+        self.trust = CheckBox(text="trust model code (TorchScript, full unpickling and bundle expressions RUN code from the files)",
+                              value=False)
         self.method = ComboBox(label="method", choices=[m.name for m in all_methods()], value="integrated-gradients")
         self.target = LineEdit(label="target", value="", tooltip="class index or name (empty: each subject's prediction)")
         self.atlas = LineEdit(label="atlas", value="", tooltip="atlas name or file for the region table, e.g. harvard-oxford")
@@ -65,6 +76,7 @@ class CohortWidget(Container):
                      self.method, self.target, self.atlas, buttons, self.progress, self.status])
         self.native.layout().addWidget(self.table)
         self.table.setVisible(False)  # shown with an atlas
+        into_scroll_area(self.native)  # the form scrolls: the dock fits a laptop screen
         self.source.changed.connect(self._on_source)
         self.run_btn.changed.connect(self.run)
         self.cancel_btn.changed.connect(self.cancel)
