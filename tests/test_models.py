@@ -708,7 +708,7 @@ def test_demo_loader_logic_with_stand_in_files(tmp_path, monkeypatch):
     fake_demo_net = types.ModuleType("napari_xai.core.demo_net")
     fake_demo_net.DemoNet = ref_mod.TinyNet
     monkeypatch.setitem(sys.modules, "napari_xai.core.demo_net", fake_demo_net)
-    monkeypatch.setattr(models, "_demo_data_dir", lambda: pkg / "data")
+    monkeypatch.setattr(models.load, "_demo_data_dir", lambda: pkg / "data")
     lm = load_model("demo")
     assert lm.kind == "demo" and lm.source == "demo" and not lm.is_scripted
     assert lm.spec == ModelSpec((8, 8, 8), 1, ["healthy", "atrophy"], "zscore")

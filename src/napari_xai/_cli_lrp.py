@@ -39,7 +39,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
 def cmd_lrp_layers(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .core.explain import _forward, _prepare_target, prepare_input
+    from .core.explain import forward as _forward, prepare_input, prepare_target as _prepare_target
     from .core.lrp import default_config, list_layers, save_configs
     from .core.models import load_model
     from .core.methods.registry import RunContext

@@ -78,10 +78,10 @@ def test_backstop_refuses_network_writes_and_processes_during_an_untrusted_build
                 pass
 
         with pytest.raises(UserError, match=needle):
-            with models._untrusted_build("network_def: X(...)"):
+            with models.bundle._untrusted_build("network_def: X(...)"):
                 swallowing()
     assert not target.exists()
     (tmp_path / "readable.txt").write_text("ok")
-    with models._untrusted_build("network_def: X(...)"):
+    with models.bundle._untrusted_build("network_def: X(...)"):
         assert (tmp_path / "readable.txt").read_text() == "ok"  # reading is allowed
     open(target, "w").close()  # and nothing is refused outside a build

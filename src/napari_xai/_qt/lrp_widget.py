@@ -105,10 +105,10 @@ def volume_from_layers(viewer, names: list[str]):
 
 def model_outputs(model, x, index: int = 0) -> tuple[bool, int]:
     """(does output ``index`` hold a logit map (N, C, D, H, W)?, how many tensors the model returns) for input ``x``."""
-    from ..core.explain import _predict_cached
+    from ..core.explain import predict_cached
     from ..core.segmentation import is_segmentation_output, pick_output
 
-    raw = _predict_cached(model.module, x)  # the explanation that follows reuses this prediction
+    raw = predict_cached(model.module, x)  # the explanation that follows reuses this prediction
     count = sum(1 for o in raw if hasattr(o, "shape")) if isinstance(raw, (tuple, list)) else 1
     return is_segmentation_output(pick_output(raw, min(index, max(count - 1, 0)))), count
 
@@ -606,7 +606,7 @@ class LrpDesignerWidget(QWidget):
 
     def list_layers(self) -> list[LayerInfo]:
         """Load the model and list its layers in execution order (one forward pass on the GUI thread)."""
-        from ..core.explain import _prepare_target, prepare_input
+        from ..core.explain import prepare_input, prepare_target
         from ..core.lrp import list_layers
         from ..core.methods.registry import RunContext
 
@@ -619,10 +619,10 @@ class LrpDesignerWidget(QWidget):
             x, *_ = prepare_input(volume, model)
             seg, outputs = model_outputs(model, x, self.output_index.value())
             # the layers do not depend on the mask: a segmentation model is listed with a whole-volume mask
-            module, _, names, *_ = _prepare_target(model, x, volume, 0 if seg else None, seg,
-                                                   np.ones(volume.shape, bool) if seg else None, None,
-                                                   self.output_index.value(), 26, RunContext())
-            self.layers = list_layers(module, x)
+            t = prepare_target(model, x, volume, 0 if seg else None, seg, np.ones(volume.shape, bool) if seg else None,
+                               None, self.output_index.value(), 26, RunContext())
+            names = t.names
+            self.layers = list_layers(t.module, x)
         except UserError as exc:
             self._fail(str(exc))
             return []

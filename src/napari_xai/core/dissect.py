@@ -75,7 +75,7 @@ def layer_activations(model: Any, volume, layer: str | None = None,
     import torch
 
     from .methods._model import model_session, require_hookable, trace_model
-    from .explain import _forward, prepare
+    from .explain import forward, prepare
 
     module = model.module
     require_hookable(model, "dissection", "it hooks a layer")
@@ -99,7 +99,7 @@ def layer_activations(model: Any, volume, layer: str | None = None,
         handle = modules[layer].register_forward_hook(hook)
         try:
             with torch.no_grad():
-                _forward(module, x)
+                forward(module, x)
         finally:
             handle.remove()
     out = seen.get("out")

@@ -149,7 +149,7 @@ def features(model: Any, volume: Volume, layer: str | None = None, *, pool: bool
     import torch
     from torch import nn
 
-    from .explain import _forward, prepare_input
+    from .explain import forward, prepare_input
     from .models import check_output
 
     module = model.module
@@ -184,7 +184,7 @@ def features(model: Any, volume: Volume, layer: str | None = None, *, pool: bool
     targets = modules.items() if name is None else [(name, modules[name])]
     handles = [m.register_forward_hook(make_hook(n, m)) for n, m in targets]
     try:
-        out = _forward(module, x)
+        out = forward(module, x)
     finally:
         for h in handles:
             h.remove()

@@ -17,3 +17,17 @@ class Cancelled(Exception):
 
 class XaiWarning(UserWarning):
     """A result is valid but may not mean what the user expects."""
+
+
+def short_error(exc: BaseException, limit: int = 160) -> str:
+    """``Type: message`` of an exception on one line, cut to ``limit`` characters."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def first_few(items: list[str], n: int = 3) -> str:
+    """The first ``n`` items, then how many there are in all."""
+    shown = ", ".join(items[:n])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > n else "")

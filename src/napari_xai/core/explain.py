@@ -199,7 +199,7 @@ def predict(model: Any, x) -> np.ndarray:
 
     from .models import check_output
 
-    scores = check_output(_forward(model.module, x))
+    scores = check_output(forward(model.module, x))
     if scores.shape[1] == 1:
         probs = torch.sigmoid(scores)[0]
     else:
@@ -207,7 +207,7 @@ def predict(model: Any, x) -> np.ndarray:
     return probs.detach().cpu().numpy().astype(float)
 
 
-def _forward(module: Any, x):
+def forward(module: Any, x):
     import torch
 
     with torch.no_grad():
@@ -266,7 +266,7 @@ def _model_fault(exc: BaseException, module: Any) -> bool:
     return not any(any(o in f.f_code.co_filename for o in ours) for f in frames[inside[-1] + 1:])
 
 
-_PREDICTIONS: Any = None  # weakref.WeakKeyDictionary: module -> OrderedDict(key -> output), see _predict_cached
+_PREDICTIONS: Any = None  # weakref.WeakKeyDictionary: module -> OrderedDict(key -> output), see predict_cached
 PREDICTION_CACHE_SIZE = 2
 _PREDICTIONS_LOCK = threading.Lock()  # widgets explain from worker threads
 
@@ -281,7 +281,7 @@ def _state_key(module: Any) -> tuple:
     return tuple((id(t), t._version) for t in tensors)
 
 
-def _predict_cached(module: Any, x):
+def predict_cached(module: Any, x):
     """The model's output for ``x``, remembered per model for the last few inputs.
 
     Switching methods or parameters on the same input (the interactive case)
@@ -298,7 +298,7 @@ def _predict_cached(module: Any, x):
 
     global _PREDICTIONS
     if getattr(module, "training", False):
-        return _forward(module, x)
+        return forward(module, x)
     digest = hashlib.blake2b(x.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
     key = (digest, tuple(x.shape), str(x.dtype), str(x.device), _state_key(module))
     with _PREDICTIONS_LOCK:
@@ -311,7 +311,7 @@ def _predict_cached(module: Any, x):
         if store is not None and key in store:
             store.move_to_end(key)
             return store[key]
-    out = _forward(module, x)
+    out = forward(module, x)
     detached = tuple(o.detach() if torch.is_tensor(o) else o for o in out) if isinstance(out, (tuple, list)) else (
         out.detach() if torch.is_tensor(out) else out)
     if store is not None:
@@ -322,8 +322,25 @@ def _predict_cached(module: Any, x):
     return detached
 
 
-def _prepare_target(model, x, volume, target, segmentation, mask, point, output_index, connectivity, ctx, grid=None):
-    """Model module to explain (wrapped for tuples / segmentation), probabilities, names, target, seg info."""
+@dataclass(frozen=True)
+class Target:
+    """What an explanation is taken of: the module to explain (wrapped for tuple / segmentation outputs), the class
+    probabilities, the class names, the predicted and the explained class, and the segmentation mask (or None)."""
+
+    module: Any
+    probs: np.ndarray
+    names: list
+    predicted: int
+    target: int
+    segmentation: Any = None
+
+    def __iter__(self):  # unpacks like the former (module, probs, names, predicted, target, segmentation) tuple
+        return iter((self.module, self.probs, self.names, self.predicted, self.target, self.segmentation))
+
+
+def prepare_target(model, x, volume, target, segmentation, mask, point, output_index, connectivity, ctx,
+                   grid=None) -> Target:
+    """The :class:`Target` of an explanation of ``model`` on the prepared input ``x``."""
     import torch
 
     from .models import check_output
@@ -336,7 +353,7 @@ def _prepare_target(model, x, volume, target, segmentation, mask, point, output_
         resolve_mask,
     )
 
-    raw = _predict_cached(model.module, x)
+    raw = predict_cached(model.module, x)
     is_tuple = isinstance(raw, (tuple, list))
     out = pick_output(raw, output_index, ctx.warn) if is_tuple else raw
     wants_seg = bool(segmentation) or mask is not None or point is not None
@@ -369,7 +386,7 @@ def _prepare_target(model, x, volume, target, segmentation, mask, point, output_
         else:
             probs = fractions / max(float(fractions.sum()), 1e-12)
         module = SegmentationScores(model.module, torch.from_numpy(seg.mask).to(x.device), output_index)
-        return module, probs, names, predicted, tgt, seg
+        return Target(module, probs, names, predicted, tgt, seg)
     if wants_seg:
         raise UserError(
             f"a mask, a point or --segmentation applies to segmentation models, but this model returns class scores "
@@ -385,7 +402,7 @@ def _prepare_target(model, x, volume, target, segmentation, mask, point, output_
     predicted = int(np.argmax(probs))
     tgt = resolve_target(target, names, predicted)
     module = SegmentationScores(model.module, None, output_index) if is_tuple else model.module
-    return module, probs, names, predicted, tgt, None
+    return Target(module, probs, names, predicted, tgt, None)
 
 
 def explain(
@@ -486,9 +503,8 @@ def explain(
     resampled, model_shape, norm_mode = grid.resampled, grid.shape, mi.space.normalization
     ctx.grid_affine = grid.affine
     version = x._version
-    module, probs, names, predicted, tgt, seg = _prepare_target(
-        model, x, volume, target, segmentation, mask, point, output_index, connectivity, ctx, grid=grid
-    )
+    t = prepare_target(model, x, volume, target, segmentation, mask, point, output_index, connectivity, ctx, grid=grid)
+    module, probs, names, predicted, tgt, seg = t.module, t.probs, t.names, t.predicted, t.target, t.segmentation
     if x._version != version:
         raise UserError(f"model {model.name} changed its input (shape {tuple(x.shape)}) in place during the "
                         "prediction; make forward() work on a copy (x = x.clone()).")

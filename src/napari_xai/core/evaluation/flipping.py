@@ -71,7 +71,7 @@ class Scorer:
     def __init__(self, model: Any, volume: Volume, target: int | str | None = None, *, normalization: str | None = None,
                  input_shape=None, segmentation: bool = False, mask: np.ndarray | None = None, point=None,
                  output_index: int = 0, model_orientation: str | None = None, model_spacing=None):
-        from ..explain import _prepare_target, prepare
+        from ..explain import prepare, prepare_target
         from ..methods.registry import RunContext
 
         self.model, self.volume = model, volume
@@ -82,24 +82,24 @@ class Scorer:
         self.ctx = RunContext()
         for w in self.input.warnings:
             self.ctx.warn(w)
-        module, probs, names, predicted, tgt, seg = _prepare_target(
-            model, x, volume, target, segmentation, mask, point, output_index, 26, self.ctx, grid=self.input.grid)
-        self.module, self.names, self.predicted, self.target = module, list(names), int(predicted), int(tgt)
-        self.segmentation = seg
+        t = prepare_target(model, x, volume, target, segmentation, mask, point, output_index, 26, self.ctx,
+                           grid=self.input.grid)
+        self.module, self.names, self.predicted, self.target = t.module, list(t.names), int(t.predicted), int(t.target)
+        self.segmentation = t.segmentation
         self.base_logits = self.logits([volume.model_copy()])[0]
 
     def logits(self, volumes: Sequence[np.ndarray]) -> np.ndarray:
         """(n, classes) scores for ``volumes`` (each (C, i, j, k) on the input grid; NaN/Inf count as 0)."""
         import torch
 
-        from ..explain import _forward
+        from ..explain import forward
 
         out = []
         for start in range(0, len(volumes), BATCH):
             batch = np.stack([self.input.grid.apply(np.nan_to_num(np.asarray(v, dtype=np.float32), nan=0.0, posinf=0.0,
                                                                   neginf=0.0))
                               for v in volumes[start:start + BATCH]])
-            y = _forward(self.module, torch.from_numpy(np.ascontiguousarray(batch)).to(self.model.device))
+            y = forward(self.module, torch.from_numpy(np.ascontiguousarray(batch)).to(self.model.device))
             if isinstance(y, (tuple, list)):
                 y = y[0]
             out.append(y.detach().float().cpu().numpy().reshape(len(batch), -1))

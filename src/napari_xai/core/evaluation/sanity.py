@@ -264,13 +264,13 @@ def _target_score(model: Any, x, rel: Any, output_index: int = 0) -> float:
     network the sum of its logits inside the target mask (as :func:`explain` scores it)."""
     import torch
 
-    from ..explain import _predict_cached
+    from ..explain import predict_cached
     from ..segmentation import pick_output
 
     seg = rel.provenance.get("segmentation")
     if seg is not None:
         return float(seg["score"])
-    out = pick_output(_predict_cached(_module_of(model), x), output_index)  # cached: explain just ran it
+    out = pick_output(predict_cached(_module_of(model), x), output_index)  # cached: explain just ran it
     if not torch.is_tensor(out):
         return float("nan")
     return float(out.detach().reshape(out.shape[0], -1)[0, int(rel.target)])
