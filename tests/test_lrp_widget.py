@@ -21,7 +21,7 @@ import napari  # noqa: E402,F401  - a missing GUI stack fails these tests, never
 import pytestqt  # noqa: E402,F401
 
 from napari_xai._layers import COMPARE_STRIDE  # noqa: E402
-from napari_xai._qt.lrp_widget import LrpDesignerWidget  # noqa: E402
+from napari_xai._qt.lrp.designer import LrpDesignerWidget  # noqa: E402
 from napari_xai.core.errors import UserError  # noqa: E402
 
 TIMEOUT_MS = 60_000

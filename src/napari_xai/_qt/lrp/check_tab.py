@@ -62,13 +62,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._layers import array_on_grid
-from ..core.errors import Cancelled, UserError
-from ..core.evaluation.flipping import BASELINES
-from ._jobs import fail, report_error, start_worker
+from ..._layers import array_on_grid
+from ...core.errors import Cancelled, UserError
+from ...core.evaluation.flipping import BASELINES
+from .._jobs import fail, report_error, start_worker
+from .common import fill_table, read_only_table
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .lrp_widget import LrpDesignerWidget
+    from .designer import LrpDesignerWidget
 
 log = logging.getLogger(__name__)
 
@@ -161,29 +162,6 @@ class CurvePlot(QWidget):
             p.setPen(QColor(colour))
             p.drawText(QRectF(left + 6, top + 4 + 13 * i, w - 12, 13), Qt.AlignmentFlag.AlignRight, text)
         p.end()
-
-
-def read_only_table(headers: list[str]) -> QTableWidget:
-    """A read-only table with these column headers, no row numbers, and nothing elided.
-
-    Columns fit their contents (headers and cells are never cut to "negati…"),
-    the last one takes the remaining width, and a narrow dock scrolls sideways.
-    """
-    t = QTableWidget(0, len(headers))
-    t.setHorizontalHeaderLabels(headers)
-    t.verticalHeader().setVisible(False)
-    t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-    t.horizontalHeader().setStretchLastSection(True)
-    t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-    return t
-
-
-def fill_table(table: QTableWidget, rows: list[list[str]]) -> None:
-    """Replace the table's rows by these texts."""
-    table.setRowCount(len(rows))
-    for r, row in enumerate(rows):
-        for c, text in enumerate(row):
-            table.setItem(r, c, QTableWidgetItem(text))
 
 
 class CheckPanel(QWidget):
@@ -319,7 +297,7 @@ class CheckPanel(QWidget):
         row.addWidget(self.ablate_layer, 1)
         row.addWidget(self.rank_btn)
         form.addRow("layer", row)
-        from ..core.atlas import BUILTIN_ATLASES
+        from ...core.atlas import BUILTIN_ATLASES
 
         self.channel_atlas = QComboBox()
         self.channel_atlas.addItems(["no atlas", *BUILTIN_ATLASES])
@@ -365,9 +343,9 @@ class CheckPanel(QWidget):
         self.last_cell_curves: list = []
 
     def _build_sanity(self) -> QGroupBox:
-        from ..core.methods.catalogue import all_methods
-        from ..core.evaluation.sanity import MODES
-        from ..core.evaluation.similarity import VERDICT_THRESHOLD
+        from ...core.methods.catalogue import all_methods
+        from ...core.evaluation.sanity import MODES
+        from ...core.evaluation.similarity import VERDICT_THRESHOLD
 
         box = QGroupBox("Randomization sanity check")
         box.setToolTip("Adebayo et al. 2018: randomize the model's weights (on a copy) from the output end and explain\n"
@@ -505,8 +483,8 @@ class CheckPanel(QWidget):
     @staticmethod
     def _explain_kwargs(model, req) -> dict:
         """Worker thread: the request's explain options, with ``segmentation`` found from the model's output."""
-        from ..core.explain import prepare_input
-        from .lrp_widget import is_segmentation
+        from ...core.explain import prepare_input
+        from .common import is_segmentation
 
         kwargs = dict(req["kwargs"])
         if "segmentation" not in kwargs:
@@ -514,7 +492,7 @@ class CheckPanel(QWidget):
         return kwargs
 
     def _scorer(self, req, target=None):
-        from ..core.evaluation.flipping import Scorer
+        from ...core.evaluation.flipping import Scorer
 
         model = self.host._load_for_worker(req)
         kwargs = self._explain_kwargs(model, req)
@@ -613,7 +591,7 @@ class CheckPanel(QWidget):
             return
 
         def work():
-            from ..core.evaluation.flipping import predict_flipped
+            from ...core.evaluation.flipping import predict_flipped
 
             model, scorer = self._scorer(req)
             return predict_flipped(model, req["volume"], mask, baseline, scorer=scorer)
@@ -658,7 +636,7 @@ class CheckPanel(QWidget):
             return
 
         def work():
-            from ..core.evaluation.flipping import flip_curve, flipped_mask
+            from ...core.evaluation.flipping import flip_curve, flipped_mask
 
             model, scorer = self._scorer(req, target)
             curves = []
@@ -673,7 +651,7 @@ class CheckPanel(QWidget):
         self._start(work, f"flipping regions ({', '.join(orders)})", self._show_curves)
 
     def _show_curves(self, result) -> None:
-        from .._layers import upsert
+        from ..._layers import upsert
 
         name, curves, flipped, affine = result
         self.last_curves = curves
@@ -706,9 +684,9 @@ class CheckPanel(QWidget):
             return
 
         def work():
-            from ..core.explain import prepare_input
-            from ..core.evaluation.flipping import Scorer, flip_curve
-            from .lrp_widget import is_segmentation
+            from ...core.explain import prepare_input
+            from ...core.evaluation.flipping import Scorer, flip_curve
+            from .common import is_segmentation
 
             scorers: dict = {}
             out = []
@@ -773,13 +751,13 @@ class CheckPanel(QWidget):
         atlas_name = self.channel_atlas.currentText()
 
         def work():
-            from ..core.evaluation.ablation import channel_relevance
+            from ...core.evaluation.ablation import channel_relevance
 
             model, scorer = self._scorer(req)
             res = channel_relevance(model, req["volume"], layer, config=cfg, scorer=scorer)
             if atlas_name != "no atlas":
-                from ..core.atlas import load_atlas
-                from ..core.dissect import dissect
+                from ...core.atlas import load_atlas
+                from ...core.dissect import dissect
 
                 try:
                     found = dissect(model, [req["volume"]], load_atlas(atlas_name), layer)
@@ -812,8 +790,8 @@ class CheckPanel(QWidget):
                             f"their relevance sums to {total:.4g}. Tick channels to show or ablate them.{note}")
 
     def show_channels(self, *_):
-        from .lrp_widget import META_KEY as LRP_KEY
-        from .._layers import signed_layers
+        from .common import META_KEY as LRP_KEY
+        from ..._layers import signed_layers
 
         res = self.last_channels
         chans = self._ticked_channels()
@@ -823,7 +801,7 @@ class CheckPanel(QWidget):
         if res["volumes"] is None:
             self._fail(f"layer '{res['layer']}' has no spatial output to show.")
             return
-        from .._layers import upsert
+        from ..._layers import upsert
 
         affine = self.host._request()["volume"].affine
         tuples = []
@@ -854,7 +832,7 @@ class CheckPanel(QWidget):
             return
 
         def work():
-            from ..core.evaluation.ablation import ablate
+            from ...core.evaluation.ablation import ablate
 
             model, scorer = self._scorer(req)
             return ablate(model, req["volume"], layer, chans, scorer=scorer)
@@ -899,7 +877,7 @@ class CheckPanel(QWidget):
         def work():
             import time
 
-            from ..core.evaluation.sanity import sanity_check
+            from ...core.evaluation.sanity import sanity_check
 
             model = self.host._load_for_worker(req)
             t0 = time.perf_counter()
@@ -911,7 +889,7 @@ class CheckPanel(QWidget):
         self._start(work, f"randomization sanity check of {what} ({opts['mode']})", self._show_sanity)
 
     def _show_sanity(self, result) -> None:
-        from ..core.evaluation.similarity import verdict
+        from ...core.evaluation.similarity import verdict
 
         what, volume, res, seconds = result
         self.last_sanity = (what, volume, res)
@@ -939,8 +917,8 @@ class CheckPanel(QWidget):
         """The original map and every step's map as new layers in napari's grid (one colour scale, or one per map)."""
         import dataclasses
 
-        from .._layers import comparison_layer_data, faint_cells
-        from ..core.compare import cell_limits, common_limit
+        from ..._layers import comparison_layer_data, faint_cells
+        from ...core.compare import cell_limits, common_limit
 
         if self.last_sanity is None:
             self._fail("run the sanity check first ('Run sanity check'), then show its maps.")
