@@ -14,6 +14,26 @@ REST = "(rest)"
 PARAM_RANGE = {"alpha": (0.0, 10.0), "beta": (0.0, 9.0), "epsilon": (0.0, 100.0)}
 META_KEY = "xai_lrp"
 
+# the Check tab
+CHECK_META_KEY = "xai_check"
+ACTIVE_CONFIG = "active LRP configuration"
+SANITY_HEADERS = ["#", "randomized", "Spearman", "|Spearman|", "SSIM", "top 5%", "score", "p"]
+SANITY_HEADER_TIPS = [
+    "step: 0 = the original model",
+    "the layer randomized at this step; '+': the layers above it stay random (cascading)",
+    "Spearman rank correlation of the channel-summed maps with the original (1: same ranking, 0: unrelated)",
+    "Spearman rank correlation of |map| with the original's",
+    "structural similarity of |map| / max|map| (Gaussian window, σ 1.5 voxels)",
+    "share of the original's top 5 % voxels by |map| still in the top 5 % (chance: 0.05)",
+    "the explained class's score in this step's model: its logit (segmentation: the sum of its logits in the mask)",
+    "the explained class's probability in this step's model (segmentation: its share of the predicted voxels)",
+]
+ORDER_COLOURS = {"morf": "#e6550d", "lerf": "#3182bd", "random": "#969696"}
+ORDER_TEXT = {"morf": "most relevant first", "lerf": "least relevant first", "random": "random"}
+ORDER_SHORT = {"morf": "MoRF", "lerf": "LeRF", "random": "random"}
+LIVE_DELAY_MS = 400
+CELL_COLOURS = ["#e6550d", "#31a354", "#3182bd", "#756bb1", "#de2d26", "#fd8d3c", "#6baed6", "#74c476"]
+
 
 def volume_from_layers(viewer, names: list[str]):
     """Stack image layers (one grid) into a :class:`Volume` in their files' voxel order and affine."""
@@ -63,7 +83,6 @@ def fill_table(table: QTableWidget, rows: list[list[str]]) -> None:
     for r, row in enumerate(rows):
         for c, text in enumerate(row):
             table.setItem(r, c, QTableWidgetItem(text))
-
 
 
 def refuse_torchscript(source: str) -> None:
