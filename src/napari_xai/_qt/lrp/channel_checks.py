@@ -16,10 +16,8 @@ from qtpy.QtWidgets import (
 )
 
 from ...core.errors import UserError
-from .common import read_only_table
-from .common import META_KEY as LRP_KEY
+from .common import CHECK_META_KEY as META_KEY, META_KEY as LRP_KEY, read_only_table
 
-from .common import CHECK_META_KEY as META_KEY
 
 class ChannelChecks:
     """Channel ablation of :class:`~.check_tab.CheckPanel`."""

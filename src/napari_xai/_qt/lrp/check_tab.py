@@ -46,9 +46,8 @@ from .._jobs import fail, report_error, start_worker
 from .flip_checks import FlipChecks
 from .channel_checks import ChannelChecks
 from .sanity_checks import SanityChecks
-from .common import CHECK_META_KEY
+from .common import ACTIVE_CONFIG, CHECK_META_KEY, LIVE_DELAY_MS
 
-from .common import ACTIVE_CONFIG, LIVE_DELAY_MS
 
 META_KEY = CHECK_META_KEY  # the Check tab's layers carry this metadata key
 __all__ = ["ACTIVE_CONFIG", "META_KEY", "CheckPanel"]

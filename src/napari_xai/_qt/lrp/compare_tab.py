@@ -21,8 +21,7 @@ from qtpy.QtWidgets import (
 
 from ...core.errors import Cancelled, UserError
 from ...core.compare import cell_limits, common_limit
-
-from .common import META_KEY, is_segmentation, read_only_table, fill_table
+from .common import META_KEY, fill_table, is_segmentation, read_only_table
 
 class CompareTab:
     """Compare tab of :class:`~.designer.LrpDesignerWidget`."""

@@ -5,15 +5,76 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtWidgets import QFileDialog, QInputDialog
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QPushButton,
+)
 
 from ...core.errors import UserError
 from ...core.lrp import LrpConfig, default_config, load_configs, save_configs
+
 
 class ConfigManager:
     """Named LRP configurations of :class:`~.designer.LrpDesignerWidget`."""
 
     # ------------------------------------------------------------------ configurations
+    def _build_config_box(self) -> QGroupBox:
+        """The configuration manager: the named configurations, their buttons, zero biases, the filter inside LRP."""
+        box = QGroupBox("Configurations")
+        grid = QGridLayout(box)
+        self.config_combo = QComboBox()
+        self.config_combo.currentTextChanged.connect(self._on_config_selected)
+        self.active_label = QLabel("")
+        grid.addWidget(self.config_combo, 0, 0, 1, 3)
+        grid.addWidget(self.active_label, 0, 3, 1, 2)
+        buttons = [("New", self._new_clicked), ("Duplicate", self._duplicate_clicked), ("Rename", self._rename_clicked),
+                   ("Delete", self.delete_config), ("Activate", self.activate), ("Load…", self._load_clicked),
+                   ("Save…", self._save_clicked)]
+        self.config_buttons = {}
+        for i, (text, fn) in enumerate(buttons):
+            b = QPushButton(text)
+            b.clicked.connect(lambda _=False, f=fn: f())
+            self.config_buttons[text] = b
+            grid.addWidget(b, 1 + i // 4, i % 4)
+        self.zero_bias = QCheckBox("zero biases (conserving rules)")
+        self.zero_bias.setToolTip("Leave layer biases out of every rule; then rules with alpha - beta = 1 and small "
+                                  "epsilon conserve relevance exactly.")
+        self.zero_bias.toggled.connect(self._on_zero_bias)
+        grid.addWidget(self.zero_bias, 2, 3)
+        frow = QHBoxLayout()
+        self.filter_kind = QComboBox()
+        self.filter_kind.addItems(["no filter", "pass", "clamp"])
+        self.filter_kind.setToolTip(
+            "Filter inside LRP (Joa et al.): at every rule layer but the last, the relevance is divided by its largest\n"
+            "|value|; 'pass' zeroes values outside [α1, α2], 'clamp' clamps them into it; then it is scaled back.\n"
+            "E.g. pass [0, 0.4] removes the top 60 % of the amplitude range, clamp [0, 0.2] flattens the top 80 %.")
+        self.filter_a1, self.filter_a2 = QDoubleSpinBox(), QDoubleSpinBox()
+        for spin, value in ((self.filter_a1, 0.0), (self.filter_a2, 1.0)):
+            spin.setRange(0.0, 1.0)
+            spin.setSingleStep(0.05)
+            spin.setDecimals(2)
+            spin.setMinimumWidth(80)
+            spin.setValue(value)
+            spin.valueChanged.connect(self._on_filter)
+        self.filter_kind.currentTextChanged.connect(self._on_filter)
+        frow.addWidget(QLabel("filter inside LRP"))
+        frow.addWidget(self.filter_kind)
+        frow.addWidget(QLabel("α1"))
+        frow.addWidget(self.filter_a1)
+        frow.addWidget(QLabel("α2"))
+        frow.addWidget(self.filter_a2)
+        grid.addLayout(frow, 3, 0, 1, 4)
+
+        return box
+
     @property
     def config(self) -> LrpConfig | None:
         name = self.config_combo.currentText()

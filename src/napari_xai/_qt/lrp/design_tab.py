@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from ..explain_widget import SOURCES
-
-
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
-    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
@@ -31,9 +27,10 @@ from qtpy.QtWidgets import (
 from ...core.errors import UserError
 from ...core.lrp import LayerInfo, Segment, resolve
 from ...core.lrp import CUSTOM, PARAM_HELP, PRESETS, STEPS, RuleParams, formula, match_preset
+from ..explain_widget import SOURCES
+from .common import KIND_TEXT, PARAM_RANGE, REST, SEGMENT_COLOURS, model_outputs, volume_from_layers
 from .ruler import SegmentRuler
 
-from .common import SEGMENT_COLOURS, KIND_TEXT, REST, PARAM_RANGE, volume_from_layers, model_outputs
 
 class DesignTab:
     """Design tab of :class:`~.designer.LrpDesignerWidget` (layer table, segments, rule editor)."""
@@ -41,7 +38,16 @@ class DesignTab:
     def _build_design(self) -> QWidget:
         page = QWidget()
         lay = QVBoxLayout(page)
-        # model and input
+        lay.addWidget(self._build_model_box())
+        self._build_layer_table()
+        lay.addWidget(self.layer_table, 2)
+        lay.addWidget(self.ruler)
+        lay.addWidget(self._build_config_box())
+        lay.addWidget(self._build_segment_box(), 3)
+        return page
+
+    def _build_model_box(self) -> QGroupBox:
+        """Model source, input layers and 'List layers'."""
         box = QGroupBox("Model and input")
         form = QFormLayout(box)
         self.source = QComboBox()
@@ -67,12 +73,14 @@ class DesignTab:
         form.addRow("kwargs (JSON)", self.kwargs)
         form.addRow("input layer(s)", self.inputs)
         form.addRow(self.list_btn)
-        lay.addWidget(box)
         self.source.currentTextChanged.connect(self._on_source)
         self.list_btn.clicked.connect(self.list_layers)
         self._on_source()
 
-        # layers
+        return box
+
+    def _build_layer_table(self) -> None:
+        """The model's layers in execution order, and the segment ruler under them."""
         self.layer_table = QTableWidget(0, 6)
         self.layer_table.setHorizontalHeaderLabels(["#", "layer", "type", "output", "LRP", "show"])
         self.layer_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -85,58 +93,10 @@ class DesignTab:
         self.layer_table.setToolTip("Select rows and press 'Add segment' to make them a segment; tick 'show' to see "
                                     "the relevance arriving at a layer.")
         self.layer_table.itemChanged.connect(self._on_layer_item_changed)
-        lay.addWidget(self.layer_table, 2)
         self.ruler = SegmentRuler()
-        lay.addWidget(self.ruler)
 
-        # configuration manager
-        box = QGroupBox("Configurations")
-        grid = QGridLayout(box)
-        self.config_combo = QComboBox()
-        self.config_combo.currentTextChanged.connect(self._on_config_selected)
-        self.active_label = QLabel("")
-        grid.addWidget(self.config_combo, 0, 0, 1, 3)
-        grid.addWidget(self.active_label, 0, 3, 1, 2)
-        buttons = [("New", self._new_clicked), ("Duplicate", self._duplicate_clicked), ("Rename", self._rename_clicked),
-                   ("Delete", self.delete_config), ("Activate", self.activate), ("Load…", self._load_clicked),
-                   ("Save…", self._save_clicked)]
-        self.config_buttons = {}
-        for i, (text, fn) in enumerate(buttons):
-            b = QPushButton(text)
-            b.clicked.connect(lambda _=False, f=fn: f())
-            self.config_buttons[text] = b
-            grid.addWidget(b, 1 + i // 4, i % 4)
-        self.zero_bias = QCheckBox("zero biases (conserving rules)")
-        self.zero_bias.setToolTip("Leave layer biases out of every rule; then rules with alpha - beta = 1 and small "
-                                  "epsilon conserve relevance exactly.")
-        self.zero_bias.toggled.connect(self._on_zero_bias)
-        grid.addWidget(self.zero_bias, 2, 3)
-        frow = QHBoxLayout()
-        self.filter_kind = QComboBox()
-        self.filter_kind.addItems(["no filter", "pass", "clamp"])
-        self.filter_kind.setToolTip(
-            "Filter inside LRP (Joa et al.): at every rule layer but the last, the relevance is divided by its largest\n"
-            "|value|; 'pass' zeroes values outside [α1, α2], 'clamp' clamps them into it; then it is scaled back.\n"
-            "E.g. pass [0, 0.4] removes the top 60 % of the amplitude range, clamp [0, 0.2] flattens the top 80 %.")
-        self.filter_a1, self.filter_a2 = QDoubleSpinBox(), QDoubleSpinBox()
-        for spin, value in ((self.filter_a1, 0.0), (self.filter_a2, 1.0)):
-            spin.setRange(0.0, 1.0)
-            spin.setSingleStep(0.05)
-            spin.setDecimals(2)
-            spin.setMinimumWidth(80)
-            spin.setValue(value)
-            spin.valueChanged.connect(self._on_filter)
-        self.filter_kind.currentTextChanged.connect(self._on_filter)
-        frow.addWidget(QLabel("filter inside LRP"))
-        frow.addWidget(self.filter_kind)
-        frow.addWidget(QLabel("α1"))
-        frow.addWidget(self.filter_a1)
-        frow.addWidget(QLabel("α2"))
-        frow.addWidget(self.filter_a2)
-        grid.addLayout(frow, 3, 0, 1, 4)
-        lay.addWidget(box)
-
-        # segments
+    def _build_segment_box(self) -> QGroupBox:
+        """The segment table and the editor of the selected segment's rule."""
         box = QGroupBox("Segments (execution order)")
         v = QVBoxLayout(box)
         self.segment_table = QTableWidget(0, 5)
@@ -179,6 +139,14 @@ class DesignTab:
         edit.addRow("layers", startend)
         edit.addRow("rule", self.preset)
         v.addLayout(edit)
+        v.addLayout(self._build_rule_spins())
+        self.formula_label = QLabel("")
+        self.formula_label.setWordWrap(True)
+        v.addWidget(self.formula_label)
+        return box
+
+    def _build_rule_spins(self) -> QGridLayout:
+        """The unified rule's parameters, grouped by the four steps of the paper's parameter guide."""
         self.spins: dict[str, QDoubleSpinBox] = {}
         steps = QGridLayout()
         row = 0
@@ -200,12 +168,7 @@ class DesignTab:
                 self.spins[n] = spin
                 steps.addWidget(spin, row + c // 3, 1 + c % 3)
             row += (len(names) + 2) // 3
-        v.addLayout(steps)
-        self.formula_label = QLabel("")
-        self.formula_label.setWordWrap(True)
-        v.addWidget(self.formula_label)
-        lay.addWidget(box, 3)
-        return page
+        return steps
 
     @staticmethod
     def _symbol(name: str) -> str:

@@ -33,8 +33,6 @@ Each tab's code lives in its own module (``design_tab``, ``configs``, ``run_tab`
 
 from __future__ import annotations
 
-from ..explain_widget import SOURCES
-
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -47,17 +45,17 @@ from ...core.lrp import LayerInfo, LrpConfig
 from ..._layers import array_on_grid, point_on_grid
 from .._jobs import fail, report_error, start_worker
 from .._layout import compact, scrolled
+from ..explain_widget import SOURCES
 from .design_tab import DesignTab
 from .configs import ConfigManager
 from .run_tab import RunTab
 from .compare_tab import CompareTab
 from .check_tab import CheckPanel
-
-from .common import META_KEY, volume_from_layers, is_segmentation, refuse_torchscript
-
+from .common import META_KEY, is_segmentation, refuse_torchscript, volume_from_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
+
 
 class LrpDesignerWidget(DesignTab, ConfigManager, RunTab, CompareTab, QWidget):
     """The LRP designer dock widget (Plugins › napari-xai › LRP designer)."""

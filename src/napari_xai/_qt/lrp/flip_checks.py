@@ -20,11 +20,17 @@ from qtpy.QtWidgets import (
 from ..._layers import array_on_grid
 from ...core.errors import Cancelled, UserError
 from ...core.evaluation.flipping import BASELINES
-from .common import fill_table, read_only_table
+from .common import (
+    CELL_COLOURS,
+    CHECK_META_KEY as META_KEY,
+    ORDER_SHORT,
+    ORDER_TEXT,
+    fill_table,
+    is_segmentation,
+    read_only_table,
+)
 from .curve_plot import CurvePlot
-from .common import is_segmentation
 
-from .common import CHECK_META_KEY as META_KEY, ORDER_TEXT, ORDER_SHORT, CELL_COLOURS
 
 class FlipChecks:
     """Voxel flipping of :class:`~.check_tab.CheckPanel`."""

@@ -8,7 +8,6 @@ from qtpy.QtGui import QColor, QFont, QPainter, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
 from ...core.lrp import LayerInfo
-
 from .common import SEGMENT_COLOURS
 
 class SegmentRuler(QWidget):

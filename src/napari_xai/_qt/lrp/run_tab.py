@@ -22,8 +22,7 @@ from ...core.errors import UserError
 from ...core.lrp import LrpConfig
 from ..._layers import intermediate_layer_data, signed_layers
 from ...core.segmentation import Ray
-
-from .common import MASK_SOURCES, read_only_table, fill_table
+from .common import MASK_SOURCES, fill_table, read_only_table
 
 class RunTab:
     """Run tab of :class:`~.designer.LrpDesignerWidget`."""

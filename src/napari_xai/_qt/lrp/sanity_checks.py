@@ -16,9 +16,15 @@ from qtpy.QtWidgets import (
 )
 
 from ...core.errors import UserError
-from .common import fill_table, read_only_table
+from .common import (
+    ACTIVE_CONFIG,
+    CHECK_META_KEY as META_KEY,
+    SANITY_HEADER_TIPS,
+    SANITY_HEADERS,
+    fill_table,
+    read_only_table,
+)
 
-from .common import CHECK_META_KEY as META_KEY, ACTIVE_CONFIG, SANITY_HEADERS, SANITY_HEADER_TIPS
 
 class SanityChecks:
     """Randomization sanity check of :class:`~.check_tab.CheckPanel`."""
