@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 from ...core.errors import UserError
 from ...core.lrp import LayerInfo, Segment, resolve
 from ...core.lrp import CUSTOM, PARAM_HELP, PRESETS, STEPS, RuleParams, formula, match_preset
-from ..explain_widget import SOURCES
+from ..model_picker import SOURCES
 from .common import KIND_TEXT, PARAM_RANGE, REST, SEGMENT_COLOURS, model_outputs, volume_from_layers
 from .ruler import SegmentRuler
 

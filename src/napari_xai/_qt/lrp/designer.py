@@ -45,7 +45,7 @@ from ...core.lrp import LayerInfo, LrpConfig
 from ..._layers import array_on_grid, point_on_grid
 from .._jobs import fail, report_error, start_worker
 from .._layout import compact, scrolled
-from ..explain_widget import SOURCES
+from ..model_picker import SOURCES
 from .design_tab import DesignTab
 from .configs import ConfigManager
 from .run_tab import RunTab
