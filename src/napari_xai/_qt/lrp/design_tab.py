@@ -7,6 +7,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
@@ -27,7 +28,7 @@ from qtpy.QtWidgets import (
 from ...core.errors import UserError
 from ...core.lrp import LayerInfo, Segment, resolve
 from ...core.lrp import CUSTOM, PARAM_HELP, PRESETS, STEPS, RuleParams, formula, match_preset
-from ..model_picker import SOURCES
+from ..model_picker import SOURCES, TRUST_TEXT, TRUST_TIP
 from .common import KIND_TEXT, PARAM_RANGE, REST, SEGMENT_COLOURS, model_outputs, volume_from_layers
 from .ruler import SegmentRuler
 
@@ -60,6 +61,8 @@ class DesignTab:
         self.weights.setPlaceholderText("state_dict checkpoint (.pt)")
         self.kwargs = QLineEdit("{}")
         self.kwargs.setToolTip('constructor keyword arguments as JSON, e.g. {"in_channels": 2}')
+        self.trust = QCheckBox(TRUST_TEXT)  # unticked: untrusted files load without running their code
+        self.trust.setToolTip(TRUST_TIP)
         self.inputs = QListWidget()
         self.inputs.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
         self.inputs.setMaximumHeight(48)
@@ -71,6 +74,7 @@ class DesignTab:
         form.addRow("class", self.class_name)
         form.addRow("weights", self.weights)
         form.addRow("kwargs (JSON)", self.kwargs)
+        form.addRow(self.trust)
         form.addRow("input layer(s)", self.inputs)
         form.addRow(self.list_btn)
         self.source.currentTextChanged.connect(self._on_source)

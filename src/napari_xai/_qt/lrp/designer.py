@@ -154,6 +154,7 @@ class LrpDesignerWidget(DesignTab, ConfigManager, RunTab, CompareTab, QWidget):
         self.class_name.setEnabled(kind == "python")
         self.weights.setEnabled(kind == "python")
         self.kwargs.setEnabled(kind == "python")
+        self.trust.setEnabled(kind != "demo")
 
     # ------------------------------------------------------------------ model and layers
     def model_source(self) -> tuple[str, dict]:
@@ -167,9 +168,12 @@ class LrpDesignerWidget(DesignTab, ConfigManager, RunTab, CompareTab, QWidget):
             cls = self.class_name.text().strip()
             if not cls:
                 raise UserError("enter the model class name (e.g. MyNet) for the .py file.")
-            return f"{path}:{cls}", {"weights": self.weights.text().strip() or None,
-                                     "model_kwargs": self.kwargs.text().strip() or "{}"}
-        return path, {}
+            extra = {"weights": self.weights.text().strip() or None, "model_kwargs": self.kwargs.text().strip() or "{}"}
+        else:
+            extra = {}
+        if self.trust.isChecked():  # the opt-in travels to load_model; unticked, nothing changes
+            extra["trust"] = True
+        return (f"{path}:{cls}" if kind == "python" else path), extra
 
     def load_model(self):
         """The model for the current source (cached)."""
