@@ -27,8 +27,8 @@ import pytest
 import napari  # noqa: E402,F401  - a missing GUI stack fails these tests, never skips them
 import pytestqt  # noqa: E402,F401
 
-from napari_xai._qt.check_panel import ACTIVE_CONFIG, META_KEY  # noqa: E402
-from napari_xai._qt.lrp_widget import LrpDesignerWidget  # noqa: E402
+from napari_xai._qt.lrp.check_tab import ACTIVE_CONFIG, META_KEY  # noqa: E402
+from napari_xai._qt.lrp.designer import LrpDesignerWidget  # noqa: E402
 from napari_xai.core.evaluation.similarity import VERDICT_THRESHOLD  # noqa: E402
 
 TIMEOUT_MS = 60_000

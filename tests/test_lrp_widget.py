@@ -21,7 +21,7 @@ import napari  # noqa: E402,F401  - a missing GUI stack fails these tests, never
 import pytestqt  # noqa: E402,F401
 
 from napari_xai._layers import COMPARE_STRIDE  # noqa: E402
-from napari_xai._qt.lrp_widget import LrpDesignerWidget  # noqa: E402
+from napari_xai._qt.lrp.designer import LrpDesignerWidget  # noqa: E402
 from napari_xai.core.errors import UserError  # noqa: E402
 
 TIMEOUT_MS = 60_000
@@ -520,3 +520,23 @@ def test_alpha_sweep_adds_filtered_copies_and_ticks_them(make_napari_viewer, net
     wait(qtbot, w)
     sums = [row["sum"] for row in w.cell_readouts]
     assert len(sums) == 3 and len({round(v, 6) for v in sums}) == 3  # the filters change the relevance
+
+
+def test_trust_checkbox_names_the_risk_and_reaches_load_model(make_napari_viewer, nets, monkeypatch):
+    """The designer's model picker has the same trust opt-in as Explain and Cohort: off by default, passed on when ticked."""
+    import napari_xai.core.models as models
+
+    calls = []
+    real = models.load_model
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: calls.append(k) or real(*a, **k))
+    viewer = make_napari_viewer()
+    w = make(viewer, nets)
+    assert "RUN code" in w.trust.text() and "TorchScript" in w.trust.text()
+    assert not w.trust.isChecked() and w.trust.isEnabled()
+    w.load_model()
+    assert calls[-1].get("trust", False) is False
+    w.trust.setChecked(True)
+    w.load_model()  # a new key: loads again, now trusted
+    assert calls[-1]["trust"] is True and len(calls) == 2
+    w.source.setCurrentText("demo model")
+    assert not w.trust.isEnabled()  # the demo model is built in: nothing to trust

@@ -272,11 +272,16 @@ def test_model_orientation_and_spacing_fields_reach_explain(make_napari_viewer, 
 
 
 def test_every_widget_uses_the_one_layer_affine():
-    from napari_xai._qt import atlas_widget, explorer_widget, lrp_widget
+    from pathlib import Path
+
+    from napari_xai._qt import atlas_widget, explorer_widget, lrp
 
     assert atlas_widget.layer_affine is geometry.layer_affine
     assert explorer_widget.layer_affine is geometry.layer_affine
-    src = {m.__name__: open(m.__file__).read() for m in (atlas_widget, explorer_widget, lrp_widget)}
+    src = {m.__name__: open(m.__file__).read() for m in (atlas_widget, explorer_widget)}
+    lrp_files = sorted(Path(lrp.__file__).parent.glob("*.py"))
+    assert len(lrp_files) > 5  # the designer's tab modules, each read
+    src.update({f"lrp/{p.name}": p.read_text() for p in lrp_files})
     import napari_xai._qt.explain_widget as explain_widget
 
     src["explain"] = open(explain_widget.__file__).read()

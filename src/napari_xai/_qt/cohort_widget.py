@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import (
-    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -31,12 +30,11 @@ from ..core.errors import Cancelled, UserError
 from ..core.methods.catalogue import all_methods, get_method
 from ._jobs import fail, report_error, start_worker
 from ._layout import into_scroll_area
+from .model_picker import ModelPicker
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-SOURCES = {"demo model": "demo", "MONAI bundle folder": "bundle", "Python file + weights": "python",
-           "TorchScript file": "torchscript"}
 TABLE_ROWS = 12
 
 
@@ -53,12 +51,9 @@ class CohortWidget(Container):
 
         self.csv = FileEdit(label="cohort CSV", mode="r", filter="*.csv *.tsv", tooltip="columns id, path, covariates")
         self.out = FileEdit(label="output folder", mode="d", tooltip="maps/, rows/ and the tables go here")
-        self.source = ComboBox(label="model", choices=list(SOURCES), value="demo model")
-        self.path = FileEdit(label="model path", mode="r", tooltip="bundle folder, .py file or TorchScript file")
-        self.class_name = LineEdit(label="class", value="", tooltip="class name inside the .py file, e.g. MyNet")
-        self.weights = FileEdit(label="weights", mode="r", filter="*.pt *.pth *.ckpt *.bin")
-        self.trust = CheckBox(text="trust model code (TorchScript, full unpickling and bundle expressions RUN code from the files)",
-                              value=False)
+        self.picker = ModelPicker()  # source, path, class, weights, trust
+        self.source, self.path, self.class_name = self.picker.source, self.picker.path, self.picker.class_name
+        self.weights, self.trust = self.picker.weights, self.picker.trust
         self.method = ComboBox(label="method", choices=[m.name for m in all_methods()], value="integrated-gradients")
         self.target = LineEdit(label="target", value="", tooltip="class index or name (empty: each subject's prediction)")
         self.atlas = LineEdit(label="atlas", value="", tooltip="atlas name or file for the region table, e.g. harvard-oxford")
@@ -86,24 +81,11 @@ class CohortWidget(Container):
         self._on_source()
 
     def _on_source(self, *_):
-        kind = SOURCES[self.source.value]
-        self.path.visible = kind != "demo"
-        self.path.mode = "d" if kind == "bundle" else "r"
-        self.class_name.visible = self.weights.visible = kind == "python"
+        self.picker.update_visibility()
 
     def _model_args(self) -> dict:
-        kind = SOURCES[self.source.value]
-        if kind == "demo":
-            return {"source": "demo"}
-        path = str(self.path.value) if self.path.value else ""
-        if not path or path == ".":
-            raise UserError(f"choose a {self.source.value} in 'model path'.")
-        if kind == "python":
-            if not self.class_name.value.strip():
-                raise UserError("enter the model class name (e.g. MyNet) for the .py file.")
-            weights = str(self.weights.value) if self.weights.value and str(self.weights.value) != "." else None
-            return {"source": f"{path}:{self.class_name.value.strip()}", "weights": weights}
-        return {"source": path}
+        source, extra = self.picker.model_source()
+        return {"source": source, **({"weights": extra["weights"]} if "weights" in extra else {})}
 
     # ---------------------------------------------------------------- run
     def run(self, *_):

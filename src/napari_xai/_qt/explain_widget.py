@@ -17,7 +17,6 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
-    FileEdit,
     FloatSpinBox,
     Label,
     LineEdit,
@@ -32,6 +31,7 @@ from ..core.errors import Cancelled, UserError
 from ..core.methods.registry import Param
 from ..core.methods.catalogue import all_methods, get_method
 from ._jobs import fail, report_error, start_worker
+from .model_picker import SOURCES, ModelPicker
 from ._layout import into_scroll_area
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,12 +39,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-SOURCES = {
-    "demo model": "demo",
-    "MONAI bundle folder": "bundle",
-    "Python file + weights": "python",
-    "TorchScript file": "torchscript",
-}
 AUTO = "auto"
 #: Sources whose input space (orientation, spacing) the user states; bundles and the demo declare their own.
 SPACE_SOURCES = ("python", "torchscript")
@@ -128,22 +122,14 @@ class ExplainWidget(Container):
 
         self.inputs = Select(label="input layer(s)", choices=self._image_choices, tooltip="several layers of one grid become channels, in order")
         self.inputs.native.setMaximumHeight(90)
-        self.source = ComboBox(label="model", choices=list(SOURCES), value="demo model")
-        self.path = FileEdit(label="model path", mode="r", tooltip="bundle folder, .py file or TorchScript file")
-        self.class_name = LineEdit(label="class", value="", tooltip="class name inside the .py file, e.g. MyNet")
-        self.weights = FileEdit(label="weights", mode="r", filter="*.pt *.pth *.ckpt *.bin", tooltip="state_dict checkpoint")
-        self.kwargs = LineEdit(label="kwargs (JSON)", value="{}", tooltip='constructor keyword arguments, e.g. {"in_channels": 1}')
+        self.picker = ModelPicker(with_kwargs=True)  # source, path, class, weights, kwargs, trust
+        self.source, self.path, self.class_name = self.picker.source, self.picker.path, self.picker.class_name
+        self.weights, self.kwargs, self.trust = self.picker.weights, self.picker.kwargs, self.picker.trust
         self.model_orientation = LineEdit(label="model orientation", value="",
                                           tooltip="axis codes the model was trained in, e.g. RAS (blank = as stored)")
         self.model_spacing = LineEdit(label="model spacing (mm)", value="",
                                       tooltip="voxel size the model was trained at: one number or three, e.g. 1 or "
                                               "1,1,2 (blank = as stored)")
-        self.trust = CheckBox(
-            text="trust model code (TorchScript, full unpickling and bundle expressions RUN code from the files)",
-            value=False,
-            tooltip="full unpickling and MONAI bundle expressions RUN code from the model files; tick only for "
-                    "files you trust",
-        )
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.method = ComboBox(label="method", choices=[m.name for m in all_methods()], value="integrated-gradients")
         self.params = Container(labels=True, name="params")
@@ -228,10 +214,8 @@ class ExplainWidget(Container):
             self.inputs.value = [self.inputs.choices[0]]
 
     def _on_source(self, *_):
-        kind = SOURCES[self.source.value]
-        self.path.visible = kind != "demo"
-        self.path.mode = "d" if kind == "bundle" else "r"
-        self.class_name.visible = self.weights.visible = self.kwargs.visible = kind == "python"
+        kind = self.picker.kind
+        self.picker.update_visibility()
         self.model_orientation.visible = self.model_spacing.visible = kind in SPACE_SOURCES
         if kind == "demo":
             try:
@@ -311,19 +295,7 @@ class ExplainWidget(Container):
 
     # ---------------------------------------------------------------- inputs
     def model_source(self) -> tuple[str, dict]:
-        kind = SOURCES[self.source.value]
-        if kind == "demo":
-            return "demo", {}
-        path = str(self.path.value) if self.path.value else ""
-        if not path or path == ".":
-            raise UserError(f"choose a {self.source.value} in 'model path'.")
-        if kind == "python":
-            cls = self.class_name.value.strip()
-            if not cls:
-                raise UserError("enter the model class name (e.g. MyNet) for the .py file.")
-            weights = str(self.weights.value) if self.weights.value and str(self.weights.value) != "." else None
-            return f"{path}:{cls}", {"weights": weights, "model_kwargs": self.kwargs.value or "{}"}
-        return path, {}
+        return self.picker.model_source()
 
     def collect_params(self) -> dict:
         out = {}
