@@ -16,7 +16,7 @@ from qtpy.QtWidgets import (
 )
 
 from ...core.errors import UserError
-from .common import CHECK_META_KEY as META_KEY, META_KEY as LRP_KEY, read_only_table
+from .common import META_KEY as LRP_KEY, read_only_table
 
 
 class ChannelChecks:
@@ -131,7 +131,6 @@ class ChannelChecks:
                             f"their relevance sums to {total:.4g}. Tick channels to show or ablate them.{note}")
 
     def show_channels(self, *_):
-        from .common import META_KEY as LRP_KEY
         from ..._layers import signed_layers
 
         res = self.last_channels

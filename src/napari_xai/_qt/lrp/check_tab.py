@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QVBoxLayout, QWidget
 

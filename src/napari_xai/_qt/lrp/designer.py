@@ -36,8 +36,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel, QListWidgetItem, QProgressBar, QTabWidget, QVBoxLayout, QWidget
 
 from ...core.errors import UserError

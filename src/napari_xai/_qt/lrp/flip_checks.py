@@ -253,7 +253,6 @@ class FlipChecks:
         def work():
             from ...core.explain import prepare_input
             from ...core.evaluation.flipping import Scorer, flip_curve
-            from .common import is_segmentation
 
             scorers: dict = {}
             out = []

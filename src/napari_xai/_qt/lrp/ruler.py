@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 from qtpy.QtCore import QRectF, Qt
 from qtpy.QtGui import QColor, QFont, QPainter, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
