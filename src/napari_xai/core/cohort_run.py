@@ -152,6 +152,11 @@ def _read_json(path: Path) -> dict | None:
         return None  # a damaged row is redone
 
 
+def read_row(outdir, sid: str) -> dict | None:
+    """A subject's row record of a cohort run in ``outdir``, or None when missing or damaged."""
+    return _read_json(row_path(outdir, sid))
+
+
 def _write_row(outdir, sid: str, settings: dict, row: dict) -> None:
     from .provenance import to_json
     from .volumes import atomic_write_bytes

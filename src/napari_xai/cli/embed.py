@@ -30,8 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_common import add_model_options, check_out_dir, load_model_from
-from .core.errors import UserError
+from .options import add_model_options, check_out_dir, load_model_from
+from ..core.errors import UserError
 
 HELP = "PCA of the learned features of every subject of a cohort; scatter plot, nearest-neighbour outliers"
 FILES = ("embedding.csv", "embedding.json", "embedding.png")
@@ -76,11 +76,11 @@ def _check_args(args: argparse.Namespace) -> Path:
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ._cli_cohort import _csv_bytes, _fmt
-    from .core.cohort import subjects_from_inputs
-    from .core.embedding import check_layer, features, knn_outliers, pc_correlations, pca
-    from .core.provenance import now_iso, package_versions, to_json
-    from .core.volumes import atomic_write_bytes, load_nifti, stack_channels, written_or_removed
+    from .options import csv_bytes, fmt
+    from ..core.cohort import subjects_from_inputs
+    from ..core.embedding import check_layer, features, knn_outliers, pc_correlations, pca
+    from ..core.provenance import now_iso, package_versions, to_json
+    from ..core.volumes import atomic_write_bytes, load_nifti, stack_channels, written_or_removed
 
     t0 = time.perf_counter()
     outdir = _check_args(args)
@@ -139,7 +139,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     ratio = [float(v) for v in result.explained_variance_ratio]
     header = ["id", "status", "PC1", "PC2", "predicted", "probability", "knn_distance", "outlier_z", "outlier",
               *(["neighbours_same_class"] if outl.agreement is not None else []), "error", *covariates]
-    csv_bytes = _csv_bytes(header, [[_fmt(r.get(h, "")) for h in header] for r in rows])
+    table_csv = csv_bytes(header, [[fmt(r.get(h, "")) for h in header] for r in rows])
     flagged = [r["id"] for r in ok if r["outlier"]]
     png = scatter_png(
         scores, ok, ratio,
@@ -163,7 +163,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         "seconds": round(time.perf_counter() - t0, 2), "versions": package_versions(),
     }
     with written_or_removed() as written:
-        for name, payload in zip(FILES, (csv_bytes, (to_json(summary) + "\n").encode("utf-8"), png)):
+        for name, payload in zip(FILES, (table_csv, (to_json(summary) + "\n").encode("utf-8"), png)):
             atomic_write_bytes(outdir / name, payload)
             written.append(outdir / name)
     print(f"{len(ok)} of {len(subjects)} subjects, {first.values.size} features at {first.layer} "

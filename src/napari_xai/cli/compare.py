@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_common import add_input_space_options, check_out_dir, input_space_kwargs
-from .core.errors import UserError
+from .options import add_input_space_options, check_out_dir, input_space_kwargs
+from ..core.errors import UserError
 
 HELP = "explain one input with several methods/LRP configurations, targets and models; one cell each"
 
@@ -51,9 +51,9 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("segmentation models")
     g.add_argument("--segmentation", action="store_true", help="explain the masked sum of the target's logit map")
     g.add_argument("--mask", metavar="MASK.nii.gz", help="mask on the input grid; implies --segmentation")
-    from ._cli_lrp import _point
+    from .options import parse_point
 
-    g.add_argument("--point", type=_point, metavar="I,J,K", help="connected predicted component at this voxel")
+    g.add_argument("--point", type=parse_point, metavar="I,J,K", help="connected predicted component at this voxel")
     p.add_argument("--truth", metavar="MASK.nii.gz",
                    help="ground-truth mask on the input grid: relevance mass, rank accuracy and inclusivity per cell")
     p.add_argument("--flip", action="store_true",
@@ -71,8 +71,8 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
 
 def _models(args):
     """name -> LoadedModel, in --model order; --weights go to the file.py:Class models in order."""
-    from .core.compare import model_name
-    from .core.models import load_model
+    from ..core.compare import model_name
+    from ..core.models import load_model
 
     py = [s for s in args.model if ".py:" in s]
     weights = list(args.weights or [])
@@ -89,8 +89,8 @@ def _models(args):
 
 
 def _whats(args) -> tuple[list[tuple[str, str]], dict]:
-    from .core.lrp import load_configs
-    from .core.methods.catalogue import get_method
+    from ..core.lrp import load_configs
+    from ..core.methods.catalogue import get_method
 
     whats = [("method", get_method(m).name) for m in (args.method or [])]
     configs: dict = {}
@@ -111,9 +111,9 @@ def _whats(args) -> tuple[list[tuple[str, str]], dict]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .core.compare import cell_limits, common_limit, plan, run_comparison, slug
-    from .core.provenance import to_json, write_sidecar
-    from .core.volumes import atomic_write_bytes, load_nifti, save_nifti, stack_channels, written_or_removed
+    from ..core.compare import cell_limits, common_limit, plan, run_comparison, slug
+    from ..core.provenance import to_json, write_sidecar
+    from ..core.volumes import atomic_write_bytes, load_nifti, save_nifti, stack_channels, written_or_removed
 
     outdir = check_out_dir(args.out_dir)
     space = input_space_kwargs(args)
@@ -176,7 +176,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             cons = rel.provenance["params"].get("conservation") or {}
             readouts = {}
             if truth is not None:
-                from .core.evaluation.metrics import MASK_READOUTS, mask_report
+                from ..core.evaluation.metrics import MASK_READOUTS, mask_report
 
                 rep = mask_report(rel.data, truth, image=volume.data)
                 readouts = {k: rep[k] for k in MASK_READOUTS}
@@ -195,7 +195,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         atomic_write_bytes(table, (to_json(summary) + "\n").encode("utf-8"))
         written.append(table)
         if args.png:
-            from ._demo_app import virtual_display
+            from .._demo_app import virtual_display
 
             with virtual_display():
                 render_png(volume.data[0], [(c.label, c.relevance) for c in cells], shown, png, args.view == "3d")
@@ -220,7 +220,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _flip_readouts(model, volume, rel, kwargs: dict, scorers: dict) -> dict:
     """AOPC of region flipping (most relevant first, random) for one cell, with the cell's model and target."""
-    from .core.evaluation.flipping import Scorer, aopc_readouts
+    from ..core.evaluation.flipping import Scorer, aopc_readouts
 
     key = (id(model), rel.target)
     if key not in scorers:
@@ -232,13 +232,13 @@ def render_png(anatomy, results: list, limit, path: Path, three_d: bool = True, 
                cell_px: int = 330, angles: tuple = (-15.0, 35.0, 145.0)) -> None:
     """napari's grid view of the comparison, saved as one PNG (atomically); ``anatomy`` as for
     :func:`~napari_xai._layers.comparison_layer_data` (one array, or one per cell)."""
-    from ._demo_app import _preload_torch_extras, save_canvas_png
+    from .._demo_app import preload_torch_extras, save_canvas_png
 
-    _preload_torch_extras()
+    preload_torch_extras()
     import napari
     import numpy as np
 
-    from ._layers import comparison_layer_data, show_grid
+    from .._layers import comparison_layer_data, show_grid
 
     from qtpy.QtWidgets import QApplication
 
