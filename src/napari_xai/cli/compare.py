@@ -120,24 +120,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     whats, configs = _whats(args)
     targets = args.target or [None]
     volume = stack_channels([load_nifti(p) for p in args.volume])
-    kwargs: dict = {"normalization": args.normalization, "input_shape": args.input_shape, **space}
-    if args.mask:
-        m = load_nifti(args.mask)
-        if m.channels != 1:
-            raise UserError(f"--mask {args.mask} has {m.channels} channels; give one 3D mask.")
-        kwargs["mask"] = m.data[0]
-    if args.point:
-        kwargs["point"] = tuple(args.point)
-    kwargs["segmentation"] = bool(args.segmentation or args.mask or args.point)
-    truth = None
-    if args.truth:
-        t = load_nifti(args.truth)
-        if t.channels != 1 or tuple(t.shape) != tuple(volume.shape):
-            raise UserError(f"--truth {args.truth} has shape {tuple(t.shape)} (channels {t.channels}) but the input has "
-                            f"{tuple(volume.shape)}; give one 3D mask on the input's grid.")
-        truth = t.data[0] != 0
-        if not truth.any():
-            raise UserError(f"--truth {args.truth} is empty (no voxel set).")
+    kwargs: dict = {"normalization": args.normalization, "input_shape": args.input_shape, **space,
+                    **_segmentation_kwargs(args)}
+    truth = _truth(args, volume)
     plan(whats, targets, [str(i) for i in range(len(args.model))])  # too many cells: say so before loading models
     models = _models(args)
     items = plan(whats, targets, list(models))
@@ -200,22 +185,59 @@ def cmd_compare(args: argparse.Namespace) -> int:
             with virtual_display():
                 render_png(volume.data[0], [(c.label, c.relevance) for c in cells], shown, png, args.view == "3d")
             written.append(png)
-    width = max(len(r["label"]) for r in rows)
-    extra = "  mass-in-GT  rank-acc  D(R,GT)  D(R,x)" if truth is not None else ""
-    extra += "  AOPC-MoRF  AOPC-rand" if args.flip else ""
-    print(f"{'#':>3}  {'cell':{width}}  {'sum':>11}  {'positive':>11}  {'negative':>11}{extra}  file")
-    for r in rows:
-        more = (f"  {r['relevance_mass']:10.3f}  {r['rank_accuracy']:8.3f}  {r['ground_truth_inclusivity']:7.3f}  "
-                f"{r['input_inclusivity']:6.3f}") if truth is not None else ""
-        more += f"  {r['aopc_morf']:9.4g}  {r['aopc_random']:9.4g}" if args.flip else ""
-        print(f"{r['cell']:>3}  {r['label']:{width}}  {r['relevance_sum']:11.4g}  {r['positive_sum']:11.4g}  "
-              f"{r['negative_sum']:11.4g}{more}  {r['file']}")
-        for w in r["warnings"]:
-            print(f"napari-xai: warning: cell {r['cell']}: {w}", file=sys.stderr)
+    print_table(rows, truth is not None, args.flip)
     scale = f"colour limit 0…{limit:.4g}" if args.scale == "common" else "each cell its own colour limit"
     print(f"{len(rows)} cells in {seconds:.1f} s; {scale}; wrote {table}"
           + (f" and {png}" if args.png else ""))
     return 0
+
+
+def _segmentation_kwargs(args) -> dict:
+    """``mask``, ``point`` and ``segmentation`` for :func:`run_comparison`, from the segmentation options."""
+    from ..core.volumes import load_nifti
+
+    kwargs: dict = {}
+    if args.mask:
+        m = load_nifti(args.mask)
+        if m.channels != 1:
+            raise UserError(f"--mask {args.mask} has {m.channels} channels; give one 3D mask.")
+        kwargs["mask"] = m.data[0]
+    if args.point:
+        kwargs["point"] = tuple(args.point)
+    kwargs["segmentation"] = bool(args.segmentation or args.mask or args.point)
+    return kwargs
+
+
+def _truth(args, volume):
+    """The ``--truth`` mask as booleans on the input's grid, or None."""
+    from ..core.volumes import load_nifti
+
+    if not args.truth:
+        return None
+    t = load_nifti(args.truth)
+    if t.channels != 1 or tuple(t.shape) != tuple(volume.shape):
+        raise UserError(f"--truth {args.truth} has shape {tuple(t.shape)} (channels {t.channels}) but the input has "
+                        f"{tuple(volume.shape)}; give one 3D mask on the input's grid.")
+    truth = t.data[0] != 0
+    if not truth.any():
+        raise UserError(f"--truth {args.truth} is empty (no voxel set).")
+    return truth
+
+
+def print_table(rows: list[dict], truth: bool, flip: bool) -> None:
+    """One line per cell on stdout (with the ground-truth and flipping readouts when asked); warnings on stderr."""
+    width = max(len(r["label"]) for r in rows)
+    extra = "  mass-in-GT  rank-acc  D(R,GT)  D(R,x)" if truth else ""
+    extra += "  AOPC-MoRF  AOPC-rand" if flip else ""
+    print(f"{'#':>3}  {'cell':{width}}  {'sum':>11}  {'positive':>11}  {'negative':>11}{extra}  file")
+    for r in rows:
+        more = (f"  {r['relevance_mass']:10.3f}  {r['rank_accuracy']:8.3f}  {r['ground_truth_inclusivity']:7.3f}  "
+                f"{r['input_inclusivity']:6.3f}") if truth else ""
+        more += f"  {r['aopc_morf']:9.4g}  {r['aopc_random']:9.4g}" if flip else ""
+        print(f"{r['cell']:>3}  {r['label']:{width}}  {r['relevance_sum']:11.4g}  {r['positive_sum']:11.4g}  "
+              f"{r['negative_sum']:11.4g}{more}  {r['file']}")
+        for w in r["warnings"]:
+            print(f"napari-xai: warning: cell {r['cell']}: {w}", file=sys.stderr)
 
 
 def _flip_readouts(model, volume, rel, kwargs: dict, scorers: dict) -> dict:

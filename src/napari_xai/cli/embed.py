@@ -78,9 +78,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     from .options import csv_bytes, fmt
     from ..core.cohort import subjects_from_inputs
-    from ..core.embedding import check_layer, features, knn_outliers, pc_correlations, pca
+    from ..core.embedding import check_layer, knn_outliers, pc_correlations, pca
     from ..core.provenance import now_iso, package_versions, to_json
-    from ..core.volumes import atomic_write_bytes, load_nifti, stack_channels, written_or_removed
+    from ..core.volumes import atomic_write_bytes, written_or_removed
 
     t0 = time.perf_counter()
     outdir = _check_args(args)
@@ -95,31 +95,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     model = load_model_from(args)
     check_layer(model, args.layer)
     command = getattr(args, "command_line", "napari-xai embed")
-    rows, vectors, failures = [], [], []
-    first = None
-    for k, s in enumerate(subjects, start=1):
-        try:
-            volume = stack_channels([load_nifti(p) for p in s.paths])
-            f = features(model, volume, args.layer, pool=not args.no_pool, normalization=args.normalization,
-                         input_shape=args.input_shape)
-            if first is None:
-                first = f
-            elif f.values.size != first.values.size:
-                raise UserError(f"{f.values.size} features at {f.layer}, but the first subject gave "
-                                f"{first.values.size} (another grid?); give the model a fixed --input-shape.")
-        except UserError as exc:
-            failures.append({"id": s.id, "error": str(exc)})
-            print(f"napari-xai: error: subject {s.id}: {exc}", file=sys.stderr)
-            rows.append({"id": s.id, "status": "failed", "error": str(exc), **s.covariates})
-            continue
-        pred = f.predicted
-        name = f.class_names[pred] if pred is not None else ""
-        prob = float(f.probabilities[pred]) if pred is not None else float("nan")
-        rows.append({"id": s.id, "status": "ok", "predicted": name, "probability": prob, "error": "", **s.covariates})
-        vectors.append(f.values)
-        if not args.quiet:
-            print(f"[{k}/{len(subjects)}] {s.id}: {f.values.size} features"
-                  + (f"; predicted {name} ({prob:.3f})" if name else ""), file=sys.stderr)
+    rows, vectors, failures, first = _subject_features(args, model, subjects)
     ok = [r for r in rows if r["status"] == "ok"]
     if len(ok) < args.knn + 1:
         raise UserError(f"only {len(ok)} of {len(subjects)} subjects gave features; the embedding needs at least "
@@ -181,6 +157,40 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise UserError(f"{len(failures)} subject(s) failed ({', '.join(f['id'] for f in failures[:5])}); "
                         "see the lines above and embedding.csv.")
     return 0
+
+
+def _subject_features(args: argparse.Namespace, model, subjects):
+    """Each subject's features at ``--layer``: (rows, vectors of the subjects that gave them, failures, the first
+    subject's :class:`~napari_xai.core.embedding.LayerFeatures` or None). A failing subject is one row and one line."""
+    from ..core.embedding import features
+    from ..core.volumes import load_nifti, stack_channels
+
+    rows, vectors, failures = [], [], []
+    first = None
+    for k, s in enumerate(subjects, start=1):
+        try:
+            volume = stack_channels([load_nifti(p) for p in s.paths])
+            f = features(model, volume, args.layer, pool=not args.no_pool, normalization=args.normalization,
+                         input_shape=args.input_shape)
+            if first is None:
+                first = f
+            elif f.values.size != first.values.size:
+                raise UserError(f"{f.values.size} features at {f.layer}, but the first subject gave "
+                                f"{first.values.size} (another grid?); give the model a fixed --input-shape.")
+        except UserError as exc:
+            failures.append({"id": s.id, "error": str(exc)})
+            print(f"napari-xai: error: subject {s.id}: {exc}", file=sys.stderr)
+            rows.append({"id": s.id, "status": "failed", "error": str(exc), **s.covariates})
+            continue
+        pred = f.predicted
+        name = f.class_names[pred] if pred is not None else ""
+        prob = float(f.probabilities[pred]) if pred is not None else float("nan")
+        rows.append({"id": s.id, "status": "ok", "predicted": name, "probability": prob, "error": "", **s.covariates})
+        vectors.append(f.values)
+        if not args.quiet:
+            print(f"[{k}/{len(subjects)}] {s.id}: {f.values.size} features"
+                  + (f"; predicted {name} ({prob:.3f})" if name else ""), file=sys.stderr)
+    return rows, vectors, failures, first
 
 
 def scatter_png(scores, rows: list[dict], ratio: list[float], *, title: str, color: str | None,
