@@ -500,7 +500,7 @@ def test_mni_space_check():
 
 
 def _parser():
-    from napari_xai import _cli_regions
+    from napari_xai.cli import regions as _cli_regions
 
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="command")
@@ -557,7 +557,7 @@ def test_core_atlas_module_is_pure():
         "    def find_spec(self, n, p=None, t=None):\n"
         "        if n.split('.')[0] in ('qtpy','napari','magicgui','PyQt6','PyQt5','vispy','superqt'): raise ImportError(n)\n"
         "sys.meta_path.insert(0, B())\n"
-        "import napari_xai.core.atlas, napari_xai._cli_regions\n"
+        "import napari_xai.core.atlas, napari_xai.cli.regions\n"
         "print('ok')\n"
     )
     env = dict(os.environ)

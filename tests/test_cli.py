@@ -208,12 +208,14 @@ def test_demo_without_display_runs_headless_by_itself(tmp_path):
 
 
 def test_internal_error_exit_1(monkeypatch, capsys, tmp_path):
-    import napari_xai.cli as cli
+    import importlib
+
+    cli = importlib.import_module("napari_xai.cli.main")  # the module (the package's "main" is the function)
 
     def boom(args):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(cli, "cmd_methods", boom)
+    monkeypatch.setattr(importlib.import_module("napari_xai.cli.methods"), "cmd_methods", boom)
     parser = cli.build_parser()
     monkeypatch.setattr(cli, "build_parser", lambda: parser)
     parser._subparsers._group_actions[0].choices["methods"].set_defaults(func=boom)

@@ -1,4 +1,4 @@
-"""``napari-xai lrp-layers`` and the explain options of ``_cli_lrp`` (with their own parser)."""
+"""``napari-xai lrp-layers`` and the explain options of ``cli/lrp.py`` (with their own parser)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model_factory import nifti, python_source
-from napari_xai._cli_lrp import add_explain_options, add_subcommand, explain_options, write_extras
+from napari_xai.cli.lrp import add_explain_options, add_subcommand, explain_options, write_extras
 from napari_xai.core.errors import UserError
 
 

@@ -126,7 +126,7 @@ def run_headless(outdir: Path, method: str = "integrated-gradients", overwrite: 
     rel_path = outdir / "demo_relevance.nii.gz"
     brain_path = outdir / "demo_brain.nii.gz"
     shot_path = outdir / "demo_3d.png"
-    from ._cli_common import check_out_dir
+    from .cli.options import check_out_dir
     from .core.volumes import written_or_removed
 
     targets = (rel_path, brain_path, shot_path)
@@ -163,7 +163,7 @@ def run_headless(outdir: Path, method: str = "integrated-gradients", overwrite: 
     return 0
 
 
-def _preload_torch_extras() -> None:
+def preload_torch_extras() -> None:
     """Load torch._dynamo (and triton) before OpenGL exists: see napari_xai/_qt/__init__.py."""
     try:
         import torch._dynamo  # noqa: F401
@@ -172,7 +172,7 @@ def _preload_torch_extras() -> None:
 
 
 def screenshot_3d(volume, mask, rel, path: Path) -> None:
-    _preload_torch_extras()
+    preload_torch_extras()
     import napari
 
     viewer = napari.Viewer(show=True, title="napari-xai demo")
@@ -211,7 +211,7 @@ def dock_widgets(viewer, names=("Explain", "Relevance explorer")) -> list:
 
 
 def run_gui(method: str = "integrated-gradients") -> int:
-    _preload_torch_extras()
+    preload_torch_extras()
     import napari
 
     viewer = napari.Viewer(title="napari-xai demo")

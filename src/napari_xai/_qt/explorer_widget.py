@@ -1251,7 +1251,7 @@ class ExplorerWidget(QWidget):
         With an atlas loaded in the viewer the table gains ``peak_region`` and
         ``regions`` columns, and its sidecar names the atlas.
         """
-        from .._cli_clusters import atlas_record, save_outputs_with_regions
+        from ..core.cluster_outputs import atlas_record, save_outputs_with_regions
         from ..core import geometry
         from ..core.provenance import sha256_file
 

@@ -6,7 +6,7 @@ NIfTI file (several co-registered channels separated by ``;``), optionally a
 numeric covariates (age, a hippocampus volume, a clinical score...).
 Paths are relative to the CSV's folder unless absolute.
 
-The pieces here are pure; ``napari-xai cohort`` (``_cli_cohort.py``) runs them:
+The pieces here are pure; ``napari-xai cohort`` (``cli/cohort.py``) runs them:
 
 * :func:`read_subjects` reads and checks the whole table before any work;
 * :class:`RunningMean` averages relevance maps that share one grid;

@@ -152,6 +152,11 @@ def _read_json(path: Path) -> dict | None:
         return None  # a damaged row is redone
 
 
+def read_row(outdir, sid: str) -> dict | None:
+    """A subject's row record of a cohort run in ``outdir``, or None when missing or damaged."""
+    return _read_json(row_path(outdir, sid))
+
+
 def _write_row(outdir, sid: str, settings: dict, row: dict) -> None:
     from .provenance import to_json
     from .volumes import atomic_write_bytes
@@ -489,9 +494,9 @@ class _CsvOut:
 
     def commit(self) -> None:
         self.fh.close()
-        from .volumes import _umask
+        from .volumes import current_umask
 
-        os.chmod(self.tmp, 0o666 & ~_umask())
+        os.chmod(self.tmp, 0o666 & ~current_umask())
         os.replace(self.tmp, self.path)
 
     def discard(self) -> None:

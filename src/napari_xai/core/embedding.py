@@ -6,7 +6,7 @@ Reduced to two dimensions they show how the network separates the subjects
 and which subjects it sees as unusual (review: Huff et al. 2021, Phys Med
 Biol 66 04TR01, section 2.2; Faust et al. 2018 used the nearest neighbours of
 such an embedding to find outliers). The pieces here are pure;
-``napari-xai embed`` (``_cli_embed.py``) runs them over a cohort:
+``napari-xai embed`` (``cli/embed.py``) runs them over a cohort:
 
 * :func:`features` - one subject's activation vector at a layer, from one
   no-grad forward pass on exactly the input :func:`napari_xai.core.explain.explain`

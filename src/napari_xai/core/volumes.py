@@ -262,7 +262,7 @@ def written_or_removed(*paths: str | os.PathLike):
         yield written
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -280,13 +280,13 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     if staged is not None:  # inside a transaction: renamed onto ``p`` when the whole export succeeded
         with open(staged, "wb") as fh:
             fh.write(payload)
-        os.chmod(staged, 0o666 & ~_umask())
+        os.chmod(staged, 0o666 & ~current_umask())
         return
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, p)
     except BaseException:
         try:

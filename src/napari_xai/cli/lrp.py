@@ -7,7 +7,7 @@
 * :func:`add_explain_options` / :func:`explain_options` / :func:`write_extras`:
   the ``explain`` options ``--config``, ``--configuration``, ``--segmentation``,
   ``--mask``, ``--point``, ``--output-index``, ``--out-segmentation`` and ``--out-intermediate`` for
-  ``cli.py`` to wire into ``explain`` (three calls).
+  ``cli/explain.py`` to wire into ``explain`` (three calls).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .core.errors import UserError
+from ..core.errors import UserError
+from .options import parse_point
 
 HELP = "list a model's layers in execution order (names for LRP configurations); optionally write a starting configuration"
 
@@ -39,18 +40,18 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
 def cmd_lrp_layers(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .core.explain import forward as _forward, prepare_input, prepare_target as _prepare_target
-    from .core.lrp import default_config, list_layers, save_configs
-    from .core.models import load_model
-    from .core.methods.registry import RunContext
-    from .core.segmentation import is_segmentation_output, pick_output
-    from .core.volumes import load_nifti, stack_channels
+    from ..core.explain import forward, prepare_input, prepare_target
+    from ..core.lrp import default_config, list_layers, save_configs
+    from ..core.models import load_model
+    from ..core.methods.registry import RunContext
+    from ..core.segmentation import is_segmentation_output, pick_output
+    from ..core.volumes import load_nifti, stack_channels
 
     if args.write_config:
-        from ._cli_common import check_out_file
+        from .options import check_out_file
 
         check_out_file(args.write_config, args.overwrite, ".json", option="--write-config", sidecar=False)
-    from .core.models import is_torchscript_file
+    from ..core.models import is_torchscript_file
 
     if Path(args.model).is_file() and is_torchscript_file(args.model):  # said before loading it (TorchScript is code)
         raise UserError("LRP needs an eager nn.Module, but the model is TorchScript; load it as file.py:Class with --weights.")
@@ -60,9 +61,9 @@ def cmd_lrp_layers(args: argparse.Namespace) -> int:
     if model.is_scripted:
         raise UserError("LRP needs an eager nn.Module, but the model is TorchScript; load it as file.py:Class with --weights.")
     x, *_ = prepare_input(volume, model, input_shape=args.input_shape)
-    seg = is_segmentation_output(pick_output(_forward(model.module, x)))
-    module, *_ = _prepare_target(model, x, volume, 0 if seg else None, seg,
-                                 np.ones(volume.shape, bool) if seg else None, None, 0, 26, RunContext())
+    seg = is_segmentation_output(pick_output(forward(model.module, x)))
+    module = prepare_target(model, x, volume, 0 if seg else None, seg,
+                            np.ones(volume.shape, bool) if seg else None, None, 0, 26, RunContext()).module
     layers = list_layers(module, x)
     width = max(len(l.name) for l in layers)
     print(f"{'#':>4}  {'layer':{width}}  {'type':18}  {'output':18}  LRP")
@@ -79,16 +80,6 @@ def cmd_lrp_layers(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- options for 'explain'
 
 
-def _point(text: str) -> tuple[int, int, int]:
-    try:
-        vals = tuple(int(v) for v in text.replace(";", ",").split(",") if v.strip())
-    except ValueError:
-        vals = ()
-    if len(vals) != 3:
-        raise argparse.ArgumentTypeError(f"--point {text!r} must be three voxel indices I,J,K, e.g. 40,52,30")
-    return vals  # type: ignore[return-value]
-
-
 def add_explain_options(parser: argparse.ArgumentParser) -> None:
     """Add the LRP-configuration and segmentation options to the ``explain`` sub-parser."""
     g = parser.add_argument_group("LRP configurations and segmentation models")
@@ -98,7 +89,7 @@ def add_explain_options(parser: argparse.ArgumentParser) -> None:
                    help="the model returns a logit map (N,C,D,H,W): explain the sum of the target class's logits "
                         "inside a mask (default: its predicted region)")
     g.add_argument("--mask", metavar="MASK.nii.gz", help="mask on the input grid (non-zero = inside); implies --segmentation")
-    g.add_argument("--point", type=_point, metavar="I,J,K",
+    g.add_argument("--point", type=parse_point, metavar="I,J,K",
                    help="explain the connected predicted component at this voxel; implies --segmentation")
     g.add_argument("--output-index", type=int, default=0, metavar="N",
                    help="which output of a model returning a tuple (deep supervision) to explain (default 0)")
@@ -110,7 +101,7 @@ def add_explain_options(parser: argparse.ArgumentParser) -> None:
 
 def explain_options(args: argparse.Namespace, volume) -> tuple[dict, dict]:
     """(extra method params, extra :func:`explain` keyword arguments) from the options above."""
-    from .core.volumes import load_nifti
+    from ..core.volumes import load_nifti
 
     params: dict = {}
     if getattr(args, "config", None):
@@ -134,7 +125,7 @@ def explain_options(args: argparse.Namespace, volume) -> tuple[dict, dict]:
 
 def intermediate_paths(out: Path, rel) -> dict[str, Path]:
     """``OUT.at-<point>.nii.gz`` beside ``out`` for each intermediate map of ``rel``."""
-    from .core.compare import slug
+    from ..core.compare import slug
 
     stem = out.name[: -len(".nii.gz")] if out.name.lower().endswith(".nii.gz") else out.with_suffix("").name
     return {key: out.with_name(f"{stem}.at-{slug(key)}.nii.gz") for key in (rel.intermediate or {})}
@@ -143,9 +134,9 @@ def intermediate_paths(out: Path, rel) -> dict[str, Path]:
 def check_extras(args: argparse.Namespace, out: Path) -> None:
     """Before any work: ``--out-segmentation`` and the ``--out-intermediate`` maps (and their sidecars) are new
     files unless ``--overwrite``, never an input, and distinct from ``--out``."""
-    from ._cli_common import check_out_dir, check_out_file
-    from .core.outputs import check_distinct
-    from .core.provenance import sidecar_path
+    from .options import check_out_dir, check_out_file
+    from ..core.outputs import check_distinct
+    from ..core.provenance import sidecar_path
 
     overwrite = getattr(args, "overwrite", False)
     seg_out = getattr(args, "out_segmentation", None)
@@ -163,8 +154,8 @@ def write_extras(args: argparse.Namespace, rel, header=None, out: Path | None = 
     paths. Nothing is left behind when one of them fails."""
     import numpy as np
 
-    from .core.provenance import sidecar_path, write_sidecar
-    from .core.volumes import save_nifti, written_or_removed
+    from ..core.provenance import sidecar_path, write_sidecar
+    from ..core.volumes import save_nifti, written_or_removed
 
     jobs: list[tuple[Path, np.ndarray, dict]] = []
     seg_out = getattr(args, "out_segmentation", None)

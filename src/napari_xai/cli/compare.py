@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_common import add_input_space_options, check_out_dir, input_space_kwargs
-from .core.errors import UserError
+from .options import add_input_space_options, check_out_dir, input_space_kwargs
+from ..core.errors import UserError
 
 HELP = "explain one input with several methods/LRP configurations, targets and models; one cell each"
 
@@ -51,9 +51,9 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("segmentation models")
     g.add_argument("--segmentation", action="store_true", help="explain the masked sum of the target's logit map")
     g.add_argument("--mask", metavar="MASK.nii.gz", help="mask on the input grid; implies --segmentation")
-    from ._cli_lrp import _point
+    from .options import parse_point
 
-    g.add_argument("--point", type=_point, metavar="I,J,K", help="connected predicted component at this voxel")
+    g.add_argument("--point", type=parse_point, metavar="I,J,K", help="connected predicted component at this voxel")
     p.add_argument("--truth", metavar="MASK.nii.gz",
                    help="ground-truth mask on the input grid: relevance mass, rank accuracy and inclusivity per cell")
     p.add_argument("--flip", action="store_true",
@@ -71,8 +71,8 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
 
 def _models(args):
     """name -> LoadedModel, in --model order; --weights go to the file.py:Class models in order."""
-    from .core.compare import model_name
-    from .core.models import load_model
+    from ..core.compare import model_name
+    from ..core.models import load_model
 
     py = [s for s in args.model if ".py:" in s]
     weights = list(args.weights or [])
@@ -89,8 +89,8 @@ def _models(args):
 
 
 def _whats(args) -> tuple[list[tuple[str, str]], dict]:
-    from .core.lrp import load_configs
-    from .core.methods.catalogue import get_method
+    from ..core.lrp import load_configs
+    from ..core.methods.catalogue import get_method
 
     whats = [("method", get_method(m).name) for m in (args.method or [])]
     configs: dict = {}
@@ -111,33 +111,18 @@ def _whats(args) -> tuple[list[tuple[str, str]], dict]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .core.compare import cell_limits, common_limit, plan, run_comparison, slug
-    from .core.provenance import to_json, write_sidecar
-    from .core.volumes import atomic_write_bytes, load_nifti, save_nifti, stack_channels, written_or_removed
+    from ..core.compare import cell_limits, common_limit, plan, run_comparison, slug
+    from ..core.provenance import to_json, write_sidecar
+    from ..core.volumes import atomic_write_bytes, load_nifti, save_nifti, stack_channels, written_or_removed
 
     outdir = check_out_dir(args.out_dir)
     space = input_space_kwargs(args)
     whats, configs = _whats(args)
     targets = args.target or [None]
     volume = stack_channels([load_nifti(p) for p in args.volume])
-    kwargs: dict = {"normalization": args.normalization, "input_shape": args.input_shape, **space}
-    if args.mask:
-        m = load_nifti(args.mask)
-        if m.channels != 1:
-            raise UserError(f"--mask {args.mask} has {m.channels} channels; give one 3D mask.")
-        kwargs["mask"] = m.data[0]
-    if args.point:
-        kwargs["point"] = tuple(args.point)
-    kwargs["segmentation"] = bool(args.segmentation or args.mask or args.point)
-    truth = None
-    if args.truth:
-        t = load_nifti(args.truth)
-        if t.channels != 1 or tuple(t.shape) != tuple(volume.shape):
-            raise UserError(f"--truth {args.truth} has shape {tuple(t.shape)} (channels {t.channels}) but the input has "
-                            f"{tuple(volume.shape)}; give one 3D mask on the input's grid.")
-        truth = t.data[0] != 0
-        if not truth.any():
-            raise UserError(f"--truth {args.truth} is empty (no voxel set).")
+    kwargs: dict = {"normalization": args.normalization, "input_shape": args.input_shape, **space,
+                    **_segmentation_kwargs(args)}
+    truth = _truth(args, volume)
     plan(whats, targets, [str(i) for i in range(len(args.model))])  # too many cells: say so before loading models
     models = _models(args)
     items = plan(whats, targets, list(models))
@@ -176,7 +161,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             cons = rel.provenance["params"].get("conservation") or {}
             readouts = {}
             if truth is not None:
-                from .core.evaluation.metrics import MASK_READOUTS, mask_report
+                from ..core.evaluation.metrics import MASK_READOUTS, mask_report
 
                 rep = mask_report(rel.data, truth, image=volume.data)
                 readouts = {k: rep[k] for k in MASK_READOUTS}
@@ -195,32 +180,69 @@ def cmd_compare(args: argparse.Namespace) -> int:
         atomic_write_bytes(table, (to_json(summary) + "\n").encode("utf-8"))
         written.append(table)
         if args.png:
-            from ._demo_app import virtual_display
+            from .._demo_app import virtual_display
 
             with virtual_display():
                 render_png(volume.data[0], [(c.label, c.relevance) for c in cells], shown, png, args.view == "3d")
             written.append(png)
-    width = max(len(r["label"]) for r in rows)
-    extra = "  mass-in-GT  rank-acc  D(R,GT)  D(R,x)" if truth is not None else ""
-    extra += "  AOPC-MoRF  AOPC-rand" if args.flip else ""
-    print(f"{'#':>3}  {'cell':{width}}  {'sum':>11}  {'positive':>11}  {'negative':>11}{extra}  file")
-    for r in rows:
-        more = (f"  {r['relevance_mass']:10.3f}  {r['rank_accuracy']:8.3f}  {r['ground_truth_inclusivity']:7.3f}  "
-                f"{r['input_inclusivity']:6.3f}") if truth is not None else ""
-        more += f"  {r['aopc_morf']:9.4g}  {r['aopc_random']:9.4g}" if args.flip else ""
-        print(f"{r['cell']:>3}  {r['label']:{width}}  {r['relevance_sum']:11.4g}  {r['positive_sum']:11.4g}  "
-              f"{r['negative_sum']:11.4g}{more}  {r['file']}")
-        for w in r["warnings"]:
-            print(f"napari-xai: warning: cell {r['cell']}: {w}", file=sys.stderr)
+    print_table(rows, truth is not None, args.flip)
     scale = f"colour limit 0…{limit:.4g}" if args.scale == "common" else "each cell its own colour limit"
     print(f"{len(rows)} cells in {seconds:.1f} s; {scale}; wrote {table}"
           + (f" and {png}" if args.png else ""))
     return 0
 
 
+def _segmentation_kwargs(args) -> dict:
+    """``mask``, ``point`` and ``segmentation`` for :func:`run_comparison`, from the segmentation options."""
+    from ..core.volumes import load_nifti
+
+    kwargs: dict = {}
+    if args.mask:
+        m = load_nifti(args.mask)
+        if m.channels != 1:
+            raise UserError(f"--mask {args.mask} has {m.channels} channels; give one 3D mask.")
+        kwargs["mask"] = m.data[0]
+    if args.point:
+        kwargs["point"] = tuple(args.point)
+    kwargs["segmentation"] = bool(args.segmentation or args.mask or args.point)
+    return kwargs
+
+
+def _truth(args, volume):
+    """The ``--truth`` mask as booleans on the input's grid, or None."""
+    from ..core.volumes import load_nifti
+
+    if not args.truth:
+        return None
+    t = load_nifti(args.truth)
+    if t.channels != 1 or tuple(t.shape) != tuple(volume.shape):
+        raise UserError(f"--truth {args.truth} has shape {tuple(t.shape)} (channels {t.channels}) but the input has "
+                        f"{tuple(volume.shape)}; give one 3D mask on the input's grid.")
+    truth = t.data[0] != 0
+    if not truth.any():
+        raise UserError(f"--truth {args.truth} is empty (no voxel set).")
+    return truth
+
+
+def print_table(rows: list[dict], truth: bool, flip: bool) -> None:
+    """One line per cell on stdout (with the ground-truth and flipping readouts when asked); warnings on stderr."""
+    width = max(len(r["label"]) for r in rows)
+    extra = "  mass-in-GT  rank-acc  D(R,GT)  D(R,x)" if truth else ""
+    extra += "  AOPC-MoRF  AOPC-rand" if flip else ""
+    print(f"{'#':>3}  {'cell':{width}}  {'sum':>11}  {'positive':>11}  {'negative':>11}{extra}  file")
+    for r in rows:
+        more = (f"  {r['relevance_mass']:10.3f}  {r['rank_accuracy']:8.3f}  {r['ground_truth_inclusivity']:7.3f}  "
+                f"{r['input_inclusivity']:6.3f}") if truth else ""
+        more += f"  {r['aopc_morf']:9.4g}  {r['aopc_random']:9.4g}" if flip else ""
+        print(f"{r['cell']:>3}  {r['label']:{width}}  {r['relevance_sum']:11.4g}  {r['positive_sum']:11.4g}  "
+              f"{r['negative_sum']:11.4g}{more}  {r['file']}")
+        for w in r["warnings"]:
+            print(f"napari-xai: warning: cell {r['cell']}: {w}", file=sys.stderr)
+
+
 def _flip_readouts(model, volume, rel, kwargs: dict, scorers: dict) -> dict:
     """AOPC of region flipping (most relevant first, random) for one cell, with the cell's model and target."""
-    from .core.evaluation.flipping import Scorer, aopc_readouts
+    from ..core.evaluation.flipping import Scorer, aopc_readouts
 
     key = (id(model), rel.target)
     if key not in scorers:
@@ -232,13 +254,13 @@ def render_png(anatomy, results: list, limit, path: Path, three_d: bool = True, 
                cell_px: int = 330, angles: tuple = (-15.0, 35.0, 145.0)) -> None:
     """napari's grid view of the comparison, saved as one PNG (atomically); ``anatomy`` as for
     :func:`~napari_xai._layers.comparison_layer_data` (one array, or one per cell)."""
-    from ._demo_app import _preload_torch_extras, save_canvas_png
+    from .._demo_app import preload_torch_extras, save_canvas_png
 
-    _preload_torch_extras()
+    preload_torch_extras()
     import napari
     import numpy as np
 
-    from ._layers import comparison_layer_data, show_grid
+    from .._layers import comparison_layer_data, show_grid
 
     from qtpy.QtWidgets import QApplication
 

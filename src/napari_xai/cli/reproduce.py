@@ -12,14 +12,14 @@ import json
 import sys
 from pathlib import Path
 
-from .core.errors import UserError
+from ..core.errors import UserError
 
 HELP = "run a relevance map's recorded settings again (checking input and model hashes) and compare the result"
 DIFFERENT = 3
 
 
 def add_subcommand(subparsers) -> argparse.ArgumentParser:
-    from .core.reproduce import TOLERANCE
+    from ..core.reproduce import TOLERANCE
 
     p = subparsers.add_parser("reproduce", help=HELP, description=HELP + ".")
     p.add_argument("sidecar", metavar="RELEVANCE.json", help="the JSON sidecar of a relevance file (or the .nii.gz beside it)")
@@ -44,7 +44,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
 
 def _note_recorded_inputs(record: dict, side: Path) -> None:
     """The files the record names (its input volumes, its relevance file) are inputs too: --out never replaces one."""
-    from .core.outputs import note_inputs
+    from ..core.outputs import note_inputs
 
     rec = record.get("input") if isinstance(record.get("input"), dict) else {}
     names = [f for f in (rec.get("files") or []) if isinstance(f, str)] if isinstance(rec.get("files"), list) else []
@@ -54,12 +54,12 @@ def _note_recorded_inputs(record: dict, side: Path) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .cli import PROG, _check_out
-    from .core.provenance import read_sidecar, sidecar_path, write_sidecar
-    from .core.reproduce import reproduce
-    from .core.volumes import is_nifti_path, load_nifti, save_nifti, written_or_removed
+    from .options import PROG, check_out_file
+    from ..core.provenance import read_sidecar, sidecar_path, write_sidecar
+    from ..core.reproduce import reproduce
+    from ..core.volumes import is_nifti_path, load_nifti, save_nifti, written_or_removed
 
-    from .core.provenance import find_sidecar
+    from ..core.provenance import find_sidecar
 
     side = Path(args.sidecar)
     if is_nifti_path(side):
@@ -79,7 +79,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if not isinstance(record, dict):
         raise UserError(f"{side} is not a napari-xai sidecar (JSON object); give the .json beside a relevance file.")
     _note_recorded_inputs(record, side)
-    out = _check_out(args.out, args.overwrite) if args.out else None
+    out = check_out_file(args.out, args.overwrite, "nifti") if args.out else None
     mask = load_nifti(args.mask).data[0] if args.mask else None
     res = reproduce(record, sidecar=side, inputs=args.input, model=args.model, weights=args.weights, mask=mask,
                     device=args.device, trust=args.trust_model, allow_changed_model=args.allow_changed_model,

@@ -1,12 +1,58 @@
-"""Options that several ``napari-xai`` commands share: the model source, the segmentation target."""
+"""What several ``napari-xai`` commands share: the model source and segmentation options, ``--param``,
+the input-space options, output checks and CSV writing."""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import os
 from pathlib import Path
 
-from .core.errors import UserError
+from ..core.errors import UserError
+
+PROG = "napari-xai"
+
+
+def parse_params(items: list[str] | None) -> dict[str, str]:
+    """``--param KEY=VALUE`` (repeatable) as a dict; a dash in a key becomes an underscore."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--param {item!r} must be KEY=VALUE, e.g. --param steps=64.")
+        key, value = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if not key:
+            raise UserError(f"--param {item!r} has an empty key.")
+        out[key] = value.strip()
+    return out
+
+
+def parse_point(text: str) -> tuple[int, int, int]:
+    """The argparse type of ``--point I,J,K``."""
+    try:
+        vals = tuple(int(v) for v in text.replace(";", ",").split(",") if v.strip())
+    except ValueError:
+        vals = ()
+    if len(vals) != 3:
+        raise argparse.ArgumentTypeError(f"--point {text!r} must be three voxel indices I,J,K, e.g. 40,52,30")
+    return vals  # type: ignore[return-value]
+
+
+def csv_bytes(header: list[str], rows: list[list]) -> bytes:
+    """A CSV file's bytes: ``header`` then ``rows``, newline-terminated, UTF-8."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue().encode("utf-8")
+
+
+def fmt(v) -> str:
+    """One CSV cell: floats with 8 significant digits, NaN and None empty."""
+    if isinstance(v, float):
+        return "" if v != v else f"{v:.8g}"
+    return "" if v is None else str(v)
 
 TRUST_HELP = ("allow full unpickling, bundle code and TorchScript: this RUNS CODE from the model files; "
               "use only for files you trust")
@@ -23,18 +69,16 @@ def add_model_options(p: argparse.ArgumentParser, device: bool = True) -> None:
 
 
 def add_segmentation_options(g) -> None:
-    """``--segmentation``, ``--mask``, ``--point``, ``--output-index`` (read by ``_cli_lrp.explain_options``)."""
-    from ._cli_lrp import _point
-
+    """``--segmentation``, ``--mask``, ``--point``, ``--output-index`` (read by ``cli.lrp.explain_options``)."""
     g.add_argument("--segmentation", action="store_true", help="the model returns a logit map: explain the masked sum")
     g.add_argument("--mask", metavar="MASK.nii.gz", help="target mask on the input grid; implies --segmentation")
-    g.add_argument("--point", type=_point, metavar="I,J,K", help="the predicted component at this voxel; implies --segmentation")
+    g.add_argument("--point", type=parse_point, metavar="I,J,K", help="the predicted component at this voxel; implies --segmentation")
     g.add_argument("--output-index", type=int, default=0, metavar="N", help="output of a tuple-returning model (default 0)")
 
 
 def load_model_from(args: argparse.Namespace):
     """The model the options above name."""
-    from .core.models import load_model
+    from ..core.models import load_model
 
     return load_model(args.model, weights=args.weights, model_kwargs=args.model_kwargs,
                       device=getattr(args, "device", None), trust=args.trust_model)
@@ -49,8 +93,8 @@ def check_out_dir(path, names=(), overwrite: bool = False, option: str = "--out-
     literal names in the given order, then each pattern's matches sorted. ``note`` ends the message. With
     ``sidecars``, each name's provenance sidecar is checked too.
     """
-    from .core.outputs import check_folder, input_named
-    from .core.provenance import sidecar_path
+    from ..core.outputs import check_folder, input_named
+    from ..core.provenance import sidecar_path
 
     out = Path(path)
     if out.exists() and not out.is_dir():
@@ -77,8 +121,8 @@ def check_out_file(path, overwrite: bool, suffix: str, option: str = "--out", si
     """An output file: ``suffix`` (".csv", ".json", or "nifti" for .nii/.nii.gz), not there yet unless
     ``overwrite`` (nor its provenance sidecar, with ``sidecar``), never an input, and its folder exists and takes
     new files."""
-    from .core.outputs import check_output
-    from .core.volumes import is_nifti_path
+    from ..core.outputs import check_output
+    from ..core.volumes import is_nifti_path
 
     out = Path(path)
     if suffix == "nifti":
@@ -103,7 +147,7 @@ def add_input_space_options(p: argparse.ArgumentParser) -> None:
 
 def input_space_kwargs(args: argparse.Namespace) -> dict:
     """``model_orientation`` / ``model_spacing`` for :func:`explain`, checked (UserError on a bad value)."""
-    from .core.input_space import AS_STORED, parse_orientation, parse_spacing
+    from ..core.input_space import AS_STORED, parse_orientation, parse_spacing
 
     out: dict = {}
     orientation = getattr(args, "model_orientation", None)

@@ -17,8 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._cli_common import check_out_file
-from .core.errors import UserError
+from .options import check_out_file
+from ..core.errors import UserError
 
 PROG = "napari-xai"
 
@@ -27,9 +27,9 @@ PROG = "napari-xai"
 def cmd_regions(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .core import atlas as at
-    from .core.provenance import now_iso, package_versions, read_sidecar, sha256_file, sidecar_path, write_sidecar
-    from .core.volumes import atomic_write_bytes, load_nifti, written_or_removed
+    from ..core import atlas as at
+    from ..core.provenance import now_iso, package_versions, read_sidecar, sha256_file, sidecar_path, write_sidecar
+    from ..core.volumes import atomic_write_bytes, load_nifti, written_or_removed
 
     out = check_out_file(args.out, args.overwrite, ".csv")
     if not 0.0 <= args.threshold <= 100.0:
@@ -105,7 +105,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
 
 
 def cmd_atlases(args: argparse.Namespace) -> int:
-    from .core import atlas as at
+    from ..core import atlas as at
 
     if args.regions:
         key = at.resolve_atlas_name(args.regions)
@@ -127,7 +127,7 @@ def cmd_atlases(args: argparse.Namespace) -> int:
 
 def add_subcommand(subparsers) -> None:
     """Register the ``regions`` and ``atlases`` subcommands on an argparse subparsers object."""
-    from .core.atlas import RegionTable
+    from ..core.atlas import RegionTable
 
     p = subparsers.add_parser(
         "regions",

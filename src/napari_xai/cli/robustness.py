@@ -20,17 +20,17 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_common import (add_input_space_options, add_model_options, add_segmentation_options, check_out_file,
+from .options import (add_input_space_options, add_model_options, add_segmentation_options, check_out_file,
                           input_space_kwargs, load_model_from)
-from .core.errors import UserError
+from ..core.errors import UserError
 
 HELP = "measure how stable (max-sensitivity) and faithful (infidelity) attribution maps are"
 DEFAULT_METHODS = ("saliency", "integrated-gradients")
 
 
 def add_subcommand(subparsers) -> argparse.ArgumentParser:
-    from .core.evaluation.flipping import BASELINES
-    from .core.evaluation.robustness import CUBE, INFIDELITY_KINDS, NOISE, RADIUS
+    from ..core.evaluation.flipping import BASELINES
+    from ..core.evaluation.robustness import CUBE, INFIDELITY_KINDS, NOISE, RADIUS
 
     p = subparsers.add_parser("robustness", help=HELP, description=HELP + " (Yeh et al. 2019).")
     p.add_argument("volume", nargs="+", metavar="VOLUME", help="NIfTI file(s); several become channels in this order")
@@ -73,7 +73,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> tuple[list[str], Path | None]:
     """Fail on bad options before any work; the method names and the output path."""
-    from .core.methods.catalogue import get_method
+    from ..core.methods.catalogue import get_method
 
     methods = list(dict.fromkeys(get_method(m).name for m in (args.method or DEFAULT_METHODS)))
     if args.samples < 1:
@@ -98,7 +98,7 @@ def _check_args(args: argparse.Namespace) -> tuple[list[str], Path | None]:
 
 def method_params(methods: list[str], raw: dict[str, str]) -> dict[str, dict]:
     """Each method's share of the ``--param`` values (the ones it has); a key no method has is an error."""
-    from .core.methods.catalogue import get_method
+    from ..core.methods.catalogue import get_method
 
     out: dict[str, dict] = {}
     used: set[str] = set()
@@ -114,15 +114,15 @@ def method_params(methods: list[str], raw: dict[str, str]) -> dict[str, dict]:
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
-    from ._cli_lrp import explain_options
-    from .cli import _parse_params
-    from .core.provenance import file_hashes, now_iso, package_versions, to_json
-    from .core.evaluation.robustness import REFERENCE, evaluate
-    from .core.volumes import atomic_write_bytes, load_nifti, stack_channels
+    from .lrp import explain_options
+    from .options import parse_params
+    from ..core.provenance import file_hashes, now_iso, package_versions, to_json
+    from ..core.evaluation.robustness import REFERENCE, evaluate
+    from ..core.volumes import atomic_write_bytes, load_nifti, stack_channels
 
     methods, out = _check_args(args)
     space = input_space_kwargs(args)
-    params = method_params(methods, _parse_params(args.param))
+    params = method_params(methods, parse_params(args.param))
     volume = stack_channels([load_nifti(p) for p in args.volume])
     _, kwargs = explain_options(args, volume)
     kwargs.update(normalization=args.normalization, input_shape=args.input_shape, **space)

@@ -17,15 +17,15 @@ import csv
 import io
 from pathlib import Path
 
-from ._cli_common import add_input_space_options, add_model_options, check_out_file, input_space_kwargs, load_model_from
-from .core.errors import UserError
+from .options import add_input_space_options, add_model_options, check_out_file, input_space_kwargs, load_model_from
+from ..core.errors import UserError
 
 HELP = "flip input regions in the order of relevance map(s) and write the score curves and their AOPC"
 
 
 def add_subcommand(subparsers) -> argparse.ArgumentParser:
-    from ._cli_lrp import _point
-    from .core.evaluation.flipping import BASELINES, ORDERS
+    from .options import parse_point
+    from ..core.evaluation.flipping import BASELINES, ORDERS
 
     p = subparsers.add_parser("flip", help=HELP, description=HELP + ".")
     p.add_argument("volume", nargs="+", metavar="VOLUME", help="the NIfTI file(s) the relevance explains (several = channels)")
@@ -48,7 +48,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     add_input_space_options(p)
     p.add_argument("--segmentation", action="store_true", help="the model returns a logit map: score the masked sum")
     p.add_argument("--mask", metavar="MASK.nii.gz", help="segmentation target mask on the input grid")
-    p.add_argument("--point", type=_point, metavar="I,J,K", help="segmentation: the predicted component at this voxel")
+    p.add_argument("--point", type=parse_point, metavar="I,J,K", help="segmentation: the predicted component at this voxel")
     p.add_argument("--output-index", type=int, default=0, metavar="N", help="output of a tuple-returning model (default 0)")
     p.add_argument("--out", required=True, metavar="curves.csv", help="CSV of the curves (a .json sidecar with the AOPC goes beside it)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -57,7 +57,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
 
 
 def _target_of(path: str, fallback):
-    from .core.provenance import read_sidecar
+    from ..core.provenance import read_sidecar
 
     side = read_sidecar(path) or {}
     index = (side.get("target") or {}).get("index")
@@ -65,9 +65,9 @@ def _target_of(path: str, fallback):
 
 
 def cmd_flip(args: argparse.Namespace) -> int:
-    from .core.evaluation.flipping import Scorer, flip_curve
-    from .core.provenance import package_versions, sha256_file, sidecar_path, write_sidecar
-    from .core.volumes import atomic_write_bytes, load_nifti, stack_channels, written_or_removed
+    from ..core.evaluation.flipping import Scorer, flip_curve
+    from ..core.provenance import package_versions, sha256_file, sidecar_path, write_sidecar
+    from ..core.volumes import atomic_write_bytes, load_nifti, stack_channels, written_or_removed
 
     out = check_out_file(args.out, args.overwrite, ".csv")
     space = input_space_kwargs(args)

@@ -35,14 +35,12 @@ of a job array (``--num-parts K --part-id I``, then ``napari-xai cohort-merge``)
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 import time
 from pathlib import Path
 
-from ._cli_common import add_model_options, check_out_dir, load_model_from
-from .core.errors import UserError
+from .options import add_model_options, check_out_dir, load_model_from
+from ..core.errors import UserError
 
 HELP = "explain every subject of a cohort (CSV or files) with one model and method; mean map, region table, correlations"
 MEASURES = ("pos_sum", "sum", "mean", "neg_sum")
@@ -102,29 +100,15 @@ MERGE_HELP = ("build the tables of a cohort run in --num-parts parts (mean map, 
               "failures) from the parts' per-subject outputs")
 
 
-def _csv_bytes(header: list[str], rows: list[list]) -> bytes:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue().encode("utf-8")
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return "" if v != v else f"{v:.8g}"
-    return "" if v is None else str(v)
-
-
 def _subjects_png(args, rows: list[dict], subjects, outdir: Path, png: Path) -> bool:
     """subjects.png: the maps of a few subjects over their own anatomy in napari's grid, one colour scale."""
     from types import SimpleNamespace
 
-    from ._cli_compare import render_png
-    from ._demo_app import virtual_display
-    from .core.cohort import pick_subjects
-    from .core.compare import common_limit
-    from .core.volumes import load_nifti
+    from .compare import render_png
+    from .._demo_app import virtual_display
+    from ..core.cohort import pick_subjects
+    from ..core.compare import common_limit
+    from ..core.volumes import load_nifti
 
     paths = {s.id: s.paths for s in subjects}
     picked = pick_subjects(rows, args.png_subjects, args.png_by)
@@ -168,7 +152,7 @@ def check_executor_options(args) -> None:
                 raise UserError(f"--scheduler local:N needs a number of workers N >= 1, got {args.scheduler!r}.")
         elif not sched or " " in sched:
             raise UserError(f"--scheduler {args.scheduler!r} is neither local:N nor a scheduler address (tcp://host:8786).")
-        from .core.cohort_run import require_dask
+        from ..core.cohort_run import require_dask
 
         require_dask()
     elif args.memory_limit is not None:
@@ -231,7 +215,7 @@ def _gpus(model) -> int:
 
 def run_rows(subjects, cfg, args, model, progress: Progress) -> None:
     """Run every subject's task on the chosen executor, reporting each row to ``progress``."""
-    from .core import cohort_run as cr
+    from ..core import cohort_run as cr
 
     gpus = _gpus(model)
     client = cluster = None
@@ -262,7 +246,7 @@ def run_rows(subjects, cfg, args, model, progress: Progress) -> None:
 
 
 def _run_config(args, model, method, params, outdir: Path):
-    from .core.cohort_run import RunConfig
+    from ..core.cohort_run import RunConfig
 
     return RunConfig(model=str(args.model), model_sha256=model.sha256, method=method.name,
                      params=tuple(sorted(params.items())), weights=str(Path(args.weights).resolve()) if args.weights else None,
@@ -274,23 +258,23 @@ def _run_config(args, model, method, params, outdir: Path):
 
 
 def cmd_cohort(args: argparse.Namespace) -> int:
-    from .cli import _parse_params
-    from .core import atlas as at
-    from .core.cohort import subjects_from_inputs
-    from .core.cohort_run import select_part
-    from .core.provenance import to_json
-    from .core.methods.catalogue import get_method
-    from .core.volumes import atomic_write_bytes
+    from .options import parse_params
+    from ..core import atlas as at
+    from ..core.cohort import subjects_from_inputs
+    from ..core.cohort_run import select_part
+    from ..core.provenance import to_json
+    from ..core.methods.catalogue import get_method
+    from ..core.volumes import atomic_write_bytes
 
     t0 = time.perf_counter()
     outdir = check_out_dir(args.out_dir)
     check_executor_options(args)
     subjects = subjects_from_inputs(args.inputs)
-    params = _parse_params(args.param)
+    params = parse_params(args.param)
     method = get_method(args.method)
     method.parse(params)  # bad parameters fail before any subject runs
     if args.png:
-        from ._demo_app import require_display
+        from .._demo_app import require_display
 
         require_display()
         if args.png_subjects < 1 or args.png_subjects > 24:
@@ -326,8 +310,8 @@ def cmd_cohort(args: argparse.Namespace) -> int:
 
 def _finish(outdir: Path, subjects, cfg, args, t0: float, model=None, method=None, params=None, png=False) -> int:
     """The tables (streaming reduction), the subjects sidecar, the optional figure, the summary lines and the exit code."""
-    from .core.cohort_run import reduce_cohort
-    from .core.provenance import package_versions, write_sidecar
+    from ..core.cohort_run import reduce_cohort
+    from ..core.provenance import package_versions, write_sidecar
 
     res = reduce_cohort(outdir, subjects, cfg)
     png_written = bool(png) and _subjects_png(args, _png_rows(outdir, subjects), subjects, outdir, outdir / "subjects.png")
@@ -356,11 +340,11 @@ def _finish(outdir: Path, subjects, cfg, args, t0: float, model=None, method=Non
 
 
 def _png_rows(outdir: Path, subjects) -> list[dict]:
-    from .core.cohort_run import _read_json, row_path
+    from ..core.cohort_run import read_row
 
     rows = []
     for s in subjects:
-        rec = _read_json(row_path(outdir, s.id)) or {}
+        rec = read_row(outdir, s.id) or {}
         r = rec.get("row", {"status": "failed"})
         rows.append({"id": s.id, "status": r.get("status"), "map": r.get("map"), "predicted": r.get("predicted"),
                      "probability": float(r.get("probability") or float("nan")), **s.covariates})
@@ -371,8 +355,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     """``napari-xai cohort-merge OUT_DIR``: the tables of a cohort run in parts."""
     import json
 
-    from .core.cohort import subjects_from_inputs
-    from .core.cohort_run import RunConfig
+    from ..core.cohort import subjects_from_inputs
+    from ..core.cohort_run import RunConfig
 
     t0 = time.perf_counter()
     outdir = Path(args.out_dir)

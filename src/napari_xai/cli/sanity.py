@@ -21,15 +21,15 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_common import (add_input_space_options, add_model_options, add_segmentation_options, check_out_dir,
+from .options import (add_input_space_options, add_model_options, add_segmentation_options, check_out_dir,
                           input_space_kwargs, load_model_from)
-from .core.errors import UserError
+from ..core.errors import UserError
 
 HELP = "randomize the model's layers (top down) and measure how much the attribution map changes"
 
 
 def add_subcommand(subparsers) -> argparse.ArgumentParser:
-    from .core.evaluation.sanity import INITS, MODES
+    from ..core.evaluation.sanity import INITS, MODES
 
     p = subparsers.add_parser("sanity", help=HELP, description=HELP + " (Adebayo et al. 2018).")
     p.add_argument("volume", nargs="+", metavar="VOLUME", help="NIfTI file(s); several become channels in this order")
@@ -62,7 +62,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> Path | None:
     """Fail on bad options (and on an --out folder holding an earlier run) before any work; the output folder."""
-    from .core.methods.catalogue import get_method
+    from ..core.methods.catalogue import get_method
 
     get_method(args.method)
     if args.layers is not None and args.layers < 1:
@@ -80,16 +80,16 @@ def _check_args(args: argparse.Namespace) -> Path | None:
 
 
 def cmd_sanity(args: argparse.Namespace) -> int:
-    from ._cli_lrp import explain_options
-    from .cli import _parse_params
-    from .core.compare import slug
-    from .core.provenance import to_json, write_sidecar
-    from .core.evaluation.sanity import sanity_check
-    from .core.volumes import atomic_write_bytes, load_nifti, save_nifti, stack_channels, written_or_removed
+    from .lrp import explain_options
+    from .options import parse_params
+    from ..core.compare import slug
+    from ..core.provenance import to_json, write_sidecar
+    from ..core.evaluation.sanity import sanity_check
+    from ..core.volumes import atomic_write_bytes, load_nifti, save_nifti, stack_channels, written_or_removed
 
     outdir = _check_args(args)
     space = input_space_kwargs(args)
-    params = _parse_params(args.param)
+    params = parse_params(args.param)
     volume = stack_channels([load_nifti(p) for p in args.volume])
     extra_params, kwargs = explain_options(args, volume)
     params.update(extra_params)

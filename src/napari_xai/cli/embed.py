@@ -30,8 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_common import add_model_options, check_out_dir, load_model_from
-from .core.errors import UserError
+from .options import add_model_options, check_out_dir, load_model_from
+from ..core.errors import UserError
 
 HELP = "PCA of the learned features of every subject of a cohort; scatter plot, nearest-neighbour outliers"
 FILES = ("embedding.csv", "embedding.json", "embedding.png")
@@ -76,11 +76,11 @@ def _check_args(args: argparse.Namespace) -> Path:
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ._cli_cohort import _csv_bytes, _fmt
-    from .core.cohort import subjects_from_inputs
-    from .core.embedding import check_layer, features, knn_outliers, pc_correlations, pca
-    from .core.provenance import now_iso, package_versions, to_json
-    from .core.volumes import atomic_write_bytes, load_nifti, stack_channels, written_or_removed
+    from .options import csv_bytes, fmt
+    from ..core.cohort import subjects_from_inputs
+    from ..core.embedding import check_layer, knn_outliers, pc_correlations, pca
+    from ..core.provenance import now_iso, package_versions, to_json
+    from ..core.volumes import atomic_write_bytes, written_or_removed
 
     t0 = time.perf_counter()
     outdir = _check_args(args)
@@ -95,6 +95,76 @@ def cmd_embed(args: argparse.Namespace) -> int:
     model = load_model_from(args)
     check_layer(model, args.layer)
     command = getattr(args, "command_line", "napari-xai embed")
+    rows, vectors, failures, first = _subject_features(args, model, subjects)
+    ok = [r for r in rows if r["status"] == "ok"]
+    if len(ok) < args.knn + 1:
+        raise UserError(f"only {len(ok)} of {len(subjects)} subjects gave features; the embedding needs at least "
+                        f"{args.knn + 1} (--knn {args.knn}). See the lines above.")
+    result = pca(np.stack(vectors), k=None, standardize=args.standardize)
+    scores = np.zeros((len(ok), 2))
+    scores[:, : min(2, result.scores.shape[1])] = result.scores[:, :2]
+    labels = [r["predicted"] for r in ok] if first.probabilities is not None else None
+    outl = knn_outliers(result.scores, k=args.knn, threshold=args.outlier_z, labels=labels)
+    for i, r in enumerate(ok):
+        r.update({"PC1": scores[i, 0], "PC2": scores[i, 1], "knn_distance": float(outl.distance[i]),
+                  "outlier_z": float(outl.z[i]), "outlier": int(outl.flagged[i])})
+        if outl.agreement is not None:
+            r["neighbours_same_class"] = float(outl.agreement[i])
+    ok_subjects = [s for s in subjects if s.id in {r["id"] for r in ok}]
+    corr = pc_correlations(scores, {c: [s.covariates.get(c, float("nan")) for s in ok_subjects] for c in covariates})
+    ratio = [float(v) for v in result.explained_variance_ratio]
+    header = ["id", "status", "PC1", "PC2", "predicted", "probability", "knn_distance", "outlier_z", "outlier",
+              *(["neighbours_same_class"] if outl.agreement is not None else []), "error", *covariates]
+    table_csv = csv_bytes(header, [[fmt(r.get(h, "")) for h in header] for r in rows])
+    flagged = [r["id"] for r in ok if r["outlier"]]
+    png = scatter_png(
+        scores, ok, ratio,
+        title=f"{model.name}: {first.description}, {first.values.size} features, n = {len(ok)}",
+        color=args.color, class_names=first.class_names, threshold=args.outlier_z,
+        standardized=args.standardize)
+    summary = {
+        "kind": "embedding", "created": now_iso(), "command": command,
+        "model": {"source": str(args.model), "name": model.name, "kind": model.kind, "sha256": model.sha256,
+                  "class_names": first.class_names},
+        "layer": first.layer, "layer_description": first.description, "activation_shape": list(first.shape),
+        "pooled": first.pooled, "features": int(first.values.size),
+        "normalization": args.normalization, "input_shape": args.input_shape,
+        "pca": {"standardized": bool(args.standardize), "components": len(ratio),
+                "explained_variance_ratio": ratio[:10], "explained_variance": [float(v) for v in result.explained_variance[:10]]},
+        "outliers": {"k": outl.k, "robust_z_threshold": outl.threshold, "space": "all principal components (= feature space)",
+                     "flagged": flagged, "median_knn_distance": float(np.median(outl.distance))},
+        "correlations": corr,  # to_json writes NaN (an undefined r) as null
+        "png": {"file": FILES[2], "width": PNG_SIZE[0], "height": PNG_SIZE[1], "color": args.color or "predicted class"},
+        "subjects": len(subjects), "ok": len(ok), "failures": failures,
+        "seconds": round(time.perf_counter() - t0, 2), "versions": package_versions(),
+    }
+    with written_or_removed() as written:
+        for name, payload in zip(FILES, (table_csv, (to_json(summary) + "\n").encode("utf-8"), png)):
+            atomic_write_bytes(outdir / name, payload)
+            written.append(outdir / name)
+    print(f"{len(ok)} of {len(subjects)} subjects, {first.values.size} features at {first.layer} "
+          f"({first.description}); PC1 {ratio[0] * 100:.1f} %, PC2 {(ratio[1] if len(ratio) > 1 else 0.0) * 100:.1f} % "
+          f"of the variance; wrote {outdir}/{', '.join(FILES)}")
+    for c in corr:
+        if math.isfinite(c["r"]):
+            print(f"  {c['component']} vs {c['covariate']}: r = {c['r']:+.3f} (p = {c['p']:.2g}, n = {c['n']})")
+    if flagged:
+        print(f"  outliers (robust z of the {outl.k}-NN distance > {outl.threshold:g}): "
+              + ", ".join(f"{r['id']} (z = {r['outlier_z']:.1f})" for r in ok if r["outlier"]))
+    else:
+        print(f"  no outlier (largest robust z of the {outl.k}-NN distance: {float(outl.z.max()):.2f})")
+    if failures:
+        raise UserError(f"{len(failures)} subject(s) failed ({', '.join(f['id'] for f in failures[:5])}); "
+                        "see the lines above and embedding.csv.")
+    return 0
+
+
+def _subject_features(args: argparse.Namespace, model, subjects):
+    """Each subject's features at ``--layer``: (rows, vectors of the subjects that gave them, failures, the first
+    subject's :class:`~napari_xai.core.embedding.LayerFeatures` or None). A failing subject is one row and one line."""
+    from ..core.embedding import features
+    from ..core.volumes import load_nifti, stack_channels
+
     rows, vectors, failures = [], [], []
     first = None
     for k, s in enumerate(subjects, start=1):
@@ -120,67 +190,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"[{k}/{len(subjects)}] {s.id}: {f.values.size} features"
                   + (f"; predicted {name} ({prob:.3f})" if name else ""), file=sys.stderr)
-    ok = [r for r in rows if r["status"] == "ok"]
-    if len(ok) < args.knn + 1:
-        raise UserError(f"only {len(ok)} of {len(subjects)} subjects gave features; the embedding needs at least "
-                        f"{args.knn + 1} (--knn {args.knn}). See the lines above.")
-    result = pca(np.stack(vectors), k=None, standardize=args.standardize)
-    scores = np.zeros((len(ok), 2))
-    scores[:, : min(2, result.scores.shape[1])] = result.scores[:, :2]
-    labels = [r["predicted"] for r in ok] if first.probabilities is not None else None
-    outl = knn_outliers(result.scores, k=args.knn, threshold=args.outlier_z, labels=labels)
-    for i, r in enumerate(ok):
-        r.update({"PC1": scores[i, 0], "PC2": scores[i, 1], "knn_distance": float(outl.distance[i]),
-                  "outlier_z": float(outl.z[i]), "outlier": int(outl.flagged[i])})
-        if outl.agreement is not None:
-            r["neighbours_same_class"] = float(outl.agreement[i])
-    ok_subjects = [s for s in subjects if s.id in {r["id"] for r in ok}]
-    corr = pc_correlations(scores, {c: [s.covariates.get(c, float("nan")) for s in ok_subjects] for c in covariates})
-    ratio = [float(v) for v in result.explained_variance_ratio]
-    header = ["id", "status", "PC1", "PC2", "predicted", "probability", "knn_distance", "outlier_z", "outlier",
-              *(["neighbours_same_class"] if outl.agreement is not None else []), "error", *covariates]
-    csv_bytes = _csv_bytes(header, [[_fmt(r.get(h, "")) for h in header] for r in rows])
-    flagged = [r["id"] for r in ok if r["outlier"]]
-    png = scatter_png(
-        scores, ok, ratio,
-        title=f"{model.name}: {first.description}, {first.values.size} features, n = {len(ok)}",
-        color=args.color, class_names=first.class_names, threshold=args.outlier_z,
-        standardized=args.standardize)
-    summary = {
-        "kind": "embedding", "created": now_iso(), "command": command,
-        "model": {"source": str(args.model), "name": model.name, "kind": model.kind, "sha256": model.sha256,
-                  "class_names": first.class_names},
-        "layer": first.layer, "layer_description": first.description, "activation_shape": list(first.shape),
-        "pooled": first.pooled, "features": int(first.values.size),
-        "normalization": args.normalization, "input_shape": args.input_shape,
-        "pca": {"standardized": bool(args.standardize), "components": len(ratio),
-                "explained_variance_ratio": ratio[:10], "explained_variance": [float(v) for v in result.explained_variance[:10]]},
-        "outliers": {"k": outl.k, "robust_z_threshold": outl.threshold, "space": "all principal components (= feature space)",
-                     "flagged": flagged, "median_knn_distance": float(np.median(outl.distance))},
-        "correlations": corr,  # to_json writes NaN (an undefined r) as null
-        "png": {"file": FILES[2], "width": PNG_SIZE[0], "height": PNG_SIZE[1], "color": args.color or "predicted class"},
-        "subjects": len(subjects), "ok": len(ok), "failures": failures,
-        "seconds": round(time.perf_counter() - t0, 2), "versions": package_versions(),
-    }
-    with written_or_removed() as written:
-        for name, payload in zip(FILES, (csv_bytes, (to_json(summary) + "\n").encode("utf-8"), png)):
-            atomic_write_bytes(outdir / name, payload)
-            written.append(outdir / name)
-    print(f"{len(ok)} of {len(subjects)} subjects, {first.values.size} features at {first.layer} "
-          f"({first.description}); PC1 {ratio[0] * 100:.1f} %, PC2 {(ratio[1] if len(ratio) > 1 else 0.0) * 100:.1f} % "
-          f"of the variance; wrote {outdir}/{', '.join(FILES)}")
-    for c in corr:
-        if math.isfinite(c["r"]):
-            print(f"  {c['component']} vs {c['covariate']}: r = {c['r']:+.3f} (p = {c['p']:.2g}, n = {c['n']})")
-    if flagged:
-        print(f"  outliers (robust z of the {outl.k}-NN distance > {outl.threshold:g}): "
-              + ", ".join(f"{r['id']} (z = {r['outlier_z']:.1f})" for r in ok if r["outlier"]))
-    else:
-        print(f"  no outlier (largest robust z of the {outl.k}-NN distance: {float(outl.z.max()):.2f})")
-    if failures:
-        raise UserError(f"{len(failures)} subject(s) failed ({', '.join(f['id'] for f in failures[:5])}); "
-                        "see the lines above and embedding.csv.")
-    return 0
+    return rows, vectors, failures, first
 
 
 def scatter_png(scores, rows: list[dict], ratio: list[float], *, title: str, color: str | None,

@@ -6,8 +6,9 @@ same labels, table and filtered map. Parameters come from the defaults, then a
 sidecar (``--params-from``), then the flags given on the command line.
 
 With ``--atlas NAME_OR_PATH`` the table gains the explorer's atlas columns
-(``peak_region``, ``regions``); :func:`save_outputs_with_regions` is shared with
-the explorer widget's Save so both write the same CSV.
+(``peak_region``, ``regions``);
+:func:`napari_xai.core.cluster_outputs.save_outputs_with_regions` is shared with the explorer widget's Save so
+both write the same CSV.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .core.errors import UserError
+from ..core.errors import UserError
 
 HELP = "threshold and cluster a relevance NIfTI (the explorer's chain); writes labels, table and sidecars"
 
@@ -36,7 +37,7 @@ def _alpha(text: str) -> tuple[float, float]:
 
 def add_subcommand(subparsers) -> argparse.ArgumentParser:
     """Register the ``clusters`` sub-command on an argparse sub-parsers object."""
-    from .core.postprocess import CONNECTIVITIES, FILTERS, SCALES, SIGNS, SIZE_UNITS, PostParams
+    from ..core.postprocess import CONNECTIVITIES, FILTERS, SCALES, SIGNS, SIZE_UNITS, PostParams
 
     d = PostParams()
     p = subparsers.add_parser(
@@ -92,107 +93,22 @@ FLAG_TO_PARAM = {
 
 def params_from_args(args: argparse.Namespace):
     """Defaults <- ``--params-from`` sidecar <- explicit flags."""
-    from .core.explorer import params_from_sidecar
-    from .core.postprocess import PostParams
+    from ..core.explorer import params_from_sidecar
+    from ..core.postprocess import PostParams
 
     params = params_from_sidecar(args.params_from) if args.params_from else PostParams()
     changes = {param: getattr(args, flag) for flag, param in FLAG_TO_PARAM.items() if getattr(args, flag) is not None}
     return params.replace(**changes).validated()
 
 
-REGION_COLUMNS = ("peak_region", "regions")
-
-
-def table_csv_with_regions(table, regions: dict) -> str:
-    """The cluster table's CSV (``ClusterTable.to_csv``) with ``peak_region`` and ``regions`` columns appended.
-
-    ``regions`` holds one list per column, in table order (as from
-    :func:`napari_xai.core.atlas.cluster_region_columns`).
-    """
-    import csv
-    import io
-
-    rows = list(csv.reader(io.StringIO(table.to_csv())))
-    n = len(rows) - 1
-    for key in REGION_COLUMNS:
-        if len(regions[key]) != n:
-            raise ValueError(f"{key}: {len(regions[key])} values for a table of {n} rows")
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(rows[0] + list(REGION_COLUMNS))
-    for row, peak, regs in zip(rows[1:], regions["peak_region"], regions["regions"]):
-        w.writerow(row + [peak, regs])
-    return buf.getvalue()
-
-
-class _TableWithRegions:
-    """A cluster table whose CSV carries the atlas columns (everything else is the table's)."""
-
-    def __init__(self, table, regions: dict):
-        self._table = table
-        self._regions = regions
-
-    def __len__(self) -> int:
-        return len(self._table)
-
-    def __getattr__(self, name):
-        return getattr(self._table, name)
-
-    def to_csv(self) -> str:
-        return table_csv_with_regions(self._table, self._regions)
-
-
-def atlas_record(grid) -> dict:
-    """What the table's sidecar records about the atlas (an ``AtlasOnGrid``)."""
-    a = grid.atlas
-    return {
-        "name": a.name,
-        "kind": a.kind,
-        "source": str(a.source),
-        "probability_threshold": grid.threshold,
-        "peak_region": "atlas region at the cluster's peak voxel ('' = outside every region)",
-        "regions": "regions the cluster overlaps, percent of its voxels (>= 1%, at most 5)",
-    }
-
-
-def save_outputs_with_regions(result, regions: dict | None, atlas: dict | None, *, labels_path=None,
-                              filtered_path=None, table_path=None, extra: dict | None = None, **kwargs):
-    """:func:`napari_xai.core.explorer.save_outputs`, with the atlas columns in the table when ``regions`` is given.
-
-    ``regions``: ``{"peak_region": [...], "regions": [...]}`` in table order, or
-    None (then this is exactly ``save_outputs``); ``atlas``: :func:`atlas_record`.
-    If a write fails, every file written so far is removed.
-    """
-    import dataclasses
-
-    from .core import postprocess as pp
-    from .core.explorer import save_outputs
-    from .core.provenance import sidecar_path
-    from .core.volumes import written_or_removed
-
-    if regions is None or table_path is None:
-        return save_outputs(result, labels_path=labels_path, filtered_path=filtered_path, table_path=table_path,
-                            extra=extra, **kwargs)
-    others = [Path(p) for p in (labels_path, filtered_path) if p is not None]
-    t = Path(table_path)
-    if any(sidecar_path(p).resolve() == sidecar_path(t).resolve() for p in others):
-        raise UserError("the output files (or their .json sidecars) collide; give each output its own name.")
-    annotated = dataclasses.replace(result, table=_TableWithRegions(result.table, regions))
-    table_extra = {**(extra or {}), "columns": list(pp.TABLE_COLUMNS) + list(REGION_COLUMNS), "atlas": atlas}
-    with written_or_removed() as written:  # one transaction: all files appear together, or none
-        written += save_outputs(annotated, table_path=t, extra=table_extra, **kwargs)
-        if others:
-            written += save_outputs(result, labels_path=labels_path, filtered_path=filtered_path, extra=extra, **kwargs)
-    return written
-
-
 def cmd_clusters(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .core import geometry
-    from .core.explorer import Explorer, source_provenance
-    from .core.provenance import read_sidecar, sha256_file
-    from .core.volumes import load_nifti
+    from ..core import geometry
+    from ..core.cluster_outputs import atlas_record, save_outputs_with_regions
+    from ..core.explorer import Explorer, source_provenance
+    from ..core.provenance import read_sidecar, sha256_file
+    from ..core.volumes import load_nifti
 
     if not (args.out_table or args.out_labels or args.out_filtered):
         raise UserError("give at least one output: --out-table T.csv, --out-labels L.nii.gz or --out-filtered F.nii.gz.")
@@ -200,9 +116,9 @@ def cmd_clusters(args: argparse.Namespace) -> int:
         raise UserError("--atlas adds region columns to the cluster table; give --out-table T.csv as well.")
     if args.atlas_labels and not args.atlas:
         raise UserError("--atlas-labels needs --atlas IMAGE.nii.gz (the label image of the user atlas).")
-    from ._cli_common import check_out_file
-    from .core.outputs import check_distinct
-    from .core.provenance import sidecar_path
+    from .options import check_out_file
+    from ..core.outputs import check_distinct
+    from ..core.provenance import sidecar_path
 
     outs = [check_out_file(path, args.overwrite, suffix, option=opt)
             for opt, path, suffix in (("--out-table", args.out_table, ".csv"), ("--out-labels", args.out_labels, "nifti"),
@@ -222,7 +138,7 @@ def cmd_clusters(args: argparse.Namespace) -> int:
     prov = source_provenance(side)
     import warnings
 
-    from .core.errors import XaiWarning
+    from ..core.errors import XaiWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", XaiWarning)  # the same text is in result.messages
@@ -239,7 +155,7 @@ def cmd_clusters(args: argparse.Namespace) -> int:
     regions = atlas = None
     notes = []
     if args.atlas:
-        from .core import atlas as at
+        from ..core import atlas as at
 
         atl = at.load_atlas(args.atlas, labels=args.atlas_labels)
         grid = at.atlas_on_grid(atl, result.labels.shape, result.affine, threshold=args.atlas_threshold / 100.0)

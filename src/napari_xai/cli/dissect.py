@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._cli_common import add_model_options, load_model_from
-from .core.errors import UserError
+from .options import add_model_options, load_model_from
+from ..core.errors import UserError
 
 HELP = "label each channel of a layer with the atlas region its strongest activations overlap (network dissection)"
 
 
 def add_subcommand(subparsers) -> argparse.ArgumentParser:
-    from .core.dissect import MIN_IOU, QUANTILE
+    from ..core.dissect import MIN_IOU, QUANTILE
 
     p = subparsers.add_parser("dissect", help=HELP, description=HELP + ".")
     p.add_argument("inputs", nargs="+", metavar="SUBJECTS.csv|VOLUME",
@@ -45,14 +45,14 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
 def cmd_dissect(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ._cli_cohort import _csv_bytes, _fmt
-    from .core.atlas import load_atlas
-    from .core.cohort import subjects_from_inputs
-    from .core.dissect import dissect
-    from .core.provenance import package_versions, sidecar_path, write_sidecar
-    from .core.volumes import atomic_write_bytes, load_nifti, stack_channels, written_or_removed
+    from .options import csv_bytes, fmt
+    from ..core.atlas import load_atlas
+    from ..core.cohort import subjects_from_inputs
+    from ..core.dissect import dissect
+    from ..core.provenance import package_versions, sidecar_path, write_sidecar
+    from ..core.volumes import atomic_write_bytes, load_nifti, stack_channels, written_or_removed
 
-    from ._cli_common import check_out_file
+    from .options import check_out_file
 
     out = check_out_file(args.out, args.overwrite, ".csv")
     if not 0.0 <= args.atlas_threshold <= 100.0:
@@ -74,7 +74,7 @@ def cmd_dissect(args: argparse.Namespace) -> int:
                   atlas_threshold=args.atlas_threshold / 100.0, progress=progress)
     share = None
     if args.relevance:
-        from .core.evaluation.ablation import channel_relevance
+        from ..core.evaluation.ablation import channel_relevance
 
         pos = None
         for v in volumes:
@@ -90,17 +90,17 @@ def cmd_dissect(args: argparse.Namespace) -> int:
     table = []
     for i in order:
         r = rows[i]
-        line = [r.channel, r.region, _fmt(r.iou), r.second, _fmt(r.second_iou), _fmt(r.threshold), r.voxels,
+        line = [r.channel, r.region, fmt(r.iou), r.second, fmt(r.second_iou), fmt(r.threshold), r.voxels,
                 int(r.detector), int(r.dead)]
         if share is not None:
-            line.append(_fmt(float(share[i])))
+            line.append(fmt(float(share[i])))
         table.append(line)
     record = {**res.record, "subjects": [s.id for s in subjects], "atlas_threshold_percent": args.atlas_threshold,
               "relevance": {"method": "lrp (γ | ε | 0 composite)", "target": args.target or "predicted"} if args.relevance else None,
               "summary": res.summary(), "output": str(out), "versions": package_versions(),
               "command": getattr(args, "command_line", "napari-xai dissect")}
     with written_or_removed(out, sidecar_path(out)):
-        atomic_write_bytes(out, _csv_bytes(header, table))
+        atomic_write_bytes(out, csv_bytes(header, table))
         write_sidecar(out, record)
     print(res.summary())
     show = [rows[i] for i in order][:10]

@@ -1,0 +1,7 @@
+"""``python -m napari_xai.cli``."""
+
+import sys
+
+from .main import main
+
+sys.exit(main())
