@@ -25,6 +25,20 @@ from pathlib import Path
 
 from .errors import UserError
 
+SIDECAR_SUFFIX = ".xai.json"
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """``out.nii.gz`` -> ``out.nii.gz.xai.json``; ``table.csv`` -> ``table.csv.xai.json``.
+
+    The whole file name is kept, so two outputs never share a sidecar (``rel.nii.gz`` and ``rel.csv``), and the
+    ``.xai.json`` ending cannot be a BIDS sidecar (``sub-01_T1w.json``), so writing one never replaces a file
+    napari-xai did not make.
+    """
+    p = Path(path)
+    return p.with_name(p.name + SIDECAR_SUFFIX)
+
+
 # (resolved path, (st_dev, st_ino)) of each input of the running command
 _INPUTS: contextvars.ContextVar[tuple] = contextvars.ContextVar("napari_xai_inputs", default=())
 # the open transaction: a list of (temporary file, final path), or None
@@ -123,8 +137,6 @@ def check_output(path, overwrite: bool, option: str = "--out", sidecar: bool = F
     check_folder(p.parent, option)
     targets = [p]
     if sidecar:
-        from .provenance import sidecar_path
-
         targets.append(sidecar_path(p))
     for t in targets:
         label = f"{t} ({what or 'the sidecar of ' + option})" if t is not p else str(t)

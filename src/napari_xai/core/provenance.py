@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .outputs import SIDECAR_SUFFIX, sidecar_path  # noqa: F401  (the sidecar name is the output planner's)
 from .volumes import atomic_write_bytes
 
 PACKAGES = ("napari-xai", "torch", "captum", "zennit", "monai", "numpy", "scipy", "nibabel")
@@ -73,20 +74,6 @@ def package_versions() -> dict[str, str]:
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
-SIDECAR_SUFFIX = ".xai.json"
-
-
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """``out.nii.gz`` -> ``out.nii.gz.xai.json``; ``table.csv`` -> ``table.csv.xai.json``.
-
-    The whole file name is kept, so two outputs never share a sidecar (``rel.nii.gz`` and ``rel.csv``), and the
-    ``.xai.json`` ending cannot be a BIDS sidecar (``sub-01_T1w.json``), so writing one never replaces a file
-    napari-xai did not make.
-    """
-    p = Path(path)
-    return p.with_name(p.name + SIDECAR_SUFFIX)
 
 
 def legacy_sidecar_path(path: str | os.PathLike) -> Path:
