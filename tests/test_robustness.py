@@ -322,3 +322,19 @@ def test_cli_segmentation_model_keeps_the_original_mask(tmp_path, capsys):
     res = rec["results"][0]
     assert rec["target"]["index"] == 1 and res["infidelity"]["target"] == 1
     assert len(res["sensitivity"]["sensitivities"]) == 2 and all(np.isfinite(res["infidelity"]["deltas"]))
+
+
+def test_every_method_says_whether_its_map_multiplies_by_the_input():
+    """The registry flag, method by method: amounts of score per voxel (Captum's multiply_by_inputs convention)
+    versus sensitivities; and which methods have intermediate maps (--out-intermediate)."""
+    from napari_xai.core.methods.catalogue import all_methods
+
+    amounts = {"input-x-gradient", "integrated-gradients", "deeplift", "gradient-shap", "occlusion",
+               "region-ablation", "lime", "kernel-shap"}
+    sensitivities = {"saliency", "smoothgrad", "guided-backprop", "deconvolution", "grad-cam", "grad-cam-plus-plus",
+                     "guided-grad-cam", "attention-gates"}
+    for m in all_methods():
+        expected = m.family == "lrp" or m.name in amounts
+        assert m.name in amounts | sensitivities or m.family == "lrp", f"{m.name} is not classified here"
+        assert m.multiplies_input == expected, m.name
+    assert {m.name for m in all_methods() if m.has_intermediate} == {"lrp", "attention-gates"}

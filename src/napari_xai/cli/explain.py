@@ -61,7 +61,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from ..core.methods.catalogue import get_method
 
     get_method(args.method)  # an unknown method fails before the model loads
-    if getattr(args, "out_intermediate", False) and get_method(args.method).name not in ("lrp", "attention-gates"):
+    if getattr(args, "out_intermediate", False) and not get_method(args.method).has_intermediate:
         raise UserError(f"--out-intermediate needs a method with intermediate maps (lrp: segment boundaries; "
                         f"attention-gates: one map per gate), not {args.method!r}.")
     volume = stack_channels([load_nifti(p) for p in args.volume])

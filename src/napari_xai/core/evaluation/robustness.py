@@ -23,10 +23,6 @@ NOISE = 0.1
 CUBE = 8
 REFERENCE = "Yeh et al. 2019, On the (in)fidelity and sensitivity of explanations"
 #: Registry families whose maps are amounts of score (they sum to a score difference), and such gradient-family methods.
-CONTRIBUTION_FAMILIES = ("lrp", "perturbation")
-CONTRIBUTION_METHODS = ("input-x-gradient", "integrated-gradients", "deeplift", "gradient-shap")
-
-
 def is_contribution_map(method: str) -> bool:
     """Whether ``method``'s map multiplies by the input (an amount of score per voxel), not a sensitivity.
 
@@ -38,7 +34,7 @@ def is_contribution_map(method: str) -> bool:
     from ..methods.catalogue import get_method
 
     entry = get_method(method)
-    return entry.family in CONTRIBUTION_FAMILIES or entry.name in CONTRIBUTION_METHODS
+    return entry.multiplies_input
 
 
 def intensity_ranges(data: np.ndarray) -> np.ndarray:

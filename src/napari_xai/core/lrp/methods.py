@@ -51,6 +51,7 @@ def _composite_entry(c: CompositePreset) -> Method:
         params.append(Param("gamma", float, 0.25, "Gamma rule: weight of positive contributions (w + gamma*w+).",
                             minimum=0.0, maximum=100.0))
     return Method(name=c.name, family="lrp", summary=c.summary, fn=fn, params=tuple(params), needs_module=True,
+                  multiplies_input=True,
                   signed=True, reference=c.reference)
 
 
@@ -69,6 +70,7 @@ def _rule_entry(name: str) -> Method:
     fn.__doc__ = summary
     params = tuple(Param(k, float, getattr(p.params, k), PARAM_HELP[k], minimum=0.0) for k in p.free)
     return Method(name=name, family="lrp", summary=summary, fn=fn, params=params, needs_module=True, signed=True,
+                  multiplies_input=True,
                   reference=p.reference)
 
 
@@ -116,4 +118,6 @@ def register_all() -> None:
         needs_module=True,
         signed=True,
         reference="Huang et al., A Visual Designer of LRP Models (unified rule, Eqn. 5); Montavon et al. 2019",
+        multiplies_input=True,
+        has_intermediate=True,
     ))

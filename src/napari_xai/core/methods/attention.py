@@ -210,4 +210,5 @@ register(Method(
     signed=False,
     reference="Schlemper et al. 2019, Med. Image Anal. 53:197-207, arXiv:1808.08114; "
               "Oktay et al. 2018, arXiv:1804.03999",
+    has_intermediate=True,
 ))

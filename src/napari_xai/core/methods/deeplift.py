@@ -231,4 +231,5 @@ register(Method(
     params=(BASELINE_PARAM, BLUR_SIGMA_PARAM),
     needs_module=True,
     reference="Shrikumar, Greenside & Kundaje 2017, arXiv:1704.02685",
+    multiplies_input=True,
 ))

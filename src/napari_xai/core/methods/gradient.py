@@ -270,6 +270,7 @@ register(Method(
     summary="Input times gradient; sums to the score on bias-free ReLU networks.",
     fn=_input_x_gradient,
     reference="Shrikumar et al. 2016, arXiv:1605.01713",
+    multiplies_input=True,
 ))
 
 
@@ -285,6 +286,7 @@ register(Method(
         BLUR_SIGMA_PARAM,
     ),
     reference="Sundararajan, Taly & Yan 2017, arXiv:1703.01365",
+    multiplies_input=True,
 ))
 
 
@@ -321,6 +323,7 @@ register(Method(
         BLUR_SIGMA_PARAM,
     ),
     reference="Lundberg & Lee 2017, arXiv:1705.07874; Erion et al. 2021, doi:10.1038/s42256-021-00343-w",
+    multiplies_input=True,
 ))
 
 

@@ -101,4 +101,5 @@ register(Method(
         Param("per_channel", bool, False, "Occlude each channel on its own (C times slower) instead of all together."),
     ),
     reference="Zeiler & Fergus 2014, arXiv:1311.2901",
+    multiplies_input=True,
 ))

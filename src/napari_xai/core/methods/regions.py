@@ -229,6 +229,7 @@ register(Method(
     params=_common(False),
     signed=True,
     reference="Zeiler & Fergus 2014 (occlusion), per region",
+    multiplies_input=True,
 ))
 register(Method(
     name="lime",
@@ -239,6 +240,7 @@ register(Method(
                                   "distance to the input.", minimum=1e-3, maximum=10.0),),
     signed=True,
     reference="Ribeiro, Singh & Guestrin 2016, arXiv:1602.04938",
+    multiplies_input=True,
 ))
 register(Method(
     name="kernel-shap",
@@ -248,4 +250,5 @@ register(Method(
     params=_common(True),
     signed=True,
     reference="Lundberg & Lee 2017, arXiv:1705.07874",
+    multiplies_input=True,
 ))

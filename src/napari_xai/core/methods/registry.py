@@ -143,6 +143,11 @@ class Method:
     needs_module: bool = False
     signed: bool = True
     reference: str = ""
+    #: the map multiplies by the input: an amount of score per voxel (integrated gradients, LRP, occlusion ...),
+    #: not a sensitivity (saliency, SmoothGrad, CAM ...); robustness's infidelity reads it
+    multiplies_input: bool = False
+    #: the method also returns intermediate maps (LRP segment boundaries, attention gates): --out-intermediate
+    has_intermediate: bool = False
 
     def param(self, name: str) -> Param:
         for p in self.params:
