@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import UserError
 from ._model import model_session, require_eager
-from .registry import Method, MethodOutput, Param, RunContext, register
+from .registry import MethodOutput, Param, RunContext, entry
 
 __all__ = ["COMBINE", "combine_maps", "find_gates", "gate_maps"]
 
@@ -150,6 +150,19 @@ def combine_maps(maps: list[torch.Tensor], combine: str) -> torch.Tensor:
     raise UserError(f"combine must be one of {', '.join(COMBINE)}; got {combine!r}.")
 
 
+@entry(
+    "attention-gates", "attention",
+    "Coefficients in [0, 1] of the model's own attention gates (e.g. MONAI AttentionUnet), upsampled "
+    "trilinearly; the same map for every target class.",
+    Param("layer", str, None,
+          "Gate module name(s) (named_modules, comma-separated) whose output is an (N, 1, d, h, w) map in [0, 1]; "
+          "empty = every attention gate (the 'psi' of each AttentionBlock)."),
+    Param("combine", str, "mean", "How the upsampled gate maps are combined per voxel: mean, max, or product "
+          "(high only where every gate is open).", choices=COMBINE),
+    needs_module=True, signed=False, has_intermediate=True,
+    reference="Schlemper et al. 2019, Med. Image Anal. 53:197-207, arXiv:1808.08114; "
+              "Oktay et al. 2018, arXiv:1804.03999",
+)
 def _attention_gates(model, x, target, params, ctx) -> MethodOutput:
     """Attention coefficients of the model's attention gates, upsampled trilinearly to the input grid.
 
@@ -191,24 +204,3 @@ def _attention_gates(model, x, target, params, ctx) -> MethodOutput:
     used["_arrays"] = arrays
     rel = combined.to(x.dtype).expand(-1, x.shape[1], -1, -1, -1).contiguous()
     return MethodOutput(rel, used)
-
-
-register(Method(
-    name="attention-gates",
-    family="attention",
-    summary="Coefficients in [0, 1] of the model's own attention gates (e.g. MONAI AttentionUnet), upsampled "
-            "trilinearly; the same map for every target class.",
-    fn=_attention_gates,
-    params=(
-        Param("layer", str, None,
-              "Gate module name(s) (named_modules, comma-separated) whose output is an (N, 1, d, h, w) map in [0, 1]; "
-              "empty = every attention gate (the 'psi' of each AttentionBlock)."),
-        Param("combine", str, "mean", "How the upsampled gate maps are combined per voxel: mean, max, or product "
-              "(high only where every gate is open).", choices=COMBINE),
-    ),
-    needs_module=True,
-    signed=False,
-    reference="Schlemper et al. 2019, Med. Image Anal. 53:197-207, arXiv:1808.08114; "
-              "Oktay et al. 2018, arXiv:1804.03999",
-    has_intermediate=True,
-))

@@ -20,7 +20,7 @@ from ._model import (
     trace_model,
 )
 from .gradient import guided_warnings, quiet_relu_hook_warning
-from .registry import Method, MethodOutput, Param, register
+from .registry import MethodOutput, Param, entry
 
 
 def spatial_layers(model: Any, x: torch.Tensor) -> list[str]:
@@ -72,6 +72,17 @@ def _resolve_cam_layer(model: nn.Module, x: torch.Tensor, name: str | None, meth
     return chosen, dict(model.named_modules())[chosen]
 
 
+_LAYER = Param(
+    "layer", str, None,
+    "Module name (as in named_modules) with a 3D feature map; empty = last Conv3d with a spatial output.",
+)
+
+
+_CAM_RELU = Param("relu_attributions", bool, True, "Keep only positive evidence (ReLU of the weighted map), as in the paper.")
+
+
+@entry("grad-cam", "cam", "Gradient-weighted class activation map of one layer, upsampled trilinearly.",
+       _LAYER, _CAM_RELU, needs_module=True, signed=False, reference="Selvaraju et al. 2017, arXiv:1610.02391")
 def _grad_cam(model, x, target, params, ctx) -> MethodOutput:
     """Grad-CAM (Selvaraju et al. 2017) on a chosen layer, upsampled trilinearly to the input grid.
 
@@ -102,6 +113,9 @@ def _cam_to_input(cam: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return up.expand(-1, x.shape[1], -1, -1, -1).contiguous()
 
 
+@entry("grad-cam-plus-plus", "cam",
+       "Grad-CAM++: channel weights from positive gradients weighted per voxel (alpha); upsampled trilinearly.",
+       _LAYER, _CAM_RELU, needs_module=True, signed=False, reference="Chattopadhay et al. 2018, arXiv:1710.11063")
 def _grad_cam_plus_plus(model, x, target, params, ctx) -> MethodOutput:
     """Grad-CAM++ (Chattopadhay et al. 2018) on a chosen layer, upsampled trilinearly to the input grid.
 
@@ -153,6 +167,8 @@ def _grad_cam_plus_plus(model, x, target, params, ctx) -> MethodOutput:
     return MethodOutput(_cam_to_input(cam, x), used)
 
 
+@entry("guided-grad-cam", "cam", "Guided backprop times the upsampled Grad-CAM map.", _LAYER,
+       needs_module=True, reference="Selvaraju et al. 2017, arXiv:1610.02391")
 def _guided_grad_cam(model, x, target, params, ctx) -> MethodOutput:
     """Guided Grad-CAM: guided backprop times the (ReLU'd, trilinearly upsampled) Grad-CAM map.
 
@@ -171,47 +187,3 @@ def _guided_grad_cam(model, x, target, params, ctx) -> MethodOutput:
             rel = GuidedGradCam(f, layer).attribute(fresh_input(x, grad=True), target=int(target), interpolate_mode="trilinear")
     used["layer"] = name
     return MethodOutput(rel.detach(), used)
-
-
-_LAYER = Param(
-    "layer", str, None,
-    "Module name (as in named_modules) with a 3D feature map; empty = last Conv3d with a spatial output.",
-)
-
-
-_CAM_RELU = Param("relu_attributions", bool, True, "Keep only positive evidence (ReLU of the weighted map), as in the paper.")
-
-
-register(Method(
-    name="grad-cam",
-    family="cam",
-    summary="Gradient-weighted class activation map of one layer, upsampled trilinearly.",
-    fn=_grad_cam,
-    params=(_LAYER, _CAM_RELU),
-    needs_module=True,
-    signed=False,
-    reference="Selvaraju et al. 2017, arXiv:1610.02391",
-))
-
-
-register(Method(
-    name="grad-cam-plus-plus",
-    family="cam",
-    summary="Grad-CAM++: channel weights from positive gradients weighted per voxel (alpha); upsampled trilinearly.",
-    fn=_grad_cam_plus_plus,
-    params=(_LAYER, _CAM_RELU),
-    needs_module=True,
-    signed=False,
-    reference="Chattopadhay et al. 2018, arXiv:1710.11063",
-))
-
-
-register(Method(
-    name="guided-grad-cam",
-    family="cam",
-    summary="Guided backprop times the upsampled Grad-CAM map.",
-    fn=_guided_grad_cam,
-    params=(_LAYER,),
-    needs_module=True,
-    reference="Selvaraju et al. 2017, arXiv:1610.02391",
-))

@@ -24,7 +24,7 @@ from ._model import (
     score_gap,
     trace_model,
 )
-from .registry import Method, MethodOutput, register
+from .registry import MethodOutput, entry
 
 # Modules that are linear in their input in eval mode: the gradient through them already is DeepLift's multiplier.
 DEEPLIFT_LINEAR: tuple[type, ...] = (
@@ -165,6 +165,10 @@ def _counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
 
 
+@entry("deeplift", "gradient",
+       "DeepLIFT rescale rule (Captum); sums to f(x) - f(baseline), warns on nonlinearities without a rule.",
+       BASELINE_PARAM, BLUR_SIGMA_PARAM, needs_module=True, multiplies_input=True,
+       reference="Shrikumar, Greenside & Kundaje 2017, arXiv:1704.02685")
 def _deeplift(model, x, target, params, ctx) -> MethodOutput:
     """DeepLIFT with the rescale rule (Shrikumar et al. 2017), through Captum's ``DeepLift``.
 
@@ -221,15 +225,3 @@ def _deeplift(model, x, target, params, ctx) -> MethodOutput:
             "nn.Modules (e.g. torch.relu in forward), which pass the plain gradient."
         )
     return MethodOutput(rel.detach(), used)
-
-
-register(Method(
-    name="deeplift",
-    family="gradient",
-    summary="DeepLIFT rescale rule (Captum); sums to f(x) - f(baseline), warns on nonlinearities without a rule.",
-    fn=_deeplift,
-    params=(BASELINE_PARAM, BLUR_SIGMA_PARAM),
-    needs_module=True,
-    reference="Shrikumar, Greenside & Kundaje 2017, arXiv:1704.02685",
-    multiplies_input=True,
-))

@@ -23,7 +23,7 @@ from ._model import (
     score_gap,
     trace_model,
 )
-from .registry import Method, MethodOutput, Param, RunContext, register
+from .registry import MethodOutput, Param, RunContext, entry
 
 
 def guided_warnings(model: nn.Module, x: torch.Tensor, ctx: RunContext, method: str) -> dict:
@@ -50,6 +50,11 @@ def guided_warnings(model: nn.Module, x: torch.Tensor, ctx: RunContext, method: 
     return {"relu_calls": relu_calls, "other_activation_calls": sum(others.values())}
 
 
+_ABS = Param("absolute", bool, False, "Return |gradient| instead of the signed gradient.")
+
+
+@entry("saliency", "gradient", "Gradient of the target score w.r.t. the input (signed by default).", _ABS,
+       reference="Simonyan, Vedaldi & Zisserman 2014, arXiv:1312.6034")
 def _saliency(model, x, target, params, ctx) -> MethodOutput:
     """Plain gradient of the target score with respect to the input (Simonyan et al. 2014).
 
@@ -66,6 +71,8 @@ def _saliency(model, x, target, params, ctx) -> MethodOutput:
     return MethodOutput(rel.detach(), {"forward_passes": f.calls})
 
 
+@entry("input-x-gradient", "gradient", "Input times gradient; sums to the score on bias-free ReLU networks.",
+       reference="Shrikumar et al. 2016, arXiv:1605.01713", multiplies_input=True)
 def _input_x_gradient(model, x, target, params, ctx) -> MethodOutput:
     """Input times gradient (Shrikumar et al. 2016). Signed; equals LRP-0 on bias-free ReLU networks."""
     from captum.attr import InputXGradient
@@ -77,6 +84,15 @@ def _input_x_gradient(model, x, target, params, ctx) -> MethodOutput:
     return MethodOutput(rel.detach(), {"forward_passes": f.calls})
 
 
+@entry(
+    "integrated-gradients", "gradient",
+    "Path integral of gradients from a baseline to the input; sums to f(x) - f(baseline).",
+    Param("steps", int, 32, "Number of points on the path (Gauss-Legendre); more = closer completeness.", minimum=2, maximum=4096),
+    BASELINE_PARAM,
+    Param("internal_batch_size", int, 8, "Path points per forward/backward pass; bounds memory independent of steps.", minimum=1, maximum=4096),
+    BLUR_SIGMA_PARAM,
+    reference="Sundararajan, Taly & Yan 2017, arXiv:1703.01365", multiplies_input=True,
+)
 def _integrated_gradients(model, x, target, params, ctx) -> MethodOutput:
     """Integrated gradients (Sundararajan et al. 2017), Gauss-Legendre quadrature with ``steps`` points.
 
@@ -115,6 +131,16 @@ def _integrated_gradients(model, x, target, params, ctx) -> MethodOutput:
     return MethodOutput(rel.detach(), used)
 
 
+@entry(
+    "smoothgrad", "gradient", "Mean gradient over noisy copies of the input; noise relative to the intensity range.",
+    Param("samples", int, 16, "Number of noisy copies.", minimum=1, maximum=4096),
+    Param("noise", float, 0.15, "Noise stdev as a fraction of the input's intensity range (max - min).", minimum=0.0, maximum=2.0),
+    Param("batch_size", int, 4, "Noisy copies per forward/backward pass (memory).", minimum=1, maximum=1024),
+    _ABS,
+    Param("variant", str, "smoothgrad", "Mean gradient (smoothgrad), mean squared gradient (smoothgrad-sq) or "
+          "the gradient's variance over the noisy copies (vargrad).", choices=("smoothgrad", "smoothgrad-sq", "vargrad")),
+    reference="Smilkov et al. 2017, arXiv:1706.03825; VarGrad: Adebayo et al. 2018, arXiv:1810.03307",
+)
 def _smoothgrad(model, x, target, params, ctx) -> MethodOutput:
     """SmoothGrad (Smilkov et al. 2017): mean gradient over noisy copies of the input.
 
@@ -168,6 +194,20 @@ def _numpy_random_from_torch() -> Iterator[None]:
         np.random.set_state(state)
 
 
+@entry(
+    "gradient-shap", "gradient",
+    "Expected gradients over random baselines and path points (Captum's GradientShap), optional input noise.",
+    Param("samples", int, 32, "Number of random draws (baseline, path point, noise).", minimum=1, maximum=4096),
+    Param("baseline", str, "uniform", "Baseline distribution: uniform (fresh uniform noise in each channel's "
+          "intensity range per draw) or the single zero, min or blur baseline of integrated-gradients.",
+          choices=("uniform",) + BASELINES),
+    Param("noise", float, 0.0, "Stdev of Gaussian noise on the input as a fraction of its intensity range "
+          "(max - min); 0 = none.", minimum=0.0, maximum=2.0),
+    Param("batch_size", int, 4, "Draws per forward/backward pass (memory).", minimum=1, maximum=1024),
+    BLUR_SIGMA_PARAM,
+    reference="Lundberg & Lee 2017, arXiv:1705.07874; Erion et al. 2021, doi:10.1038/s42256-021-00343-w",
+    multiplies_input=True,
+)
 def _gradient_shap(model, x, target, params, ctx) -> MethodOutput:
     """GradientSHAP / expected gradients (Lundberg & Lee 2017; Erion et al. 2021) through Captum's ``GradientShap``.
 
@@ -245,103 +285,13 @@ def _modified_relu(kind: str):
     return run
 
 
-guided_backprop = _modified_relu("guided-backprop")
+guided_backprop = entry(
+    "guided-backprop", "gradient", "Gradient with negative signals cut at each nn.ReLU (warns when the model has none).",
+    needs_module=True, reference="Springenberg et al. 2015, arXiv:1412.6806",
+)(_modified_relu("guided-backprop"))
 
 
-_deconvolution = _modified_relu("deconvolution")
-
-
-_ABS = Param("absolute", bool, False, "Return |gradient| instead of the signed gradient.")
-
-
-register(Method(
-    name="saliency",
-    family="gradient",
-    summary="Gradient of the target score w.r.t. the input (signed by default).",
-    fn=_saliency,
-    params=(_ABS,),
-    reference="Simonyan, Vedaldi & Zisserman 2014, arXiv:1312.6034",
-))
-
-
-register(Method(
-    name="input-x-gradient",
-    family="gradient",
-    summary="Input times gradient; sums to the score on bias-free ReLU networks.",
-    fn=_input_x_gradient,
-    reference="Shrikumar et al. 2016, arXiv:1605.01713",
-    multiplies_input=True,
-))
-
-
-register(Method(
-    name="integrated-gradients",
-    family="gradient",
-    summary="Path integral of gradients from a baseline to the input; sums to f(x) - f(baseline).",
-    fn=_integrated_gradients,
-    params=(
-        Param("steps", int, 32, "Number of points on the path (Gauss-Legendre); more = closer completeness.", minimum=2, maximum=4096),
-        BASELINE_PARAM,
-        Param("internal_batch_size", int, 8, "Path points per forward/backward pass; bounds memory independent of steps.", minimum=1, maximum=4096),
-        BLUR_SIGMA_PARAM,
-    ),
-    reference="Sundararajan, Taly & Yan 2017, arXiv:1703.01365",
-    multiplies_input=True,
-))
-
-
-register(Method(
-    name="smoothgrad",
-    family="gradient",
-    summary="Mean gradient over noisy copies of the input; noise relative to the intensity range.",
-    fn=_smoothgrad,
-    params=(
-        Param("samples", int, 16, "Number of noisy copies.", minimum=1, maximum=4096),
-        Param("noise", float, 0.15, "Noise stdev as a fraction of the input's intensity range (max - min).", minimum=0.0, maximum=2.0),
-        Param("batch_size", int, 4, "Noisy copies per forward/backward pass (memory).", minimum=1, maximum=1024),
-        _ABS,
-        Param("variant", str, "smoothgrad", "Mean gradient (smoothgrad), mean squared gradient (smoothgrad-sq) or "
-              "the gradient's variance over the noisy copies (vargrad).", choices=("smoothgrad", "smoothgrad-sq", "vargrad")),
-    ),
-    reference="Smilkov et al. 2017, arXiv:1706.03825; VarGrad: Adebayo et al. 2018, arXiv:1810.03307",
-))
-
-
-register(Method(
-    name="gradient-shap",
-    family="gradient",
-    summary="Expected gradients over random baselines and path points (Captum's GradientShap), optional input noise.",
-    fn=_gradient_shap,
-    params=(
-        Param("samples", int, 32, "Number of random draws (baseline, path point, noise).", minimum=1, maximum=4096),
-        Param("baseline", str, "uniform", "Baseline distribution: uniform (fresh uniform noise in each channel's "
-              "intensity range per draw) or the single zero, min or blur baseline of integrated-gradients.",
-              choices=("uniform",) + BASELINES),
-        Param("noise", float, 0.0, "Stdev of Gaussian noise on the input as a fraction of its intensity range "
-              "(max - min); 0 = none.", minimum=0.0, maximum=2.0),
-        Param("batch_size", int, 4, "Draws per forward/backward pass (memory).", minimum=1, maximum=1024),
-        BLUR_SIGMA_PARAM,
-    ),
-    reference="Lundberg & Lee 2017, arXiv:1705.07874; Erion et al. 2021, doi:10.1038/s42256-021-00343-w",
-    multiplies_input=True,
-))
-
-
-register(Method(
-    name="guided-backprop",
-    family="gradient",
-    summary="Gradient with negative signals cut at each nn.ReLU (warns when the model has none).",
-    fn=guided_backprop,
-    needs_module=True,
-    reference="Springenberg et al. 2015, arXiv:1412.6806",
-))
-
-
-register(Method(
-    name="deconvolution",
-    family="gradient",
-    summary="DeconvNet backward pass: ReLU applied to the backward signal at each nn.ReLU.",
-    fn=_deconvolution,
-    needs_module=True,
-    reference="Zeiler & Fergus 2014, arXiv:1311.2901",
-))
+_deconvolution = entry(
+    "deconvolution", "gradient", "DeconvNet backward pass: ReLU applied to the backward signal at each nn.ReLU.",
+    needs_module=True, reference="Zeiler & Fergus 2014, arXiv:1311.2901",
+)(_modified_relu("deconvolution"))

@@ -15,7 +15,7 @@ from ._model import (
     make_baseline,
     model_session,
 )
-from .registry import Method, MethodOutput, Param, register
+from .registry import MethodOutput, Param, entry
 
 
 def occlusion_windows(size: int, window: int, stride: int) -> list[int]:
@@ -36,6 +36,15 @@ def default_occlusion_window(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return tuple(max(1, int(round(int(s) / 8.0))) for s in shape)  # type: ignore[return-value]
 
 
+@entry(
+    "occlusion", "perturbation", "Score drop when a 3D window is replaced by a baseline, averaged over covering windows.",
+    Param("window", "ints3", None, "Window size in voxels (d,h,w or one number); empty = about 1/8 of each axis.", minimum=1),
+    Param("stride", "ints3", None, "Step between windows in voxels; empty = the window (no overlap).", minimum=1),
+    BASELINE_PARAM,
+    Param("perturbations_per_eval", int, 8, "Occluded volumes per forward pass (memory vs speed).", minimum=1, maximum=1024),
+    Param("per_channel", bool, False, "Occlude each channel on its own (C times slower) instead of all together."),
+    reference="Zeiler & Fergus 2014, arXiv:1311.2901", multiplies_input=True,
+)
 def _occlusion(model, x, target, params, ctx) -> MethodOutput:
     """Occlusion (Zeiler & Fergus 2014): replace a 3D window by the baseline and record the score drop.
 
@@ -86,20 +95,3 @@ def _occlusion(model, x, target, params, ctx) -> MethodOutput:
         rel = torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
     used.update(window=window, stride=stride, windows=len(boxes), forward_passes=f.calls, perturbations_per_eval=ppe)
     return MethodOutput(rel, used)
-
-
-register(Method(
-    name="occlusion",
-    family="perturbation",
-    summary="Score drop when a 3D window is replaced by a baseline, averaged over covering windows.",
-    fn=_occlusion,
-    params=(
-        Param("window", "ints3", None, "Window size in voxels (d,h,w or one number); empty = about 1/8 of each axis.", minimum=1),
-        Param("stride", "ints3", None, "Step between windows in voxels; empty = the window (no overlap).", minimum=1),
-        BASELINE_PARAM,
-        Param("perturbations_per_eval", int, 8, "Occluded volumes per forward pass (memory vs speed).", minimum=1, maximum=1024),
-        Param("per_channel", bool, False, "Occlude each channel on its own (C times slower) instead of all together."),
-    ),
-    reference="Zeiler & Fergus 2014, arXiv:1311.2901",
-    multiplies_input=True,
-))

@@ -29,13 +29,14 @@ of napari-xai); the fits are a few lines of numpy least squares.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..errors import UserError
 from ._model import BASELINES, ScoreFn, make_baseline
-from .registry import Method, MethodOutput, Param, RunContext, register
+from .registry import MethodOutput, Param, RunContext, entry
 
 MAX_FEATURES = 4096
 
@@ -73,12 +74,32 @@ def feature_mask(shape: tuple[int, ...], regions: str, size: int, ctx: RunContex
     return dense.reshape(shape).astype(np.int64), names
 
 
-def _features(x: torch.Tensor, params: dict, ctx: RunContext) -> tuple[torch.Tensor, list[str], torch.Tensor, dict]:
+@dataclass
+class _Features:
+    """The interpretable features of one input: a label per voxel, their names, the baseline, what was used."""
+
+    x: torch.Tensor
+    labels: torch.Tensor
+    names: list[str]
+    base: torch.Tensor
+    used: dict
+    ppe: int  # perturbed inputs per forward pass
+
+    def scores(self, f: ScoreFn, coalitions: np.ndarray, target: int) -> np.ndarray:
+        return _scores(f, self.x, self.base, self.labels, coalitions, target, self.ppe)
+
+    def output(self, values: np.ndarray, extra: dict) -> MethodOutput:
+        """The map (each feature's value spread over its voxels) and the record of the top features."""
+        rec = _record(self.names, values, self.labels, {**self.used, **extra})
+        return MethodOutput(_to_map(values, self.labels, self.x), rec)
+
+
+def _features(x: torch.Tensor, params: dict, ctx: RunContext) -> _Features:
     labels, names = feature_mask(tuple(x.shape[2:]), params["regions"], params["size"], ctx)
     if len(names) > MAX_FEATURES:
         raise UserError(f"{len(names)} features are too many (at most {MAX_FEATURES}); use larger cubes (size).")
     base, used = make_baseline(x.detach(), params["baseline"], None)
-    return torch.from_numpy(labels).to(x.device), names, base, used
+    return _Features(x, torch.from_numpy(labels).to(x.device), names, base, used, int(params["perturbations_per_eval"]))
 
 
 def _scores(f: ScoreFn, x: torch.Tensor, base: torch.Tensor, labels: torch.Tensor, coalitions: np.ndarray,
@@ -109,18 +130,36 @@ def _record(names: list[str], values: np.ndarray, labels: torch.Tensor, extra: d
     return {"n_features": len(names), "features": top, **extra}
 
 
+def _common(samples: bool) -> tuple[Param, ...]:
+    out = (
+        Param("regions", str, "cubes", "Interpretable features: 'cubes' of 'size' model-grid voxels, or an atlas "
+              "(the input must be in MNI space; voxels outside the atlas form one more feature).",
+              choices=("cubes", *_builtin_atlases())),
+        Param("size", int, 8, "Edge of the cubes in model-grid voxels (regions=cubes).", minimum=1, maximum=256),
+        Param("baseline", str, "zero", "What a removed feature becomes: zeros, each channel's minimum, or a strong blur.",
+              choices=BASELINES),
+        Param("perturbations_per_eval", int, 8, "Perturbed inputs per forward pass (memory vs speed).", minimum=1,
+              maximum=256),
+    )
+    if samples:
+        out += (Param("samples", int, 200, "Coalitions to evaluate (forward passes).", minimum=4, maximum=100000),
+                Param("seed", int, 0, "Seed of the random coalitions.", minimum=0))
+    return out
+
+
+@entry("region-ablation", "perturbation",
+       "Score drop when one region (cube or atlas region) is set to the baseline; one pass per region.",
+       *_common(False), reference="Zeiler & Fergus 2014 (occlusion), per region", multiplies_input=True)
 def _region_ablation(model, x, target, params, ctx) -> MethodOutput:
     """Occlusion by region: f(x) minus f(x with one feature set to the baseline), per feature."""
     ctx = ctx if ctx is not None else RunContext()
-    labels, names, base, used = _features(x, params, ctx)
-    m = len(names)
-    ppe = int(params["perturbations_per_eval"])
-    f = ScoreFn(model, ctx, target, 1 + math.ceil(m / ppe), "region ablation")
+    feats = _features(x, params, ctx)
+    m = len(feats.names)
+    f = ScoreFn(model, ctx, target, 1 + math.ceil(m / feats.ppe), "region ablation")
     coalitions = np.ones((m + 1, m), dtype=np.uint8)
     coalitions[np.arange(1, m + 1), np.arange(m)] = 0
-    s = _scores(f, x, base, labels, coalitions, target, ppe)
-    values = s[0] - s[1:]
-    return MethodOutput(_to_map(values, labels, x), _record(names, values, labels, {**used, "forward_passes": f.calls}))
+    s = feats.scores(f, coalitions, target)
+    return feats.output(s[0] - s[1:], {"forward_passes": f.calls})
 
 
 def _weighted_fit(z: np.ndarray, y: np.ndarray, w: np.ndarray, ridge: float = 1e-6) -> np.ndarray:
@@ -133,27 +172,28 @@ def _weighted_fit(z: np.ndarray, y: np.ndarray, w: np.ndarray, ridge: float = 1e
     return coef[1:]
 
 
+@entry("lime", "perturbation",
+       "LIME: weighted linear surrogate over random region coalitions (cubes or atlas regions).",
+       *_common(True), Param("kernel_width", float, 0.25, "Width of the exponential kernel on the cosine distance to "
+                             "the input.", minimum=1e-3, maximum=10.0),
+       reference="Ribeiro, Singh & Guestrin 2016, arXiv:1602.04938", multiplies_input=True)
 def _lime(model, x, target, params, ctx) -> MethodOutput:
     """LIME over region features: a weighted linear surrogate fitted to random coalitions."""
     ctx = ctx if ctx is not None else RunContext()
-    labels, names, base, used = _features(x, params, ctx)
-    m = len(names)
-    n = int(params["samples"])
-    width = float(params["kernel_width"])
-    ppe = int(params["perturbations_per_eval"])
-    rng = np.random.default_rng(int(params["seed"]))
+    feats = _features(x, params, ctx)
+    m, n, rng = len(feats.names), int(params["samples"]), np.random.default_rng(int(params["seed"]))
     z = (rng.random((n, m)) < 0.5).astype(np.uint8)
     z[0] = 1  # the input itself
-    f = ScoreFn(model, ctx, target, math.ceil(n / ppe), "LIME")
-    y = _scores(f, x, base, labels, z, target, ppe)
+    f = ScoreFn(model, ctx, target, math.ceil(n / feats.ppe), "LIME")
+    y = feats.scores(f, z, target)
     kept = z.sum(axis=1)
     d = 1.0 - np.sqrt(kept / m)  # cosine distance to the all-ones coalition
-    w = np.exp(-(d ** 2) / width ** 2)
+    w = np.exp(-(d ** 2) / float(params["kernel_width"]) ** 2)
     values = _weighted_fit(z, y, w)
     if n < 2 * m:
         ctx.warn(f"lime: {n} samples for {m} features; the surrogate is underdetermined (use samples >= {2 * m} "
                  "or larger regions).")
-    return MethodOutput(_to_map(values, labels, x), _record(names, values, labels, {**used, "forward_passes": f.calls}))
+    return feats.output(values, {"forward_passes": f.calls})
 
 
 def _shapley_coalitions(m: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -173,21 +213,21 @@ def _shapley_coalitions(m: int, n: int, rng: np.random.Generator) -> tuple[np.nd
     return z, np.ones(n), False  # drawn from the kernel: equal weights
 
 
+@entry("kernel-shap", "perturbation",
+       "KernelSHAP: Shapley values of regions (exact when all coalitions fit in 'samples').",
+       *_common(True), reference="Lundberg & Lee 2017, arXiv:1705.07874", multiplies_input=True)
 def _kernel_shap(model, x, target, params, ctx) -> MethodOutput:
     """KernelSHAP over region features: Shapley values of the target score (exact for few features)."""
     ctx = ctx if ctx is not None else RunContext()
-    labels, names, base, used = _features(x, params, ctx)
-    m = len(names)
+    feats = _features(x, params, ctx)
+    m, n, rng = len(feats.names), int(params["samples"]), np.random.default_rng(int(params["seed"]))
     if m < 2:
         raise UserError("kernel-shap needs at least two features; use smaller cubes (size).")
-    n = int(params["samples"])
-    ppe = int(params["perturbations_per_eval"])
-    rng = np.random.default_rng(int(params["seed"]))
     z, w, exact = _shapley_coalitions(m, n, rng)
-    f = ScoreFn(model, ctx, target, math.ceil((len(z) + 2) / ppe), "KernelSHAP")
-    ends = _scores(f, x, base, labels, np.stack([np.ones(m, np.uint8), np.zeros(m, np.uint8)]), target, ppe)
+    f = ScoreFn(model, ctx, target, math.ceil((len(z) + 2) / feats.ppe), "KernelSHAP")
+    ends = feats.scores(f, np.stack([np.ones(m, np.uint8), np.zeros(m, np.uint8)]), target)
     f_full, f_empty = float(ends[0]), float(ends[1])
-    y = _scores(f, x, base, labels, z, target, ppe) - f_empty
+    y = feats.scores(f, z, target) - f_empty
     delta = f_full - f_empty
     # efficiency constraint: phi_last = delta - sum(phi_others); fit the other m - 1 by weighted least squares
     zl = z[:, -1:].astype(np.float64)
@@ -199,56 +239,5 @@ def _kernel_shap(model, x, target, params, ctx) -> MethodOutput:
     if not exact and n < 2 * m:
         ctx.warn(f"kernel-shap: {n} sampled coalitions for {m} features; Shapley values are rough (use samples >= "
                  f"{2 * m} or larger regions).")
-    rec = _record(names, values, labels, {**used, "forward_passes": f.calls, "exact": exact,
-                                          "score_input": f_full, "score_baseline": f_empty})
-    return MethodOutput(_to_map(values, labels, x), rec)
-
-
-def _common(samples: bool) -> tuple[Param, ...]:
-    out = (
-        Param("regions", str, "cubes", "Interpretable features: 'cubes' of 'size' model-grid voxels, or an atlas "
-              "(the input must be in MNI space; voxels outside the atlas form one more feature).",
-              choices=("cubes", *_builtin_atlases())),
-        Param("size", int, 8, "Edge of the cubes in model-grid voxels (regions=cubes).", minimum=1, maximum=256),
-        Param("baseline", str, "zero", "What a removed feature becomes: zeros, each channel's minimum, or a strong blur.",
-              choices=BASELINES),
-        Param("perturbations_per_eval", int, 8, "Perturbed inputs per forward pass (memory vs speed).", minimum=1,
-              maximum=256),
-    )
-    if samples:
-        out += (Param("samples", int, 200, "Coalitions to evaluate (forward passes).", minimum=4, maximum=100000),
-                Param("seed", int, 0, "Seed of the random coalitions.", minimum=0))
-    return out
-
-
-register(Method(
-    name="region-ablation",
-    family="perturbation",
-    summary="Score drop when one region (cube or atlas region) is set to the baseline; one pass per region.",
-    fn=_region_ablation,
-    params=_common(False),
-    signed=True,
-    reference="Zeiler & Fergus 2014 (occlusion), per region",
-    multiplies_input=True,
-))
-register(Method(
-    name="lime",
-    family="perturbation",
-    summary="LIME: weighted linear surrogate over random region coalitions (cubes or atlas regions).",
-    fn=_lime,
-    params=_common(True) + (Param("kernel_width", float, 0.25, "Width of the exponential kernel on the cosine "
-                                  "distance to the input.", minimum=1e-3, maximum=10.0),),
-    signed=True,
-    reference="Ribeiro, Singh & Guestrin 2016, arXiv:1602.04938",
-    multiplies_input=True,
-))
-register(Method(
-    name="kernel-shap",
-    family="perturbation",
-    summary="KernelSHAP: Shapley values of regions (exact when all coalitions fit in 'samples').",
-    fn=_kernel_shap,
-    params=_common(True),
-    signed=True,
-    reference="Lundberg & Lee 2017, arXiv:1705.07874",
-    multiplies_input=True,
-))
+    return feats.output(values, {"forward_passes": f.calls, "exact": exact, "score_input": f_full,
+                                 "score_baseline": f_empty})

@@ -82,8 +82,6 @@ class Param:
                 out = float(value)
                 if out != out or out in (float("inf"), float("-inf")):
                     raise UserError(f"{where} must be a finite number, got {value!r}.")
-                if out != out or out in (float("inf"), float("-inf")):
-                    raise UserError(f"{where} must be a finite number, got {value!r}.")
             elif hasattr(value, "to_dict"):
                 # a str parameter that names a file may take the in-memory object instead (e.g. an LrpConfig);
                 # the method records its to_dict() in the provenance, never the object
@@ -182,3 +180,17 @@ def register(method: Method) -> Method:
         raise ValueError(f"method {method.name!r} registered twice")
     REGISTRY[method.name] = method
     return method
+
+
+def entry(name: str, family: str, summary: str, *params: Param, **facts: Any) -> Callable:
+    """Decorator form of :func:`register`: the entry stands on the method's function.
+
+    ``@entry("saliency", "gradient", "Gradient of ...", ABS, reference="...")`` registers
+    ``Method(name, family, summary, fn, params, **facts)`` and returns the function unchanged.
+    """
+
+    def decorate(fn: Callable[..., MethodOutput]) -> Callable[..., MethodOutput]:
+        register(Method(name=name, family=family, summary=summary, fn=fn, params=tuple(params), **facts))
+        return fn
+
+    return decorate

@@ -168,6 +168,30 @@ def _finish(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return module
 
 
+def _loaded(
+    module: torch.nn.Module,
+    kind: str,
+    source: str,
+    files: dict[str, str],
+    device: torch.device,
+    spec: ModelSpec | None = None,
+    notes: list[str] | None = None,
+    scripted: bool = False,
+) -> LoadedModel:
+    """A :class:`LoadedModel` for ``module`` (already on ``device`` and in eval mode), hashed from ``files``."""
+    return LoadedModel(
+        module=module,
+        spec=spec if spec is not None else ModelSpec(),
+        source=source,
+        kind=kind,
+        sha256=combined_sha256(files),
+        device=device,
+        is_scripted=scripted,
+        files=files,
+        notes=notes if notes is not None else [],
+    )
+
+
 def _demo_data_dir() -> Any:
     """The package-data folder holding ``demo_model.pt`` and ``demo_metadata.json``."""
     return importlib.resources.files("napari_xai") / "data"
@@ -196,17 +220,7 @@ def _load_demo(device: torch.device) -> LoadedModel:
         sd, more = extract_state_dict(load_checkpoint(weights, what="demo weights"), "demo weights")
         notes += more + load_weights_into(net, sd, "demo weights")
         files = hash_files([weights, meta_path])
-    return LoadedModel(
-        module=_finish(net, device),
-        spec=spec,
-        source="demo",
-        kind="demo",
-        sha256=combined_sha256(files),
-        device=device,
-        is_scripted=False,
-        files=files,
-        notes=notes,
-    )
+    return _loaded(_finish(net, device), "demo", "demo", files, device, spec, notes)
 
 
 def _reject_extra(kind: str, weights: Any, kwargs: dict, allow_weights: bool = False) -> None:
@@ -277,17 +291,7 @@ def _load_model(source, weights, model_kwargs, device, trust) -> LoadedModel:
     py = split_python_source(text)
     if py is not None:
         net, files, notes = load_python(py[0], py[1], weights, kwargs, dev, trust)
-        return LoadedModel(
-            module=_finish(net, dev),
-            spec=ModelSpec(),
-            source=text,
-            kind="python",
-            sha256=combined_sha256(files),
-            device=dev,
-            is_scripted=False,
-            files=files,
-            notes=notes,
-        )
+        return _loaded(_finish(net, dev), "python", text, files, dev, notes=notes)
 
     path = Path(os.path.expanduser(text))
     if not path.exists():
@@ -301,17 +305,7 @@ def _load_model(source, weights, model_kwargs, device, trust) -> LoadedModel:
         _reject_extra("MONAI bundle", weights, kwargs, allow_weights=True)
         net, spec, files, notes, scripted = load_bundle(path, weights, dev, trust)
         module = net if scripted else _finish(net, dev)
-        return LoadedModel(
-            module=module,
-            spec=spec,
-            source=text,
-            kind="bundle",
-            sha256=combined_sha256(files),
-            device=dev,
-            is_scripted=scripted,
-            files=files,
-            notes=notes,
-        )
+        return _loaded(module, "bundle", text, files, dev, spec, notes, scripted=scripted)
 
     if path.suffix.lower() == ".py":
         raise UserError(f"name the model class: --model {text}:ClassName.")
@@ -320,35 +314,14 @@ def _load_model(source, weights, model_kwargs, device, trust) -> LoadedModel:
         _reject_extra("TorchScript", weights, kwargs)
         require_trust_for_torchscript(path, trust)
         module, spec, notes = load_torchscript(path, dev, text)
-        files = hash_files([path])
-        return LoadedModel(
-            module=module,
-            spec=spec,
-            source=text,
-            kind="torchscript",
-            sha256=combined_sha256(files),
-            device=dev,
-            is_scripted=True,
-            files=files,
-            notes=notes,
-        )
+        return _loaded(module, "torchscript", text, hash_files([path]), dev, spec, notes, scripted=True)
 
     # A plain torch.save file: only a whole pickled nn.Module can be a model.
     _reject_extra("pickled", weights, kwargs)
     obj = load_checkpoint(path, trust=trust, what="model file")
     if isinstance(obj, torch.nn.Module):
-        files = hash_files([path])
-        return LoadedModel(
-            module=_finish(obj, dev),
-            spec=ModelSpec(),
-            source=text,
-            kind="pickled",
-            sha256=combined_sha256(files),
-            device=dev,
-            is_scripted=False,
-            files=files,
-            notes=[f"{path.name} is a whole pickled {type(obj).__name__}, loaded with trust"],
-        )
+        note = f"{path.name} is a whole pickled {type(obj).__name__}, loaded with trust"
+        return _loaded(_finish(obj, dev), "pickled", text, hash_files([path]), dev, notes=[note])
     raise UserError(
         f"{path} holds weights, not a model; give the network too: --model path/to/net.py:ClassName --weights {path}."
     )
