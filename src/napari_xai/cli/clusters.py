@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import UserError
+from .options import add_output_flags
 
 HELP = "threshold and cluster a relevance NIfTI (the explorer's chain); writes labels, table and sidecars"
 
@@ -69,8 +70,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--atlas-labels", metavar="FILE", help="labels file of a user --atlas: CSV (index,name), FreeSurfer LUT or FSL XML")
     p.add_argument("--atlas-threshold", type=float, default=25.0, metavar="PERCENT",
                    help="probabilistic atlases: min. probability of the max-probability label (default 25)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    add_output_flags(p, "replace existing outputs", "print nothing but errors")
     p.set_defaults(func=cmd_clusters)
     return p
 

@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from .options import add_model_options, check_out_dir, load_model_from
+from .options import add_grid_options, add_model_options, add_output_flags, check_out_dir, load_model_from
 from ..core.errors import UserError
 
 HELP = "explain every subject of a cohort (CSV or files) with one model and method; mean map, region table, correlations"
@@ -54,8 +54,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--method", default="integrated-gradients", help="attribution method (see 'napari-xai methods')")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter; repeatable")
     p.add_argument("--target", help="class index or name for every subject (default: each subject's predicted class)")
-    p.add_argument("--normalization", choices=("none", "zscore", "minmax"), help="override the model's intensity normalisation")
-    p.add_argument("--input-shape", metavar="D,H,W", help="model grid when the model does not declare one")
+    add_grid_options(p, space=False)
     p.add_argument("--atlas", metavar="NAME_OR_PATH", help="atlas for regions.csv and correlations.csv (see 'napari-xai atlases')")
     p.add_argument("--labels", metavar="FILE", help="labels file of a user --atlas: CSV (index,name), FreeSurfer LUT or FSL XML")
     p.add_argument("--atlas-threshold", type=float, default=25.0, metavar="PERCENT",
@@ -73,8 +72,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
                    help="pick the --png subjects spread over this numeric covariate (e.g. age, severity) instead of the first N")
     p.add_argument("--view", choices=("3d", "2d"), default="3d", help="view of --png (default 3d)")
     p.add_argument("--out-dir", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="recompute maps made with other settings; replace the tables")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_output_flags(p, "recompute maps made with other settings; replace the tables")
     g = p.add_argument_group("executors (see docs/cohort.md)")
     g.add_argument("--workers", type=int, default=1, metavar="N",
                    help="local worker processes (default 1: in this process); with CUDA one per GPU, on CPU the "

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from .options import add_input_space_options, check_out_dir, input_space_kwargs
+from .options import add_grid_options, add_output_flags, check_out_dir, input_space_kwargs
 from ..core.errors import UserError
 
 HELP = "explain one input with several methods/LRP configurations, targets and models; one cell each"
@@ -45,9 +45,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
                    help="configuration of --config to compare; repeatable (default: every configuration in the file)")
     p.add_argument("--target", action="append", metavar="CLASS",
                    help="class index or name; repeatable (default: each model's predicted class)")
-    p.add_argument("--normalization", choices=("none", "zscore", "minmax"), help="override the models' normalisation")
-    p.add_argument("--input-shape", metavar="D,H,W", help="model grid when a model does not declare one")
-    add_input_space_options(p)
+    add_grid_options(p, whose="the models'", when="a model does not declare one")
     g = p.add_argument_group("segmentation models")
     g.add_argument("--segmentation", action="store_true", help="explain the masked sum of the target's logit map")
     g.add_argument("--mask", metavar="MASK.nii.gz", help="mask on the input grid; implies --segmentation")
@@ -63,8 +61,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--view", choices=("3d", "2d"), default="3d", help="view of --png (default 3d)")
     p.add_argument("--scale", choices=("common", "per-cell"), default="common",
                    help="--png colours: one limit for all cells (default) or each cell its own (methods in other units)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing files in --out-dir")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_output_flags(p, "replace existing files in --out-dir")
     p.set_defaults(func=cmd_compare)
     return p
 

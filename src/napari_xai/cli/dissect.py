@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import add_model_options, load_model_from
+from .options import add_model_options, add_output_flags, load_model_from
 from ..core.errors import UserError
 
 HELP = "label each channel of a layer with the atlas region its strongest activations overlap (network dissection)"
@@ -36,8 +36,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
                         "summed over the subjects, and sort by it")
     p.add_argument("--target", help="class for --relevance (default: each subject's predicted class)")
     p.add_argument("--out", required=True, metavar="channels.csv", help="CSV of the channels (a .json sidecar goes beside it)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_output_flags(p, "replace --out if it exists")
     p.set_defaults(func=cmd_dissect)
     return p
 

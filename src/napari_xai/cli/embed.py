@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from .options import add_model_options, check_out_dir, load_model_from
+from .options import add_grid_options, add_model_options, add_output_flags, check_out_dir, load_model_from
 from ..core.errors import UserError
 
 HELP = "PCA of the learned features of every subject of a cohort; scatter plot, nearest-neighbour outliers"
@@ -55,11 +55,9 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--outlier-z", type=float, default=3.5, metavar="Z",
                    help="flag subjects whose robust z-score of the neighbour distance exceeds Z (default 3.5)")
     p.add_argument("--color", metavar="COVARIATE", help="colour the plot by this numeric covariate (default: predicted class)")
-    p.add_argument("--normalization", choices=("none", "zscore", "minmax"), help="override the model's intensity normalisation")
-    p.add_argument("--input-shape", metavar="D,H,W", help="model grid when the model does not declare one")
+    add_grid_options(p, space=False)
     p.add_argument("--out", required=True, metavar="FOLDER", help="folder for embedding.csv, embedding.json and embedding.png")
-    p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_output_flags(p, "replace existing files in --out")
     p.set_defaults(func=cmd_embed)
     return p
 

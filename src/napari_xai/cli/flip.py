@@ -17,7 +17,8 @@ import csv
 import io
 from pathlib import Path
 
-from .options import add_input_space_options, add_model_options, check_out_file, input_space_kwargs, load_model_from
+from .options import (add_grid_options, add_model_options, add_output_flags, check_out_file, input_space_kwargs,
+                      load_model_from)
 from ..core.errors import UserError
 
 HELP = "flip input regions in the order of relevance map(s) and write the score curves and their AOPC"
@@ -43,15 +44,13 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--atlas", metavar="NAME_OR_PATH",
                    help="flip atlas regions instead of cubes (a built-in atlas for MNI-space inputs, or a label NIfTI); "
                         "voxels outside the atlas are never flipped")
-    p.add_argument("--normalization", choices=("none", "zscore", "minmax"), help="override the model's intensity normalisation")
-    p.add_argument("--input-shape", metavar="D,H,W", help="model grid when the model does not declare one")
-    add_input_space_options(p)
+    add_grid_options(p)
     p.add_argument("--segmentation", action="store_true", help="the model returns a logit map: score the masked sum")
     p.add_argument("--mask", metavar="MASK.nii.gz", help="segmentation target mask on the input grid")
     p.add_argument("--point", type=parse_point, metavar="I,J,K", help="segmentation: the predicted component at this voxel")
     p.add_argument("--output-index", type=int, default=0, metavar="N", help="output of a tuple-returning model (default 0)")
     p.add_argument("--out", required=True, metavar="curves.csv", help="CSV of the curves (a .json sidecar with the AOPC goes beside it)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_output_flags(p, "replace --out if it exists", quiet=None)
     p.set_defaults(func=cmd_flip)
     return p
 

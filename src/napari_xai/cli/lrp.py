@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import UserError
-from .options import parse_point
+from .options import add_grid_options, add_model_options, add_output_flags, parse_point
 
 HELP = "list a model's layers in execution order (names for LRP configurations); optionally write a starting configuration"
 
@@ -26,13 +26,10 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     """Register ``lrp-layers`` on an argparse sub-parsers object."""
     p = subparsers.add_parser("lrp-layers", help=HELP, description=HELP + ".")
     p.add_argument("volume", nargs="+", metavar="VOLUME", help="NIfTI file(s) the model explains (several = channels)")
-    p.add_argument("--model", required=True, metavar="SOURCE", help="demo | MONAI bundle folder | file.py:Class")
-    p.add_argument("--weights", help="state_dict checkpoint for a file.py:Class model")
-    p.add_argument("--model-kwargs", metavar="JSON", help="constructor keyword arguments as JSON for file.py:Class")
-    p.add_argument("--trust-model", action="store_true", help="allow full unpickling, bundle code and TorchScript (RUNS CODE from the files)")
-    p.add_argument("--input-shape", metavar="D,H,W", help="model grid when the model does not declare one")
+    add_model_options(p, device=False, sources="demo | MONAI bundle folder | file.py:Class")
+    add_grid_options(p, space=False, normalization=False)
     p.add_argument("--write-config", metavar="CONFIG.json", help="write the composite default configuration here")
-    p.add_argument("--overwrite", action="store_true", help="replace --write-config if it exists")
+    add_output_flags(p, "replace --write-config if it exists", quiet=None)
     p.set_defaults(func=cmd_lrp_layers)
     return p
 

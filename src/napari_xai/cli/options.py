@@ -58,9 +58,10 @@ TRUST_HELP = ("allow full unpickling, bundle code and TorchScript: this RUNS COD
               "use only for files you trust")
 
 
-def add_model_options(p: argparse.ArgumentParser, device: bool = True) -> None:
+def add_model_options(p: argparse.ArgumentParser, device: bool = True,
+                      sources: str = "demo | MONAI bundle folder | file.py:Class | TorchScript file") -> None:
     """``--model``, ``--weights``, ``--model-kwargs``, ``--trust-model`` (and ``--device``)."""
-    p.add_argument("--model", required=True, metavar="SOURCE", help="demo | MONAI bundle folder | file.py:Class | TorchScript file")
+    p.add_argument("--model", required=True, metavar="SOURCE", help=sources)
     p.add_argument("--weights", help="state_dict checkpoint for a file.py:Class model")
     p.add_argument("--model-kwargs", metavar="JSON", help="constructor keyword arguments as JSON for file.py:Class")
     p.add_argument("--trust-model", action="store_true", help=TRUST_HELP)
@@ -133,6 +134,25 @@ def check_out_file(path, overwrite: bool, suffix: str, option: str = "--out", si
     return check_output(out, overwrite, option, sidecar=sidecar)
 
 
+def add_grid_options(p: argparse.ArgumentParser, space: bool = True, normalization: bool = True,
+                     whose: str = "the model's", when: str = "the model does not declare one") -> None:
+    """``--normalization`` (overrides ``whose`` declared one), ``--input-shape`` (the model grid ``when``) and, with
+    ``space``, the input-space options (:func:`add_input_space_options`)."""
+    if normalization:
+        p.add_argument("--normalization", choices=("none", "zscore", "minmax"),
+                       help=f"override {whose} intensity normalisation")
+    p.add_argument("--input-shape", metavar="D,H,W", help=f"model grid when {when}")
+    if space:
+        add_input_space_options(p)
+
+
+def add_output_flags(p: argparse.ArgumentParser, overwrite: str, quiet: str | None = "no progress lines") -> None:
+    """``--overwrite`` (its help: what it replaces) and, unless ``quiet`` is None, ``--quiet``."""
+    p.add_argument("--overwrite", action="store_true", help=overwrite)
+    if quiet is not None:
+        p.add_argument("--quiet", action="store_true", help=quiet)
+
+
 def add_input_space_options(p: argparse.ArgumentParser) -> None:
     """``--model-orientation`` and ``--model-spacing`` (checked by :func:`input_space_kwargs` before any work)."""
     p.add_argument("--model-orientation", metavar="AXCODES",
@@ -150,18 +170,13 @@ def input_space_kwargs(args: argparse.Namespace) -> dict:
     from ..core.input_space import AS_STORED, parse_orientation, parse_spacing
 
     out: dict = {}
-    orientation = getattr(args, "model_orientation", None)
-    spacing = getattr(args, "model_spacing", None)
-    if orientation is not None:
-        text = orientation.strip()
+    for key, parse in (("model_orientation", parse_orientation), ("model_spacing", parse_spacing)):
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        text = value.strip()
         try:
-            out["model_orientation"] = AS_STORED if text.lower() == AS_STORED else parse_orientation(text)
+            out[key] = AS_STORED if text.lower() == AS_STORED else parse(text)
         except UserError as exc:
-            raise UserError(f"--model-orientation: {exc}") from None
-    if spacing is not None:
-        text = spacing.strip()
-        try:
-            out["model_spacing"] = AS_STORED if text.lower() == AS_STORED else parse_spacing(text)
-        except UserError as exc:
-            raise UserError(f"--model-spacing: {exc}") from None
+            raise UserError(f"--{key.replace('_', '-')}: {exc}") from None
     return out

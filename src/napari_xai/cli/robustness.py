@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from .options import (add_input_space_options, add_model_options, add_segmentation_options, check_out_file,
+from .options import (add_grid_options, add_model_options, add_output_flags, add_segmentation_options, check_out_file,
                           input_space_kwargs, load_model_from)
 from ..core.errors import UserError
 
@@ -59,14 +59,11 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-normalize", action="store_true",
                    help="report the infidelity of the map as it is, not scaled by the best-fitting beta")
     p.add_argument("--seed", type=int, default=0, help="seed of the perturbations (and of stochastic methods)")
-    p.add_argument("--normalization", choices=("none", "zscore", "minmax"), help="override the model's intensity normalisation")
-    p.add_argument("--input-shape", metavar="D,H,W", help="model grid when the model does not declare one")
-    add_input_space_options(p)
+    add_grid_options(p)
     g = p.add_argument_group("segmentation models (as in 'explain')")
     add_segmentation_options(g)
     p.add_argument("--out", metavar="results.json", help="write the results, settings and provenance as JSON")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_output_flags(p, "replace --out if it exists")
     p.set_defaults(func=cmd_robustness)
     return p
 

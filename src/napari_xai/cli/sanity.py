@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from .options import (add_input_space_options, add_model_options, add_segmentation_options, check_out_dir,
+from .options import (add_grid_options, add_model_options, add_output_flags, add_segmentation_options, check_out_dir,
                           input_space_kwargs, load_model_from)
 from ..core.errors import UserError
 
@@ -45,17 +45,14 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, metavar="N", help="randomize only the last N parametrised layers")
     p.add_argument("--top-fraction", type=float, default=0.05, metavar="F",
                    help="share of voxels for the top-voxel overlap (default 0.05)")
-    p.add_argument("--normalization", choices=("none", "zscore", "minmax"), help="override the model's intensity normalisation")
-    p.add_argument("--input-shape", metavar="D,H,W", help="model grid when the model does not declare one")
-    add_input_space_options(p)
+    add_grid_options(p)
     g = p.add_argument_group("LRP configurations and segmentation models (as in 'explain')")
     g.add_argument("--config", metavar="CONFIG.json", help="LRP configuration for --method lrp (from the LRP designer)")
     g.add_argument("--configuration", metavar="NAME", help="configuration name inside a --config library file")
     add_segmentation_options(g)
     p.add_argument("--out", metavar="FOLDER", help="folder for sanity.json (and the maps with --maps)")
     p.add_argument("--maps", action="store_true", help="also write every step's map (NIfTI + JSON sidecar) into --out")
-    p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_output_flags(p, "replace existing files in --out")
     p.set_defaults(func=cmd_sanity)
     return p
 

@@ -131,19 +131,24 @@ def parse_orientation(value: Any) -> str:
     return text
 
 
-def parse_spacing(value: Any) -> tuple[float, float, float]:
-    """Voxel size in mm from ``2``, ``"2"``, ``"1,1,2"`` or a sequence of three positive numbers."""
+def three_values(value: Any, cast: type, scalars: tuple[type, ...]) -> list:
+    """``value`` as a list of ``cast`` numbers: ``"1,1,2"`` or ``"1x1x2"``, one number (a string or one of
+    ``scalars``, not bool) for all three axes, or a sequence; ``[]`` when it cannot be read."""
     try:
         if isinstance(value, str):
-            parts = [float(v) for v in value.replace("x", ",").split(",") if v.strip()]
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            parts = [float(value)]
+            parts = [cast(v) for v in value.replace("x", ",").split(",") if v.strip()]
+        elif isinstance(value, scalars) and not isinstance(value, bool):
+            parts = [cast(value)]
         else:
-            parts = [float(v) for v in value]
+            parts = [cast(v) for v in value]
     except (TypeError, ValueError):
-        parts = []
-    if len(parts) == 1:
-        parts *= 3
+        return []
+    return parts * 3 if len(parts) == 1 else parts
+
+
+def parse_spacing(value: Any) -> tuple[float, float, float]:
+    """Voxel size in mm from ``2``, ``"2"``, ``"1,1,2"`` or a sequence of three positive numbers."""
+    parts = three_values(value, float, (int, float))
     if len(parts) != 3 or not all(p > 0 and p < float("inf") for p in parts):
         raise UserError(f"spacing {value!r} must be one or three positive voxel sizes in mm, e.g. 2 or 1,1,2.5.")
     return tuple(parts)  # type: ignore[return-value]
@@ -151,17 +156,7 @@ def parse_spacing(value: Any) -> tuple[float, float, float]:
 
 def parse_shape(value: Any) -> tuple[int, int, int]:
     """A grid shape from ``"64,64,64"``, ``64`` or a sequence of three positive ints."""
-    try:
-        if isinstance(value, str):
-            parts = [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
-        elif isinstance(value, int) and not isinstance(value, bool):
-            parts = [int(value)]
-        else:
-            parts = [int(v) for v in value]
-    except (TypeError, ValueError):
-        parts = []
-    if len(parts) == 1:
-        parts *= 3
+    parts = three_values(value, int, (int,))
     if len(parts) != 3 or min(parts) < 1:
         raise UserError(f"input shape {value!r} must be three positive integers, e.g. 64,64,64.")
     return tuple(parts)  # type: ignore[return-value]

@@ -52,6 +52,17 @@ def is_nifti_path(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
+def check_nifti_path(p: Path, what: str = "file", give: str = "a .nii or .nii.gz file",
+                     reads: str = "napari-xai reads .nii and .nii.gz") -> None:
+    """A one-line :class:`UserError` unless ``p`` is an existing file with a NIfTI name (``what`` names it)."""
+    if not p.exists():
+        raise UserError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise UserError(f"{p} is a folder; give {give}.")
+    if not is_nifti_path(p):
+        raise UserError(f"{p.name} is not a NIfTI file; {reads}.")
+
+
 def check_array(data: np.ndarray, name: str) -> tuple[np.ndarray, list[str]]:
     """Bring spatial data to (C, i, j, k) and collect warnings; raise :class:`UserError` if unusable.
 
@@ -97,12 +108,7 @@ def load_nifti(path: str | os.PathLike) -> Volume:
     import nibabel as nib
 
     p = Path(path)
-    if not p.exists():
-        raise UserError(f"file not found: {p}")
-    if p.is_dir():
-        raise UserError(f"{p} is a folder; give a .nii or .nii.gz file.")
-    if not is_nifti_path(p):
-        raise UserError(f"{p.name} is not a NIfTI file; napari-xai reads .nii and .nii.gz.")
+    check_nifti_path(p)
     try:
         img = nib.load(str(p))
         check_header(img, p)

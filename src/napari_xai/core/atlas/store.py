@@ -95,14 +95,9 @@ def _save_sparse_cache(token: str, sparse: dict[str, np.ndarray], shape: tuple[i
 def _read_image(path: Path, what: str):
     import nibabel as nib
 
-    from ..volumes import is_nifti_path
+    from ..volumes import check_nifti_path
 
-    if not path.exists():
-        raise UserError(f"{what} not found: {path}")
-    if path.is_dir():
-        raise UserError(f"{path} is a folder; give the atlas label image (.nii or .nii.gz).")
-    if not is_nifti_path(path):
-        raise UserError(f"{path.name} is not NIfTI; an atlas image must be .nii or .nii.gz.")
+    check_nifti_path(path, what, "the atlas label image (.nii or .nii.gz)", "an atlas image must be .nii or .nii.gz")
     try:
         return nib.load(str(path))
     except Exception as exc:  # nibabel raises many types

@@ -107,8 +107,8 @@ class _SumRule(torch.autograd.Function):
         return ra, rb, None
 
 
-class _SumRuleInplace(torch.autograd.Function):
-    """In-place ``a += b`` (e.g. MONAI ResNetBlock's ``out += residual``) with the same sum rule."""
+class _SumRuleInplace(_SumRule):
+    """In-place ``a += b`` (e.g. MONAI ResNetBlock's ``out += residual``) with the same sum rule (its backward)."""
 
     @staticmethod
     def forward(ctx, a, b, eps):  # noqa: D102
@@ -117,12 +117,6 @@ class _SumRuleInplace(torch.autograd.Function):
         a.add_(b)
         ctx.mark_dirty(a)
         return a
-
-    @staticmethod
-    def backward(ctx, rel):  # noqa: D102
-        a, b = ctx.saved_tensors
-        ra, rb = _split(a, b, rel, ctx.eps)
-        return ra, rb, None
 
 
 class _GateRule(torch.autograd.Function):

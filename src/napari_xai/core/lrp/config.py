@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import UserError
+from ..models.bundle_config import read_config_file
 from .params import PRESETS, Rule, RuleParams, match_preset, params_from_dict, rule_from_dict, rule_label, rule_to_dict
 from .types import LAYER_RULES
 
@@ -225,23 +226,10 @@ class LrpConfig:
         return f"{self.name}: " + " | ".join(parts + [rest])
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"LRP configuration file not found: {path}") from None
-    except OSError as exc:
-        raise UserError(f"cannot read LRP configuration {path}: {exc.strerror or exc}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}).") from None
-
-
 def load_configs(path: str | Path) -> tuple[list[LrpConfig], str | None]:
     """Read a configuration file (one configuration or a library); returns (configurations, active name)."""
     path = Path(path)
-    data = _read_json(path)
+    data = read_config_file(path, "LRP configuration", yaml_format=False)
     if isinstance(data, dict) and data.get("format") == LIBRARY_FORMAT:
         items = data.get("configurations")
         if not isinstance(items, list) or not items:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..methods._model import ACTIVATIONS, model_session
+from ..methods._model import ACTIVATIONS, hooked_forward, input_cache, model_session
 from ..errors import UserError
 
 __all__ = [
@@ -176,11 +176,7 @@ def list_layers(model: nn.Module, x: torch.Tensor) -> list[LayerInfo]:
     x : torch.Tensor
         An input (1, C, D, H, W) on the model's device.
     """
-    if isinstance(model, torch.jit.ScriptModule):
-        raise UserError("listing layers needs an eager nn.Module, but the model is TorchScript; load it as a .py file with weights.")
-    modules = dict(model.named_modules())
-    key = (tuple(x.shape), str(x.dtype), str(x.device), len(modules))
-    cache = _LAYERS.setdefault(model, {})
+    modules, cache, key = input_cache(_LAYERS, model, x, "listing layers")
     if key in cache:
         return cache[key]
     order: list[str] = []
@@ -198,16 +194,11 @@ def list_layers(model: nn.Module, x: torch.Tensor) -> list[LayerInfo]:
         return hook
 
     with model_session(model):
-        handles = [m.register_forward_hook(make(n)) for n, m in _watched(modules, model).items()]
         try:
-            with torch.no_grad():
-                model(x.detach().clone())
+            hooked_forward(model, x.detach().clone(), _watched(modules, model), make)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"the model failed on an input of shape {tuple(x.shape)}: {first[:300]}") from None
-        finally:
-            for h in handles:
-                h.remove()
     layers = [
         LayerInfo(
             index=i, name=n, type=type(modules[n]).__name__, output_shape=shapes[n], kind=layer_kind(modules[n]),

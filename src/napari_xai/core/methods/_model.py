@@ -190,6 +190,29 @@ def is_spatial(shape: tuple[int, ...] | None) -> bool:
 _TRACES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
+def input_cache(store: "weakref.WeakKeyDictionary[nn.Module, dict]", model: nn.Module, x: torch.Tensor,
+                what: str) -> tuple[dict[str, nn.Module], dict, tuple]:
+    """``model``'s named modules, its cache in ``store`` and the key of ``x`` there (shape, dtype, device and the
+    number of modules); a one-line :class:`UserError` for TorchScript, which allows no hooks (``what`` needs them)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise UserError(f"{what} needs an eager nn.Module, but the model is TorchScript; "
+                        "load it as a .py file with weights.")
+    modules = dict(model.named_modules())
+    return modules, store.setdefault(model, {}), (tuple(x.shape), str(x.dtype), str(x.device), len(modules))
+
+
+def hooked_forward(model: nn.Module, x: torch.Tensor, modules: dict[str, nn.Module], make_hook: Any) -> Any:
+    """One no-grad forward pass of ``x`` with ``make_hook(name)`` as forward hook on each of ``modules``;
+    the hooks are removed afterwards."""
+    handles = [m.register_forward_hook(make_hook(n)) for n, m in modules.items()]
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def trace_model(model: nn.Module, x: torch.Tensor) -> ModelTrace:
     """Run one no-grad forward pass with hooks on every module and record what ran.
 
@@ -200,11 +223,7 @@ def trace_model(model: nn.Module, x: torch.Tensor) -> ModelTrace:
     which activation modules ran. Cached per model, input shape, dtype and device.
     Call inside :func:`model_session` (in-place modules switched off).
     """
-    if isinstance(model, torch.jit.ScriptModule):
-        raise UserError("tracing layers needs an eager nn.Module, but the model is TorchScript.")
-    modules = dict(model.named_modules())
-    key = (tuple(x.shape), str(x.dtype), str(x.device), len(modules))
-    per_model = _TRACES.setdefault(model, {})
+    modules, per_model, key = input_cache(_TRACES, model, x, "tracing layers")
     if key in per_model:
         return per_model[key]
 
@@ -246,13 +265,7 @@ def trace_model(model: nn.Module, x: torch.Tensor) -> ModelTrace:
 
         return hook
 
-    handles = [m.register_forward_hook(make_hook(n)) for n, m in modules.items()]
-    try:
-        with torch.no_grad():
-            out = model(xin)
-    finally:
-        for h in handles:
-            h.remove()
+    out = hooked_forward(model, xin, modules, make_hook)
     out_shape = tuple(out.shape) if torch.is_tensor(out) else None
     if not first:  # the input passes through non-parametric ops first: take the first Conv/Linear that ran
         first = [c.name for c in calls if isinstance(modules.get(c.name), LINEAR_TYPES)][:1]

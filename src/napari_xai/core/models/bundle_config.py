@@ -89,37 +89,44 @@ def load_config_text(text: str, path: Path | str, what: str, yaml_format: bool =
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise UserError(f"{what} {path} is not valid JSON ({exc.msg}, line {exc.lineno}).") from None
+                raise UserError(f"{what} {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}).") from None
     except RecursionError:
         raise UserError(f"{what} {path} nests deeper than {MAX_CONFIG_DEPTH} levels; napari-xai refuses it.") from None
     return check_config_size(value, f"{what} {path}")
 
 
-def read_config(path: str | os.PathLike, what: str) -> dict:
-    """Read a JSON or YAML (by suffix) file holding one mapping, bounded as :func:`load_config_text` says."""
+def read_config_file(path: str | os.PathLike, what: str, yaml_format: bool | None = None) -> Any:
+    """Read and parse a JSON or YAML file (``yaml_format`` None: by suffix), bounded as :func:`load_config_text`
+    says; a missing, unreadable or malformed file is one line naming ``what``."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{what} file not found: {path}") from None
     except UnicodeDecodeError:
         raise UserError(f"{what} {path} is not a text file.") from None
     except OSError as exc:
         raise UserError(f"{what} {path} cannot be read ({short_error(exc, 100)}).") from None
-    yaml_format = path.suffix.lower() in (".yaml", ".yml")
-    value = load_config_text(text, path, what, yaml_format)
+    if yaml_format is None:
+        yaml_format = path.suffix.lower() in (".yaml", ".yml")
+    return load_config_text(text, path, what, yaml_format)
+
+
+def read_config(path: str | os.PathLike, what: str, yaml_format: bool | None = None) -> dict:
+    """Read a JSON or YAML (``yaml_format`` None: by suffix) file holding one mapping, bounded as
+    :func:`load_config_text` says."""
+    path = Path(path)
+    if yaml_format is None:
+        yaml_format = path.suffix.lower() in (".yaml", ".yml")
+    value = read_config_file(path, what, yaml_format)
     if not isinstance(value, dict):
         raise UserError(f"{what} {path} must hold a {'mapping' if yaml_format else 'JSON object'}.")
     return value
 
 
 def read_json(path: Path, what: str) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{what} {path} is not a text file.") from None
-    value = load_config_text(text, path, what)
-    if not isinstance(value, dict):
-        raise UserError(f"{what} {path} must hold a JSON object.")
-    return value
+    """A JSON file holding one object (whatever its suffix), as :func:`read_config` reads it."""
+    return read_config(path, what, yaml_format=False)
 
 
 _ALLOWED_TARGET_PREFIXES = ("monai.networks.", "torch.nn.")
