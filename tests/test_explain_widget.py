@@ -217,3 +217,46 @@ def test_settings_of_a_result_layer_make_it_again(make_napari_viewer, qtbot):
     widget.use_settings("plain")
     assert widget.status.value.startswith("error:") and "'clusters' result" in widget.status.value
     assert widget.method.value == "grad-cam"
+
+
+def test_grad_cam_layer_choice_shows_the_layer_explain_uses(make_napari_viewer, qtbot):
+    """The layer dropdown comes from the registry's 'layer' kind: once a model ran, 'auto' names the layer Grad-CAM
+    uses when none is given, which is what explain() itself picks; the default is checked against hooks on the
+    demo model (the last Conv3d whose output still has a 3D grid), not against the code under test."""
+    import torch
+
+    from napari_xai.core.explain import explain, prepare
+    from napari_xai.core.models import load_model
+    from napari_xai._layers import volume_from_layers
+
+    viewer = make_napari_viewer()
+    brain = add_demo(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-xai", "Explain")
+    widget.method.value = "grad-cam"
+    layer_w = next(w for w in widget.params if w.name == "layer")
+    assert layer_w.native.currentText() == "auto", "no model ran yet: nothing to name"
+    run_and_wait(qtbot, widget)
+    assert widget.status.value.startswith("predicted"), widget.status.value
+    shown = layer_w.native.currentText()
+
+    model = load_model("demo")
+    volume = volume_from_layers([brain])
+    used = explain(volume, model, "grad-cam").provenance["params"]["layer"]
+    assert shown == f"auto ({used})"
+
+    # independent: forward hooks on every Conv3d of the demo net, in execution order
+    x = prepare(volume, model).x
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: seen.append((n, tuple(o.shape))))
+             for n, m in model.module.named_modules() if isinstance(m, torch.nn.Conv3d)]
+    with torch.no_grad():
+        model.module(x)
+    for h in hooks:
+        h.remove()
+    spatial = [n for n, s in seen if len(s) == 5 and np.prod(s[2:]) > 1]
+    assert used == spatial[-1]
+    offered = [c for c in layer_w.choices if c != "auto"]
+    assert set(spatial) <= set(offered), "every Conv3d with a 3D output is offered"
+    # the auto entry survives a method switch to another CAM method
+    widget.method.value = "grad-cam-plus-plus"
+    assert next(w for w in widget.params if w.name == "layer").native.currentText() == f"auto ({used})"

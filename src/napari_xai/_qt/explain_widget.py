@@ -69,11 +69,30 @@ def model_space_kwargs(orientation: str, spacing: str) -> dict:
     return out
 
 
-def _param_widget(p: Param, layer_choices: list[str] | None = None):
+def layer_options(model: Any, volume: Any, space: dict) -> dict:
+    """For each layer policy of the registry (``Param.layers`` of every ``"layer"`` parameter): the valid names
+    and the default on ``model``'s input made from ``volume`` as :func:`explain` makes it (worker thread)."""
+    from ..core.explain import prepare
+
+    policies = {p.layers for m in all_methods() for p in m.params if p.type == "layer" and p.layers is not None}
+    if not policies or getattr(model, "is_scripted", False):
+        return {}
+    x = prepare(volume, model, **space).x
+    return {policy: policy(model.module, x) for policy in policies}
+
+
+def layer_choices(p: Param, options: dict) -> list[tuple[str, str]]:
+    """The layer dropdown of ``p``: auto (naming the layer the method uses then, once a model ran) and the names."""
+    names, default = options.get(p.layers, ([], None))
+    return [(f"{AUTO} ({default})" if default else AUTO, AUTO), *((n, n) for n in names)]
+
+
+def _param_widget(p: Param, options: dict | None = None):
     label = p.name
     tip = p.help
-    if p.name == "layer":
-        w = ComboBox(label=label, choices=lambda _w: [AUTO, *(layer_choices or [])], value=AUTO, tooltip=tip)
+    if p.type == "layer":
+        options = options if options is not None else {}
+        w = ComboBox(label=label, choices=lambda _w: layer_choices(p, options), value=AUTO, tooltip=tip)
     elif p.choices:
         w = ComboBox(label=label, choices=list(p.choices), value=p.default, tooltip=tip)
     elif p.type is bool:
@@ -117,7 +136,8 @@ class ExplainWidget(Container):
         self._expected_sha = None  # model hash of a result whose settings were loaded (use_settings)
         self._cancel = threading.Event()
         self._progress = [0.0, ""]
-        self._layer_names: list[str] = []
+        self._layer_options: dict = {}  # Param.layers -> (names, default) for the last model and input
+        self._options_key: tuple | None = None
         self.last_result = None
 
         self.inputs = Select(label="input layer(s)", choices=self._image_choices, tooltip="several layers of one grid become channels, in order")
@@ -235,7 +255,7 @@ class ExplainWidget(Container):
         self.params.clear()
         entry = get_method(self.method.value)
         for p in entry.params:
-            self.params.append(_param_widget(p, self._layer_names))
+            self.params.append(_param_widget(p, self._layer_options))
 
     def use_settings(self, layer_name: str | None = None) -> None:
         """Fill the widget from a relevance layer's provenance record: model, method, parameters, target."""
@@ -278,8 +298,10 @@ class ExplainWidget(Container):
                 if not recorded:
                     notes.append("the LRP configuration was not a file: pick its JSON in 'config'")
                 continue
-            if w.name == "layer" and value not in w.choices:  # layer names are offered once a model ran
-                self._layer_names.append(str(value))
+            p = get_method(args["method"]).param(w.name)
+            if p.type == "layer" and value not in w.choices:  # layer names are offered once a model ran
+                names, default = self._layer_options.get(p.layers, ([], None))
+                self._layer_options[p.layers] = ([*names, str(value)], default)
                 w.reset_choices()
             w.value = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
         self._set_classes(list(model.get("class_names") or self._class_names))
@@ -380,7 +402,9 @@ class ExplainWidget(Container):
                 **seg_kwargs,
                 **space,
             )
-            return key, model, rel
+            options_key = (key, volume.shape, json.dumps(space, sort_keys=True, default=str))
+            options = None if options_key == self._options_key else layer_options(model, volume, space)
+            return key, model, rel, (options_key, options)
 
         self.run_btn.enabled = False
         self.cancel_btn.enabled = True
@@ -415,10 +439,12 @@ class ExplainWidget(Container):
     def _on_returned(self, result):
         from .._layers import anatomy_style, intermediate_layer_data, relevance_layer_data, upsert
 
-        key, model, rel = result
+        key, model, rel, (options_key, options) = result
         self._model_cache = {key: model}
         self._set_classes(list(rel.provenance["model"]["class_names"]))
-        self._update_layer_choices(model)
+        if options is not None:
+            self._options_key = options_key
+            self._update_layer_choices(options)
         tuples = [t for c in range(rel.data.shape[0]) for t in relevance_layer_data(rel, channel=c)]
         # LRP segment boundaries, attention gates: hidden layers, switched on in the layer list
         tuples += intermediate_layer_data(rel, meta={"xai_explain": {"kind": "intermediate"}})
@@ -451,15 +477,15 @@ class ExplainWidget(Container):
         self._progress[:] = [1.0, "done"]
         self._show_progress()
 
-    def _update_layer_choices(self, model):
-        names = [n for n, m in model.module.named_modules() if n and type(m).__name__.startswith("Conv")]
-        if names != self._layer_names:
-            self._layer_names[:] = names  # the layer dropdown's choices read this list
-            for w in self.params:
-                if w.name == "layer":
-                    current = w.value
-                    w.reset_choices()
-                    w.value = current if current in w.choices else AUTO
+    def _update_layer_choices(self, options: dict) -> None:
+        """The layer dropdowns offer what the methods accept on the model and input of the last run."""
+        self._layer_options.clear()
+        self._layer_options.update(options)  # the dropdowns' choices read this dict
+        for w in self.params:
+            if isinstance(w, ComboBox) and get_method(self.method.value).param(w.name).type == "layer":
+                current = w.value
+                w.reset_choices()
+                w.value = current if current in w.choices else AUTO
 
     def _on_error(self, exc):
         self._timer.stop()

@@ -266,7 +266,7 @@ def explain_arguments(record: dict) -> dict:
     known = {p.name for p in method.params}
     recorded = record.get("params") or {}
     params = {k: v for k, v in recorded.items() if k in known and v is not None}
-    if method.name == "lrp" and isinstance(recorded.get("configuration"), dict):
+    if method.takes_config and isinstance(recorded.get("configuration"), dict):
         from .lrp import LrpConfig
 
         # the whole configuration is in the record; the file it came from may be gone or edited since

@@ -229,9 +229,10 @@ class LrpDesignerWidget(DesignTab, ConfigManager, RunTab, CompareTab, QWidget):
     def _explain(self, model, req, cfg: LrpConfig | None, method: str = "lrp", boundaries: bool | None = None):
         """Run :func:`explain` (worker thread) with the configuration object itself (no file)."""
         from ...core.explain import explain, prepare_input
+        from ...core.methods.catalogue import get_method
 
         params: dict = {}
-        if method == "lrp":
+        if get_method(method).takes_config:
             params = {"config": cfg, "boundaries": req["boundaries"] if boundaries is None else boundaries}
         if "segmentation" not in req:
             req["segmentation"] = bool(req["mask"]) or is_segmentation(model, prepare_input(req["volume"], model)[0],

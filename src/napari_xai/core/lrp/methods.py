@@ -120,4 +120,5 @@ def register_all() -> None:
         reference="Huang et al., A Visual Designer of LRP Models (unified rule, Eqn. 5); Montavon et al. 2019",
         multiplies_input=True,
         has_intermediate=True,
+        takes_config=True,
     ))

@@ -30,7 +30,7 @@ from ..errors import UserError
 from ._model import model_session, require_eager
 from .registry import MethodOutput, Param, RunContext, entry
 
-__all__ = ["COMBINE", "combine_maps", "find_gates", "gate_maps"]
+__all__ = ["COMBINE", "combine_maps", "find_gates", "gate_maps", "gate_options"]
 
 COMBINE = ("mean", "max", "product")
 _AUTO = ("", "none", "auto", "default")
@@ -150,13 +150,19 @@ def combine_maps(maps: list[torch.Tensor], combine: str) -> torch.Tensor:
     raise UserError(f"combine must be one of {', '.join(COMBINE)}; got {combine!r}.")
 
 
+def gate_options(model: Any, x: Any) -> tuple[list[str], str | None]:
+    """The attention gates of ``model`` (:func:`find_gates`); empty means every gate, so there is no one default."""
+    return (find_gates(model) if isinstance(model, nn.Module) and not isinstance(model, torch.jit.ScriptModule)
+            else []), None
+
+
 @entry(
     "attention-gates", "attention",
     "Coefficients in [0, 1] of the model's own attention gates (e.g. MONAI AttentionUnet), upsampled "
     "trilinearly; the same map for every target class.",
-    Param("layer", str, None,
+    Param("layer", "layer", None,
           "Gate module name(s) (named_modules, comma-separated) whose output is an (N, 1, d, h, w) map in [0, 1]; "
-          "empty = every attention gate (the 'psi' of each AttentionBlock)."),
+          "empty = every attention gate (the 'psi' of each AttentionBlock).", layers=gate_options),
     Param("combine", str, "mean", "How the upsampled gate maps are combined per voxel: mean, max, or product "
           "(high only where every gate is open).", choices=COMBINE),
     needs_module=True, signed=False, has_intermediate=True,

@@ -45,6 +45,16 @@ def default_cam_layer(trace: ModelTrace) -> str | None:
     return spatial[-1] if spatial else None
 
 
+def cam_layer_options(model: Any, x: torch.Tensor) -> tuple[list[str], str | None]:
+    """The layers Grad-CAM accepts on ``x`` (3D feature maps of modules that run once) and the one it uses when
+    none is given (:func:`default_cam_layer`); nothing for TorchScript, which allows no hooks."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return [], None
+    with model_session(model):
+        trace = trace_model(model, x)
+    return [n for n in trace.spatial() if trace.counts.get(n, 0) <= 1], default_cam_layer(trace)
+
+
 def _resolve_cam_layer(model: nn.Module, x: torch.Tensor, name: str | None, method: str) -> tuple[str, nn.Module]:
     trace = trace_model(model, x)
     valid = trace.spatial()
@@ -73,8 +83,9 @@ def _resolve_cam_layer(model: nn.Module, x: torch.Tensor, name: str | None, meth
 
 
 _LAYER = Param(
-    "layer", str, None,
+    "layer", "layer", None,
     "Module name (as in named_modules) with a 3D feature map; empty = last Conv3d with a spatial output.",
+    layers=cam_layer_options,
 )
 
 

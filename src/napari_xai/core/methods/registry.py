@@ -29,11 +29,13 @@ from ..errors import Cancelled, UserError
 class Param:
     """One parameter of a method.
 
-    ``type`` is one of ``int``, ``float``, ``str``, ``bool`` or ``"ints3"``
-    (three integers such as a window, written ``8,8,8`` or ``8``).
-    ``choices`` restricts a ``str`` parameter. ``minimum``/``maximum`` bound
-    numbers (inclusive). ``default=None`` means "chosen from the input"
-    (e.g. the occlusion window or the Grad-CAM layer).
+    ``type`` is one of ``int``, ``float``, ``str``, ``bool``, ``"ints3"``
+    (three integers such as a window, written ``8,8,8`` or ``8``) or ``"layer"``
+    (a module name of the model, as in ``named_modules``; ``layers(module, x)``
+    gives the valid names and the one used when it is empty, so the widget
+    offers what the method accepts). ``choices`` restricts a ``str`` parameter.
+    ``minimum``/``maximum`` bound numbers (inclusive). ``default=None`` means
+    "chosen from the input" (e.g. the occlusion window or the Grad-CAM layer).
     """
 
     name: str
@@ -43,6 +45,8 @@ class Param:
     choices: tuple | None = None
     minimum: float | None = None
     maximum: float | None = None
+    #: for a "layer" parameter: (module, x) -> (valid layer names, the layer used when empty, or None)
+    layers: Callable[[Any, Any], tuple[list[str], str | None]] | None = None
 
     def coerce(self, value: Any, method: str) -> Any:
         """Convert ``value`` (possibly a string from the CLI) and check its range."""
@@ -146,6 +150,9 @@ class Method:
     multiplies_input: bool = False
     #: the method also returns intermediate maps (LRP segment boundaries, attention gates): --out-intermediate
     has_intermediate: bool = False
+    #: the method takes an LRP configuration: its 'config' parameter is an LrpConfig (or its JSON file) and the
+    #: record holds the whole configuration; reproduce and the LRP designer read it
+    takes_config: bool = False
 
     def param(self, name: str) -> Param:
         for p in self.params:
