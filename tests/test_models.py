@@ -638,8 +638,8 @@ def test_check_output_accepts_classifier_scores():
         ({"logits": torch.zeros(1, 2)}, "dict with keys logits"),
         (
             torch.zeros(1, 2, 8, 8, 8),
-            r"shape \(1, 2, 8, 8, 8\); napari-xai explains classifiers returning \(N, classes\)"
-            r" - segmentation support comes later",
+            r"shape \(1, 2, 8, 8, 8\); napari-xai needs class scores \(N, classes\) here; explain a segmentation "
+            r"model \(a logit map\) with --segmentation",
         ),
         (torch.zeros(2), r"shape \(2,\)"),
         (torch.zeros(1, 2, dtype=torch.long), "integer type"),
@@ -660,7 +660,7 @@ def test_check_output_batch_mismatch():
 
 def test_segmentation_model_output_through_loader():
     lm = load_model(f"{TINY_PY}:SegNet")
-    with pytest.raises(UserError, match="segmentation support comes later"):
+    with pytest.raises(UserError, match="explain a segmentation model .* with --segmentation"):
         check_output(lm.module(torch.zeros(1, 1, 4, 4, 4)))
 
 

@@ -234,3 +234,22 @@ def test_nan_voxels_count_as_zero_as_in_explain(linear):
     expected = [float(w[1] @ clean.ravel()) - top[:c].sum() for c in curve.voxels]
     np.testing.assert_allclose(curve.scores, expected, rtol=1e-4, atol=1e-4)
     assert np.isnan(nan_vol.data[0, 0, 0, 0])  # the user's volume is untouched
+
+
+def test_baseline_sets_keep_the_cli_contract_and_share_one_maker():
+    """docs/cli.md: flip/robustness --baseline zero|mean|blur; the methods' baseline parameter zero|min|blur.
+    Both sets come from one table, and the flipping mean/blur images are hand-checkable."""
+    from napari_xai.core.evaluation.flipping import BASELINES as FLIP
+    from napari_xai.core.methods.baselines import BASELINE_KINDS
+    from napari_xai.core.methods.catalogue import get_method
+
+    assert FLIP == ("zero", "mean", "blur")
+    assert get_method("integrated-gradients").param("baseline").choices == ("zero", "min", "blur")
+    assert set(FLIP) | {"min"} == set(BASELINE_KINDS)
+    data = np.stack([np.full((4, 4, 4), 2.0, np.float32), np.arange(64, dtype=np.float32).reshape(4, 4, 4)])
+    mean = replacement(data, "mean")
+    np.testing.assert_allclose(mean[0], 2.0)
+    np.testing.assert_allclose(mean[1], 31.5)  # (0 + 63) / 2
+    blurred = replacement(data, "blur", sigma=1.0)
+    np.testing.assert_allclose(blurred[0], 2.0, rtol=1e-6)  # a constant channel stays constant
+    assert blurred[1].min() > data[1].min() and blurred[1].max() < data[1].max()  # a ramp is smoothed inward

@@ -8,12 +8,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import Cancelled, UserError
+from ..methods.baselines import REPLACEMENTS
 from ..volumes import Volume
 
 __all__ = ["BASELINES", "ORDERS", "FlipCurve", "Scorer", "flip_curve", "flip_voxels", "flipped_mask", "predict_flipped", "replacement"]
 
-#: What flipped voxels become: 0, the channel's mean, or a Gaussian blur of the image (sigma in voxels).
-BASELINES = ("zero", "mean", "blur")
+#: What flipped voxels become: 0, the channel's mean, or a Gaussian blur of the image (sigma in voxels); the
+#: flipping members of the one baseline table (methods/_model.BASELINE_KINDS).
+BASELINES = REPLACEMENTS
 #: Flipping orders: most relevant first, least relevant first, random.
 ORDERS = ("morf", "lerf", "random")
 BLUR_SIGMA_VOX = 3.0
@@ -21,17 +23,16 @@ BATCH = 8
 
 
 def replacement(data: np.ndarray, kind: str = "zero", sigma: float = BLUR_SIGMA_VOX) -> np.ndarray:
-    """The baseline image (C, i, j, k) that flipped voxels take their values from."""
-    data = np.asarray(data, dtype=np.float32)
-    if kind == "zero":
-        return np.zeros_like(data)
-    if kind == "mean":
-        return np.broadcast_to(data.mean(axis=(1, 2, 3), keepdims=True), data.shape).astype(np.float32)
-    if kind == "blur":
-        from scipy import ndimage
+    """The baseline image (C, i, j, k) that flipped voxels take their values from (:func:`make_baseline`)."""
+    import torch
 
-        return np.stack([ndimage.gaussian_filter(c, sigma) for c in data]).astype(np.float32)
-    raise UserError(f"baseline must be one of {', '.join(BASELINES)}, got {kind!r}.")
+    from ..methods._model import make_baseline
+
+    if kind not in BASELINES:
+        raise UserError(f"baseline must be one of {', '.join(BASELINES)}, got {kind!r}.")
+    x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None]
+    with torch.no_grad():
+        return make_baseline(x, kind, sigma)[0][0].numpy()
 
 
 def _check_mask(mask: np.ndarray, shape: tuple[int, ...], what: str = "flip mask") -> np.ndarray:

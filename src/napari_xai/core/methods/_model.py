@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from .baselines import BASELINES
 from .registry import Param, RunContext
 
 # Activation modules. Captum's guided backprop / deconvolution only modify nn.ReLU.
@@ -26,9 +27,6 @@ LINEAR_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 BATCHNORM_TYPES: tuple[type, ...] = (nn.modules.batchnorm._BatchNorm,)
-
-
-BASELINES = ("zero", "min", "blur")
 
 
 def as_context(ctx: RunContext | None) -> RunContext:
@@ -72,7 +70,7 @@ def check_scores(out: Any, target: int | None = None) -> torch.Tensor:
         shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
         raise UserError(
             f"the model output has shape {shape}, but attribution needs class scores of shape (N, classes); "
-            "segmentation outputs are not supported yet."
+            "explain a segmentation model (a logit map) with --segmentation (in napari: 'segmentation model')."
         )
     if target is not None and not 0 <= int(target) < out.shape[1]:
         raise UserError(f"target class {target} is out of range: the model has {out.shape[1]} classes (0..{out.shape[1] - 1}).")
@@ -314,17 +312,19 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def make_baseline(x: torch.Tensor, kind: str, sigma: float | None = None) -> tuple[torch.Tensor, dict]:
-    """Reference input for integrated gradients and occlusion.
+    """The baseline of kind ``kind`` (:data:`BASELINE_KINDS`) for ``x`` (N, C, D, H, W): a reference input for
+    the attribution methods, or what flipped voxels become.
 
-    ``zero``: all zeros; ``min``: each channel's minimum intensity; ``blur``: the
+    ``zero``: all zeros; ``min`` / ``mean``: each channel's minimum / mean intensity; ``blur``: the
     input blurred with a strong Gaussian (``sigma`` voxels, default
     :func:`default_blur_sigma`), which keeps the low frequencies and removes
     the structure. Returns the baseline and what was used.
     """
     if kind == "zero":
         return torch.zeros_like(x), {"baseline": "zero"}
-    if kind == "min":
-        return x.amin(dim=(2, 3, 4), keepdim=True).expand_as(x).clone(), {"baseline": "min"}
+    if kind in ("min", "mean"):
+        level = x.amin(dim=(2, 3, 4), keepdim=True) if kind == "min" else x.mean(dim=(2, 3, 4), keepdim=True)
+        return level.expand_as(x).clone(), {"baseline": kind}
     if kind == "blur":
         s = float(sigma) if sigma else default_blur_sigma(tuple(x.shape[2:]))
         with torch.no_grad():

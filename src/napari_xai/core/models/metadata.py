@@ -254,7 +254,8 @@ def check_output(scores: Any, batch: int | None = None) -> torch.Tensor:
         For tuples, lists, dicts, non-floating tensors, segmentation-shaped
         or otherwise non-(N, classes) outputs, and non-finite scores.
     """
-    later = "napari-xai explains classifiers returning (N, classes) - segmentation support comes later"
+    later = ("napari-xai needs class scores (N, classes) here; explain a segmentation model (a logit map) with "
+             "--segmentation (in napari: 'segmentation model'), a model returning a tuple with --output-index")
     if isinstance(scores, (tuple, list)):
         shapes = ", ".join(str(tuple(s.shape)) if isinstance(s, torch.Tensor) else type(s).__name__ for s in scores[:4])
         raise UserError(f"model output is a {type(scores).__name__} ({shapes}); {later}.")
