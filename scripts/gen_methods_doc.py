@@ -46,8 +46,11 @@ do not edit it by hand. `napari-xai methods` prints the same list.
   hides all channels at once unless `per_channel=true`.
 - **Parameters** are given as `--param KEY=VALUE` on the command line (repeat
   it) or in the widget. `ints3` values are three integers in voxels, `8,8,8`
-  (or `8x8x8`), or one integer for all axes. An empty default means "chosen from
-  the input" and the chosen value is recorded in the provenance sidecar.
+  (or `8x8x8`), or one integer for all axes. `layer` values name a module of
+  the model (as in `named_modules`); once a model ran, the Explain widget lists
+  the valid ones and names the one the method uses when it is empty. An empty
+  default means "chosen from the input" and the chosen value is recorded in the
+  provenance sidecar.
 - **TorchScript models** support the methods marked "no" under *eager module*.
   The others hook into layers and need an eager `nn.Module` (a `.py` file with
   weights, or a MONAI bundle); with TorchScript they stop with a one-line error.
@@ -158,6 +161,36 @@ check the methods against facts that do not come from our code:
 """
 
 
+REGIONS_INTRO = """\
+### Region methods: what region-ablation, lime and kernel-shap share
+
+The input is cut into interpretable features, either cubes of ``size`` voxels
+on the model grid or the regions of an atlas (for inputs in MNI space; every
+voxel outside the atlas forms one more feature, "outside atlas"). A coalition
+``z`` keeps the features with ``z_m = 1`` and sets the others to the baseline.
+A feature's value is spread evenly over its voxels (and channels), so the map
+is piecewise constant and sums over a feature to that feature's value (for
+KernelSHAP the whole map sums to ``f(x) - f(baseline)``); the largest 50
+per-feature values are recorded in the provenance (``features``).
+
+* **region-ablation**: ``R_m = f(x) - f(x without feature m)`` (occlusion by
+  region, one forward pass per feature).
+* **lime** (Ribeiro et al. 2016): random coalitions (each feature kept with
+  probability 1/2), weighted by ``exp(-d^2 / width^2)`` with ``d`` the cosine
+  distance between ``z`` and the all-ones coalition, and a weighted linear fit
+  ``f(z) ~ b + sum_m c_m z_m`` (a tiny ridge keeps it well posed); ``R_m = c_m``.
+* **kernel-shap** (Lundberg & Lee 2017): the Shapley-kernel weighted linear fit
+  with the efficiency constraint ``sum_m phi_m = f(x) - f(baseline)``. With at
+  most ``samples`` coalitions in all (``2^M - 2 <= samples``) every coalition is
+  evaluated and the result is the exact Shapley value; otherwise coalitions are
+  drawn from the Shapley kernel.
+
+All three are written here rather than taken from Captum, whose LIME and
+KernelSHAP fit their surrogate with scikit-learn by default (not a dependency
+of napari-xai); the fits are a few lines of numpy least squares.
+"""
+
+
 def _type_name(p) -> str:
     if p.type == "ints3":
         return "ints3"
@@ -231,6 +264,8 @@ def render() -> str:
                     free = ", ".join(f"`{k}`" for k in p.free) or "none"
                     out.append(f"| `{p.name}` | {p.title} | `{lrp.formula(p.params)}` | {free} |")
                 out.append("")
+        if m.name == "region-ablation":
+            out.append(REGIONS_INTRO)
         out.append(f"### {m.name}\n")
         out.append(f"{m.summary}\n")
         body = _body(m.fn)

@@ -1,28 +1,9 @@
-"""Running a cohort: one pure per-subject task (``cohort_task``), executors (``cohort_executors``: serial,
-process pool, Dask) and, here, the streaming reduction and :func:`run_local`.
+"""Running a cohort: the per-subject task (``cohort_task``), its executors (``cohort_executors``: serial, process
+pool, Dask) and, here, the streaming reduction (:func:`reduce_cohort`) and :func:`run_local`.
 
-The work of ``napari-xai cohort`` is split in two:
-
-1. :func:`run_subject` explains one subject under a frozen :class:`RunConfig`
-   and writes, atomically, ``maps/<id>.nii.gz`` (+ sidecar) and
-   ``rows/<id>.json`` (its summary row: prediction, relevance sums, readouts,
-   region vector, timings). It loads the model once per process (a cache keyed
-   by the model part of the config), skips a subject whose row and map were
-   made with the same settings and input files (resume), and turns any
-   failure into a ``failed`` row with a one-line reason. Running it twice
-   (a retried task) writes the same files again, so a retry is harmless.
-2. :func:`reduce_cohort` reads those rows and maps in table order, one subject
-   at a time, and writes the tables: the mean map, ``regions.csv``,
-   ``correlations.csv``, ``subjects.csv`` and ``failures.csv``. Its memory is
-   one map plus a few numbers per subject and region, whatever the cohort size.
-
-Because the reduction always runs in table order over the files the tasks
-wrote, the tables are identical whichever executor ran the tasks (serial,
-:func:`iter_pool`, :func:`iter_dask`, or ``--num-parts`` halves merged).
-
-No Qt here; Dask is imported only when asked for.
+The reduction reads the rows and maps the tasks wrote, in table order, so the tables do not depend on the executor;
+docs/cohort.md ("How a cohort runs") has the whole design. No Qt here; Dask is imported only when asked for.
 """
-
 
 from __future__ import annotations
 

@@ -1,29 +1,7 @@
 """Region-level attribution: region ablation, LIME and KernelSHAP over cubes or atlas regions.
 
-The input is cut into interpretable features, either cubes of ``size`` voxels
-on the model grid or the regions of an atlas (for inputs in MNI space; every
-voxel outside the atlas forms one more feature, "outside atlas"). A coalition
-``z`` keeps the features with ``z_m = 1`` and sets the others to the baseline.
-A feature's value is spread evenly over its voxels (and channels), so the map
-is piecewise constant and sums over a feature to that feature's value (for
-KernelSHAP the whole map sums to ``f(x) - f(baseline)``); the largest 50
-per-feature values are recorded in the provenance (``features``).
-
-* **region-ablation**: ``R_m = f(x) - f(x without feature m)`` (occlusion by
-  region, one forward pass per feature).
-* **lime** (Ribeiro et al. 2016): random coalitions (each feature kept with
-  probability 1/2), weighted by ``exp(-d^2 / width^2)`` with ``d`` the cosine
-  distance between ``z`` and the all-ones coalition, and a weighted linear fit
-  ``f(z) ~ b + sum_m c_m z_m`` (a tiny ridge keeps it well posed); ``R_m = c_m``.
-* **kernel-shap** (Lundberg & Lee 2017): the Shapley-kernel weighted linear fit
-  with the efficiency constraint ``sum_m phi_m = f(x) - f(baseline)``. With at
-  most ``samples`` coalitions in all (``2^M - 2 <= samples``) every coalition is
-  evaluated and the result is the exact Shapley value; otherwise coalitions are
-  drawn from the Shapley kernel.
-
-All three are written here rather than taken from Captum, whose LIME and
-KernelSHAP fit their surrogate with scikit-learn by default (not a dependency
-of napari-xai); the fits are a few lines of numpy least squares.
+Features, coalitions and the three estimators are defined in docs/methods.md ("Region methods"); the fits are
+numpy least squares (no scikit-learn, which Captum's LIME and KernelSHAP use).
 """
 
 from __future__ import annotations
