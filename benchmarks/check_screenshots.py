@@ -35,11 +35,11 @@ def main(outdir: str = "docs/images") -> int:
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     viewer, w, app = demo_designer("napari-xai: check the relevance")
-    layers = w.list_layers()
-    w.configs.clear()
-    w.new_config("γ | ε | 0 composite")
-    w.target.setCurrentText("atrophy")
-    w.run()
+    layers = w.design.list_layers()
+    w.manager.configs.clear()
+    w.manager.new_config("γ | ε | 0 composite")
+    w.run_tab.target.setCurrentText("atrophy")
+    w.run_tab.run()
     wait(app, w)
     panel = w.check
     w.tabs.setCurrentIndex(3)
@@ -95,8 +95,8 @@ def main(outdir: str = "docs/images") -> int:
     print("wrote check_tab.png")
 
     # 4. flipping curves for every cell of a comparison of four maps of "atrophy"
-    w.compare_3d.setChecked(False)
-    w.compare(["config: γ | ε | 0 composite", "method: integrated-gradients", "method: lrp-epsilon-plus",
+    w.compare_tab.compare_3d.setChecked(False)
+    w.compare_tab.compare(["config: γ | ε | 0 composite", "method: integrated-gradients", "method: lrp-epsilon-plus",
                "method: grad-cam"], targets=["atrophy"])
     wait(app, w)
     w.tabs.setCurrentIndex(3)

@@ -67,10 +67,10 @@ def _designer(viewer, tmp_path):
     def make(cls):
         w = LrpDesignerWidget(viewer)
         viewer.window.add_dock_widget(w)
-        w.source.setCurrentText("Python file + weights")
-        w.path.setText(str(path))
-        w.class_name.setText(cls)
-        w.list_layers()
+        w.picker.source.value = "Python file + weights"
+        w.picker.path.value = str(path)
+        w.picker.class_name.value = cls
+        w.design.list_layers()
         return w
 
     return viewer, x, make
@@ -100,7 +100,7 @@ def test_painted_flips_predict_live_with_hand_computed_logits(setup, qtbot):
     viewer, x, make = setup
     w = make("Lin")
     panel = w.check
-    w.target.setCurrentText("class 1")
+    w.run_tab.target.setCurrentText("class 1")
     layer = panel.new_flip_mask()
     assert layer.name == "flip mask" and layer.data.shape == SHAPE and panel.flip_layer.currentText() == "flip mask"
     panel.predict()
@@ -123,10 +123,10 @@ def test_painted_flips_predict_live_with_hand_computed_logits(setup, qtbot):
 def test_flipping_curve_from_a_relevance_layer(setup, qtbot):
     viewer, x, make = setup
     w = make("Lin")
-    w.config.segments = []
-    w.add_segment("fc", "fc", "lrp-0", name="all")
-    w.target.setCurrentText("class 1")
-    w.run()
+    w.manager.config.segments = []
+    w.segments.add_segment("fc", "fc", "lrp-0", name="all")
+    w.run_tab.target.setCurrentText("class 1")
+    w.run_tab.run()
     qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
     panel = w.check
     rel_name = "Lin · configuration 1 (+)"
@@ -155,9 +155,9 @@ def test_flipping_curve_from_a_relevance_layer(setup, qtbot):
 def test_channel_ranking_show_and_ablation(setup, qtbot):
     viewer, x, make = setup
     w = make("ThreeChannels")
-    w.config.segments = []
-    w.add_segment("conv", "fc", "lrp-0", name="all")
-    w.target.setCurrentText("class 1")
+    w.manager.config.segments = []
+    w.segments.add_segment("conv", "fc", "lrp-0", name="all")
+    w.run_tab.target.setCurrentText("class 1")
     panel = w.check
     assert panel.ablate_layer.findText("conv") >= 0
     panel.ablate_layer.setCurrentText("conv")
@@ -193,9 +193,9 @@ def test_curves_for_every_comparison_cell(setup, qtbot):
     """Two maps of one linear model: input x gradient (R = w x) and signed saliency (R = w); MoRF curves by hand."""
     viewer, x, make = setup
     w = make("Lin")
-    w.target.setCurrentText("class 1")
-    w.compare_3d.setChecked(False)
-    w.compare(["method: input-x-gradient", "method: saliency"], targets=["class 1"])
+    w.run_tab.target.setCurrentText("class 1")
+    w.compare_tab.compare_3d.setChecked(False)
+    w.compare_tab.compare(["method: input-x-gradient", "method: saliency"], targets=["class 1"])
     qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
     assert not w.status.text().startswith("error"), w.status.text()
     panel = w.check
@@ -240,7 +240,7 @@ def test_sanity_table_follows_execution_order_and_the_verdict_follows_the_table(
     before = state_bytes(model.module)
     panel = w.check
     panel.sanity_method.setCurrentText("saliency")
-    w.target.setCurrentText("class 1")
+    w.run_tab.target.setCurrentText("class 1")
     panel.run_sanity()
     assert not panel.cancel_btn.isHidden() and panel.cancel_btn.isEnabled()
     wait(qtbot, panel)
@@ -272,7 +272,7 @@ def test_sanity_last_layer_randomized_gives_the_hand_computed_logit(setup, qtbot
     W = weights()
     panel = w.check
     assert panel.sanity_method.currentText() == ACTIVE_CONFIG  # the Design tab's active configuration
-    w.target.setCurrentText("class 1")
+    w.run_tab.target.setCurrentText("class 1")
     panel.sanity_seed.setValue(11)
     panel.run_sanity()
     wait(qtbot, panel)
@@ -338,19 +338,19 @@ def test_sanity_show_maps_adds_one_grid_cell_per_step_and_leaves_user_layers(set
     panel.sanity_exit_btn.click()
     assert not viewer.canvas.grid.enabled and viewer.layers["t1"].visible
     # the grid's anatomy layers are not offered as inputs of the designer
-    assert [w.inputs.item(i).text() for i in range(w.inputs.count())] == ["t1"]
+    assert [w.design.inputs.item(i).text() for i in range(w.design.inputs.count())] == ["t1"]
 
 
 def test_sanity_user_errors_are_one_line(setup, qtbot):
     viewer, x, make = setup
     w = make("Lin")
     panel = w.check
-    w.active = None
+    w.manager.active = None
     panel.run_sanity()
     assert panel.status.text() == ("error: no active LRP configuration; activate one in the Design tab, "
                                    "or choose a method.")
     panel.sanity_method.setCurrentText("saliency")
-    w.class_name.setText("NoSuchNet")
+    w.picker.class_name.value = "NoSuchNet"
     w._model = None
     panel.run_sanity()
     qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT_MS)
@@ -395,6 +395,6 @@ def test_the_check_tab_and_the_designer_never_run_on_the_model_at_once(setup, qt
     assert panel._worker is None and "the designer is still running" in panel.status.text()
     w._worker = None
     panel._worker = object()  # the Check tab is running
-    w.run()
+    w.run_tab.run()
     assert w._worker is None and "Check tab is still running" in w.status.text()
     panel._worker = None

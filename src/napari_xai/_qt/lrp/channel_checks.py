@@ -16,7 +16,8 @@ from qtpy.QtWidgets import (
 )
 
 from ...core.errors import UserError
-from .common import META_KEY as LRP_KEY, read_only_table
+from .._forms import read_only_table
+from .common import META_KEY as LRP_KEY
 
 
 class ChannelChecks:
@@ -84,7 +85,8 @@ class ChannelChecks:
             if not layer:
                 raise UserError("list the model's layers first (Design tab), then choose a layer with channels.")
             req = self._context()
-            cfg = self.host.config_named(self.host.active).copy() if self.host.active else None
+            cfg = self.host.manager.active_config()
+            cfg = cfg.copy() if cfg is not None else None
         except UserError as exc:
             self._fail(str(exc))
             return
@@ -143,7 +145,7 @@ class ChannelChecks:
             return
         from ..._layers import upsert
 
-        affine = self.host._request()["volume"].affine
+        affine = self.host.request()["volume"].affine
         tuples = []
         for c in chans:
             tuples += signed_layers(res["volumes"][c], f"{res['layer']} · channel {c}", affine,

@@ -175,7 +175,7 @@ class CheckPanel(FlipChecks, ChannelChecks, SanityChecks, QWidget):
 
     def _context(self) -> dict:
         """What the designer's Run tab says: input volume, model source, target, mask, output index."""
-        req = self.host._request()
+        req = self.host.request()
         req["kwargs"] = {"output_index": req["output_index"], **req["mask"]}
         if req["mask"]:
             req["kwargs"]["segmentation"] = True
@@ -195,7 +195,7 @@ class CheckPanel(FlipChecks, ChannelChecks, SanityChecks, QWidget):
     def _scorer(self, req, target=None):
         from ...core.evaluation.flipping import Scorer
 
-        model = self.host._load_for_worker(req)
+        model = self.host.load_for_worker(req)
         kwargs = self._explain_kwargs(model, req)
         return model, Scorer(model, req["volume"], req["target"] if target is None else target, **kwargs)
 

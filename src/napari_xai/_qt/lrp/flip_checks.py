@@ -20,14 +20,13 @@ from qtpy.QtWidgets import (
 from ..._layers import array_on_grid
 from ...core.errors import Cancelled, UserError
 from ...core.evaluation.flipping import BASELINES
+from .._forms import fill_table, read_only_table
 from .common import (
     CELL_COLOURS,
     CHECK_META_KEY as META_KEY,
     ORDER_SHORT,
     ORDER_TEXT,
-    fill_table,
     is_segmentation,
-    read_only_table,
 )
 from .curve_plot import CurvePlot
 
@@ -237,9 +236,9 @@ class FlipChecks:
     def run_cell_curves(self, *_):
         """Flipping curves for every cell of the last comparison, each with the cell's model and target."""
         try:
-            if not self.host.last_cells:
+            if not self.host.compare_tab.last_cells:
                 raise UserError("run a comparison first (Compare tab), then compute its flipping curves.")
-            req, cells, loaded = self.host.last_cells
+            req, cells, loaded = self.host.compare_tab.last_cells
             orders = [k for k, cb in self.order_boxes.items() if cb.isChecked()]
             if not orders:
                 raise UserError("tick at least one order (MoRF, LeRF or random).")

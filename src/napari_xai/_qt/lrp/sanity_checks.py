@@ -16,13 +16,12 @@ from qtpy.QtWidgets import (
 )
 
 from ...core.errors import UserError
+from .._forms import fill_table, read_only_table
 from .common import (
     ACTIVE_CONFIG,
     CHECK_META_KEY as META_KEY,
     SANITY_HEADER_TIPS,
     SANITY_HEADERS,
-    fill_table,
-    read_only_table,
 )
 
 
@@ -74,7 +73,7 @@ class SanityChecks:
             "(LRP, integrated gradients) give much smaller maps: untick to scale each map to its own 99.99th\n"
             "percentile of |relevance| (the table's metrics do not depend on the scale).")
         self.sanity_exit_btn = QPushButton("Exit grid")
-        self.sanity_exit_btn.clicked.connect(lambda: self.host.exit_grid())
+        self.sanity_exit_btn.clicked.connect(lambda: self.host.compare_tab.exit_grid())
         row = QHBoxLayout()
         row.addWidget(self.sanity_btn)
         row.addWidget(self.sanity_maps_btn)
@@ -106,9 +105,10 @@ class SanityChecks:
         choice = self.sanity_method.currentText()
         if choice != ACTIVE_CONFIG:
             return choice, {}, choice
-        if not self.host.active:
+        cfg = self.host.manager.active_config()
+        if cfg is None:
             raise UserError("no active LRP configuration; activate one in the Design tab, or choose a method.")
-        cfg = self.host.config_named(self.host.active).copy()
+        cfg = cfg.copy()
         return "lrp", {"config": cfg, "boundaries": False}, f"'{cfg.name}'"
 
     def run_sanity(self, *_):
@@ -127,7 +127,7 @@ class SanityChecks:
 
             from ...core.evaluation.sanity import sanity_check
 
-            model = self.host._load_for_worker(req)
+            model = self.host.load_for_worker(req)
             t0 = time.perf_counter()
             res = sanity_check(req["volume"], model, method, params=params, target=req["target"], keep_maps=True,
                                progress=self._report, should_stop=self._cancel.is_set, **opts,
@@ -184,7 +184,7 @@ class SanityChecks:
         for _, kw, _ in tuples:
             tag = kw["metadata"][META_KEY]
             tag.update({"kind": "sanity", "step": int(kw["metadata"]["provenance"]["sanity"]["step"])})
-        self.host.enter_grid(tuples, three_d=self.sanity_3d.isChecked(), meta_key=META_KEY)
+        self.host.compare_tab.grid.enter(tuples, three_d=self.sanity_3d.isChecked(), meta_key=META_KEY)
         scale = f"colour limit 0…{limit:.3g} for all" if common else "each map scaled to its own 99.99th percentile"
         faint = faint_cells(tuples, META_KEY)
         if faint:
