@@ -6,7 +6,6 @@ from pathlib import Path
 
 from qtpy.QtWidgets import QFileDialog, QLabel, QListWidget, QListWidgetItem, QVBoxLayout, QWidget
 
-from ...core.compare import cell_limits, common_limit
 from ...core.errors import Cancelled, UserError
 from .._forms import button, checkable, checkbox, checked_texts, combo, fill_checklist, fill_table, label
 from .._forms import read_only_table, row, tick
@@ -237,20 +236,10 @@ class CompareTab(QWidget):
         host.start(work, f"comparing {len(plan_items)} cells", lambda result: self._show_comparison(*result))
 
     def _show_comparison(self, req, results: list) -> None:
-        from ..._layers import comparison_layer_data, faint_cells
-
-        maps = [rel.data.sum(axis=0) for _, rel in results]
-        common = self.compare_common.isChecked()
-        limit = common_limit(maps) if common else cell_limits(maps)
-        tuples = comparison_layer_data(req["volume"].data[0], results, limit, META_KEY)
-        self.grid.enter(tuples, three_d=self.compare_3d.isChecked())
+        scale = self.grid.show(req["volume"], results, self.compare_common.isChecked(), self.compare_3d.isChecked())
         self.last_comparison = results
         self.cell_readouts, texts = cell_rows(req, results)
         fill_table(self.cell_table, texts)
-        scale = f"colour limit 0…{limit:.3g} for all" if common else "each cell scaled to its own 99.99th percentile"
-        faint = faint_cells(tuples, META_KEY)
-        if faint:
-            scale += f" ({', '.join(faint)}: too faint at this scale; uncheck 'one colour scale' to see them)"
         self.host.status.setText(f"{len(results)} cells side by side; {scale} (hot: positive, cyan: negative "
                                  "relevance).")
 

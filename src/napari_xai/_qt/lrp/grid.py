@@ -36,6 +36,26 @@ class GridMode:
             layer.visible = False
         return show_grid(viewer, tuples, three_d=three_d)
 
+    def show(self, volume, cells: list, common: bool, three_d: bool, meta_key: str = META_KEY, tag=None,
+             noun: str = "cell") -> str:
+        """Show ``(label, Relevance)`` cells over ``volume``'s first channel, one colour limit for all (``common``)
+        or one per cell; ``tag(layer kwargs)`` may add to each layer's metadata. Returns the scale's description."""
+        from ..._layers import comparison_layer_data, faint_cells
+        from ...core.compare import cell_limits, common_limit
+
+        maps = [rel.data.sum(axis=0) for _, rel in cells]
+        limit = common_limit(maps) if common else cell_limits(maps)
+        tuples = comparison_layer_data(volume.data[0], cells, limit, meta_key)
+        if tag is not None:
+            for _, kw, _ in tuples:
+                tag(kw)
+        self.enter(tuples, three_d=three_d, meta_key=meta_key)
+        scale = f"colour limit 0…{limit:.3g} for all" if common else f"each {noun} scaled to its own 99.99th percentile"
+        faint = faint_cells(tuples, meta_key)
+        if faint:
+            scale += f" ({', '.join(faint)}: too faint at this scale; uncheck 'one colour scale' to see them)"
+        return scale
+
     def exit(self) -> None:
         viewer = self.viewer
         viewer.canvas.grid.enabled = False
