@@ -35,7 +35,7 @@ def main(outdir: str = "docs/images") -> int:
     import torch
     from qtpy.QtCore import QCoreApplication
 
-    from napari_xai._qt.lrp_widget import LrpDesignerWidget
+    from napari_xai._qt.lrp.designer import LrpDesignerWidget
     from napari_xai.core.demo import demo_volume
     from napari_xai.core.demo_net import DemoNet
     from napari_xai.core.explain import prepare_input

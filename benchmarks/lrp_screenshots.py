@@ -42,7 +42,7 @@ def demo_designer(title: str = "napari-xai LRP designer"):
     import torch
     from qtpy.QtCore import QCoreApplication
 
-    from napari_xai._qt.lrp_widget import LrpDesignerWidget
+    from napari_xai._qt.lrp.designer import LrpDesignerWidget
     from napari_xai._sample_data import demo_brain
 
     torch.set_num_threads(1)

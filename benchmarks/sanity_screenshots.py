@@ -28,7 +28,7 @@ def main(outdir: str = "docs/images", method: str = "", common: str = "") -> int
     import numpy as np
 
     from lrp_screenshots import demo_designer, settle, wait
-    from napari_xai._qt.check_panel import ACTIVE_CONFIG
+    from napari_xai._qt.lrp.check_tab import ACTIVE_CONFIG
 
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)

@@ -364,7 +364,7 @@ def test_sanity_cancel_button_stops_the_run(setup, qtbot):
     w = make("Shuffled")
     panel = w.check
     panel.sanity.sanity_method.setCurrentText("saliency")
-    panel.report = lambda f, m: panel._cancel.wait(10)  # the worker waits at its first progress report
+    panel.report = lambda f, m: panel.job.cancel_event.wait(10)  # the worker waits at its first progress report
     panel.sanity.run_sanity()
     assert panel.busy and panel.cancel_btn.isEnabled()
     panel.cancel_btn.click()
@@ -390,11 +390,11 @@ def test_the_check_tab_and_the_designer_never_run_on_the_model_at_once(setup, qt
     w = make("ThreeChannels")
     panel = w.check
     panel.channels.ablate_layer.setCurrentText("conv")
-    w._worker = object()  # the designer is running
+    w.job.worker = object()  # the designer is running
     panel.channels.rank_channels()
-    assert panel._worker is None and "the designer is still running" in panel.status.text()
-    w._worker = None
-    panel._worker = object()  # the Check tab is running
+    assert panel.job.worker is None and "the designer is still running" in panel.status.text()
+    w.job.worker = None
+    panel.job.worker = object()  # the Check tab is running
     w.run_tab.run()
-    assert w._worker is None and "Check tab is still running" in w.status.text()
-    panel._worker = None
+    assert w.job.worker is None and "Check tab is still running" in w.status.text()
+    panel.job.worker = None

@@ -26,7 +26,6 @@ from qtpy.QtWidgets import (
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
-    QWidget,
 )
 
 
@@ -193,7 +192,11 @@ def fill_table(table: QTableWidget, rows: list[list[str]]) -> None:
             table.setItem(r, c, QTableWidgetItem(text))
 
 
-def labelled(widget: QWidget, text: str, form: QFormLayout) -> QWidget:
-    """Add ``widget`` as a row ``text`` of ``form``; returns the widget."""
-    form.addRow(text, widget)
-    return widget
+def chosen(c: QComboBox, missing: str) -> str:
+    """The combo box's text; a :class:`UserError` saying ``missing`` when nothing is chosen."""
+    from ..core.errors import UserError
+
+    text = c.currentText()
+    if not text:
+        raise UserError(missing)
+    return text

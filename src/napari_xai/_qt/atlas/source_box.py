@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QLineEdit, QToolButton, QWidget
+from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QLineEdit, QToolButton, QWidget
 
 from ...core import atlas as at
 from ...core.errors import UserError

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .._events import connect_all, disconnect_all
+
 STATUS_SEP = "  ‖  "
 
 
@@ -25,7 +27,7 @@ class StatusBarText:
         self.viewer = viewer
         self.text = ""
         self._setting = False
-        viewer.events.status.connect(self._on_status)
+        self._connections = connect_all([(viewer.events.status, self._on_status)])
 
     def set(self, text: str) -> None:
         self.text = text
@@ -47,7 +49,4 @@ class StatusBarText:
             self._push()
 
     def disconnect(self) -> None:
-        try:
-            self.viewer.events.status.disconnect(self._on_status)
-        except Exception:
-            pass
+        disconnect_all(self._connections)

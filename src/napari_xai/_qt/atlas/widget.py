@@ -23,9 +23,11 @@ from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
 from ...core import atlas as at
 from ...core.errors import UserError
 from ...core.geometry import layer_affine  # the one layer -> affine
+from .._events import connect_all, disconnect_all
 from .._forms import button, label, row
 from .._layout import compact, scroll_body
 from .cursor_box import CursorBox
+from .loader import AtlasLoader
 from .outlines import OutlineBox, OutlineLayers
 from .region_table import COLUMNS, RegionTableBox, region_table_of, save_region_table
 from .source_box import AtlasSourceBox, volume_layers
@@ -63,21 +65,24 @@ class AtlasWidget(QWidget):
         self.viewer = v = napari_viewer
         self.grid: at.AtlasOnGrid | None = None
         self.table: at.RegionTable | None = None
-        self._worker = None
-        self._busy = False
         self._reload_pending = False
         self._selected_values: list[int] = []
         self._pending_outline: int | None = None
         register(v, self)
         self.outlines = OutlineLayers(v, self._refresh_layer_choices)
         self.status_bar = StatusBarText(v)
+        self.loader = AtlasLoader(self)
+        self.loader.loaded.connect(self._on_loaded)
+        self.loader.failed.connect(self._on_failed)
         self._build_ui()
         self._refresh_layer_choices()
-        v.layers.events.inserted.connect(self._refresh_layer_choices)
-        v.layers.events.removed.connect(self._refresh_layer_choices)
-        v.cursor.events.position.connect(self._on_cursor)
-        v.dims.events.ndisplay.connect(self._on_display_change)
-        v.dims.events.order.connect(self._on_display_change)
+        self._connections = connect_all([
+            (v.layers.events.inserted, self._refresh_layer_choices),
+            (v.layers.events.removed, self._refresh_layer_choices),
+            (v.cursor.events.position, self._on_cursor),
+            (v.dims.events.ndisplay, self._on_display_change),
+            (v.dims.events.order, self._on_display_change),
+        ])
         self._outline_timer = self._timer(self.OUTLINE_INTERVAL_MS, self._apply_pending_outline)
         self._table_timer = self._timer(250, self.update_table)
 
@@ -189,49 +194,23 @@ class AtlasWidget(QWidget):
         except UserError as exc:
             self._show_error(str(exc))
             return
-        displayed = displayed_data_axes(self.viewer, affine)
-
-        def work():
-            try:
-                grid = at.atlas_on_grid(at.load_atlas(source, labels=lab), shape, affine, threshold=thr)
-                grid.plane_outlines(displayed)  # warm the cache off the GUI thread
-            except UserError as exc:  # a user mistake is a message to show, not a crash
-                return ("error", str(exc))
-            return grid
-
-        self._busy = True
         self.load_button.setEnabled(False)
         self.message.setText("loading atlas…")
-        if sync:
-            self._on_loaded(work())
-            return
-        from napari.qt.threading import create_worker
+        self.loader.load(source, lab, shape, affine, thr, displayed_data_axes(self.viewer, affine), sync=sync)
 
-        worker = create_worker(work)
-        worker.returned.connect(self._on_loaded)
-        worker.errored.connect(self._on_error)
-        self._worker = worker
-        worker.start()
+    @property
+    def _busy(self) -> bool:
+        return self.loader.busy
 
-    def _on_error(self, exc: BaseException) -> None:
-        self._busy = False
+    def _on_failed(self, text: str) -> None:
         self.load_button.setEnabled(True)
-        if isinstance(exc, UserError):
-            self._show_error(str(exc))
-        else:
-            self._show_error(f"internal error: {type(exc).__name__}: {exc}")
-            raise exc
+        self._show_error(text)
 
     def _show_error(self, text: str) -> None:
         self.message.setText(f"<span style='color:#e05050'>{text}</span>")
         _notify("error", [text])
 
     def _on_loaded(self, grid) -> None:
-        if isinstance(grid, tuple):
-            self._on_error(UserError(grid[1]))
-            return
-        self._busy = False
-        self._worker = None
         self.load_button.setEnabled(True)
         self.grid = grid
         if self._reload_pending:
@@ -374,17 +353,6 @@ class AtlasWidget(QWidget):
 
     # ------------------------------------------------------------------ cleanup
     def closeEvent(self, event):  # noqa: N802
-        v = self.viewer
         self.status_bar.disconnect()
-        for emitter, cb in (
-            (v.cursor.events.position, self._on_cursor),
-            (v.dims.events.ndisplay, self._on_display_change),
-            (v.dims.events.order, self._on_display_change),
-            (v.layers.events.inserted, self._refresh_layer_choices),
-            (v.layers.events.removed, self._refresh_layer_choices),
-        ):
-            try:
-                emitter.disconnect(cb)
-            except Exception:
-                pass
+        disconnect_all(self._connections)
         super().closeEvent(event)

@@ -7,7 +7,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFormLayout, QGroupBox, QHeaderView, QTableWidgetItem
 
 from ...core.errors import UserError
-from .._forms import button, checkable, check_state, combo, fill_combo, label, read_only_table, row
+from .._forms import button, check_state, checkable, chosen, combo, fill_combo, label, read_only_table, row
 from .common import META_KEY as LRP_KEY
 
 ATLAS_TIP = ("Also name the atlas region each channel fires on for this input (network dissection: its top 0.5 %\n"
@@ -72,9 +72,8 @@ class ChannelBox(QGroupBox):
     def rank_channels(self, *_):
         panel = self.panel
         try:
-            layer = self.ablate_layer.currentText()
-            if not layer:
-                raise UserError("list the model's layers first (Design tab), then choose a layer with channels.")
+            layer = chosen(self.ablate_layer, "list the model's layers first (Design tab), then choose a layer with "
+                                              "channels.")
             req = panel.context()
             cfg = panel.host.manager.active_config()
             cfg = cfg.copy() if cfg is not None else None
@@ -83,10 +82,9 @@ class ChannelBox(QGroupBox):
             return
         atlas_name = self.channel_atlas.currentText()
 
-        def work():
+        def compute(model, scorer):
             from ...core.evaluation.ablation import channel_relevance
 
-            model, scorer = panel.scorer(req)
             res = channel_relevance(model, req["volume"], layer, config=cfg, scorer=scorer)
             if atlas_name != "no atlas":
                 from ...core.atlas import load_atlas
@@ -99,7 +97,7 @@ class ChannelBox(QGroupBox):
                     res["regions_note"] = str(exc)
             return res
 
-        panel.start(work, f"relevance per channel of '{layer}'", self._show_channels_table)
+        panel.start_scored(req, compute, f"relevance per channel of '{layer}'", self._show_channels_table)
 
     def _show_channels_table(self, res: dict) -> None:
         self.last_channels = res
@@ -155,13 +153,12 @@ class ChannelBox(QGroupBox):
             panel.fail(str(exc))
             return
 
-        def work():
+        def compute(model, scorer):
             from ...core.evaluation.ablation import ablate
 
-            model, scorer = panel.scorer(req)
             return ablate(model, req["volume"], layer, chans, scorer=scorer)
 
-        panel.start(work, f"ablating {len(chans)} channel(s) of '{layer}'", self._show_ablation)
+        panel.start_scored(req, compute, f"ablating {len(chans)} channel(s) of '{layer}'", self._show_ablation)
 
     def _show_ablation(self, res: dict) -> None:
         self.last_ablation = res

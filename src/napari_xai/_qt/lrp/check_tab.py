@@ -19,13 +19,11 @@ share: the request of the Design and Run tabs, the scorer, the worker.
 
 from __future__ import annotations
 
-import threading
-
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFrame, QProgressBar, QScrollArea, QVBoxLayout, QWidget
 
+from .._events import connect_all
 from .._forms import button, fill_combo, label, row
-from .._jobs import fail, report_error, start_worker
+from .._jobs import Job, fail, report_error
 from .channel_checks import ChannelBox
 from .common import ACTIVE_CONFIG, CHECK_META_KEY, is_segmentation
 from .flip_checks import CurveBox, FlipBox
@@ -42,19 +40,15 @@ class CheckPanel(QWidget):
         super().__init__()
         self.host = host
         self.viewer = host._viewer
-        self._worker = None
-        self._cancel = threading.Event()
-        self._progress = [0.0, ""]
-        self._progress_timer = QTimer(self)
-        self._progress_timer.setInterval(100)
-        self._progress_timer.timeout.connect(self._show_progress)
+        self.job = Job(self, self._show_progress)
         self.flip = FlipBox(self)
         self.curves = CurveBox(self, self.flip.baseline)
         self.channels = ChannelBox(self)
         self.sanity = SanityBox(self)
         self._build()
-        self.viewer.layers.events.inserted.connect(self.refresh_choices)
-        self.viewer.layers.events.removed.connect(self.refresh_choices)
+        events = self.viewer.layers.events
+        self.connections = connect_all([(events.inserted, self.refresh_choices),
+                                        (events.removed, self.refresh_choices)])
         self.refresh_choices()
 
     def _build(self) -> None:
@@ -99,7 +93,7 @@ class CheckPanel(QWidget):
     # ------------------------------------------------------------------ what the groups share
     @property
     def busy(self) -> bool:
-        return self._worker is not None
+        return self.job.busy
 
     def context(self) -> dict:
         """What the designer's Run tab says: input volume, model source, target, mask, output index."""
@@ -126,37 +120,45 @@ class CheckPanel(QWidget):
         return model, Scorer(model, req["volume"], req["target"] if target is None else target,
                              **self.explain_kwargs(model, req))
 
+    def start_scored(self, req: dict, compute, message: str, done, target=None) -> None:
+        """In the worker: ``compute(model, scorer)`` for the request's model and target (or ``target``)."""
+        def work():
+            return compute(*self.scorer(req, target))
+
+        self.start(work, message, done)
+
     def start(self, work, message: str, done) -> None:
-        if self._worker is not None:
+        if self.busy:
             return
         if self.host.busy:  # one model for both tabs (LRP merges BatchNorm into it while it runs)
             self.fail("the designer is still running (Run/Compare); wait for it or cancel it first.")
             return
-        self._cancel.clear()
-        for b in self._buttons:
-            b.setEnabled(False)
-        self.cancel_btn.setEnabled(True)
+        self._set_running(True)
         self.status.setText(message + "…")
-        self._progress[:] = [-1.0, message]  # < 0: no progress reported yet (busy indicator)
+        self.job.report(-1.0, message)  # < 0: no progress reported yet (busy indicator)
         self.progress.setRange(0, 0)
-        self._progress_timer.start()
 
         def returned(result):
             self.progress.setRange(0, 100)
             self.progress.setValue(100)
             done(result)
 
-        self._worker = start_worker(work, returned=returned, errored=self._on_error, finished=self._on_finished)
+        self.job.start(work, returned=returned, errored=self._on_error, finished=lambda: self._set_running(False))
 
     def should_stop(self) -> bool:
-        return self._cancel.is_set()
+        return self.job.should_stop()
 
     def report(self, fraction: float, message: str) -> None:
         """Progress from the worker thread (read by a GUI-thread timer)."""
-        self._progress[:] = [fraction, message]
+        self.job.report(fraction, message)
+
+    def _set_running(self, on: bool) -> None:
+        for b in self._buttons:
+            b.setEnabled(not on)
+        self.cancel_btn.setEnabled(on)
 
     def _show_progress(self) -> None:
-        frac, msg = self._progress
+        frac, msg = self.job.progress
         if frac < 0:
             return
         self.progress.setRange(0, 100)
@@ -164,16 +166,9 @@ class CheckPanel(QWidget):
         self.progress.setFormat(f"{msg[:48]} %p%" if msg else "%p%")
 
     def cancel(self, *_):
-        if self._worker is not None:
-            self._cancel.set()
+        if self.busy:
+            self.job.cancel()
             self.status.setText("cancelling…")
-
-    def _on_finished(self):
-        self._worker = None
-        self._progress_timer.stop()
-        self.cancel_btn.setEnabled(False)
-        for b in self._buttons:
-            b.setEnabled(True)
 
     def _on_error(self, exc):
         report_error(exc, self.status.setText)

@@ -9,7 +9,7 @@ from qtpy.QtWidgets import QFileDialog, QLabel, QListWidget, QListWidgetItem, QV
 from ...core.errors import Cancelled, UserError
 from .._forms import button, checkable, checkbox, checked_texts, combo, fill_checklist, fill_table, label
 from .._forms import read_only_table, row, tick
-from .common import META_KEY, is_segmentation
+from .common import is_segmentation
 from .grid import GridMode
 
 CELL_HEADERS = ["cell", "Σ relevance", "mass in GT", "rank acc.", "D(R,GT)", "D(R,x)"]
@@ -220,15 +220,15 @@ class CompareTab(QWidget):
 
             loaded = {}
             for key, (source, extra) in sources.items():
-                if host.should_stop():
+                if host.job.should_stop():
                     raise Cancelled("cancelled by the user")
-                host.report(0.0, f"loading {key or 'the model'}")
+                host.job.report(0.0, f"loading {key or 'the model'}")
                 loaded[key] = host.load_for_worker({"source": source, "extra": extra})
             first = next(iter(loaded.values()))
             seg = bool(req["mask"]) or is_segmentation(first, prepare_input(req["volume"], first)[0],
                                                        req["output_index"])
-            cells = run_comparison(req["volume"], plan_items, loaded, configs, classes=classes, progress=host.report,
-                                   should_stop=host.should_stop, segmentation=seg, output_index=req["output_index"],
+            cells = run_comparison(req["volume"], plan_items, loaded, configs, classes=classes, progress=host.job.report,
+                                   should_stop=host.job.should_stop, segmentation=seg, output_index=req["output_index"],
                                    **req["mask"])
             self.last_cells = (req, cells, loaded)  # for the Check tab's per-cell flipping curves
             return req, [(c.label, c.relevance) for c in cells]

@@ -23,15 +23,14 @@ only in a worker's ``returned`` callback on the GUI thread.
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Callable
 
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QProgressBar, QTabWidget, QVBoxLayout, QWidget
 
 from ...core.lrp import LayerInfo, LrpConfig
+from .._events import connect_all, disconnect_all
 from .._forms import label
-from .._jobs import fail, report_error, start_worker
+from .._jobs import Job, fail, report_error
 from .._layout import compact, scrolled
 from ..model_picker import ModelPicker
 from .check_tab import CheckPanel
@@ -54,9 +53,7 @@ class LrpDesignerWidget(QWidget):
         self.layers: list[LayerInfo] = []
         self._model = None
         self._model_key = None
-        self._worker = None
-        self._cancel = threading.Event()
-        self._progress = [0.0, ""]
+        self.job = Job(self, self._show_progress)
         self.picker = ModelPicker(with_kwargs=True)  # the same picker as Explain, trust included
         self.manager = ConfigManager(self)
         self.design = DesignTab(self)
@@ -67,11 +64,10 @@ class LrpDesignerWidget(QWidget):
         self._build()
         self.manager.configs_changed.connect(self.compare_tab.refresh_list)
         self.manager.config_selected.connect(self.design.show_config)
-        self._timer = QTimer(self)
-        self._timer.setInterval(100)
-        self._timer.timeout.connect(self._show_progress)
-        for ev in ("inserted", "removed", "reordered"):
-            getattr(self._viewer.layers.events, ev).connect(self.refresh_layer_choices)
+        events = self._viewer.layers.events
+        self._connections = connect_all([(events.inserted, self.refresh_layer_choices),
+                                         (events.removed, self.refresh_layer_choices),
+                                         (events.reordered, self.refresh_layer_choices)])
         self._viewer.mouse_drag_callbacks.append(self.run_tab.on_click)
         self.refresh_layer_choices()
         self.manager.new_config("configuration 1")
@@ -153,42 +149,32 @@ class LrpDesignerWidget(QWidget):
                                                                        req["output_index"])
         return explain(
             req["volume"], model, method, params=params, target=req["target"],
-            progress=lambda f, m: self._progress.__setitem__(slice(None), [f, m]),
-            should_stop=self._cancel.is_set, segmentation=req["segmentation"], output_index=req["output_index"],
+            progress=self.job.report,
+            should_stop=self.job.should_stop, segmentation=req["segmentation"], output_index=req["output_index"],
             **req["mask"],
         )
 
     # ------------------------------------------------------------------ running
     @property
     def busy(self) -> bool:
-        return self._worker is not None
+        return self.job.busy
 
     def start(self, work: Callable, message: str, done: Callable) -> None:
         """Run ``work`` in a worker thread (Run and Compare share it); ``done(result)`` on the GUI thread."""
         if self.check.busy:  # both tabs use one model (LRP merges BatchNorm into it while it runs)
             self.fail("the Check tab is still running; wait for it or cancel it there.")
             return
-        self._cancel.clear()
-        self._progress[:] = [0.0, message]
+        self.job.report(0.0, message)
         self._set_running(True)
         self.status.setText(message + "…")
-        self._timer.start()
 
         def returned(result):
             done(result)
-            self._timer.stop()  # the last cell's message ("3/4") must not outlive the run
-            self._progress[:] = [1.0, "done"]
+            self.job.timer.stop()  # the last cell's message ("3/4") must not outlive the run
+            self.job.report(1.0, "done")
             self._show_progress()
 
-        self._worker = start_worker(work, returned=returned, errored=self._on_error, finished=self._on_finished)
-
-    def report(self, fraction: float, message: str) -> None:
-        """Progress from the worker thread (read by a GUI-thread timer)."""
-        self._progress[:] = [fraction, message]
-
-    @property
-    def should_stop(self) -> Callable[[], bool]:
-        return self._cancel.is_set
+        self.job.start(work, returned=returned, errored=self._on_error, finished=lambda: self._set_running(False))
 
     def _set_running(self, on: bool) -> None:
         self.run_tab.run_btn.setEnabled(not on)
@@ -196,29 +182,25 @@ class LrpDesignerWidget(QWidget):
         self.run_tab.cancel_btn.setEnabled(on)
 
     def cancel(self, *_):
-        self._cancel.set()
+        self.job.cancel()
         self.status.setText("cancelling…")
 
     def _show_progress(self):
-        frac, msg = self._progress
+        frac, msg = self.job.progress
         self.progress.setValue(int(round(100 * frac)))
         self.progress.setFormat(f"{msg[:40]} %p%" if msg else "%p%")
 
     def _on_error(self, exc):
-        self._timer.stop()
+        self.job.timer.stop()
         cancelled = report_error(exc, self.status.setText)
-        self._progress[:] = [0.0 if cancelled else self._progress[0], "cancelled" if cancelled else "failed"]
+        self.job.report(0.0 if cancelled else self.job.progress[0], "cancelled" if cancelled else "failed")
         self._show_progress()
-
-    def _on_finished(self):
-        self._timer.stop()
-        self._worker = None
-        self._set_running(False)
 
     def fail(self, message: str) -> None:
         fail(self.status.setText, message)
 
     def closeEvent(self, event):  # noqa: N802 (Qt API)
+        disconnect_all(self._connections + self.check.connections)
         try:
             self._viewer.mouse_drag_callbacks.remove(self.run_tab.on_click)
         except ValueError:

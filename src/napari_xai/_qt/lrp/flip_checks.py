@@ -12,7 +12,7 @@ from qtpy.QtWidgets import QFormLayout, QGroupBox
 from ..._layers import array_on_grid
 from ...core.errors import Cancelled, UserError
 from ...core.evaluation.flipping import BASELINES
-from .._forms import button, checkbox, combo, double_spin, fill_table, read_only_table, row, spin
+from .._forms import button, checkbox, chosen, combo, double_spin, fill_table, read_only_table, row, spin
 from .common import CELL_COLOURS, CHECK_META_KEY as META_KEY, LIVE_DELAY_MS, ORDER_SHORT, ORDER_TEXT
 from .curve_plot import CurvePlot
 
@@ -109,9 +109,7 @@ class FlipBox(QGroupBox):
             self._live_timer.start()  # try again when the running job is done
             return
         try:
-            name = self.flip_layer.currentText()
-            if not name:
-                raise UserError("choose the flip mask (a Labels layer), or press 'New flip mask' and paint.")
+            name = chosen(self.flip_layer, "choose the flip mask (a Labels layer), or press 'New flip mask' and paint.")
             req = panel.context()
             mask = array_on_grid(panel.viewer.layers[name], req["volume"]) != 0  # on the input file's voxel order
             if not mask.any():
@@ -121,13 +119,12 @@ class FlipBox(QGroupBox):
             panel.fail(str(exc))
             return
 
-        def work():
+        def compute(model, scorer):
             from ...core.evaluation.flipping import predict_flipped
 
-            model, scorer = panel.scorer(req)
             return predict_flipped(model, req["volume"], mask, baseline, scorer=scorer)
 
-        panel.start(work, "predicting with flipped voxels", self._show_prediction)
+        panel.start_scored(req, compute, "predicting with flipped voxels", self._show_prediction)
 
     def _show_prediction(self, res: dict) -> None:
         self.last_prediction = res
@@ -184,9 +181,8 @@ class CurveBox(QGroupBox):
     def run_curve(self, *_):
         panel = self.panel
         try:
-            name = self.relevance_layer.currentText()
-            if not name:
-                raise UserError("no relevance layer yet; run the active configuration (Run tab) or another method first.")
+            name = chosen(self.relevance_layer, "no relevance layer yet; run the active configuration (Run tab) or "
+                                                "another method first.")
             layer = panel.viewer.layers[name]
             rel = np.asarray(layer.metadata["xai_relevance"], dtype=np.float32)
             target = (layer.metadata.get("provenance") or {}).get("target", {}).get("index")
@@ -199,10 +195,9 @@ class CurveBox(QGroupBox):
             panel.fail(str(exc))
             return
 
-        def work():
+        def compute(model, scorer):
             from ...core.evaluation.flipping import flip_curve, flipped_mask
 
-            model, scorer = panel.scorer(req, target)
             curves = []
             for order in orders:
                 if panel.should_stop():
@@ -212,7 +207,7 @@ class CurveBox(QGroupBox):
             flipped = flipped_mask(rel, opts["max_fraction"], opts["region"], "morf")
             return name, curves, flipped, req["volume"].affine
 
-        panel.start(work, f"flipping regions ({', '.join(orders)})", self._show_curves)
+        panel.start_scored(req, compute, f"flipping regions ({', '.join(orders)})", self._show_curves, target)
 
     def _show_curves(self, result) -> None:
         from ..._layers import upsert

@@ -11,7 +11,8 @@ from ..._layers import array_on_grid, intermediate_layer_data, point_on_grid, si
 from ...core.errors import UserError
 from ...core.lrp import LrpConfig
 from ...core.segmentation import Ray
-from .._forms import button, checkbox, combo, fill_combo, fill_table, group_form, label, read_only_table, row, spin
+from .._forms import button, checkbox, chosen, combo, fill_combo, fill_table, group_form, label, read_only_table
+from .._forms import row, spin
 from .common import MASK_SOURCES, META_KEY, volume_from_layers
 
 PREDICTED = "predicted"
@@ -121,9 +122,7 @@ class RunTab(QWidget):
     def _mask_args(self, volume) -> dict:
         src = self.mask_source.currentText()
         if src == "Labels layer":
-            name = self.mask_layer.currentText()
-            if not name:
-                raise UserError("choose the mask's Labels layer, or use the predicted region.")
+            name = chosen(self.mask_layer, "choose the mask's Labels layer, or use the predicted region.")
             return {"mask": array_on_grid(self.host._viewer.layers[name], volume)}  # the input file's voxel order
         if src == "component at point":
             if self.point is None:
