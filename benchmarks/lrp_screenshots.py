@@ -38,8 +38,10 @@ def wait(app, widget) -> None:
 
 def demo_designer(title: str = "napari-xai LRP designer"):
     """A shown viewer (1800x1150) with the demo brain and the LRP designer docked: (viewer, widget, app)."""
-    import napari
     import torch
+    import torch._dynamo  # noqa: F401  - before OpenGL (see napari_xai/_qt/__init__.py)
+
+    import napari
     from qtpy.QtCore import QCoreApplication
 
     from napari_xai._qt.lrp.designer import LrpDesignerWidget
@@ -51,7 +53,10 @@ def demo_designer(title: str = "napari-xai LRP designer"):
     for data, kwargs, kind in demo_brain():
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     w = LrpDesignerWidget(viewer)
-    viewer.window.add_dock_widget(w, name="LRP designer", area="right")
+    dock = viewer.window.add_dock_widget(w, name="LRP designer", area="right")
+    from qtpy.QtCore import Qt
+
+    w.window().resizeDocks([dock], [560], Qt.Orientation.Horizontal)  # a user drags the dock wider on a large screen
     app = QCoreApplication.instance()
     settle(app)
     return viewer, w, app

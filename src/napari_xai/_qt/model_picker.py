@@ -7,6 +7,8 @@ Cohort docks (magicgui) lay out these widgets in their own forms; the LRP design
 
 from __future__ import annotations
 
+import textwrap
+
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit
 
 from ..core.errors import UserError
@@ -55,6 +57,7 @@ class ModelPicker:
         """The fields as one labelled magicgui form (its ``.native`` goes into a Qt layout), kept up to date."""
         box = Container(labels=True, widgets=self.widgets)
         box.margins = (0, 0, 0, 0)
+        self.trust.text = textwrap.fill(TRUST_TEXT, 40)  # the same words on three lines: the form fits a dock
         self.source.changed.connect(self.update_visibility)
         self.update_visibility()
         return box
