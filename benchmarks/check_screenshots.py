@@ -35,11 +35,11 @@ def main(outdir: str = "docs/images") -> int:
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     viewer, w, app = demo_designer("napari-xai: check the relevance")
-    layers = w.list_layers()
-    w.configs.clear()
-    w.new_config("γ | ε | 0 composite")
-    w.target.setCurrentText("atrophy")
-    w.run()
+    layers = w.design.list_layers()
+    w.manager.configs.clear()
+    w.manager.new_config("γ | ε | 0 composite")
+    w.run_tab.target.setCurrentText("atrophy")
+    w.run_tab.run()
     wait(app, w)
     panel = w.check
     w.tabs.setCurrentIndex(3)
@@ -52,36 +52,36 @@ def main(outdir: str = "docs/images") -> int:
     left[: int(centre[0])] = 0  # one hemisphere's part of the ground truth
     li, lj, lk = np.nonzero(left)
     c = np.array([li.mean(), lj.mean(), lk.mean()]).round().astype(int)
-    mask_layer = panel.new_flip_mask()
+    mask_layer = panel.flip.new_flip_mask()
     grid = np.indices(mask_layer.data.shape)
     ball = ((grid[0] - c[0]) ** 2 + (grid[1] - c[1]) ** 2 + (grid[2] - c[2]) ** 2) <= 6 ** 2
     mask_layer.data = ball.astype(np.uint8)
-    panel.predict()
+    panel.flip.predict()
     wait(app, panel)
     print("painted flip:", panel.status.text())
 
     # 2. flipping curves for the LRP relevance
-    rel_name = next(n for n in (panel.relevance_layer.itemText(i) for i in range(panel.relevance_layer.count()))
+    rel_name = next(n for n in (panel.curves.relevance_layer.itemText(i) for i in range(panel.curves.relevance_layer.count()))
                     if "composite" in n)
-    panel.relevance_layer.setCurrentText(rel_name)
-    for cb in panel.order_boxes.values():
+    panel.curves.relevance_layer.setCurrentText(rel_name)
+    for cb in panel.curves.order_boxes.values():
         cb.setChecked(True)
-    panel.max_fraction.setValue(0.1)
-    panel.run_curve()
+    panel.curves.max_fraction.setValue(0.1)
+    panel.curves.run_curve()
     wait(app, panel)
     print("curves:", panel.status.text())
 
     # 3. channel ablation at the last convolution
     rule = [l.name for l in layers if l.kind == "rule"]
-    conv = [n for n in rule if panel.ablate_layer.findText(n) >= 0][-2]
-    panel.ablate_layer.setCurrentText(conv)
-    panel.rank_channels()
+    conv = [n for n in rule if panel.channels.ablate_layer.findText(n) >= 0][-2]
+    panel.channels.ablate_layer.setCurrentText(conv)
+    panel.channels.rank_channels()
     wait(app, panel)
-    top = [int(panel.channel_table.item(r, 1).text()) for r in range(2)]
-    panel.tick_channels(top)
-    panel.ablate()
+    top = [int(panel.channels.channel_table.item(r, 1).text()) for r in range(2)]
+    panel.channels.tick_channels(top)
+    panel.channels.ablate()
     wait(app, panel)
-    print("ablation:", panel.ablation_label.text())
+    print("ablation:", panel.channels.ablation_label.text())
 
     viewer.dims.ndisplay = 2
     viewer.dims.order = (2, 0, 1)  # axial
@@ -95,16 +95,16 @@ def main(outdir: str = "docs/images") -> int:
     print("wrote check_tab.png")
 
     # 4. flipping curves for every cell of a comparison of four maps of "atrophy"
-    w.compare_3d.setChecked(False)
-    w.compare(["config: γ | ε | 0 composite", "method: integrated-gradients", "method: lrp-epsilon-plus",
+    w.compare_tab.compare_3d.setChecked(False)
+    w.compare_tab.compare(["config: γ | ε | 0 composite", "method: integrated-gradients", "method: lrp-epsilon-plus",
                "method: grad-cam"], targets=["atrophy"])
     wait(app, w)
     w.tabs.setCurrentIndex(3)
-    for key, cb in panel.order_boxes.items():
+    for key, cb in panel.curves.order_boxes.items():
         cb.setChecked(key != "lerf")
-    panel.run_cell_curves()
+    panel.curves.run_cell_curves()
     wait(app, panel)
-    for label, curves in panel.last_cell_curves:
+    for label, curves in panel.curves.last_cell_curves:
         print(f"cell {label:28s} " + "  ".join(f"{c.order} AOPC {c.aopc:.4g}" for c in curves))
     settle(app, 10)
     panel.grab().save(str(out / "check_cells.png"))

@@ -35,7 +35,7 @@ def main(outdir: str = "docs/images") -> int:
     import torch
     from qtpy.QtCore import QCoreApplication
 
-    from napari_xai._qt.lrp_widget import LrpDesignerWidget
+    from napari_xai._qt.lrp.designer import LrpDesignerWidget
     from napari_xai.core.demo import demo_volume
     from napari_xai.core.demo_net import DemoNet
     from napari_xai.core.explain import prepare_input
@@ -68,34 +68,34 @@ def main(outdir: str = "docs/images") -> int:
     viewer.window.add_dock_widget(w, name="LRP designer", area="right")
     app = QCoreApplication.instance()
     settle(app)
-    w.list_layers()
-    w.configs.clear()
-    w.new_config("γ | ε | 0 composite")
-    key_demo = w.add_compare_model()
-    w.source.setCurrentText("Python file + weights")
-    w.path.setText(str(tmp / "random_demo.py"))
-    w.class_name.setText("RandomDemoNet")
-    w.weights.setText(str(tmp / "random_weights.pt"))
-    w.kwargs.setText(str(tmp / "kwargs.json"))
-    key_random = w.add_compare_model()
-    w.source.setCurrentText("Demo model")
+    w.design.list_layers()
+    w.manager.configs.clear()
+    w.manager.new_config("γ | ε | 0 composite")
+    key_demo = w.compare_tab.add_compare_model()
+    w.picker.source.value = "Python file + weights"
+    w.picker.path.value = str(tmp / "random_demo.py")
+    w.picker.class_name.value = "RandomDemoNet"
+    w.picker.weights.value = str(tmp / "random_weights.pt")
+    w.picker.kwargs.value = str(tmp / "kwargs.json")
+    key_random = w.compare_tab.add_compare_model()
+    w.picker.source.value = "demo model"
     w.tabs.setCurrentIndex(2)
-    w.set_compare_items(["config: γ | ε | 0 composite"], targets=["healthy", "atrophy"], models=[key_demo, key_random])
-    w.compare_3d.setChecked(True)
-    w.compare()
+    w.compare_tab.set_compare_items(["config: γ | ε | 0 composite"], targets=["healthy", "atrophy"], models=[key_demo, key_random])
+    w.compare_tab.compare_3d.setChecked(True)
+    w.compare_tab.compare()
     wait(app, w)
     viewer.camera.angles = (0.0, 0.0, 90.0)
     settle(app, 20)
     viewer.screenshot(str(out / "lrp_compare_models_targets.png"), canvas_only=False, flash=False)
     print("common scale:", w.status.text())
     # the same cells, each on its own colour scale: the random model's (much weaker) map becomes visible
-    w.compare_common.setChecked(False)
-    w.compare()
+    w.compare_tab.compare_common.setChecked(False)
+    w.compare_tab.compare()
     wait(app, w)
     viewer.camera.angles = (0.0, 0.0, 90.0)
     settle(app, 20)
-    w.save_comparison(out / "lrp_compare_models_targets_grid.png")
-    for label, rel in w.last_comparison:
+    w.compare_tab.save_comparison(out / "lrp_compare_models_targets_grid.png")
+    for label, rel in w.compare_tab.last_comparison:
         r = rel.data.sum(axis=0)
         print(f"{label:40s} sum {r.sum():9.4f}  positive {r[r > 0].sum():9.4f}  logit {rel.provenance['params'].get('output_relevance', float('nan')):9.4f}")
     print("wrote lrp_compare_models_targets.png and lrp_compare_models_targets_grid.png;", w.status.text())

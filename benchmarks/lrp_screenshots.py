@@ -38,11 +38,13 @@ def wait(app, widget) -> None:
 
 def demo_designer(title: str = "napari-xai LRP designer"):
     """A shown viewer (1800x1150) with the demo brain and the LRP designer docked: (viewer, widget, app)."""
-    import napari
     import torch
+    import torch._dynamo  # noqa: F401  - before OpenGL (see napari_xai/_qt/__init__.py)
+
+    import napari
     from qtpy.QtCore import QCoreApplication
 
-    from napari_xai._qt.lrp_widget import LrpDesignerWidget
+    from napari_xai._qt.lrp.designer import LrpDesignerWidget
     from napari_xai._sample_data import demo_brain
 
     torch.set_num_threads(1)
@@ -51,7 +53,10 @@ def demo_designer(title: str = "napari-xai LRP designer"):
     for data, kwargs, kind in demo_brain():
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     w = LrpDesignerWidget(viewer)
-    viewer.window.add_dock_widget(w, name="LRP designer", area="right")
+    dock = viewer.window.add_dock_widget(w, name="LRP designer", area="right")
+    from qtpy.QtCore import Qt
+
+    w.window().resizeDocks([dock], [560], Qt.Orientation.Horizontal)  # a user drags the dock wider on a large screen
     app = QCoreApplication.instance()
     settle(app)
     return viewer, w, app
@@ -65,32 +70,32 @@ def main(outdir: str = "docs/images", angles: str | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     viewer, w, app = demo_designer()
 
-    layers = w.list_layers()
+    layers = w.design.list_layers()
     print(f"{len(layers)} layers:", ", ".join(l.name for l in layers))
     names = [l.name for l in layers]
     rule = [l.name for l in layers if l.kind == "rule"]
 
     # five configurations; the first is the composite default (gamma | epsilon | 0)
-    w.configs.clear()
-    comp = w.new_config("γ | ε | 0 composite")
-    w.new_config("LRP-ε everywhere", from_layers=False)
-    w.add_segment(rule[0], rule[-1], "lrp-epsilon", name="all", epsilon=0.25)
-    w.new_config("z⁺ convs | ε dense", from_layers=False)
-    w.add_segment(rule[0], rule[-2], "lrp-z-plus", name="convs")
-    w.add_segment(rule[-1], rule[-1], "lrp-epsilon", name="dense", epsilon=0.25)
-    w.new_config("flat | αβ | 0", from_layers=False)
-    w.add_segment(rule[0], rule[0], "lrp-flat", name="input")
-    w.add_segment(rule[1], rule[-2], "lrp-alpha-beta", name="middle")
-    w.new_config("custom γ+ε", from_layers=False)
-    w.add_segment(rule[0], rule[-2], "custom", name="convs", alpha=1.0, beta=0.0, epsilon=0.1, theta0=0.0,
+    w.manager.configs.clear()
+    comp = w.manager.new_config("γ | ε | 0 composite")
+    w.manager.new_config("LRP-ε everywhere", from_layers=False)
+    w.segments.add_segment(rule[0], rule[-1], "lrp-epsilon", name="all", epsilon=0.25)
+    w.manager.new_config("z⁺ convs | ε dense", from_layers=False)
+    w.segments.add_segment(rule[0], rule[-2], "lrp-z-plus", name="convs")
+    w.segments.add_segment(rule[-1], rule[-1], "lrp-epsilon", name="dense", epsilon=0.25)
+    w.manager.new_config("flat | αβ | 0", from_layers=False)
+    w.segments.add_segment(rule[0], rule[0], "lrp-flat", name="input")
+    w.segments.add_segment(rule[1], rule[-2], "lrp-alpha-beta", name="middle")
+    w.manager.new_config("custom γ+ε", from_layers=False)
+    w.segments.add_segment(rule[0], rule[-2], "custom", name="convs", alpha=1.0, beta=0.0, epsilon=0.1, theta0=0.0,
                   theta1=1.0, gamma0=0.0, gamma1=1.0, gamma1p=0.5, gamma2=0.0)
-    w.save_configs(out / "lrp_configs_example.json")
+    w.manager.save_configs(out / "lrp_configs_example.json")
 
     # the segment editor: the composite, its middle segment selected
-    w.config_combo.setCurrentText(comp.name)
-    w.activate(comp.name)
-    w.set_intermediate([names[names.index(rule[1]) + 2]] if len(names) > names.index(rule[1]) + 2 else [])
-    w.segment_table.selectRow(1)
+    w.manager.config_combo.setCurrentText(comp.name)
+    w.manager.activate(comp.name)
+    w.design.set_intermediate([names[names.index(rule[1]) + 2]] if len(names) > names.index(rule[1]) + 2 else [])
+    w.segments.segment_table.selectRow(1)
     w.tabs.setCurrentIndex(0)
     settle(app, 20)
     dock = w.parentWidget() or w
@@ -99,10 +104,10 @@ def main(outdir: str = "docs/images", angles: str | None = None) -> int:
 
     # run: input relevance and intermediate relevance at the segment boundaries
     w.tabs.setCurrentIndex(1)
-    w.run()
+    w.run_tab.run()
     wait(app, w)
     print(w.status.text())
-    print({w.readout_table.item(r, 0).text(): w.readout_table.item(r, 1).text() for r in range(w.readout_table.rowCount())})
+    print({w.run_tab.readout_table.item(r, 0).text(): w.run_tab.readout_table.item(r, 1).text() for r in range(w.run_tab.readout_table.rowCount())})
     import numpy as np
 
     brain = viewer.layers["demo brain"]
@@ -140,13 +145,13 @@ def main(outdir: str = "docs/images", angles: str | None = None) -> int:
 
     # comparison of the five configurations, 3D grid
     w.tabs.setCurrentIndex(2)
-    w.set_compare_items([f"config: {c.name}" for c in w.configs])
-    w.compare_3d.setChecked(True)
-    w.compare()
+    w.compare_tab.set_compare_items([f"config: {c.name}" for c in w.manager.configs])
+    w.compare_tab.compare_3d.setChecked(True)
+    w.compare_tab.compare()
     wait(app, w)
     viewer.camera.angles = ANGLES
     settle(app, 20)
-    w.save_comparison(out / "lrp_compare_3d.png")
+    w.compare_tab.save_comparison(out / "lrp_compare_3d.png")
     print("wrote lrp_compare_3d.png;", w.status.text())
     viewer.close()
     return 0

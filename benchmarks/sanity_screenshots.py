@@ -28,40 +28,40 @@ def main(outdir: str = "docs/images", method: str = "", common: str = "") -> int
     import numpy as np
 
     from lrp_screenshots import demo_designer, settle, wait
-    from napari_xai._qt.check_panel import ACTIVE_CONFIG
+    from napari_xai._qt.lrp.check_tab import ACTIVE_CONFIG
 
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     viewer, w, app = demo_designer("napari-xai: randomization sanity check")
     viewer.window.resize(1800, 1200)
-    w.list_layers()
-    w.configs.clear()
-    w.new_config("γ | ε | 0 composite")
-    w.target.setCurrentText("atrophy")
+    w.design.list_layers()
+    w.manager.configs.clear()
+    w.manager.new_config("γ | ε | 0 composite")
+    w.run_tab.target.setCurrentText("atrophy")
     panel = w.check
     w.tabs.setCurrentIndex(3)
-    panel.sanity_method.setCurrentText(method or ACTIVE_CONFIG)
-    panel.sanity_mode.setCurrentText("cascading")
-    panel.sanity_seed.setValue(0)
+    panel.sanity.sanity_method.setCurrentText(method or ACTIVE_CONFIG)
+    panel.sanity.sanity_mode.setCurrentText("cascading")
+    panel.sanity.sanity_seed.setValue(0)
     t0 = time.perf_counter()
-    panel.run_sanity()
+    panel.sanity.run_sanity()
     wait(app, panel)
     print(f"{time.perf_counter() - t0:.1f} s:", panel.status.text())
-    t = panel.sanity_table
+    t = panel.sanity.sanity_table
     print(" | ".join(t.horizontalHeaderItem(c).text() for c in range(t.columnCount())))
     for r in range(t.rowCount()):
         print(" | ".join(t.item(r, c).text() for c in range(t.columnCount())))
-    print(panel.sanity_verdict.text())
+    print(panel.sanity.sanity_verdict.text())
     # a randomized model scores near 0, so its LRP / IG maps are ~100x smaller than the original: on one
     # colour scale they look empty; each map on its own scale shows where they point (the metrics are scale-free)
-    panel.sanity_common.setChecked(bool(common))
+    panel.sanity.sanity_common.setChecked(bool(common))
     bar = panel.scroll.verticalScrollBar()
     bar.setValue(bar.maximum())  # the sanity group is the last one of the tab
     settle(app, 20)
     # from the sanity group down to the status line (the flipping and ablation groups above are empty here)
     from qtpy.QtCore import QPoint, QRect
 
-    top = panel.sanity_table.parentWidget().mapTo(panel, QPoint(0, 0)).y() - 6
+    top = panel.sanity.sanity_table.parentWidget().mapTo(panel, QPoint(0, 0)).y() - 6
     panel.grab(QRect(0, max(top, 0), panel.width(), panel.height() - max(top, 0))).save(str(out / "sanity_check_tab.png"))
     print("wrote sanity_check_tab.png")
 
@@ -69,8 +69,8 @@ def main(outdir: str = "docs/images", method: str = "", common: str = "") -> int
     gt = next(l for l in viewer.layers if "ground truth" in l.name.lower())
     k = int(round(np.argwhere(np.asarray(gt.data) > 0)[:, 2].mean()))
     brain = viewer.layers["demo brain"]
-    panel.sanity_3d.setChecked(False)
-    panel.show_sanity_maps()
+    panel.sanity.sanity_3d.setChecked(False)
+    panel.sanity.show_sanity_maps()
     viewer.dims.order = (2, 0, 1)
     viewer.dims.set_point(2, float(brain.data_to_world((0, 0, k))[2]))
     viewer.reset_view()

@@ -282,6 +282,9 @@ def test_every_widget_uses_the_one_layer_affine():
     lrp_files = sorted(Path(lrp.__file__).parent.glob("*.py"))
     assert len(lrp_files) > 5  # the designer's tab modules, each read
     src.update({f"lrp/{p.name}": p.read_text() for p in lrp_files})
+    atlas_files = sorted((Path(atlas_widget.__file__).parent / "atlas").glob("*.py"))
+    assert len(atlas_files) > 5  # the Atlas dock's widget modules, each read
+    src.update({f"atlas/{p.name}": p.read_text() for p in atlas_files})
     import napari_xai._qt.explain_widget as explain_widget
 
     src["explain"] = open(explain_widget.__file__).read()

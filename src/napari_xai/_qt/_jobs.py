@@ -9,6 +9,7 @@ anything else is logged with its traceback and shown as an internal error.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Callable
 
 from ..core.errors import Cancelled, UserError
@@ -51,3 +52,50 @@ def report_error(exc: BaseException, set_status: Callable[[str], None]) -> bool:
         log.error("napari-xai internal error", exc_info=exc)
         fail(set_status, f"internal error: {type(exc).__name__}: {exc}")
     return False
+
+
+class Job:
+    """One dock's background work: at most one worker at a time, a cancel flag, and progress.
+
+    The worker thread calls :meth:`report` (or the owner fills ``progress`` as it likes); a GUI-thread timer calls
+    ``show()`` every ``interval_ms`` while the worker runs, to draw ``progress``. ``finished`` runs after the
+    worker has gone (``busy`` is False again).
+    """
+
+    def __init__(self, parent, show: Callable[[], None], interval_ms: int = 100):
+        from qtpy.QtCore import QTimer
+
+        self.worker: Any = None
+        self.cancel_event = threading.Event()
+        self.progress: list = [0.0, ""]
+        self.timer = QTimer(parent)
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(show)
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def should_stop(self) -> bool:
+        return self.cancel_event.is_set()
+
+    def report(self, fraction: float, message: str) -> None:
+        """Progress from the worker thread (read by the GUI-thread timer)."""
+        self.progress[:] = [fraction, message]
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+    def start(self, work: Callable, *, returned: Callable, errored: Callable,
+              finished: Callable | None = None) -> None:
+        """Run ``work()`` in a worker; the callbacks run on the GUI thread."""
+        self.cancel_event.clear()
+        self.timer.start()
+
+        def done():
+            self.timer.stop()
+            self.worker = None
+            if finished is not None:
+                finished()
+
+        self.worker = start_worker(work, returned=returned, errored=errored, finished=done)

@@ -10,7 +10,6 @@ For process pools, Dask clusters and job arrays use the command line
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,12 +22,11 @@ from magicgui.widgets import (
     ProgressBar,
     PushButton,
 )
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
 
 from ..core.errors import Cancelled, UserError
 from ..core.methods.catalogue import all_methods, get_method
-from ._jobs import fail, report_error, start_worker
+from ._jobs import Job, fail, report_error
 from ._layout import into_scroll_area
 from .model_picker import ModelPicker
 
@@ -44,9 +42,8 @@ class CohortWidget(Container):
     def __init__(self, napari_viewer: "napari.viewer.Viewer"):
         super().__init__(labels=True)
         self._viewer = napari_viewer
-        self._worker = None
-        self._cancel = threading.Event()
-        self._progress = [0, 0, 0]  # done, failed, total
+        self.job = Job(self.native, self._show_progress, interval_ms=150)
+        self.job.progress = [0, 0, 0]  # done, failed, total
         self.last_result = None
 
         self.csv = FileEdit(label="cohort CSV", mode="r", filter="*.csv *.tsv", tooltip="columns id, path, covariates")
@@ -75,9 +72,6 @@ class CohortWidget(Container):
         self.source.changed.connect(self._on_source)
         self.run_btn.changed.connect(self.run)
         self.cancel_btn.changed.connect(self.cancel)
-        self._timer = QTimer()
-        self._timer.setInterval(150)
-        self._timer.timeout.connect(self._show_progress)
         self._on_source()
 
     def _on_source(self, *_):
@@ -89,7 +83,7 @@ class CohortWidget(Container):
 
     # ---------------------------------------------------------------- run
     def run(self, *_):
-        if self._worker is not None:
+        if self.job.busy:
             return
         try:
             from ..core.cohort import read_subjects
@@ -111,8 +105,8 @@ class CohortWidget(Container):
             fail(self._set_status, str(exc))
             return
         trust = bool(self.trust.value)
-        self._cancel.clear()
-        self._progress[:] = [0, 0, len(subjects)]
+        progress = self.job.progress
+        progress[:] = [0, 0, len(subjects)]
 
         def work():
             from ..core import atlas as at
@@ -122,17 +116,17 @@ class CohortWidget(Container):
 
             grid_atlas = at.load_atlas(atlas) if atlas else None
             model = load_model(model_args["source"], weights=model_args.get("weights"), trust=trust)
-            if self._cancel.is_set():
+            if self.job.should_stop():
                 raise Cancelled("cancelled by the user")
             cfg = RunConfig(model=model_args["source"], weights=model_args.get("weights"), trust=trust,
                             model_sha256=model.sha256, method=method, target=target, atlas=atlas,
                             outdir=str(Path(out).resolve()), command="napari-xai Cohort widget")
 
             def on_row(row):
-                self._progress[0] += 1
-                self._progress[1] += row.get("status") == "failed"
+                progress[0] += 1
+                progress[1] += row.get("status") == "failed"
 
-            res = run_local(subjects, cfg, model, on_row=on_row, should_stop=self._cancel.is_set)
+            res = run_local(subjects, cfg, model, on_row=on_row, should_stop=self.job.should_stop)
             mean_path = Path(out) / "mean_relevance.nii.gz"
             if not mean_path.exists() or res["mean_over"] == 0:
                 raise UserError(f"no subject was explained; see {Path(out) / 'failures.csv'}.")
@@ -145,22 +139,24 @@ class CohortWidget(Container):
                 regions = at.region_table(grid, mean.data[0], sort_by="pos_sum").rows[:TABLE_ROWS]
             return res, mean, template, regions
 
-        self.run_btn.enabled = False
-        self.cancel_btn.enabled = True
+        self._set_running(True)
         self.status.value = "running…"
-        self._timer.start()
-        self._worker = start_worker(work, returned=self._on_returned, errored=self._on_error, finished=self._on_finished)
+        self.job.start(work, returned=self._on_returned, errored=self._on_error, finished=self._on_finished)
 
     def cancel(self, *_):
-        self._cancel.set()
+        self.job.cancel()
         self.status.value = "cancelling after the current subject…"
 
     @property
     def busy(self) -> bool:
-        return self._worker is not None
+        return self.job.busy
+
+    def _set_running(self, on: bool) -> None:
+        self.run_btn.enabled = not on
+        self.cancel_btn.enabled = on
 
     def _show_progress(self):
-        done, failed, total = self._progress
+        done, failed, total = self.job.progress
         self.progress.value = int(round(100 * done / total)) if total else 0
         self.progress.label = f"{done}/{total} subjects" + (f", {failed} failed" if failed else "")
 
@@ -197,8 +193,5 @@ class CohortWidget(Container):
         self.status.value = text
 
     def _on_finished(self):
-        self._timer.stop()
         self._show_progress()
-        self._worker = None
-        self.run_btn.enabled = True
-        self.cancel_btn.enabled = False
+        self._set_running(False)

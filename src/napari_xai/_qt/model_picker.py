@@ -2,12 +2,14 @@
 
 One list of model sources (:data:`SOURCES`), one text for the trust checkbox that names the risk, and one
 reading of the fields into ``(source, extra)`` for :func:`napari_xai.core.models.load_model`. The Explain and
-Cohort docks (magicgui) lay out these widgets; the LRP designer (Qt) uses the same :data:`SOURCES`.
+Cohort docks (magicgui) lay out these widgets in their own forms; the LRP designer (Qt) docks :meth:`ModelPicker.form`.
 """
 
 from __future__ import annotations
 
-from magicgui.widgets import CheckBox, ComboBox, FileEdit, LineEdit
+import textwrap
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit
 
 from ..core.errors import UserError
 
@@ -45,9 +47,26 @@ class ModelPicker:
     def kind(self) -> str:
         return SOURCES[self.source.value]
 
-    def update_visibility(self) -> None:
-        """Show the fields the chosen source needs (a bundle is a folder; class and weights only for a .py file)."""
+    @property
+    def widgets(self) -> list:
+        """The fields in form order (source, path, class, weights, kwargs if any, trust)."""
+        return [w for w in (self.source, self.path, self.class_name, self.weights, self.kwargs, self.trust)
+                if w is not None]
+
+    def form(self) -> Container:
+        """The fields as one labelled magicgui form (its ``.native`` goes into a Qt layout), kept up to date."""
+        box = Container(labels=True, widgets=self.widgets)
+        box.margins = (0, 0, 0, 0)
+        self.trust.text = textwrap.fill(TRUST_TEXT, 40)  # the same words on three lines: the form fits a dock
+        self.source.changed.connect(self.update_visibility)
+        self.update_visibility()
+        return box
+
+    def update_visibility(self, *_) -> None:
+        """Show the fields the chosen source needs (a bundle is a folder; class and weights only for a .py file);
+        the built-in demo model has nothing to trust."""
         kind = self.kind
+        self.trust.enabled = kind != "demo"
         self.path.visible = kind != "demo"
         self.path.mode = "d" if kind == "bundle" else "r"
         for w in (self.class_name, self.weights, self.kwargs):
@@ -71,3 +90,10 @@ class ModelPicker:
                 extra["model_kwargs"] = self.kwargs.value or "{}"
             return f"{path}:{cls}", extra
         return path, {}
+
+    def load_args(self) -> tuple[str, dict]:
+        """:meth:`model_source` with the trust opt-in in ``extra`` when ticked (unticked, nothing changes)."""
+        source, extra = self.model_source()
+        if self.trust.value and source != "demo":
+            extra["trust"] = True
+        return source, extra

@@ -1,9 +1,8 @@
-"""What the LRP designer's tabs share: constants, input stacking, the model's output kind, read-only tables."""
+"""What the LRP designer's tabs share: constants, input stacking, the model's output kind, the TorchScript refusal."""
 
 from __future__ import annotations
 
 import numpy as np
-from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
 from ...core.errors import UserError
 
@@ -61,28 +60,6 @@ def model_outputs(model, x, index: int = 0) -> tuple[bool, int]:
 def is_segmentation(model, x, index: int = 0) -> bool:
     """True when the model's output ``index`` (of a tuple; a single output is output 0) is a logit map."""
     return model_outputs(model, x, index)[0]
-
-def read_only_table(headers: list[str]) -> QTableWidget:
-    """A read-only table with these column headers, no row numbers, and nothing elided.
-
-    Columns fit their contents (headers and cells are never cut to "negati…"),
-    the last one takes the remaining width, and a narrow dock scrolls sideways.
-    """
-    t = QTableWidget(0, len(headers))
-    t.setHorizontalHeaderLabels(headers)
-    t.verticalHeader().setVisible(False)
-    t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-    t.horizontalHeader().setStretchLastSection(True)
-    t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-    return t
-
-
-def fill_table(table: QTableWidget, rows: list[list[str]]) -> None:
-    """Replace the table's rows by these texts."""
-    table.setRowCount(len(rows))
-    for r, row in enumerate(rows):
-        for c, text in enumerate(row):
-            table.setItem(r, c, QTableWidgetItem(text))
 
 
 def refuse_torchscript(source: str) -> None:
