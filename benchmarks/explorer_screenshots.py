@@ -43,7 +43,7 @@ def main(outdir: str = "docs/images") -> int:
     import napari
     from qtpy.QtCore import QCoreApplication
 
-    from napari_xai._qt.explorer_widget import CLUSTERS_NAME, ExplorerWidget
+    from napari_xai._qt.explorer import CLUSTERS_NAME, ExplorerWidget
     from napari_xai.core import postprocess as pp
     from napari_xai.core.demo import demo_volume
 

@@ -21,7 +21,7 @@ from napari_xai.core.explorer import run
 import napari  # noqa: E402,F401  - a missing GUI stack fails these tests, never skips them
 import pytestqt  # noqa: E402,F401
 
-from napari_xai._qt.explorer_widget import CLUSTERS_NAME, FILTERED_NAME, ExplorerWidget  # noqa: E402
+from napari_xai._qt.explorer import CLUSTERS_NAME, FILTERED_NAME, ExplorerWidget  # noqa: E402
 
 
 def affine_2mm():
@@ -111,7 +111,7 @@ def test_widget_creates_two_layers_and_updates_them_in_place(make_napari_viewer,
     assert np.allclose(pos0, np.clip(res.filtered, 0, None).sum(axis=(1, 2)))
     assert np.allclose(neg0, np.clip(res.filtered, None, 0).sum(axis=(1, 2)))
     viewer.dims.set_point(0, -20.0 + 2.0 * 7)  # world x of voxel i = 7
-    xs = [line.get_xdata()[0] for line in w._slice_lines]
+    xs = [line.get_xdata()[0] for line in w.guides.slice_lines]
     assert xs[0] == pytest.approx(7.0)
 
 
@@ -350,7 +350,7 @@ def test_atlas_columns_cursor_region_and_save(make_napari_viewer, qtbot, tmp_pat
     import json
 
     from napari_xai._qt.atlas_widget import AtlasWidget
-    from napari_xai._qt.explorer_widget import COLUMNS
+    from napari_xai._qt.explorer import COLUMNS
     from napari_xai.cli import main
 
     viewer = make_napari_viewer()
