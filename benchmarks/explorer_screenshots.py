@@ -83,6 +83,7 @@ def main(outdir: str = "docs/images") -> int:
     viewer.layers.selection.active = viewer.layers[CLUSTERS_NAME]
     cid = 1
     viewer.cursor.position = tuple(widget.result.table.peak_mm[cid - 1])
+    widget.wait()  # the guides follow through their coalescing timer
     settle()
     widget.grab().save(str(out / "explorer_widget.png"))
     viewer.screenshot(str(out / "explorer_window_2d.png"), canvas_only=False)

@@ -52,7 +52,7 @@ class ExplorerWidget(QWidget):
         self._error = ""
         self._axis_names = ["axis 0", "axis 1", "axis 2"]
         self.layer_updater = LayerUpdater(napari_viewer)
-        self.scheduler = UpdateScheduler(self.params, self._apply, self._show_error, self._status, self)
+        self.scheduler = UpdateScheduler(self.params, lambda res: self._apply(res), self._show_error, self._status, self)
         self.regions = RegionColumns(napari_viewer, self)
         self._build()
         self._connect()
@@ -229,8 +229,10 @@ class ExplorerWidget(QWidget):
 
     @property
     def idle(self) -> bool:
-        """True when nothing is running or pending and the controls' state has been computed (or refused)."""
-        return self.scheduler.idle and (self._explorer is None or not self.regions.timer.isActive())
+        """True when nothing is running or pending (guides included) and the controls' state has been computed
+        (or refused)."""
+        return self.scheduler.idle and (self._explorer is None or not (self.regions.timer.isActive()
+                                                                       or self.guides.pending))
 
     def wait(self, timeout_ms: int = 30000) -> None:
         """Process Qt events until :attr:`idle` (for scripts and tests)."""

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ...core import postprocess as pp
 from ...core.geometry import voxel_volume_mm3
+from .plots import FG, Blitter, plot_canvas, style
 
-BG = "#262930"
-FG = "#d6d6d6"
+GUIDES_MS = 60  # the guides follow the layers at most this often (coalesced: only the latest state is drawn)
+SLICE_TITLE = "relevance per slice: positive (red), negative (blue); white = current slice"
 
 
 def axis_names(affine: np.ndarray) -> list[str]:
@@ -24,35 +26,15 @@ def axis_names(affine: np.ndarray) -> list[str]:
     return [f"axis {i} ({opposite.get(c, '?')}→{c})" for i, c in enumerate(codes)]
 
 
-def style(ax) -> None:
-    ax.set_facecolor(BG)
-    ax.tick_params(colors=FG, labelsize=7)
-    for side in ax.spines.values():
-        side.set_color("#6a6a6a")
-    ax.title.set_color(FG)
-    ax.xaxis.label.set_color(FG)
-    ax.yaxis.label.set_color(FG)
-
-
-def plot_canvas(width: float, height: float, rows: int = 1):
-    """A dark matplotlib canvas of fixed height with ``rows`` stacked axes."""
-    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=90, facecolor=BG)
-    axes = [fig.add_subplot(rows, 1, r + 1) for r in range(rows)]
-    fig.subplots_adjust(left=0.16, right=0.98, bottom=0.22 if rows == 1 else 0.06, top=0.86 if rows == 1 else 0.93,
-                        hspace=0.35)
-    for ax in axes:
-        style(ax)
-    canvas = FigureCanvasQTAgg(fig)
-    canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-    canvas.setFixedHeight(int(height * 90))
-    return canvas, axes
-
-
 class Guides(QWidget):
-    """Histogram of cluster sizes (red line: the minimum size) and per-slice sums (white line: current slice)."""
+    """Histogram of cluster sizes (red line: the minimum size) and per-slice sums (white line: current slice).
+
+    Off the sliders' critical path: :meth:`show_result` and :meth:`set_marker` only note the latest state;
+    a single-shot timer draws it at most every :data:`GUIDES_MS` (coalesced: intermediate states of a drag
+    are never drawn). Their data is cached by the core per stage (histogram counts per labelling, per-slice
+    sums per filtered map): bars are drawn again only when those change; a cluster-size step or a new slice
+    moves the animated lines and the title only (blitting).
+    """
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -62,103 +44,168 @@ class Guides(QWidget):
         root.addWidget(self.hist_canvas)
         self.slice_canvas, self.slice_axes = plot_canvas(4.2, 3.3, rows=3)
         root.addWidget(self.slice_canvas)
+        self.hist_blit, self.slice_blit = Blitter(self.hist_canvas), Blitter(self.slice_canvas)
         self.slice_lines: list = []
-        self._stale: set = set()
-        self._hist_key = self._slices_key = None
-        self._hist_line = self._hist_title = None
+        self._slice_bars: list = []
+        self._slice_sizes = None
+        self._slices_ijk = None
+        self._hist_key = self._slices_key = self._hist_drawn = None
+        self._bars = self._hist_line = self._hist_title = self._empty_text = None
         self._result: pp.PostResult | None = None
         self._unit = "voxels"
         self._names = ["axis 0", "axis 1", "axis 2"]
         self._ijk = np.zeros(3)
+        self._dirty = False
+        self._stale: set = set()
+        self.timer = QTimer(self)
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(GUIDES_MS)
+        self.timer.timeout.connect(self.draw_now)
+
+    @property
+    def pending(self) -> bool:
+        """True while a state waits to be drawn."""
+        return self._dirty
 
     def show_result(self, res: pp.PostResult | None, unit: str, names: list[str]) -> None:
+        """Draw ``res`` soon (coalesced)."""
         self._result, self._unit, self._names = res, unit, names
-        self._draw_histogram()
-        self._draw_slices()
+        self._request()
 
     def set_marker(self, ijk: np.ndarray) -> None:
-        """Move the current-slice lines to voxel ``ijk``."""
+        """Move the current-slice lines to voxel ``ijk`` soon (coalesced)."""
         self._ijk = np.asarray(ijk, dtype=float)[:3]
-        self._update_slice_markers()
+        self._request()
 
-    # -- drawing -----------------------------------------------------------------------
-    def _redraw(self, canvas) -> None:
-        """Draw a plot now if it is on screen, else when the widget is shown (drawing costs ~0.1 s)."""
-        if canvas.isVisible():
-            canvas.draw_idle()
-        else:
-            self._stale.add(canvas)
+    def _request(self) -> None:
+        self._dirty = True
+        if not self.timer.isActive():
+            self.timer.start()  # not restarted by later requests: drawn at most every GUIDES_MS during a drag
 
     def showEvent(self, event):  # noqa: N802 (Qt API)
         super().showEvent(event)
-        for canvas in list(self._stale):
-            canvas.draw_idle()
+        for blit in list(self._stale):
+            blit.draw()
         self._stale.clear()
 
+    def draw_now(self) -> None:
+        """Draw the latest state (the timer's job; hidden plots are rendered when shown)."""
+        self._dirty = False
+        self._draw_histogram()
+        self._draw_slices()
+
+    def _render(self, blit: Blitter, full: bool) -> None:
+        if not blit.canvas.isVisible():
+            self._stale.add(blit)  # rendering costs tens of ms: only what is on screen
+        elif full or blit in self._stale:
+            self._stale.discard(blit)
+            blit.draw()
+        else:
+            blit.update()
+
+    # -- the size histogram --------------------------------------------------------------
     def _draw_histogram(self) -> None:
-        """Bars when the labelling changed, else only the min-size line and the title (cheaper)."""
-        ax, res, unit = self.hist_ax, self._result, self._unit
-        key = (id(res.histogram) if res is not None else None, unit)
-        if key != self._hist_key:
-            ax.clear()
-            style(ax)
-            self._hist_line = self._hist_title = None
-            self._hist_key = key
-            if res is None or res.sizes_all.size == 0:
-                ax.text(0.5, 0.5, "no clusters at this threshold", color=FG, ha="center", va="center",
-                        transform=ax.transAxes)
-                self._redraw(self.hist_canvas)
-                return
-            h = res.histogram
-            edges = h.edges_mm3 if unit == "mm3" else h.edges_voxels
-            ax.stairs(h.counts, edges, fill=True, color="#8fb3ff")
-            ax.set_xscale("log")
-            if h.counts.max() > 20:
-                ax.set_yscale("log")
-                ax.set_ylim(0.8, h.counts.max() * 1.3)
-            ax.set_xlim(edges[0], edges[-1])
-            ax.set_xlabel("cluster size (" + ("mm³" if unit == "mm3" else "voxels") + ")", fontsize=7)
-            ax.set_ylabel("clusters", fontsize=7)
-            self._hist_line = ax.axvline(edges[0], color="#ff5a5a", lw=1.5, ls="--")
-            self._hist_title = ax.set_title("", fontsize=8)
-        if res is None or self._hist_line is None:
+        """New bars (in place) and a full draw when the labelling changed; else only the min-size line and the
+        title (blit)."""
+        res, unit = self._result, self._unit
+        state = (id(res) if res is not None else None, unit)
+        if state == self._hist_drawn:
             return
+        self._hist_drawn = state
+        key = (id(res.histogram) if res is not None else None, unit)
+        full = key != self._hist_key
+        if full:
+            self._hist_key = key
+            self._set_bars(res, unit)
+        if res is not None and res.sizes_all.size:
+            self._move_size_line(res, unit)
+        self._render(self.hist_blit, full)
+
+    def _make_histogram(self) -> None:
+        ax = self.hist_ax
+        self._bars = ax.stairs([0.0], [1.0, 2.0], fill=True, color="#8fb3ff")
+        self._hist_line = ax.axvline(1.0, color="#ff5a5a", lw=1.5, ls="--")
+        self._hist_title = ax.set_title("", fontsize=8)
+        self._empty_text = ax.text(0.5, 0.5, "no clusters at this threshold", color=FG, ha="center", va="center",
+                                   transform=ax.transAxes)
+        ax.set_xscale("log")
+        ax.set_ylabel("clusters", fontsize=7)
+        self.hist_blit.set_artists([self._hist_line, self._hist_title])
+
+    def _set_bars(self, res: pp.PostResult | None, unit: str) -> None:
+        """The histogram's bars, limits and scales for ``res``, changing the existing artists."""
+        if self._bars is None:
+            self._make_histogram()
+        ax = self.hist_ax
+        empty = res is None or res.sizes_all.size == 0
+        for artist in (self._bars, self._hist_line, self._hist_title, ax.xaxis, ax.yaxis):
+            artist.set_visible(not empty)
+        self._empty_text.set_visible(empty)
+        if empty:
+            return
+        h = res.histogram
+        edges = h.edges_mm3 if unit == "mm3" else h.edges_voxels
+        self._bars.set_data(h.counts, edges)
+        top = float(h.counts.max())
+        log_y = top > 20
+        limits = (0.8, top * 1.3) if log_y else (0.0, top * 1.05)
+        if log_y != (ax.get_yscale() == "log"):
+            ax.set_ylim(0.8, top * 1.3)  # fixed limits first: no autoscaling over the old data on a log scale
+            ax.set_yscale("log" if log_y else "linear")
+        ax.set_ylim(*limits)
+        ax.set_xlim(edges[0], edges[-1])
+        ax.set_xlabel("cluster size (" + ("mm³" if unit == "mm3" else "voxels") + ")", fontsize=7)
+
+    def _move_size_line(self, res: pp.PostResult, unit: str) -> None:
         scale = voxel_volume_mm3(res.affine) if unit == "mm3" else 1.0
         ms = max(res.min_voxels * scale, float(res.histogram.edges_voxels[0] * scale))
         self._hist_line.set_xdata([ms, ms])
         self._hist_title.set_text(f"{res.n_clusters} of {res.n_clusters_before_size} clusters ≥ min size (red)")
-        self._redraw(self.hist_canvas)
 
+    # -- the per-slice plots -------------------------------------------------------------
     def _draw_slices(self) -> None:
-        """Per-slice sums; they depend only on the filtered map, so redrawn only when it changed."""
+        """Per-slice sums depend only on the filtered map: new sums (in place) and a full draw when it changed,
+        else only the current-slice lines (blit)."""
         res = self._result
         key = id(res.profiles) if res is not None else None
-        if key == self._slices_key and self.slice_lines:
-            self._update_slice_markers()
+        full = key != self._slices_key
+        if not full and np.array_equal(self._ijk, self._slices_ijk):
             return
-        self._slices_key = key
-        self.slice_lines = []
-        for ax_i, ax in enumerate(self.slice_axes):
-            ax.clear()
-            style(ax)
-            if res is None:
-                continue
-            pos, neg = res.profiles[ax_i]
-            edges = np.arange(pos.size + 1) - 0.5
-            ax.stairs(pos, edges, fill=True, color="#ff6a3d")
-            ax.stairs(neg, edges, fill=True, color="#3d9bff")
-            ax.axhline(0, color="#888888", lw=0.5)
-            ax.set_xlim(-0.5, pos.size - 0.5)
-            ax.set_ylabel(self._names[ax_i], fontsize=7)
-            self.slice_lines.append(ax.axvline(0, color="#ffffff", lw=1.0))
-        if self.slice_axes and res is not None:
-            self.slice_axes[0].set_title("relevance per slice: positive (red), negative (blue); white = current slice",
-                                         fontsize=7)
-        self._update_slice_markers()
-
-    def _update_slice_markers(self) -> None:
-        if not self.slice_lines:
-            return
+        if full:
+            self._slices_key = key
+            self._set_profiles(res)
+        self._slices_ijk = self._ijk.copy()
         for line, v in zip(self.slice_lines, self._ijk):
             line.set_xdata([v, v])
-        self._redraw(self.slice_canvas)
+        self._render(self.slice_blit, full)
+
+    def _set_profiles(self, res: pp.PostResult | None) -> None:
+        sizes = [p[0].size for p in res.profiles] if res is not None else None
+        if sizes != self._slice_sizes:  # a new grid: new artists
+            self._slice_sizes = sizes
+            self._slice_bars, self.slice_lines = [], []
+            for ax_i, ax in enumerate(self.slice_axes):
+                ax.clear()
+                style(ax)
+                if sizes is None:
+                    continue
+                edges = np.arange(sizes[ax_i] + 1) - 0.5
+                pos_bars = ax.stairs(np.zeros(sizes[ax_i]), edges, fill=True, color="#ff6a3d")
+                neg_bars = ax.stairs(np.zeros(sizes[ax_i]), edges, fill=True, color="#3d9bff")
+                self._slice_bars.append((pos_bars, neg_bars))
+                ax.axhline(0, color="#888888", lw=0.5)
+                ax.set_xlim(-0.5, sizes[ax_i] - 0.5)
+                ax.set_ylabel(self._names[ax_i], fontsize=7)
+                self.slice_lines.append(ax.axvline(0, color="#ffffff", lw=1.0))
+            if sizes is not None:
+                self.slice_axes[0].set_title(SLICE_TITLE, fontsize=7)
+            self.slice_blit.set_artists(self.slice_lines)
+        if res is None:
+            return
+        for ax_i, ((pos, neg), (pos_bars, neg_bars)) in enumerate(zip(res.profiles, self._slice_bars)):
+            pos_bars.set_data(pos)
+            neg_bars.set_data(neg)
+            lo, hi = float(min(neg.min(), 0.0)), float(max(pos.max(), 0.0))
+            pad = 0.05 * (hi - lo) or 1.0
+            self.slice_axes[ax_i].set_ylim(lo - pad, hi + pad)
+            self.slice_axes[ax_i].set_ylabel(self._names[ax_i], fontsize=7)

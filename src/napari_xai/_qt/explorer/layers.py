@@ -44,18 +44,29 @@ def relevance_colormap():
     )
 
 
+def same_key(a: tuple | None, b: tuple | None) -> bool:
+    """Two (labelling, kept clusters, crop box, id of the filtered map) keys: the same labelling object and
+    equal rest."""
+    return a is not None and b is not None and a[0] is b[0] and a[1:] == b[1:]
+
+
 def box_volume(box) -> int:
     return int(np.prod([b.stop - b.start for b in box]))
 
 
 class LayerUpdater:
-    """Puts results into the two layers of one viewer (GUI thread only)."""
+    """Puts results into the two layers of one viewer (GUI thread only).
+
+    The cropped arrays it shows are kept: a cluster-size step with the same labelling and box rewrites only the
+    voxels of the clusters that appear or disappear (:func:`napari_xai.core.postprocess.size_step`), in place,
+    instead of building the crop again.
+    """
 
     def __init__(self, viewer):
         self.viewer = viewer
         self.layers: dict[str, Any] = {}  # "image" / "labels" -> layer
         self._crop_boxes: dict[str, tuple] = {}  # kind -> (crop box, full shape) of the cropped layers
-        self._filtered_key: tuple | None = None
+        self._shown: dict[str, tuple] = {}  # kind -> (array shown, key): what an in-place step may update
         self.affine = np.eye(4)
         self.provenance: dict | None = None
         self.source_name: str | None = None
@@ -70,19 +81,55 @@ class LayerUpdater:
 
     def show(self, res: pp.PostResult, masked: bool) -> None:
         """Both layers for ``res``; ``masked``: the filtered relevance only inside the kept clusters."""
-        self.show_filtered(res, masked)
-        self._set_layer(res, "labels", CLUSTERS_NAME, res.labels, crop=True)
+        shape = res.labels.shape
+        box = self.stable_box("labels", crop_box(shape, res.box), shape)
+        before = self._shown.get("labels")
+        step = self._step("labels", res, box)
+        if step is None:
+            data = np.ascontiguousarray(res.labels[box])
+        else:
+            data = before[0]
+            data.reshape(-1)[step[1]] = step[2]
+        image = self._shown.get("image")
+        same = before is not None and image is not None and same_key(image[1], before[1])
+        self.show_filtered(res, masked, step if same else None)  # first: the clusters layer goes on top of it
+        self._shown["labels"] = (data, (res.labelling, res.n_clusters, box, id(res.filtered)))
+        self._put(res, "labels", CLUSTERS_NAME, data, box)
 
-    def show_filtered(self, res: pp.PostResult, masked: bool) -> None:
-        key = (id(res.filtered), id(res.labels) if masked else None)
-        if key == self._filtered_key and self.layer("image") is not None:
-            return  # unchanged (e.g. a size step with the whole map shown)
-        # the largest |r| shown: the clusters' peaks when masked, else the whole map's
-        m = (float(np.abs(res.table.peak).max()) if len(res.table) else 0.0) if masked else res.max_abs
-        # masked: only the clusters' box, masked there (never a full-size copy on the GUI thread)
-        self._set_layer(res, "image", FILTERED_NAME, res.filtered, crop=masked, mask=res.labels if masked else None,
-                        limits=(-m, m) if m > 0 else (-1.0, 1.0))
-        self._filtered_key = key
+    def _step(self, kind: str, res: pp.PostResult, box: tuple):
+        """(whole-volume indices, indices in the crop, new labels) of a size step from what ``kind`` shows, or
+        None when the layer must be built again (new labelling, box or filtered map, or a replaced layer)."""
+        shown = self._shown.get(kind)
+        layer = self.layer(kind)
+        if shown is None or shown[1] is None or layer is None or layer.data is not shown[0] or res.labelling is None:
+            return None
+        if not same_key(shown[1], (res.labelling, shown[1][1], box, id(res.filtered))):
+            return None
+        idx, values = pp.size_step(res.labelling, shown[1][1], res.n_clusters)
+        return idx, pp.index_in_box(idx, res.labels.shape, box), values
+
+    def show_filtered(self, res: pp.PostResult, masked: bool, step=None) -> None:
+        """The filtered relevance: the whole map, or (``masked``) its crop inside the kept clusters only.
+
+        ``step``: the labels' size step, applied in place when this layer showed the same state as the labels.
+        """
+        if not masked:
+            shown = self._shown.get("image")
+            if shown is None or shown[0] is not res.filtered or self.layer("image") is None:
+                self._shown["image"] = (res.filtered, None)
+                self._put(res, "image", FILTERED_NAME, res.filtered, None, limits=(-res.max_abs, res.max_abs))
+            return
+        box = self.stable_box("labels", crop_box(res.labels.shape, res.box), res.labels.shape)
+        shown = self._shown.get("image")
+        layer = self.layer("image")
+        if step is None or shown is None or layer is None or layer.data is not shown[0]:
+            data = np.where(res.labels[box] > 0, res.filtered[box], np.float32(0))  # the crop only, never full size
+        else:
+            data = shown[0]
+            data.reshape(-1)[step[1]] = np.where(step[2] > 0, res.filtered.reshape(-1)[step[0]], np.float32(0))
+        self._shown["image"] = (data, (res.labelling, res.n_clusters, box, id(res.filtered)))
+        m = float(np.abs(res.table.peak).max()) if len(res.table) else 0.0  # the largest |r| shown
+        self._put(res, "image", FILTERED_NAME, data, box, limits=(-m, m))
 
     def _find(self, kind: str, name: str):
         layer = self.layer(kind)
@@ -92,35 +139,27 @@ class LayerUpdater:
                 layer = cand
         return layer
 
-    def _set_layer(self, res, kind: str, name: str, data: np.ndarray, crop: bool = False,
-                   mask: np.ndarray | None = None, limits=None) -> None:
-        """Put ``data`` into the layer; ``crop``: only the box around the clusters; ``mask``: labels, ``data`` is
-        shown only where they are non-zero."""
-        full_shape = data.shape
-        affine = self.affine
-        if crop:
-            box = self.stable_box(kind, crop_box(full_shape, res.box), full_shape)
-            data = (np.where(mask[box] > 0, data[box], np.float32(0)) if mask is not None
-                    else np.ascontiguousarray(data[box]))
-            affine = cropped_affine(self.affine, box)
+    def _put(self, res, kind: str, name: str, data: np.ndarray, box: tuple | None, limits=None) -> None:
+        """Put ``data`` (the crop ``box`` of the full grid, or the full grid) into the layer of ``kind``."""
+        affine = self.affine if box is None else cropped_affine(self.affine, box)
+        if limits is not None and not limits[1] > 0:
+            limits = (-1.0, 1.0)
         v = self.viewer
         layer = self._find(kind, name)
-        if kind == "image":
-            if layer is None:
-                layer = v.add_image(data, name=name, affine=affine, colormap=relevance_colormap(),
-                                    contrast_limits=limits, **FILTERED_STYLE, metadata={"affine": self.affine})
-            else:
-                layer.data = data
-                layer.contrast_limits = limits
+        if layer is None and kind == "image":
+            layer = v.add_image(data, name=name, affine=affine, colormap=relevance_colormap(),
+                                contrast_limits=limits, **FILTERED_STYLE, metadata={"affine": self.affine})
         elif layer is None:
             layer = v.add_labels(data, name=name, affine=affine, **CLUSTERS_STYLE, metadata={"affine": affine})
         else:
-            layer.data = data
+            layer.data = data  # the same array after an in-place step: napari refreshes what it shows
+            if limits is not None and tuple(layer.contrast_limits) != tuple(limits):
+                layer.contrast_limits = limits
         if not np.allclose(np.asarray(layer.affine.affine_matrix)[-4:, -4:], affine):
             layer.affine = affine
         meta = {k: val for k, val in (layer.metadata or {}).items() if k != CROP_KEY}
-        if crop:
-            meta[CROP_KEY] = {"offset": [int(s.start) for s in box], "shape": [int(n) for n in full_shape],
+        if box is not None:
+            meta[CROP_KEY] = {"offset": [int(s.start) for s in box], "shape": [int(n) for n in res.labels.shape],
                               "affine": self.affine}
         layer.metadata = {**meta, "affine": affine, "provenance": self.record(res, kind)}
         self.layers[kind] = layer
