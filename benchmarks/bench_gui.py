@@ -214,12 +214,12 @@ class Watchdog:
         self.ticks = [time.perf_counter()]
         self.timer.start()
 
-    def stop(self) -> float:
-        """Stop; the longest block in seconds (the longest gap minus the period)."""
+    def stop(self) -> tuple[float, int]:
+        """Stop; (the longest block in seconds: the longest gap minus the period, blocks over 100 ms)."""
         self.timer.stop()
         self.ticks.append(time.perf_counter())
-        gaps = np.diff(self.ticks)
-        return max(float(gaps.max()) - self.period, 0.0) if gaps.size else 0.0
+        blocks = np.diff(self.ticks) - self.period
+        return (max(float(blocks.max()), 0.0) if blocks.size else 0.0), int((blocks > 0.1).sum())
 
 
 def references(widget, threshold: float, min_size: float, repeats: int = 3) -> dict:
@@ -260,8 +260,9 @@ def references(widget, threshold: float, min_size: float, repeats: int = 3) -> d
             "floor": best(lambda: np.copyto(buf, filt))}
 
 
-def drag(app, widget, draws, kind: str, values, interval_ms: int = 16) -> tuple[float, float, bool]:
-    """Deliver ``values`` to a slider through the event loop; (longest block s, drag-to-settled s, final ok)."""
+def drag(app, widget, draws, kind: str, values, interval_ms: int = 16) -> tuple[float, int, float, bool]:
+    """Deliver ``values`` to a slider through the event loop; (longest block s, blocks over 100 ms,
+    drag-to-settled s, final state right)."""
     from qtpy.QtCore import QTimer
 
     slider = widget.threshold_slider if kind == "threshold" else widget.size_slider
@@ -280,13 +281,13 @@ def drag(app, widget, draws, kind: str, values, interval_ms: int = 16) -> tuple[
             break
     settle(app, 10)
     total = time.perf_counter() - t0
-    block = dog.stop()
+    block, n_long = dog.stop()
     p = widget.result.params
     if kind == "threshold":
         ok = abs(p.threshold - float(widget.threshold_slider.value())) < 1e-9
     else:
         ok = abs(p.min_size - float(widget.min_size_spin.value())) < 1e-9
-    return block, total, ok
+    return block, n_long, total, ok
 
 
 class Draws:
@@ -437,9 +438,9 @@ def run_size(size: str, steps: int, rows: list, only_first_3d: bool = False) -> 
             else:
                 pos = widget.size_slider.value()
                 path = [int(x) for x in np.linspace(pos, min(pos + 400, 1000), n)]
-            block, total, ok = drag(app, widget, draws, kind, path)
+            block, n_long, total, ok = drag(app, widget, draws, kind, path)
             print(f"   drag of {n} {kind} values (16 ms apart, via the event loop): longest main-thread block "
-                  f"{block * 1e3:.0f} ms, settled after {total * 1e3:.0f} ms, final state {'right' if ok else 'WRONG'}")
+                  f"{block * 1e3:.0f} ms ({n_long} blocks over 100 ms), settled after {total * 1e3:.0f} ms, final state {'right' if ok else 'WRONG'}")
     viewer.close()
 
 

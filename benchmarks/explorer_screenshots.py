@@ -85,8 +85,20 @@ def main(outdir: str = "docs/images") -> int:
     viewer.cursor.position = tuple(widget.result.table.peak_mm[cid - 1])
     widget.wait()  # the guides follow through their coalescing timer
     settle()
-    widget.grab().save(str(out / "explorer_widget.png"))
     viewer.screenshot(str(out / "explorer_window_2d.png"), canvas_only=False)
+    # the widget on its own, its dock widened so that the plots and the table show whole
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QDockWidget
+
+    dock = widget.parent()
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parent()
+    if dock is not None:
+        viewer.window._qt_window.resizeDocks([dock], [560], Qt.Orientation.Horizontal)
+    settle()
+    widget.wait()
+    settle()
+    widget.grab().save(str(out / "explorer_widget.png"))
 
     print("wrote", sorted(p.name for p in out.glob("explorer_*.png")))
     viewer.close()
