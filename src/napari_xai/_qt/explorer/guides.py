@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
@@ -12,6 +14,14 @@ from .plots import FG, Blitter, plot_canvas, style
 
 GUIDES_MS = 60  # the guides follow the layers at most this often (coalesced: only the latest state is drawn)
 SLICE_TITLE = "relevance per slice: positive (red), negative (blue); white = current slice"
+
+
+def nice_ceiling(x: float) -> float:
+    """The smallest of 1, 2, 5 × 10^k that is ≥ ``x`` (axis limits that stay put while the data moves)."""
+    if x <= 0:
+        return 1.0
+    k = math.floor(math.log10(x))
+    return next(m * 10.0 ** k for m in (1, 2, 5, 10) if m * 10.0 ** k >= x - 1e-12)
 
 
 def axis_names(affine: np.ndarray) -> list[str]:
@@ -49,7 +59,7 @@ class Guides(QWidget):
         self._slice_bars: list = []
         self._slice_sizes = None
         self._slices_ijk = None
-        self._hist_key = self._slices_key = self._hist_drawn = None
+        self._hist_key = self._slices_key = self._hist_drawn = self._hist_axes = None
         self._bars = self._hist_line = self._hist_title = self._empty_text = None
         self._result: pp.PostResult | None = None
         self._unit = "voxels"
@@ -105,21 +115,21 @@ class Guides(QWidget):
 
     # -- the size histogram --------------------------------------------------------------
     def _draw_histogram(self) -> None:
-        """New bars (in place) and a full draw when the labelling changed; else only the min-size line and the
-        title (blit)."""
+        """New bars in place when the labelling changed; a full draw only when the axes change (limits are kept
+        at whole decades, so a threshold drag mostly blits the bars, the min-size line and the title)."""
         res, unit = self._result, self._unit
         state = (id(res) if res is not None else None, unit)
         if state == self._hist_drawn:
             return
         self._hist_drawn = state
         key = (id(res.histogram) if res is not None else None, unit)
-        full = key != self._hist_key
-        if full:
+        axes_key = self._hist_axes
+        if key != self._hist_key:
             self._hist_key = key
             self._set_bars(res, unit)
         if res is not None and res.sizes_all.size:
             self._move_size_line(res, unit)
-        self._render(self.hist_blit, full)
+        self._render(self.hist_blit, full=self._hist_axes != axes_key)
 
     def _make_histogram(self) -> None:
         ax = self.hist_ax
@@ -130,30 +140,36 @@ class Guides(QWidget):
                                    transform=ax.transAxes)
         ax.set_xscale("log")
         ax.set_ylabel("clusters", fontsize=7)
-        self.hist_blit.set_artists([self._hist_line, self._hist_title])
+        self.hist_blit.set_artists([self._bars, self._hist_line, self._hist_title])
 
     def _set_bars(self, res: pp.PostResult | None, unit: str) -> None:
-        """The histogram's bars, limits and scales for ``res``, changing the existing artists."""
+        """The histogram's bars for ``res`` (in place); limits, scales and labels change only when needed."""
         if self._bars is None:
             self._make_histogram()
         ax = self.hist_ax
         empty = res is None or res.sizes_all.size == 0
-        for artist in (self._bars, self._hist_line, self._hist_title, ax.xaxis, ax.yaxis):
+        for artist in (self._bars, self._hist_line, self._hist_title):
             artist.set_visible(not empty)
         self._empty_text.set_visible(empty)
         if empty:
+            self._hist_axes = ("empty",)
             return
         h = res.histogram
         edges = h.edges_mm3 if unit == "mm3" else h.edges_voxels
         self._bars.set_data(h.counts, edges)
         top = float(h.counts.max())
         log_y = top > 20
-        limits = (0.8, top * 1.3) if log_y else (0.0, top * 1.05)
+        ylim = (0.8, 10.0 ** math.ceil(math.log10(top * 1.3))) if log_y else (0.0, nice_ceiling(top * 1.05))
+        xlim = (float(edges[0]), 10.0 ** math.ceil(math.log10(max(float(edges[-1]), 10.0)) - 1e-9))
+        axes = (unit, log_y, xlim, ylim)
+        if axes == self._hist_axes:
+            return
+        self._hist_axes = axes
         if log_y != (ax.get_yscale() == "log"):
             ax.set_ylim(0.8, top * 1.3)  # fixed limits first: no autoscaling over the old data on a log scale
             ax.set_yscale("log" if log_y else "linear")
-        ax.set_ylim(*limits)
-        ax.set_xlim(edges[0], edges[-1])
+        ax.set_ylim(*ylim)
+        ax.set_xlim(*xlim)
         ax.set_xlabel("cluster size (" + ("mm³" if unit == "mm3" else "voxels") + ")", fontsize=7)
 
     def _move_size_line(self, res: pp.PostResult, unit: str) -> None:
