@@ -9,23 +9,28 @@ relevance" and "clusters" layers. Two sizes: the demo grid (2 mm, 91×109×91)
 and the same brain and relevance resampled to the 1 mm MNI grid
 (182×218×182, 7.2 M voxels; the case that froze the GUI on its first 3D switch).
 
-For each size, in 2D then 3D, the threshold slider and the cluster-size slider
-are moved step by step; each step is split into
+For each size, in 2D, in 3D, and in 3D with only the explorer's two layers
+visible, the threshold slider and the cluster-size slider are moved step by
+step; each step is split into
 
 * **compute**: ``Explorer.update`` (in a worker thread for a threshold step, on
-  the GUI thread for a size step) -- the reference: the core alone;
-* **layer update**: the widget putting the result into its two layers (``_set_layer``);
-  **all of _apply** adds the table, slider ranges and the plots' artists; **guides** is
-  the matplotlib plots' ``draw`` calls, which Qt runs once the event loop turns;
-* **slider → data**: from ``setValue`` to the layers holding the new data (throttle
-  timer, worker thread and hand-over included);
-* **canvas paint**: the napari canvas's own paint after the new data (timed by
-  vispy's draw event -- napari has no public hook, so the benchmark reaches
-  into ``viewer.window._qt_viewer`` -- ending with ``glFinish``, because Mesa's
-  llvmpipe otherwise rasterises only at the buffer swap), texture uploads included;
+  the GUI thread for a size step) -- the core alone;
+* **display array**: building what the layers show (the cropped labels and the
+  masked filtered relevance, or their in-place update), with the widget's layer
+  bookkeeping: the layer updater's time minus napari's own ``layer.data = ...``;
+* **layer set**: napari's ``layer.data = ...`` (timed on the Image and Labels
+  classes, whatever code calls it); **all of _apply** adds the table, slider
+  ranges and readouts;
+* **guides**: the matplotlib plots' drawing (before issue 13: the canvases'
+  ``draw`` calls inside the step; after: the coalesced ``Guides.draw_now``,
+  which runs after the layers);
+* **render** (canvas paint): napari's own paint of the canvas after the new data
+  (timed by vispy's draw event -- napari has no public hook, so the benchmark
+  reaches into ``viewer.window._qt_viewer`` -- ending with ``glFinish``, because
+  Mesa's llvmpipe otherwise rasterises only at the buffer swap);
+* **slider → data**: from ``setValue`` to the layers holding the new data;
 * **slider → redrawn**: from ``setValue`` to the end of that paint, as the user
-  waits for it (Qt runs the plots' deferred draws in the same event loop, so
-  they may fall before the paint).
+  waits for it.
 
 The **first 3D switch** is timed from ``viewer.dims.ndisplay = 3`` to the end
 of the first 3D paint (split into napari's slicing/scene set-up and the paint,
