@@ -270,7 +270,7 @@ def bench_gui(raw: np.ndarray, ndisplays=(2,)) -> None:
     import napari
     from qtpy.QtCore import QCoreApplication
 
-    from napari_xai._qt.explorer_widget import ExplorerWidget
+    from napari_xai._qt.explorer import ExplorerWidget
 
     viewer = napari.Viewer(show=True)
     viewer.add_image(raw, name="relevance", affine=MNI_1MM, metadata={"affine": MNI_1MM}, visible=False)

@@ -39,7 +39,7 @@ def main(outdir: str = "docs/images") -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_xai._layers import relevance_layer_data, upsert
-    from napari_xai._qt.explorer_widget import CLUSTERS_NAME, FILTERED_NAME
+    from napari_xai._qt.explorer import CLUSTERS_NAME, FILTERED_NAME
     from napari_xai._sample_data import demo_layer_data
     from napari_xai.core import postprocess as pp
     from napari_xai.core.demo import demo_volume

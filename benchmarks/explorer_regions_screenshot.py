@@ -26,7 +26,7 @@ def main(outdir: str = "docs/images") -> int:
 
     from explorer_screenshots import relevance_for
     from napari_xai._qt.atlas_widget import AtlasWidget
-    from napari_xai._qt.explorer_widget import CLUSTERS_NAME, ExplorerWidget
+    from napari_xai._qt.explorer import CLUSTERS_NAME, ExplorerWidget
     from napari_xai.core import postprocess as pp
     from napari_xai.core.demo import demo_volume
 

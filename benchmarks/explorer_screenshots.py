@@ -43,7 +43,7 @@ def main(outdir: str = "docs/images") -> int:
     import napari
     from qtpy.QtCore import QCoreApplication
 
-    from napari_xai._qt.explorer_widget import CLUSTERS_NAME, ExplorerWidget
+    from napari_xai._qt.explorer import CLUSTERS_NAME, ExplorerWidget
     from napari_xai.core import postprocess as pp
     from napari_xai.core.demo import demo_volume
 
@@ -83,9 +83,22 @@ def main(outdir: str = "docs/images") -> int:
     viewer.layers.selection.active = viewer.layers[CLUSTERS_NAME]
     cid = 1
     viewer.cursor.position = tuple(widget.result.table.peak_mm[cid - 1])
+    widget.wait()  # the guides follow through their coalescing timer
+    settle()
+    viewer.screenshot(str(out / "explorer_window_2d.png"), canvas_only=False)
+    # the widget on its own, its dock widened so that the plots and the table show whole
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QDockWidget
+
+    dock = widget.parent()
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parent()
+    if dock is not None:
+        viewer.window._qt_window.resizeDocks([dock], [560], Qt.Orientation.Horizontal)
+    settle()
+    widget.wait()
     settle()
     widget.grab().save(str(out / "explorer_widget.png"))
-    viewer.screenshot(str(out / "explorer_window_2d.png"), canvas_only=False)
 
     print("wrote", sorted(p.name for p in out.glob("explorer_*.png")))
     viewer.close()

@@ -94,7 +94,7 @@ def test_atlas_outlines_stay_visible_in_3d_with_the_filtered_relevance(make_napa
     from napari.utils.colormaps import DirectLabelColormap
     from qtpy.QtWidgets import QApplication
 
-    from napari_xai._qt.explorer_widget import CLUSTERS_NAME, FILTERED_NAME
+    from napari_xai._qt.explorer import CLUSTERS_NAME, FILTERED_NAME
 
     viewer = make_napari_viewer(show=True)
     viewer.window.resize(700, 600)

@@ -21,7 +21,7 @@ from napari_xai.core.explorer import run
 import napari  # noqa: E402,F401  - a missing GUI stack fails these tests, never skips them
 import pytestqt  # noqa: E402,F401
 
-from napari_xai._qt.explorer_widget import CLUSTERS_NAME, FILTERED_NAME, ExplorerWidget  # noqa: E402
+from napari_xai._qt.explorer import CLUSTERS_NAME, FILTERED_NAME, ExplorerWidget  # noqa: E402
 
 
 def affine_2mm():
@@ -111,7 +111,8 @@ def test_widget_creates_two_layers_and_updates_them_in_place(make_napari_viewer,
     assert np.allclose(pos0, np.clip(res.filtered, 0, None).sum(axis=(1, 2)))
     assert np.allclose(neg0, np.clip(res.filtered, None, 0).sum(axis=(1, 2)))
     viewer.dims.set_point(0, -20.0 + 2.0 * 7)  # world x of voxel i = 7
-    xs = [line.get_xdata()[0] for line in w._slice_lines]
+    w.wait()  # the guides follow the dims through their coalescing timer
+    xs = [line.get_xdata()[0] for line in w.guides.slice_lines]
     assert xs[0] == pytest.approx(7.0)
 
 
@@ -350,7 +351,7 @@ def test_atlas_columns_cursor_region_and_save(make_napari_viewer, qtbot, tmp_pat
     import json
 
     from napari_xai._qt.atlas_widget import AtlasWidget
-    from napari_xai._qt.explorer_widget import COLUMNS
+    from napari_xai._qt.explorer import COLUMNS
     from napari_xai.cli import main
 
     viewer = make_napari_viewer()
@@ -536,3 +537,62 @@ def test_first_slider_step_starts_without_the_throttle_delay(make_napari_viewer,
     w.threshold_slider.setValue(0.5)  # dragged on while it runs
     w.wait()
     assert w.threshold_slider.value() == pytest.approx(0.5) and w.result.params.threshold == pytest.approx(0.5)
+
+
+def scipy_clusters(filtered, threshold, min_voxels, connectivity=18):
+    """Independent reference: each sign labelled by scipy.ndimage; (mask of the kept clusters, all, kept)."""
+    st = ndimage.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
+    keep = np.zeros(filtered.shape, bool)
+    n_all = n_kept = 0
+    for part in (filtered > threshold, filtered < -threshold):
+        lab, n = ndimage.label(part, structure=st)
+        sizes = np.bincount(lab.ravel())
+        big = sizes >= min_voxels
+        big[0] = False
+        keep |= big[lab]
+        n_all += n
+        n_kept += int(big.sum())
+    return keep, n_all, n_kept
+
+
+def test_slider_updates_layers_at_once_and_guides_after_the_coalescer(make_napari_viewer, relevance):
+    """Issue 13: the layers follow a slider step at once (a cluster-size step rewrites the shown arrays in place);
+    the guides follow through a coalescing timer and show the last of several rapid changes."""
+    viewer = make_napari_viewer()
+    add_relevance(viewer, relevance)
+    _, w = viewer.window.add_plugin_dock_widget("napari-xai", "Relevance explorer")
+    w.threshold_slider.setValue(0.2)
+    w.wait()
+    clusters, filtered = viewer.layers[CLUSTERS_NAME], viewer.layers[FILTERED_NAME]
+    shown_labels, shown_filtered = clusters.data, filtered.data
+    line = w.hist_ax.get_lines()[-1]
+    title = w.hist_ax.title.get_text()
+    f = w.result.filtered
+
+    w.min_size_spin.setValue(12)  # one step, no event loop yet
+    keep, n_all, n_kept = scipy_clusters(f, 0.2, 12)
+    assert np.array_equal(full(clusters) > 0, keep)  # the layers: at once
+    assert np.array_equal(full(filtered), np.where(keep, f, 0))
+    assert clusters.data is shown_labels and filtered.data is shown_filtered  # updated in place, not rebuilt
+    assert w.guides.pending and w.hist_ax.title.get_text() == title  # the guides: not yet
+    w.wait()
+    assert not w.guides.pending
+    assert line.get_xdata()[0] == pytest.approx(12.0)
+    assert w.hist_ax.title.get_text().startswith(f"{n_kept} of {n_all} clusters")
+
+    # several rapid changes of both sliders: only the latest state is drawn, and it is the right one
+    drawn = []
+    original = w.guides.draw_now
+    w.guides.draw_now = lambda: (drawn.append(w.result.params), original())
+    w.guides.timer.timeout.disconnect()
+    w.guides.timer.timeout.connect(w.guides.draw_now)
+    for t, m in ((0.25, 3), (0.3, 5), (0.22, 8), (0.27, 2)):
+        w.threshold_slider.setValue(t)
+        w.min_size_spin.setValue(m)
+    w.wait()
+    keep, n_all, n_kept = scipy_clusters(w.result.filtered, 0.27, 2)
+    assert w.result.params.threshold == pytest.approx(0.27) and w.result.params.min_size == 2
+    assert np.array_equal(full(viewer.layers[CLUSTERS_NAME]) > 0, keep)
+    assert len(drawn) <= 3 and drawn[-1] == w.result.params  # coalesced; the last drawn state is the final one
+    assert w.hist_ax.title.get_text().startswith(f"{n_kept} of {n_all} clusters")
+    assert w.hist_ax.get_lines()[-1].get_xdata()[0] == pytest.approx(2.0)

@@ -274,11 +274,15 @@ def test_model_orientation_and_spacing_fields_reach_explain(make_napari_viewer, 
 def test_every_widget_uses_the_one_layer_affine():
     from pathlib import Path
 
-    from napari_xai._qt import atlas_widget, explorer_widget, lrp
+    from napari_xai._qt import atlas_widget, explorer, lrp
+    from napari_xai._qt.explorer import dock
 
     assert atlas_widget.layer_affine is geometry.layer_affine
-    assert explorer_widget.layer_affine is geometry.layer_affine
-    src = {m.__name__: open(m.__file__).read() for m in (atlas_widget, explorer_widget)}
+    assert dock.layer_affine is geometry.layer_affine
+    src = {m.__name__: open(m.__file__).read() for m in (atlas_widget,)}
+    explorer_files = sorted(Path(explorer.__file__).parent.glob("*.py"))
+    assert len(explorer_files) > 5  # the explorer's widget modules, each read
+    src.update({f"explorer/{p.name}": p.read_text() for p in explorer_files})
     lrp_files = sorted(Path(lrp.__file__).parent.glob("*.py"))
     assert len(lrp_files) > 5  # the designer's tab modules, each read
     src.update({f"lrp/{p.name}": p.read_text() for p in lrp_files})

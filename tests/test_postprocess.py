@@ -395,3 +395,29 @@ def test_masked_to_clusters_with_and_without_box():
     outside = np.ones(d.shape, bool)
     outside[lb.box] = False
     assert not (np.abs(d[outside]) > 0.2).any()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_size_step_changes_exactly_the_voxels_of_the_clusters_that_come_or_go(seed):
+    """``size_step`` (what the explorer's layers rewrite in place) against the plain reference at both sizes,
+    and mapped into a crop box with ``index_in_box``."""
+    rng = np.random.default_rng(seed)
+    d = ndimage.gaussian_filter(rng.standard_normal((14, 16, 12)), 1.0).astype(np.float32)
+    t = 0.3 * float(np.abs(d).max())
+    lb = pp.label_clusters(d, t, 18)
+    for m_prev, m in ((0, 4), (4, 0), (2, 9), (9, 9)):
+        ref_prev, _ = plain_reference(d, t, 18, m_prev)
+        ref, _ = plain_reference(d, t, 18, m)
+        idx, values = pp.size_step(lb, lb.n_kept(m_prev), lb.n_kept(m))
+        changed = np.flatnonzero(ref_prev.ravel() != ref.ravel())
+        assert np.array_equal(np.sort(idx), changed)
+        assert np.array_equal(values, ref.ravel()[idx])
+        out = ref_prev.astype(np.uint16).ravel()
+        out[idx] = values
+        assert np.array_equal(out, ref.ravel())
+    box = tuple(slice(1, n - 1) for n in d.shape)
+    inner = np.zeros(d.shape, bool)
+    inner[box] = True
+    flat = np.flatnonzero(inner.ravel())[::7]
+    local = pp.index_in_box(flat, d.shape, box)
+    assert np.array_equal(d[box].ravel()[local], d.ravel()[flat])

@@ -200,6 +200,7 @@ class Explorer:
                 messages=list(dict.fromkeys(messages)),
                 sizes_all=lst.labelling.sizes,
                 box=lst.labelling.box,
+                labelling=lst.labelling,
             )
             self._size_key = keys["size"]
             self._result_labelling = lst.labelling

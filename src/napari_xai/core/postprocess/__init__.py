@@ -4,8 +4,10 @@
 
 from .clusters import (  # noqa: F401
     Labelling,
+    index_in_box,
     keep_min_size,
     label_clusters,
+    size_step,
     structure,
     too_many_clusters_message,
 )

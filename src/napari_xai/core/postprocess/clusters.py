@@ -232,6 +232,25 @@ def too_many_clusters_message(k: int) -> str:
     )
 
 
+def size_step(labelling: Labelling, k_prev: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """What a cluster-size step changes: flat (whole-volume) indices of the voxels whose label changes when the
+    kept clusters go from ranks ``1..k_prev`` to ``1..k``, and their new uint16 labels (0 = dropped)."""
+    if k < k_prev:
+        idx = labelling.voxel_index(labelling.runs_of_ranks(k, k_prev))
+        return idx, np.zeros(idx.size, np.uint16)
+    if k > k_prev:
+        runs = labelling.runs_of_ranks(k_prev, k)
+        return labelling.voxel_index(runs), np.repeat(labelling.run_rank[runs].astype(np.uint16),
+                                                      labelling.run_len[runs])
+    return np.zeros(0, np.int64), np.zeros(0, np.uint16)
+
+
+def index_in_box(flat: np.ndarray, shape: tuple, box: tuple[slice, ...]) -> np.ndarray:
+    """Flat indices of a volume of ``shape`` as flat indices of its sub-volume ``box`` (all must lie inside)."""
+    ijk = np.unravel_index(flat, shape)
+    return np.ravel_multi_index(tuple(c - b.start for c, b in zip(ijk, box)), tuple(b.stop - b.start for b in box))
+
+
 def keep_min_size(labelling: Labelling, min_voxels: float, previous: tuple[np.ndarray, int] | None = None) -> np.ndarray:
     """The uint16 label volume of the clusters with at least ``min_voxels`` voxels.
 
@@ -248,13 +267,8 @@ def keep_min_size(labelling: Labelling, min_voxels: float, previous: tuple[np.nd
     if previous is not None:
         prev, k_prev = previous
         out = prev.copy()
-        if k < k_prev:
-            out.reshape(-1)[labelling.voxel_index(labelling.runs_of_ranks(k, k_prev))] = 0
-        elif k > k_prev:
-            runs = labelling.runs_of_ranks(k_prev, k)
-            out.reshape(-1)[labelling.voxel_index(runs)] = np.repeat(
-                labelling.run_rank[runs].astype(np.uint16), labelling.run_len[runs]
-            )
+        idx, values = size_step(labelling, k_prev, k)
+        out.reshape(-1)[idx] = values
         return out
     out = np.zeros(labelling.shape, dtype=np.uint16)
     if k == 0:

@@ -30,6 +30,7 @@ class PostResult:
     messages: list[str] = field(default_factory=list)
     sizes_all: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # voxels of all clusters at the threshold, descending
     box: tuple | None = None  # bounding box (slices) of every voxel above the threshold
+    labelling: Labelling | None = None  # every cluster at the threshold (``labels`` keeps ranks 1..n_clusters)
 
     def masked(self) -> np.ndarray:
         """The filtered relevance inside the kept clusters only (0 elsewhere)."""
