@@ -31,11 +31,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
+from ..lazy import lazy_import
 from ..errors import UserError
 from ._model import BASELINES, ScoreFn, make_baseline
 from .registry import Method, MethodOutput, Param, RunContext, register
+
+torch = lazy_import("torch")  # loaded on first use (docs/performance.md, "Start-up")
 
 MAX_FEATURES = 4096
 
