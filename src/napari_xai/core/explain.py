@@ -299,7 +299,8 @@ def predict_cached(module: Any, x):
     global _PREDICTIONS
     if getattr(module, "training", False):
         return forward(module, x)
-    digest = hashlib.blake2b(x.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+    data = x.detach().cpu().contiguous().numpy()
+    digest = hashlib.blake2b(memoryview(data.reshape(-1).view(np.uint8)), digest_size=16).hexdigest()  # no copy
     key = (digest, tuple(x.shape), str(x.dtype), str(x.device), _state_key(module))
     with _PREDICTIONS_LOCK:
         if _PREDICTIONS is None:

@@ -309,9 +309,20 @@ def layer_stored(layer, data: Array | None = None) -> tuple[Array, Array]:
 
 def axcodes(affine: Array) -> str:
     """Axis codes of the voxel order in world (RAS+) space, e.g. ``"LAS"`` or ``"PIR"``."""
-    import nibabel as nib
+    a = np.asarray(affine, dtype=float)
+    key = a.tobytes()
+    codes = _AXCODES.get(key)
+    if codes is None:  # nibabel's SVD per call costs more than a whole explanation's record (docs/performance.md)
+        import nibabel as nib
 
-    return "".join(nib.aff2axcodes(np.asarray(affine, dtype=float)))
+        codes = "".join(nib.aff2axcodes(a))
+        if len(_AXCODES) > 256:
+            _AXCODES.clear()
+        _AXCODES[key] = codes
+    return codes
+
+
+_AXCODES: dict[bytes, str] = {}
 
 
 class ModelGrid:
