@@ -457,10 +457,11 @@ def main():
     ap.add_argument("--densenet", action="store_true", help="also MONAI DenseNet121 (minutes)")
     ap.add_argument("--memory", action="store_true", help="also IG peak memory at 16 and 64 steps")
     ap.add_argument("--max-size", type=int, default=160)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
     warnings.simplefilter("ignore")  # Captum's notes on hooks, on every call
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {args.repeats}")
     results = []
 

@@ -51,8 +51,8 @@ def render_3d(
     relevance: np.ndarray | None = None,
     limits: tuple[float, float] | None = None,
     view: tuple[float, float] = DEFAULT_VIEW,
-    pixel_mm: float = 1.25,
-    step_mm: float = 2.0,
+    pixel_mm: float = 1.5,
+    step_mm: float = 2.5,
     threshold: float | None = None,
     upscale: int = 3,
 ) -> np.ndarray:

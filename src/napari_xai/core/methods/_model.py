@@ -152,7 +152,12 @@ def _score_fn_class() -> type:
         def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
             self.ctx.step(0.05 + 0.9 * min(self.calls, self.expected) / self.expected, self.label)
             self.calls += 1
-            return check_scores(self.model(x), self.target)
+            out = self.model(x)
+            want = getattr(self.ctx, "capture_input", None)
+            if (want is not None and self.ctx.scores is None and torch.is_tensor(out) and x.shape == want.shape
+                    and torch.equal(x.detach(), want)):
+                self.ctx.scores = out.detach()  # the prediction, from the method's own pass (see explain)
+            return check_scores(out, self.target)
 
     ScoreFnModule.__name__ = ScoreFnModule.__qualname__ = "ScoreFn"
     _SCORE_FN_CLASS["cls"] = ScoreFnModule
