@@ -1,8 +1,10 @@
 """``napari-xai demo``: the demo brain, the demo model and an explanation in 3D.
 
 With ``--headless OUTDIR`` the same explanation is written as NIfTI + JSON
-sidecar, and a 3D screenshot is rendered on a private virtual display (Xvfb)
-when the machine has no display.
+sidecar, with a 3D picture rendered offscreen by :func:`napari_xai.core.render.render_3d`
+(no viewer, no OpenGL, no display needed; the napari viewer, with its start-up of
+seconds, is for the interactive demo). :func:`virtual_display` and
+:func:`save_canvas_png` serve the commands that render napari scenes headless.
 """
 
 from __future__ import annotations
@@ -116,8 +118,8 @@ def run_headless(outdir: Path, method: str = "integrated-gradients", overwrite: 
     """Explain the demo and write the relevance, the brain, their sidecars and a 3D screenshot into ``outdir``.
 
     ``auto`` is the run ``napari-xai demo`` does by itself without a display: it
-    replaces the files of an earlier demo run in ``outdir`` (nothing else), and
-    without Xvfb it skips the screenshot with a note instead of failing.
+    replaces the files of an earlier demo run in ``outdir`` (nothing else). The 3D
+    picture needs no display (:func:`render_png`).
     """
     from .core.provenance import write_sidecar
     from .core.volumes import save_nifti
@@ -134,14 +136,6 @@ def run_headless(outdir: Path, method: str = "integrated-gradients", overwrite: 
     # the automatic headless run (no display) replaces the files of an earlier demo run, and nothing else
     replace = overwrite or bool(auto and existing and _written_by_demo(existing))
     check_out_dir(outdir, [p.name for p in targets], replace, option="OUTDIR", sidecars=True)
-    screenshot = True
-    if auto:
-        try:
-            require_display()
-        except UserError:
-            screenshot = False
-            print("napari-xai: note: no Xvfb to render the 3D screenshot (apt-get install xvfb libgl1-mesa-dri, or "
-                  "bash scripts/setup.sh); writing the relevance and sidecars without it.", file=sys.stderr)
     outdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     volume, mask, model, rel = explain_demo(method, progress=_print_progress)
@@ -154,13 +148,28 @@ def run_headless(outdir: Path, method: str = "integrated-gradients", overwrite: 
         write_sidecar(rel_path, {**rel.provenance, "output": str(rel_path), "command": "napari-xai demo --headless"})
         probs = ", ".join(f"{k}={v:.3f}" for k, v in rel.probabilities.items())
         print(f"predicted: {rel.provenance['prediction']['name']} ({probs}); explained '{rel.target_name}' with {rel.method}")
-        if screenshot:
-            with virtual_display():  # the screenshot joins the same transaction: all files appear, or none
-                screenshot_3d(volume, mask, rel, shot_path)
+        render_png(volume, rel, shot_path)  # the picture joins the same transaction: all files appear, or none
     print(f"wrote {rel_path}, {brain_path} and their .xai.json sidecars ({time.perf_counter() - t0:.1f} s)")
-    if screenshot:
-        print(f"wrote {shot_path}")
+    print(f"wrote {shot_path}")
     return 0
+
+
+def render_png(volume, rel, path: Path) -> None:
+    """The demo's 3D picture (brain surface, relevance (+) hot and (−) cyan as in the viewer, the same contrast
+    limits), rendered offscreen and written atomically."""
+    import io
+
+    from PIL import Image
+
+    from ._layers import relevance_limits
+    from .core.render import render_3d
+    from .core.volumes import atomic_write_bytes
+
+    signed = rel.data[0]
+    img = render_3d(volume.data[0], volume.affine, signed, relevance_limits(signed))
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def preload_torch_extras() -> None:
@@ -169,19 +178,6 @@ def preload_torch_extras() -> None:
         import torch._dynamo  # noqa: F401
     except Exception:  # pragma: no cover - optional; the _qt guard handles the rest
         pass
-
-
-def screenshot_3d(volume, mask, rel, path: Path) -> None:
-    preload_torch_extras()
-    import napari
-
-    viewer = napari.Viewer(show=True, title="napari-xai demo")
-    try:
-        viewer.window.resize(1200, 900)
-        populate_viewer(viewer, volume, mask, rel)
-        save_canvas_png(viewer, path)
-    finally:
-        viewer.close()
 
 
 def save_canvas_png(viewer, path: Path) -> None:

@@ -22,8 +22,9 @@ hemispheres are atrophied first: in each voxel a fraction
 not depend on ``condition``, so ``demo_volume(s, True)`` and
 ``demo_volume(s, False)`` differ only in and within 8 mm of the region.
 
-All functions are deterministic in ``seed``. The template and atlas are loaded
-once per process (about 2 s); a sample then takes about 0.1-0.3 s.
+All functions are deterministic in ``seed``. The template and atlas are brought
+onto the demo grid once per machine (about 1 s, then cached on disk) and loaded
+once per process; a sample then takes about 0.1-0.3 s.
 See ``docs/demo.md``.
 """
 
@@ -103,12 +104,61 @@ class _Reference:
     region_box: tuple  # slices of the bounding box of soft_region
 
 
+#: Bump when :func:`_build_reference` changes what it computes (invalidates the disk cache).
+REFERENCE_CACHE_VERSION = 1
+_REFERENCE_FIELDS = ("template", "region", "brain", "far_candidates", "soft_region")
+
+
 @lru_cache(maxsize=1)
 def _reference() -> _Reference:
+    """The template and region on the demo grid: from the disk cache (a few ms) or built (about 0.5-1 s) and
+    cached (``napari_xai.core.atlas.store.cache_dir``; the key holds the source files' path, size and time)."""
+    import hashlib
+
+    from .atlas.store import cache_dir
+
+    data = demo_data_dir()
+    folder = cache_dir()
+    path = None
+    if folder is not None:
+        h = hashlib.sha1(f"demo-reference v{REFERENCE_CACHE_VERSION}".encode())
+        for f in (data / TEMPLATE_FILE, data / ATLAS_FILE):
+            st = f.stat()
+            h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        path = folder / f"demo-reference-{h.hexdigest()[:16]}.npz"
+        try:
+            with np.load(path, allow_pickle=False) as z:  # arrays only: a cache file never runs code
+                arrays = {k: z[k] for k in _REFERENCE_FIELDS}
+                box = tuple(slice(int(a), int(b)) for a, b in z["region_box"])
+            if arrays["template"].shape == DEMO_SHAPE and arrays["region"].dtype == bool:
+                for arr in arrays.values():
+                    arr.setflags(write=False)
+                return _Reference(**arrays, region_box=box)
+        except (OSError, KeyError, ValueError):  # missing or broken: rebuilt below
+            pass
+    ref = _build_reference(data)
+    if path is not None:
+        import os
+        import tempfile
+
+        tmp = None
+        try:  # a temporary file renamed into place (outside any output transaction: a cache is not an output)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, **{k: getattr(ref, k) for k in _REFERENCE_FIELDS},
+                         region_box=np.array([[s.start, s.stop] for s in ref.region_box], dtype=np.int64))
+            os.replace(tmp, path)
+        except OSError:  # read-only home etc.: just no cache
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+    return ref
+
+
+def _build_reference(data: Path) -> _Reference:
     import nibabel as nib
     from scipy import ndimage
 
-    data = demo_data_dir()
     timg = nib.load(str(data / TEMPLATE_FILE))
     t1mm = np.asarray(timg.dataobj, dtype=np.float32)
     # anti-alias before going from 1 mm to 2 mm (FWHM ~ 2 mm)

@@ -281,6 +281,41 @@ def _state_key(module: Any) -> tuple:
     return tuple((id(t), t._version) for t in tensors)
 
 
+def _prediction_key(module: Any, x) -> tuple:
+    import hashlib
+
+    data = x.detach().cpu().contiguous().numpy()
+    digest = hashlib.blake2b(memoryview(data.reshape(-1).view(np.uint8)), digest_size=16).hexdigest()  # no copy
+    return (digest, tuple(x.shape), str(x.dtype), str(x.device), _state_key(module))
+
+
+def _prediction_store(module: Any):
+    import weakref
+    from collections import OrderedDict
+
+    global _PREDICTIONS
+    if _PREDICTIONS is None:
+        _PREDICTIONS = weakref.WeakKeyDictionary()
+    try:
+        return _PREDICTIONS.setdefault(module, OrderedDict())
+    except TypeError:  # not weak-referenceable (e.g. some scripted modules)
+        return None
+
+
+def _remember_prediction(module: Any, key: tuple, out) -> None:
+    import torch
+
+    detached = tuple(o.detach() if torch.is_tensor(o) else o for o in out) if isinstance(out, (tuple, list)) else (
+        out.detach() if torch.is_tensor(out) else out)
+    with _PREDICTIONS_LOCK:
+        store = _prediction_store(module)
+        if store is not None:
+            store[key] = detached
+            while len(store) > PREDICTION_CACHE_SIZE:
+                store.popitem(last=False)
+    return detached
+
+
 def predict_cached(module: Any, x):
     """The model's output for ``x``, remembered per model for the last few inputs.
 
@@ -290,36 +325,49 @@ def predict_cached(module: Any, x):
     reloaded weights miss the cache; models in training mode (e.g. MC dropout)
     are never cached.
     """
-    import hashlib
-    import weakref
-    from collections import OrderedDict
-
-    import torch
-
-    global _PREDICTIONS
     if getattr(module, "training", False):
         return forward(module, x)
-    digest = hashlib.blake2b(x.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
-    key = (digest, tuple(x.shape), str(x.dtype), str(x.device), _state_key(module))
+    key = _prediction_key(module, x)
     with _PREDICTIONS_LOCK:
-        if _PREDICTIONS is None:
-            _PREDICTIONS = weakref.WeakKeyDictionary()
-        try:
-            store = _PREDICTIONS.setdefault(module, OrderedDict())
-        except TypeError:  # not weak-referenceable (e.g. some scripted modules)
-            store = None
+        store = _prediction_store(module)
         if store is not None and key in store:
             store.move_to_end(key)
             return store[key]
-    out = forward(module, x)
-    detached = tuple(o.detach() if torch.is_tensor(o) else o for o in out) if isinstance(out, (tuple, list)) else (
-        out.detach() if torch.is_tensor(out) else out)
-    if store is not None:
-        with _PREDICTIONS_LOCK:
-            store[key] = detached
-            while len(store) > PREDICTION_CACHE_SIZE:
-                store.popitem(last=False)
-    return detached
+    return _remember_prediction(module, key, forward(module, x))
+
+
+#: Models seen to return plain class scores: module -> {(input shape, dtype): number of classes}. Their next
+#: explanation with an explicit class index takes the prediction from the method's own forward pass.
+_CLASSIFIERS: Any = None
+
+
+def _known_classes(module: Any, x) -> int | None:
+    if _CLASSIFIERS is None or getattr(module, "training", False):
+        return None
+    try:
+        return _CLASSIFIERS.get(module, {}).get((tuple(x.shape), str(x.dtype)))
+    except TypeError:
+        return None
+
+
+def _note_classifier(module: Any, x, n_classes: int) -> None:
+    import weakref
+
+    global _CLASSIFIERS
+    if _CLASSIFIERS is None:
+        _CLASSIFIERS = weakref.WeakKeyDictionary()
+    try:
+        _CLASSIFIERS.setdefault(module, {})[(tuple(x.shape), str(x.dtype))] = int(n_classes)
+    except TypeError:
+        pass
+
+
+def _explicit_index(target: Any) -> int | None:
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        return int(target)
+    if isinstance(target, str) and target.strip().isdigit():
+        return int(target)
+    return None
 
 
 @dataclass(frozen=True)
@@ -402,6 +450,8 @@ def prepare_target(model, x, volume, target, segmentation, mask, point, output_i
     predicted = int(np.argmax(probs))
     tgt = resolve_target(target, names, predicted)
     module = SegmentationScores(model.module, None, output_index) if is_tuple else model.module
+    if not is_tuple and out.shape[0] == 1:
+        _note_classifier(model.module, x, len(probs))
     return Target(module, probs, names, predicted, tgt, None)
 
 
@@ -503,12 +553,29 @@ def explain(
     resampled, model_shape, norm_mode = grid.resampled, grid.shape, mi.space.normalization
     ctx.grid_affine = grid.affine
     version = x._version
-    t = prepare_target(model, x, volume, target, segmentation, mask, point, output_index, connectivity, ctx, grid=grid)
-    module, probs, names, predicted, tgt, seg = t.module, t.probs, t.names, t.predicted, t.target, t.segmentation
-    if x._version != version:
-        raise UserError(f"model {model.name} changed its input (shape {tuple(x.shape)}) in place during the "
-                        "prediction; make forward() work on a copy (x = x.clone()).")
-    ctx.step(0.02, f"explaining '{names[tgt]}' with {entry.name}")
+    # The prediction (class probabilities for the record) needs a forward pass. For a model already seen to
+    # return class scores and an explicit class index, the method runs first and its own pass on this input
+    # gives the prediction (ctx.scores); otherwise, or when the method makes no such pass, it is predicted first.
+    n_known, idx = _known_classes(model.module, x), _explicit_index(target)
+    key = None
+    if (n_known is not None and idx is not None and 0 <= idx < n_known and not segmentation and mask is None
+            and point is None):
+        key = _prediction_key(model.module, x)
+        with _PREDICTIONS_LOCK:
+            store = _prediction_store(model.module)
+            if store is not None and key in store:
+                key = None  # remembered: no pass needed either way
+    if key is None:
+        t = prepare_target(model, x, volume, target, segmentation, mask, point, output_index, connectivity, ctx,
+                           grid=grid)
+        module, tgt, label = t.module, t.target, t.names[t.target]
+        if x._version != version:
+            raise UserError(f"model {model.name} changed its input (shape {tuple(x.shape)}) in place during the "
+                            "prediction; make forward() work on a copy (x = x.clone()).")
+    else:
+        module, tgt, label = model.module, idx, model.class_names_for(n_known)[idx]
+        ctx.capture_input = x
+    ctx.step(0.02, f"explaining '{label}' with {entry.name}")
     torch.manual_seed(seed)
     try:
         out = entry.fn(module, x, tgt, parsed, ctx)
@@ -518,6 +585,13 @@ def explain(
         if not _model_fault(exc, model.module):
             raise
         raise model_error(exc, model.module, x) from None
+    if key is not None:
+        ctx.capture_input = None
+        if ctx.scores is not None:
+            _remember_prediction(model.module, key, ctx.scores)
+        t = prepare_target(model, x, volume, target, segmentation, mask, point, output_index, connectivity, ctx,
+                           grid=grid)
+    probs, names, predicted, seg = t.probs, t.names, t.predicted, t.segmentation
     arrays = (out.used or {}).pop("_arrays", {}) if isinstance(out.used, dict) else {}
     # back through the inverse of the same MONAI transforms: maps of per-voxel values (attention coefficients)
     # are interpolated; relevance also keeps its total (scaled by the ratio of voxel volumes)

@@ -309,9 +309,20 @@ def layer_stored(layer, data: Array | None = None) -> tuple[Array, Array]:
 
 def axcodes(affine: Array) -> str:
     """Axis codes of the voxel order in world (RAS+) space, e.g. ``"LAS"`` or ``"PIR"``."""
-    import nibabel as nib
+    a = np.asarray(affine, dtype=float)
+    key = a.tobytes()
+    codes = _AXCODES.get(key)
+    if codes is None:  # nibabel's SVD per call costs more than a whole explanation's record (docs/performance.md)
+        import nibabel as nib
 
-    return "".join(nib.aff2axcodes(np.asarray(affine, dtype=float)))
+        codes = "".join(nib.aff2axcodes(a))
+        if len(_AXCODES) > 256:
+            _AXCODES.clear()
+        _AXCODES[key] = codes
+    return codes
+
+
+_AXCODES: dict[bytes, str] = {}
 
 
 class ModelGrid:
@@ -353,6 +364,7 @@ class ModelGrid:
         self._ops: list | None = None
         self._meta: dict | None = None
         self._box: tuple | None = None
+        self._torch_plan: list | None = None  # the steps in plain torch when MONAI is not needed (_plain_plan)
 
     @property
     def resampled(self) -> bool:
@@ -424,6 +436,75 @@ class ModelGrid:
                 out.append(("intensity", t, rec))
         return out
 
+    def _plain_plan(self) -> list | None:
+        """The steps as plain torch operations when MONAI's transforms reduce to them, else None.
+
+        That is a trilinear ``Resize`` and a z-score (``NormalizeIntensity``, not ``nonzero``) or min-max
+        (``ScaleIntensity`` 0..1), with ``Orientation`` and ``Spacing`` only where they change nothing (an
+        axis-aligned input already in that order and voxel size): the demo and most classifiers. The results are MONAI's, to the bit (the same
+        torch calls; tests/test_geometry.py compares them), and the grid's affine is MONAI's; importing MONAI
+        alone takes 2-4 s, which a command that needs none of its transforms does not pay (docs/performance.md).
+        """
+        sp = self.space
+        out: list = []
+        affine, shape = self.in_affine, self.in_shape
+        axis_aligned = bool(np.all(affine[:3, :3][~np.eye(3, dtype=bool)] == 0))
+        for kind in sp.order:
+            # Orientation and Spacing are identities on an axis-aligned grid already in that order and spacing
+            if kind == "orientation" and sp.orientation:
+                if not (axis_aligned and axcodes(affine) == sp.orientation):
+                    return None
+                out.append(("same", None, {"transform": "Orientation", "axcodes": sp.orientation}))
+            elif kind == "spacing" and sp.spacing:
+                if not (axis_aligned and np.array_equal(voxel_sizes(affine), np.asarray(sp.spacing, dtype=float))):
+                    return None
+                out.append(("same", None, {"transform": "Spacing", "pixdim": list(sp.spacing), "mode": "bilinear",
+                                           "padding_mode": "border"}))
+            elif kind == "shape" and sp.shape:
+                if sp.shape_policy != "resize":
+                    return None
+                size = [int(v) for v in sp.shape]
+                out.append(("resize", size, {"transform": "Resize", "spatial_size": size, "mode": "trilinear"}))
+                affine, shape = model_grid_affine(affine, shape, tuple(size)), tuple(size)
+            elif kind == "intensity" and sp.normalization != "none":
+                p = sp.params
+                cw = bool(p.get("channel_wise", True))
+                if sp.normalization == "zscore" and not bool(p.get("nonzero", False)):
+                    out.append(("zscore", cw, {"transform": "NormalizeIntensity", "nonzero": False,
+                                               "channel_wise": cw}))
+                elif sp.normalization == "minmax":
+                    out.append(("minmax", cw, {"transform": "ScaleIntensity", "minv": 0.0, "maxv": 1.0,
+                                               "channel_wise": cw}))
+                else:
+                    return None
+        return out
+
+    def _apply_plain(self, data: Array, labels: bool, first: bool) -> Array:
+        """:meth:`apply` through :meth:`_plain_plan` (no MONAI)."""
+        import torch
+
+        x = torch.from_numpy(np.array(data, dtype=np.float32, order="C", copy=True))
+        shape, affine = self.in_shape, self.in_affine
+        for role, arg, rec in self._torch_plan:
+            if role == "resize":
+                if tuple(arg) != tuple(x.shape[1:]):  # MONAI's Resize returns an input of that shape unchanged
+                    x = torch.from_numpy(_interpolate(x.numpy(), tuple(arg), labels))
+                affine = model_grid_affine(affine, shape, tuple(arg))
+                shape = tuple(arg)
+            elif role == "same":
+                pass
+            elif labels:
+                continue
+            else:
+                x = _zscore(x, arg) if role == "zscore" else _minmax(x, arg)
+            if first:
+                self.steps.append(rec)
+        if first:
+            self._ops, self._meta = [], {}
+            self.shape = tuple(int(v) for v in x.shape[1:])
+            self.affine = np.asarray(affine, dtype=float)
+        return x.numpy().astype(np.float32, copy=False)
+
     def apply(self, data: Array, labels: bool = False) -> Array:
         """Bring (C, i, j, k) data on the input grid into the model space; returns float32 (C, D, H, W).
 
@@ -431,12 +512,16 @@ class ModelGrid:
         input) go through the same steps. ``labels=True`` takes a mask or label volume with nearest-neighbour
         interpolation and no intensity step.
         """
+        first = self._ops is None
+        if first:
+            self._torch_plan = self._plain_plan()
+        if self._torch_plan is not None:
+            return self._apply_plain(data, labels, first)
         import torch
         from monai.data import MetaTensor
         from monai.transforms import SpatialCrop
         from monai.transforms.utils import generate_spatial_bounding_box
 
-        first = self._ops is None
         if first:
             self._plan = self._transforms()
         arr = np.array(data, dtype=np.float32, order="C", copy=True)  # MONAI's intensity steps work in place
@@ -488,9 +573,6 @@ class ModelGrid:
         """
         import copy
 
-        import torch
-        from monai.data import MetaTensor
-
         if self._ops is None:
             raise RuntimeError("ModelGrid.apply must run before to_volume")
         arr = np.asarray(data)
@@ -505,7 +587,13 @@ class ModelGrid:
             else:
                 factor = float(np.prod(arr.shape[1:])) / float(np.prod(self.shape)) if additive else 1.0
                 arr = resize(arr, self.shape) * np.float32(factor)
-        if self._spatial:
+        if self._torch_plan is not None:
+            if self.shape != self.in_shape:  # the inverse of the one resize: MONAI's Resize.inverse, in torch
+                arr = _interpolate(arr, self.in_shape, labels)
+        elif self._spatial:
+            import torch
+            from monai.data import MetaTensor
+
             ops = copy.deepcopy(self._ops)
             if labels:
                 for op in ops:
@@ -534,6 +622,48 @@ class ModelGrid:
         if shape is not None and tuple(shape) != out.shape:
             out = resize_labels(out, tuple(shape))
         return out.astype(arr.dtype if arr.dtype != bool else np.float32).astype(arr.dtype)
+
+
+def _interpolate(arr: np.ndarray, shape: tuple[int, ...], labels: bool) -> np.ndarray:
+    """(C, i, j, k) float32 resized as MONAI's ``Resize`` does: trilinear (``align_corners`` False) or, for labels,
+    nearest-exact."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
+    size = tuple(int(v) for v in shape)
+    out = F.interpolate(t, size=size, mode="nearest-exact") if labels else F.interpolate(
+        t, size=size, mode="trilinear", align_corners=False)
+    return out[0].numpy()
+
+
+def _zscore(x, channel_wise: bool):
+    """MONAI's ``NormalizeIntensity(channel_wise=...)`` on a float32 (C, ...) tensor: the same torch operations."""
+    import torch
+
+    def one(d):
+        mean = torch.mean(d.float()).item()
+        std = torch.std(d.float(), unbiased=False).item()
+        return (d - mean) / (1.0 if std == 0.0 else std)
+
+    if not channel_wise:
+        return one(x)
+    for i, d in enumerate(x):
+        x[i] = one(d)
+    return x
+
+
+def _minmax(x, channel_wise: bool):
+    """MONAI's ``ScaleIntensity(minv=0, maxv=1, channel_wise=...)`` on a float32 (C, ...) tensor."""
+    import torch
+
+    def one(a):
+        lo, hi = a.min(), a.max()
+        if lo == hi:
+            return a * 0.0
+        return ((a - lo) / (hi - lo)) * (1.0 - 0.0) + 0.0
+
+    return torch.stack([one(d) for d in x]) if channel_wise else one(x)
 
 
 def crop_box(shape: Sequence[int], box: Sequence[slice] | None, pad: int = 1) -> tuple[slice, ...]:

@@ -10,7 +10,6 @@ composite presets), ``capture`` (relevance at named layers), ``propagate``
 
 from __future__ import annotations
 
-from .canonizers import ResidualSums, merge_canonizer, verified_merges
 from .composites import COMPOSITES, CompositePreset, Resolved, default_config, resolve
 from .config import FORMAT, LIBRARY_FORMAT, LayerFilter, LrpConfig, Segment, load_config, load_configs, save_configs
 from .methods import register_all as _register_all
@@ -18,8 +17,6 @@ from .params import (
     CUSTOM, OLD_NAMES, PARAM_HELP, PARAM_NAMES, PRESETS, STEPS, GeneralisedGamma, InputBox, Preset, RuleParams, conserves,
     describe, formula, get_preset, match_preset, preset_params,
 )
-from .capture import RelevanceCapture, RelevanceFilterHooks
-from .propagate import CONSERVATION_TOLERANCE, boundary_points, conservation_report, run_config
 from .types import (
     LAYER_RULES, NORM_TYPES, STABILIZER, LayerInfo, is_output_reduction, layer_kind, list_layers, stabilizer_for,
     suggest_rule,
@@ -36,14 +33,20 @@ __all__ = [
     "verified_merges",
 ]
 
-_LAZY = {"UnifiedRule", "SumRule", "PassRule", "make_hook"}  # Zennit loads on first use, not with the registry
+# Zennit and the torch-side modules load on first use, not with the registry (docs/performance.md, "Start-up")
+_LAZY = {
+    **dict.fromkeys(("UnifiedRule", "SumRule", "PassRule", "make_hook"), "rules"),
+    **dict.fromkeys(("ResidualSums", "merge_canonizer", "verified_merges"), "canonizers"),
+    **dict.fromkeys(("RelevanceCapture", "RelevanceFilterHooks"), "capture"),
+    **dict.fromkeys(("CONSERVATION_TOLERANCE", "boundary_points", "conservation_report", "run_config"), "propagate"),
+}
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        from . import rules
+        import importlib
 
-        return getattr(rules, name)
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import UserError
-from ..models.bundle_config import read_config_file
 from .params import PRESETS, Rule, RuleParams, match_preset, params_from_dict, rule_from_dict, rule_label, rule_to_dict
 from .types import LAYER_RULES
 
@@ -229,6 +228,8 @@ class LrpConfig:
 def load_configs(path: str | Path) -> tuple[list[LrpConfig], str | None]:
     """Read a configuration file (one configuration or a library); returns (configurations, active name)."""
     path = Path(path)
+    from ..models.bundle_config import read_config_file  # the models package imports torch: only when reading a file
+
     data = read_config_file(path, "LRP configuration", yaml_format=False)
     if isinstance(data, dict) and data.get("format") == LIBRARY_FORMAT:
         items = data.get("configurations")

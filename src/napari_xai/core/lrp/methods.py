@@ -7,15 +7,16 @@ parameters; ``lrp`` takes the configuration from a file (the LRP designer's).
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..methods.registry import Method, MethodOutput, Param, register
 from .composites import COMPOSITES, CompositePreset
 from .config import LrpConfig
 from .params import PARAM_HELP, PRESETS, formula, preset_params
 from .types import NORM_TYPES
+
+if TYPE_CHECKING:  # torch loads on first use (docs/performance.md, "Start-up")
+    from torch import nn
 
 __all__ = ["register_all"]
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
+from ..lazy import TypeGroup, lazy_import
 from ..methods._model import ACTIVATIONS, hooked_forward, input_cache, model_session
 from ..errors import UserError
+
+torch = lazy_import("torch")  # loaded on first use (docs/performance.md, "Start-up")
+nn = lazy_import("torch.nn")
 
 __all__ = [
     "AVGPOOL_TYPES", "GRADIENT_TYPES", "KINDS", "LAYER_RULES", "NORM_TYPES", "RULE_TYPES", "STABILIZER",
@@ -22,28 +23,28 @@ __all__ = [
     "suggest_rule",
 ]
 
-NORM_TYPES: tuple[type, ...] = (
+NORM_TYPES = TypeGroup(lambda: (
     nn.modules.batchnorm._BatchNorm,
     nn.modules.instancenorm._InstanceNorm,
     nn.GroupNorm,
     nn.LayerNorm,
     nn.LocalResponseNorm,
-)
-AVGPOOL_TYPES: tuple[type, ...] = (
+))
+AVGPOOL_TYPES = TypeGroup(lambda: (
     nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
     nn.Upsample,
-)
+))
 #: Parameter-free layers whose gradient conserves relevance (selection, copies, reshapes, identity).
-GRADIENT_TYPES: tuple[type, ...] = (
+GRADIENT_TYPES = TypeGroup(lambda: (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
     nn.modules.dropout._DropoutNd, nn.Identity, nn.Flatten, nn.Unflatten,
     nn.modules.padding._ConstantPadNd, nn.modules.padding._ReplicationPadNd, nn.modules.padding._ReflectionPadNd,
     nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
-)
-RULE_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
-SOFTMAX_TYPES: tuple[type, ...] = (nn.Softmax, nn.LogSoftmax, nn.Softmin)
+))
+RULE_TYPES = TypeGroup(lambda: (nn.modules.conv._ConvNd, nn.Linear))
+SOFTMAX_TYPES = TypeGroup(lambda: (nn.Softmax, nn.LogSoftmax, nn.Softmin))
 #: The treatments :func:`layer_kind` returns (see its docstring).
 KINDS = ("rule", "pass", "sum", "gradient", "container", "none")
 #: The treatments a configuration's ``layer_rules`` may give a layer.

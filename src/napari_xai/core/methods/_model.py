@@ -8,25 +8,26 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from ..errors import UserError
+from ..lazy import TypeGroup, lazy_import
 from .baselines import BASELINES
 from .registry import Param, RunContext
 
+torch = lazy_import("torch")  # loaded on first use: the registry imports without torch (docs/performance.md)
+F = lazy_import("torch.nn.functional")
+nn = lazy_import("torch.nn")
+
 # Activation modules. Captum's guided backprop / deconvolution only modify nn.ReLU.
-ACTIVATIONS: tuple[type, ...] = (
+ACTIVATIONS = TypeGroup(lambda: (
     nn.ReLU, nn.PReLU, nn.LeakyReLU, nn.RReLU, nn.ReLU6, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
     nn.SiLU, nn.Mish, nn.Softplus, nn.Hardswish, nn.Hardtanh, nn.Tanh, nn.Sigmoid,
-)
+))
 
 
-LINEAR_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
+LINEAR_TYPES = TypeGroup(lambda: (nn.modules.conv._ConvNd, nn.Linear))
 
 
-BATCHNORM_TYPES: tuple[type, ...] = (nn.modules.batchnorm._BatchNorm,)
+BATCHNORM_TYPES = TypeGroup(lambda: (nn.modules.batchnorm._BatchNorm,))
 
 
 def as_context(ctx: RunContext | None) -> RunContext:
@@ -121,26 +122,47 @@ def fresh_input(x: torch.Tensor, grad: bool = False) -> torch.Tensor:
     return x.detach().clone().requires_grad_(grad)
 
 
-class ScoreFn(nn.Module):
-    """Wrap a model: progress/cancellation at each forward call, output checks, call count.
+def ScoreFn(model: Any, ctx: RunContext, target: int | None, expected: int = 1, label: str = ""):  # noqa: N802
+    """Wrap a model: progress/cancellation at each forward call, output checks, call count (an ``nn.Module``).
 
     ``expected`` is the number of forward calls the method will make; progress is
-    reported as ``0.05 + 0.9 * done / expected``.
+    reported as ``0.05 + 0.9 * done / expected``. (A function returning the module, so that defining the
+    ``nn.Module`` class waits for torch: the registry imports without it.)
     """
+    return _score_fn_class()(model, ctx, target, expected, label)
 
-    def __init__(self, model: Any, ctx: RunContext, target: int | None, expected: int = 1, label: str = ""):
-        super().__init__()
-        self.model = model
-        self.ctx = ctx
-        self.target = target
-        self.expected = max(int(expected), 1)
-        self.label = label
-        self.calls = 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        self.ctx.step(0.05 + 0.9 * min(self.calls, self.expected) / self.expected, self.label)
-        self.calls += 1
-        return check_scores(self.model(x), self.target)
+def _score_fn_class() -> type:
+    cls = _SCORE_FN_CLASS.get("cls")
+    if cls is not None:
+        return cls
+
+    class ScoreFnModule(nn.Module):
+        def __init__(self, model: Any, ctx: RunContext, target: int | None, expected: int = 1, label: str = ""):
+            super().__init__()
+            self.model = model
+            self.ctx = ctx
+            self.target = target
+            self.expected = max(int(expected), 1)
+            self.label = label
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+            self.ctx.step(0.05 + 0.9 * min(self.calls, self.expected) / self.expected, self.label)
+            self.calls += 1
+            out = self.model(x)
+            want = getattr(self.ctx, "capture_input", None)
+            if (want is not None and self.ctx.scores is None and torch.is_tensor(out) and x.shape == want.shape
+                    and torch.equal(x.detach(), want)):
+                self.ctx.scores = out.detach()  # the prediction, from the method's own pass (see explain)
+            return check_scores(out, self.target)
+
+    ScoreFnModule.__name__ = ScoreFnModule.__qualname__ = "ScoreFn"
+    _SCORE_FN_CLASS["cls"] = ScoreFnModule
+    return ScoreFnModule
+
+
+_SCORE_FN_CLASS: dict[str, type] = {}
 
 
 @dataclass

@@ -22,13 +22,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
 
+from ..lazy import lazy_import
 from ..errors import UserError
 from ._model import model_session, require_eager
 from .registry import MethodOutput, Param, RunContext, entry
+
+torch = lazy_import("torch")  # loaded on first use (docs/performance.md, "Start-up")
+nn = lazy_import("torch.nn")
+F = lazy_import("torch.nn.functional")
 
 __all__ = ["COMBINE", "combine_maps", "find_gates", "gate_maps", "gate_options"]
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
 
+from ..lazy import lazy_import
 from ..errors import UserError
 from ._model import (
     ModelTrace,
@@ -21,6 +19,10 @@ from ._model import (
 )
 from .gradient import guided_warnings, quiet_relu_hook_warning
 from .registry import MethodOutput, Param, entry
+
+torch = lazy_import("torch")  # loaded on first use (docs/performance.md, "Start-up")
+nn = lazy_import("torch.nn")
+F = lazy_import("torch.nn.functional")
 
 
 def spatial_layers(model: Any, x: torch.Tensor) -> list[str]:

@@ -6,10 +6,8 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
-import torch
-import torch.nn.functional as F
-from torch import nn
 
+from ..lazy import TypeGroup, lazy_import
 from ..errors import UserError
 from ._model import (
     ACTIVATIONS,
@@ -26,22 +24,26 @@ from ._model import (
 )
 from .registry import MethodOutput, entry
 
+torch = lazy_import("torch")  # loaded on first use (docs/performance.md, "Start-up")
+nn = lazy_import("torch.nn")
+F = lazy_import("torch.nn.functional")
+
 # Modules that are linear in their input in eval mode: the gradient through them already is DeepLift's multiplier.
-DEEPLIFT_LINEAR: tuple[type, ...] = (
+DEEPLIFT_LINEAR = TypeGroup(lambda: (
     nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.Identity,
     nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd, nn.Flatten, nn.Unflatten, nn.Upsample,
     nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd,
     nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
-)
+))
 
 
 # Nonlinear modules; those whose exact type is not in Captum's SUPPORTED_NON_LINEAR get no rescale rule.
-NONLINEAR: tuple[type, ...] = ACTIVATIONS + (
+NONLINEAR = TypeGroup(lambda: ACTIVATIONS.types + (
     nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
     nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd, nn.modules.pooling._LPPoolNd,
     nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d, nn.GLU, nn.LogSigmoid, nn.Hardsigmoid, nn.Softsign,
     nn.Tanhshrink, nn.Threshold, nn.Hardshrink, nn.Softshrink,
-)
+))
 
 
 def _deeplift_kind(module: nn.Module) -> str:

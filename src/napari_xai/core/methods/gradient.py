@@ -7,9 +7,7 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
-import torch
-from torch import nn
-
+from ..lazy import lazy_import
 from ._model import (
     BASELINE_PARAM,
     BASELINES,
@@ -24,6 +22,9 @@ from ._model import (
     trace_model,
 )
 from .registry import MethodOutput, Param, RunContext, entry
+
+torch = lazy_import("torch")  # loaded on first use (docs/performance.md, "Start-up")
+nn = lazy_import("torch.nn")
 
 
 def guided_warnings(model: nn.Module, x: torch.Tensor, ctx: RunContext, method: str) -> dict:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 import math
 
-import torch
 
+from ..lazy import lazy_import
 from ._model import (
     BASELINE_PARAM,
     ScoreFn,
@@ -16,6 +16,8 @@ from ._model import (
     model_session,
 )
 from .registry import MethodOutput, Param, entry
+
+torch = lazy_import("torch")  # loaded on first use (docs/performance.md, "Start-up")
 
 
 def occlusion_windows(size: int, window: int, stride: int) -> list[int]:

@@ -10,11 +10,13 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from ..lazy import lazy_import
 from ..errors import UserError
 from ._model import BASELINES, ScoreFn, make_baseline
 from .registry import MethodOutput, Param, RunContext, entry
+
+torch = lazy_import("torch")  # loaded on first use (docs/performance.md, "Start-up")
 
 MAX_FEATURES = 4096
 

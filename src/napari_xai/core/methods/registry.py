@@ -114,6 +114,11 @@ class RunContext:
     is_scripted: bool = False
     #: 4x4 voxel -> world (mm) affine of the model grid (for methods that use anatomy, e.g. atlas regions).
     grid_affine: Any = None
+    #: The prepared input whose model output the pipeline still needs (``explain``): the first forward pass of a
+    #: method's score function on exactly this input leaves its output in ``scores``, so that the prediction
+    #: costs no pass of its own (docs/performance.md).
+    capture_input: Any = None
+    scores: Any = None
 
     def step(self, fraction: float, message: str = "") -> None:
         """Report progress in [0, 1] and raise :class:`Cancelled` if asked to stop."""

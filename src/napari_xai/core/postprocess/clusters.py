@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 from ..errors import UserError
+from ..lazy import lazy_import
 from .filters import max_profiles
 from .params import MAX_LABEL
+
+ndimage = lazy_import("scipy.ndimage")  # loaded on first use: the CLI parser imports this (docs/performance.md)
 
 
 def structure(connectivity: int) -> np.ndarray:

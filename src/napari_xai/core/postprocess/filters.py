@@ -5,11 +5,13 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy import ndimage
 
 from .. import geometry
+from ..lazy import lazy_import
 from ..errors import UserError, XaiWarning
 from .params import FILTERS, FRACTION_TOL, GAUSS_TRUNCATE, SCALES, SIGNS, PostParams
+
+ndimage = lazy_import("scipy.ndimage")  # loaded on first use: the CLI parser imports this (docs/performance.md)
 
 
 def sanitize(relevance: np.ndarray, name: str = "relevance") -> tuple[np.ndarray, list[str]]:
