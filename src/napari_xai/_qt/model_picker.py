@@ -57,7 +57,8 @@ class ModelPicker:
         """The fields as one labelled magicgui form (its ``.native`` goes into a Qt layout), kept up to date."""
         box = Container(labels=True, widgets=self.widgets)
         box.margins = (0, 0, 0, 0)
-        self.trust.text = textwrap.fill(TRUST_TEXT, 40)  # the same words on three lines: the form fits a dock
+        head, _, risk = TRUST_TEXT.partition(" (")  # the same words on three lines: the form fits a dock
+        self.trust.text = f"{head}\n({textwrap.fill(risk, 39)}"
         self.source.changed.connect(self.update_visibility)
         self.update_visibility()
         return box
