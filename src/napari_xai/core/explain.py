@@ -302,7 +302,7 @@ def _prediction_store(module: Any):
         return None
 
 
-def _remember_prediction(module: Any, key: tuple, out) -> None:
+def _remember_prediction(module: Any, key: tuple, out):
     import torch
 
     detached = tuple(o.detach() if torch.is_tensor(o) else o for o in out) if isinstance(out, (tuple, list)) else (
@@ -555,7 +555,8 @@ def explain(
     version = x._version
     # The prediction (class probabilities for the record) needs a forward pass. For a model already seen to
     # return class scores and an explicit class index, the method runs first and its own pass on this input
-    # gives the prediction (ctx.scores); otherwise, or when the method makes no such pass, it is predicted first.
+    # gives the prediction (ctx.scores; a method without such a pass is followed by the usual prediction);
+    # otherwise the prediction comes first, as its errors must come before any method work.
     n_known, idx = _known_classes(model.module, x), _explicit_index(target)
     key = None
     if (n_known is not None and idx is not None and 0 <= idx < n_known and not segmentation and mask is None
@@ -591,6 +592,9 @@ def explain(
             _remember_prediction(model.module, key, ctx.scores)
         t = prepare_target(model, x, volume, target, segmentation, mask, point, output_index, connectivity, ctx,
                            grid=grid)
+        if x._version != version:
+            raise UserError(f"model {model.name} changed its input (shape {tuple(x.shape)}) in place during the "
+                            "prediction; make forward() work on a copy (x = x.clone()).")
     probs, names, predicted, seg = t.probs, t.names, t.predicted, t.segmentation
     arrays = (out.used or {}).pop("_arrays", {}) if isinstance(out.used, dict) else {}
     # back through the inverse of the same MONAI transforms: maps of per-voxel values (attention coefficients)
