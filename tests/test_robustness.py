@@ -334,7 +334,8 @@ def test_every_method_says_whether_its_map_multiplies_by_the_input():
     sensitivities = {"saliency", "smoothgrad", "guided-backprop", "deconvolution", "grad-cam", "grad-cam-plus-plus",
                      "guided-grad-cam", "attention-gates"}
     for m in all_methods():
-        expected = m.family == "lrp" or m.name in amounts
-        assert m.name in amounts | sensitivities or m.family == "lrp", f"{m.name} is not classified here"
+        expected = m.family in ("lrp", "concepts") or m.name in amounts  # CRP maps are LRP maps (conditioned)
+        assert m.name in amounts | sensitivities or m.family in ("lrp", "concepts"), f"{m.name} is not classified here"
         assert m.multiplies_input == expected, m.name
-    assert {m.name for m in all_methods() if m.has_intermediate} == {"lrp", "attention-gates"}
+    # crp: each concept's conditional map (and the unconditioned one) are intermediate maps
+    assert {m.name for m in all_methods() if m.has_intermediate} == {"lrp", "attention-gates", "crp"}
