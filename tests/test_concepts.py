@@ -251,3 +251,29 @@ def test_channels_and_layers_are_checked():
     rel, used = _crp(net, x, 0)  # defaults: the last conv, its most relevant channel
     assert used["layer"] == "c3" and len(used["channels"]) == 1
     assert used["channels"][0] == int(np.argmax(used["channel_relevance"]))
+
+
+def test_a_designer_configuration_object_and_a_segmentation_target():
+    """rules=lrp with an in-memory LrpConfig (the designer's), and a segmentation model explained as the masked
+    sum of a class's logits: all channels' maps sum to the plain LRP map under the same configuration."""
+    from napari_xai.core.explain import explain
+    from napari_xai.core.lrp import RuleParams, Segment, preset_params
+
+    torch.manual_seed(0)
+    seg = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 5, 3, padding=1), nn.ReLU(),
+                        nn.Conv3d(5, 2, 1)).eval()
+    cfg = LrpConfig(name="mine", segments=[Segment("0", "0", preset_params("lrp-z-plus"), "low"),
+                                           Segment("2", "4", RuleParams(epsilon=1e-3), "up")])
+    rng = np.random.default_rng(0)
+    vol = Volume(data=(rng.random((1, 12, 12, 12)) + 0.2).astype(np.float32), affine=np.diag([2.0, 2, 2, 1]),
+                 name="seg")
+    model = _loaded(seg)
+    mask = np.zeros((12, 12, 12), bool)
+    mask[3:8, 4:9, 2:7] = True  # the target: class 1's logits summed inside this box
+    res = top_concepts(model, vol, layer="2", target=1, channels="all", method="lrp", config=cfg, mask=mask)
+    plain = explain(vol, model, "lrp", params={"config": cfg}, target=1, mask=mask)
+    summed = sum(c.map for c in res.concepts)
+    assert len(res.concepts) == 5
+    assert res.provenance["params"]["configuration"]["name"] == "mine"
+    assert _rel_err(summed, plain.data[0]) < 0.01
+    assert _rel_err(res.unconditioned, plain.data[0]) < 0.01

@@ -108,7 +108,8 @@ def _check_common(args) -> dict:
     if args.channels:
         from ..core.lrp.conditional import parse_channels
 
-        parse_channels(args.channels, 1 << 30, args.layer or "the layer")  # the syntax now; the range with the model
+        if args.channels.strip().lower() != "all":  # the syntax now; the range once the model is loaded
+            parse_channels(args.channels, 1 << 30, args.layer or "the layer")
     return {"space": input_space_kwargs(args), "method": method}
 
 
