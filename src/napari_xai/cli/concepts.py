@@ -137,7 +137,7 @@ def _cmd_volume(args) -> int:
 
     from .options import csv_bytes, fmt
     from ..core.concepts import mask_share, top_concepts
-    from ..core.provenance import package_versions, sidecar_path, write_sidecar
+    from ..core.provenance import package_versions, write_sidecar
     from ..core.volumes import atomic_write_bytes, load_nifti, save_nifti, stack_channels, written_or_removed
 
     common = _check_common(args)
