@@ -86,7 +86,7 @@ def _figure(sample, res, path: str) -> None:
     from napari_xai.core.concepts import mask_share
 
     region = sample.region
-    k = int(np.argmax(region.sum(axis=(0, 1))))  # the axial slice with most of the region (RAS storage: k is z)
+    k = int(np.argmax(region.sum(axis=(0, 1))))  # the axial slice with most of the region (k is z in the demo's LAS grid)
     anat = sample.volume.data[0]
     shown = [("unconditioned LRP-ε+", res.unconditioned)] + [(c.label.split(":")[0] + f" ({100 * c.share:.0f} %)", c.map)
                                                             for c in res.concepts[:4]]
