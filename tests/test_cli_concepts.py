@@ -76,6 +76,10 @@ def test_concepts_of_the_demo_volume(demo_files):
         assert (out / (x["map"] + ".xai.json")).exists()
     unc = np.asarray(nib.load(out / "unconditioned.nii.gz").dataobj, np.float64)
     assert total < unc.sum()  # three of sixteen channels: part of the whole map
+    # each map's record makes that map again: crp on its channel, the plain method for the unconditioned map
+    for name in (rows[1]["map"], "unconditioned.nii.gz"):
+        again = _run("reproduce", out / name)
+        assert again.returncode == 0 and "reproduced" in again.stdout, (name, again.stdout, again.stderr)
     # again without --overwrite: refused in one line, nothing changed
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     r2 = _run("concepts", demo_files / "s1.nii.gz", "--model", "demo", "--top", "3", "--out-dir", out)

@@ -277,3 +277,12 @@ def test_a_designer_configuration_object_and_a_segmentation_target():
     assert res.provenance["params"]["configuration"]["name"] == "mine"
     assert _rel_err(summed, plain.data[0]) < 0.01
     assert _rel_err(res.unconditioned, plain.data[0]) < 0.01
+
+
+def test_channel_lists_as_written_by_a_record():
+    from napari_xai.core.lrp.conditional import parse_channels
+
+    assert parse_channels("[3, 5]", 8, "l") == [3, 5]
+    assert parse_channels("4-6,1", 8, "l") == [1, 4, 5, 6]
+    assert parse_channels("all", 3, "l") == [0, 1, 2]
+    assert parse_channels("", 3, "l") is None

@@ -190,16 +190,28 @@ def _cmd_volume(args) -> int:
                          "atlas": res.atlas or None}}
     csv_path = out / "concepts.csv"
     unc_path = out / "unconditioned.nii.gz"
+    # each map's record says how to make that map again (napari-xai reproduce): crp on its one channel, and the
+    # plain LRP method for the unconditioned map
+    run_params = dict(res.provenance.get("params") or {})
+    one = {"each": False, "unconditioned": False, "top": 1, "layer": res.layer}
     with written_or_removed():
         for name, c in files:
             path = out / name
             save_nifti(path, c.map, res.affine, header=volume.header)
-            write_sidecar(path, {**base, "kind": "concept map", "output": str(path), "channel": c.channel,
-                                 "rank": c.rank + 1, "relevance": c.relevance, "share": c.share, "map_sum": c.map_sum,
-                                 "regions": [list(r) for r in c.regions]})
+            write_sidecar(path, {**base, "kind": "relevance", "output": str(path),
+                                 "params": {**run_params, **one, "channels": [c.channel]},
+                                 "relevance": {"sum": c.map_sum, "max_abs": float(np.abs(c.map).max())},
+                                 "concept": {"channel": c.channel, "rank": c.rank + 1, "relevance": c.relevance,
+                                             "share": c.share, "regions": [list(r) for r in c.regions]}})
         if res.unconditioned is not None:
             save_nifti(unc_path, res.unconditioned, res.affine, header=volume.header)
-            write_sidecar(unc_path, {**base, "kind": "relevance", "output": str(unc_path),
+            plain = {k: run_params.get(k) for k in ("epsilon", "gamma", "config", "configuration")}
+            if res.method == "lrp-gamma-rule":  # the Table 1 gamma rule calls crp's gamma 'gamma1p'
+                plain["gamma1p"] = plain.pop("gamma")
+            write_sidecar(unc_path, {**base, "kind": "relevance", "output": str(unc_path), "method": res.method,
+                                     "params": {k: v for k, v in plain.items() if v is not None},
+                                     "relevance": {"sum": float(res.unconditioned.sum()),
+                                                   "max_abs": float(np.abs(res.unconditioned).max())},
                                      "note": "the plain LRP map of the same pass (all channels, and any relevance "
                                              "that bypasses the layer)"})
         atomic_write_bytes(csv_path, csv_bytes(header, rows))
