@@ -89,7 +89,8 @@ def test_concepts_of_the_demo_volume(demo_files):
 
 @pytest.mark.parametrize("args, text", [
     (["--method", "saliency"], "not LRP"),
-    (["--top", "0"], "--top must be at least 1"),
+    (["--top", "0"], "--top must be 1 to 4096"),
+    (["--batch", "1000"], "--batch must be 1 to 256"),
     (["--channels", "two"], "channel numbers"),
     (["--refs", "3"], "give a cohort CSV"),
     (["--config", "nope.json"], "--method lrp"),

@@ -95,10 +95,13 @@ def _check_common(args) -> dict:
         from ..core.lrp import load_config
 
         load_config(args.config, args.configuration or None)  # a bad file fails now, not after the model loads
-    if args.top < 1:
-        raise UserError(f"--top must be at least 1, got {args.top}.")
-    if args.batch < 1:
-        raise UserError(f"--batch must be at least 1, got {args.batch}.")
+    from ..core.methods.catalogue import get_method
+
+    crp = get_method("crp")
+    for option, name, value in (("--top", "top", args.top), ("--batch", "batch", args.batch)):
+        low, high = crp.param(name).minimum, crp.param(name).maximum
+        if not low <= value <= high:
+            raise UserError(f"{option} must be {low:g} to {high:g}, got {value}.")
     if not 0.0 <= args.atlas_threshold <= 100.0:
         raise UserError(f"--atlas-threshold is a probability in percent (0-100), got {args.atlas_threshold:g}.")
     if args.input_shape:
