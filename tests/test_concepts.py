@@ -286,3 +286,34 @@ def test_channel_lists_as_written_by_a_record():
     assert parse_channels("4-6,1", 8, "l") == [1, 4, 5, 6]
     assert parse_channels("all", 3, "l") == [0, 1, 2]
     assert parse_channels("", 3, "l") is None
+
+
+def test_relevance_maximisation_in_one_call(tmp_path):
+    """The widgets' entry: three demo subjects (two atrophic), channel 15 of the last convolution, target
+    atrophy: the references are ranked by the peak relevance each map's record holds, and are atrophic."""
+    import nibabel as nib
+
+    from napari_xai.core.cohort import read_subjects
+    from napari_xai.core.concept_refs import relevance_maximisation
+    from napari_xai.core.demo import demo_volume
+    from napari_xai.core.models import load_model
+    from napari_xai.core.provenance import read_sidecar
+    from napari_xai.core.volumes import save_nifti
+
+    rows = ["id,path"]
+    for seed in (1, 2, 3):
+        vol, _ = demo_volume(seed, bool(seed % 2))
+        save_nifti(tmp_path / f"s{seed}.nii.gz", vol.data[0], vol.affine)
+        rows.append(f"s{seed},{tmp_path / f's{seed}.nii.gz'}")
+    (tmp_path / "c.csv").write_text("\n".join(rows) + "\n")
+    subjects = read_subjects(tmp_path / "c.csv")
+    seen = []
+    refs = relevance_maximisation(load_model("demo"), subjects, "features.6", 15, tmp_path / "out", n=2,
+                                  size_mm=20.0, target="atrophy", on_row=seen.append)
+    assert len(seen) == 3 and all(r["status"] == "ok" for r in seen)
+    peaks = {s: read_sidecar(tmp_path / "out" / "maps" / f"{s}.nii.gz")["params"]["peak_relevance"]
+             for s in ("s1", "s2", "s3")}
+    assert [r.id for r in refs] == sorted(peaks, key=lambda s: -peaks[s])[:2]
+    assert {r.id for r in refs} == {"s1", "s3"}  # the atrophic subjects
+    assert nib.load(tmp_path / "out" / "refs" / f"01_{refs[0].id}.nii.gz").shape == (10, 10, 10)
+    assert (tmp_path / "out" / "refs" / "montage.png").exists()
