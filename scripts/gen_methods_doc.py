@@ -233,7 +233,7 @@ def render() -> str:
         )
     out.append("")
     family_titles = {"gradient": "Gradient family", "cam": "CAM family", "perturbation": "Perturbation", "lrp": "LRP (Zennit)",
-                     "attention": "Trainable attention"}
+                     "attention": "Trainable attention", "concepts": "Concepts (CRP)"}
     seen: set[str] = set()
     for m in methods:
         if m.family not in seen:

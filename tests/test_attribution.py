@@ -38,7 +38,7 @@ NAMES = [
     "guided-backprop", "deconvolution", "grad-cam", "grad-cam-plus-plus", "guided-grad-cam", "occlusion", "lrp-epsilon", "lrp-epsilon-plus", "lrp-epsilon-plus-flat",
     "lrp-alpha1-beta0", "lrp-alpha2-beta1", "lrp-gamma", "lrp-0", "lrp-gamma-rule", "lrp-alpha-beta", "lrp-z-plus",
     "lrp-w-square", "lrp-flat", "lrp", "region-ablation", "lime", "kernel-shap",
-    "attention-gates",
+    "attention-gates", "crp",
 ]
 
 
@@ -97,7 +97,8 @@ def test_registry_has_every_method_with_documented_params():
         for p in m.params:
             assert p.help, (m.name, p.name)
     needs = {m.name for m in all_methods() if m.needs_module}
-    assert needs == {n for n in NAMES if n.startswith(("lrp", "guided", "grad-cam", "deconv", "attention", "deeplift"))}
+    assert needs == {n for n in NAMES if n.startswith(("lrp", "guided", "grad-cam", "deconv", "attention", "deeplift",
+                                                       "crp"))}
     with pytest.raises(UserError, match="baseline"):
         get_method("integrated-gradients").parse({"baseline": "mean"})
 

@@ -334,12 +334,12 @@ def test_every_method_says_whether_its_map_multiplies_by_the_input():
     sensitivities = {"saliency", "smoothgrad", "guided-backprop", "deconvolution", "grad-cam", "grad-cam-plus-plus",
                      "guided-grad-cam", "attention-gates"}
     for m in all_methods():
-        expected = m.family == "lrp" or m.name in amounts
-        assert m.name in amounts | sensitivities or m.family == "lrp", f"{m.name} is not classified here"
+        expected = m.family in ("lrp", "concepts") or m.name in amounts  # CRP maps are LRP maps (conditioned)
+        assert m.name in amounts | sensitivities or m.family in ("lrp", "concepts"), f"{m.name} is not classified here"
         assert m.multiplies_input == expected, m.name
-    assert {m.name for m in all_methods() if m.has_intermediate} == {"lrp", "attention-gates"}
+    assert {m.name for m in all_methods() if m.has_intermediate} == {"lrp", "attention-gates", "crp"}
     # the one method configured by an LrpConfig (reproduce and the LRP designer read the flag), and the methods
     # with a 'layer' parameter (the Explain widget builds its dropdown from the kind)
     assert {m.name for m in all_methods() if m.takes_config} == {"lrp"}
     assert {m.name for m in all_methods() if any(p.type == "layer" for p in m.params)} == {
-        "grad-cam", "grad-cam-plus-plus", "guided-grad-cam", "attention-gates"}
+        "grad-cam", "grad-cam-plus-plus", "guided-grad-cam", "attention-gates", "crp"}

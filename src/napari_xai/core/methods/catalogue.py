@@ -9,12 +9,13 @@ from __future__ import annotations
 from . import gradient, deeplift, cam, occlusion  # noqa: E401, F401, I001  (register the entries)
 from .. import lrp  # noqa: E402, F401, I001
 from . import regions, attention  # noqa: F401, I001
+from . import crp  # noqa: F401, I001
 from ..errors import UserError  # noqa: I001
 from .registry import REGISTRY, Method  # noqa: I001
 
 
 #: Listing order of the families (`napari-xai methods`, the widget's method list); within a family, registration order.
-FAMILIES = ("gradient", "cam", "perturbation", "lrp", "attention")
+FAMILIES = ("gradient", "cam", "perturbation", "lrp", "concepts", "attention")
 
 
 def get_method(name: str) -> Method:
