@@ -92,6 +92,7 @@ class CheckPanel(FlipChecks, ChannelChecks, SanityChecks, QWidget):
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
         self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setMinimumHeight(24)  # a small minimum: six docks stacked fit an 800 px window
         self.scroll.setWidget(inner)
         outer.addWidget(self.scroll, 1)
         lay.addWidget(self._build_flip_box())
