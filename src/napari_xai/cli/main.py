@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .clusters import add_subcommand as add_clusters
     from .cohort import add_subcommand as add_cohort
     from .compare import add_subcommand as add_compare
+    from .concepts import add_subcommand as add_concepts
     from .demo import add_subcommand as add_demo
     from .dissect import add_subcommand as add_dissect
     from .embed import add_subcommand as add_embed
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_reproduce(sub)
     add_dissect(sub)
     add_robustness(sub)
+    add_concepts(sub)
     return parser
 
 

@@ -186,10 +186,11 @@ def conditional_pass(
     unconditioned : bool
         Also return the plain LRP map (the first backward pass then runs to the input).
     batch : int
-        Concepts propagated together: the forward pass runs on ``batch`` copies of the input, and each backward
-        pass below the layer carries one concept per copy (batched convolutions are several times faster per
-        map on a CPU than one at a time). 1 propagates them one by one on a single copy. A model that fails on
-        a batch (or changes it) falls back to 1, with a warning.
+        Concepts propagated together: the forward pass runs on ``batch`` copies of the input (one more for the
+        plain map with ``unconditioned``), and each backward pass below the layer carries one concept per copy
+        (batched convolutions are several times faster per map on a CPU than one at a time). Memory grows with
+        the copies. 1 propagates the concepts one by one. A model that fails on a batch (or changes it) falls
+        back to one copy, with a warning.
     expected : int or callable, optional
         How many concepts ``select`` will return (or ``expected(n_channels)``), to size the batch.
 
@@ -204,7 +205,7 @@ def conditional_pass(
     info = {l.name: l for l in layers}[name]
     n_ch = int(info.output_shape[1]) if info.output_shape else 1
     want = expected(n_ch) if callable(expected) else expected
-    b = max(1, min(int(batch), int(want) if want else int(batch)))
+    b = 1 if int(batch) <= 1 else min(int(batch), int(want) if want else int(batch)) + (1 if unconditioned else 0)
     if b > 1:
         try:
             return _run(model, x, target, config, name, layers, select, ctx, unconditioned, label, b)
@@ -276,24 +277,12 @@ def _run(model, x, target, config, name, layers, select, ctx, unconditioned, lab
                     start = torch.zeros_like(scores)
                     start[:, int(target)] = scores[:, int(target)].detach()  # the same score for every copy
                     ctx.step(0.3, f"{label}: relevance at {name}")
-                    full = None
-                    if unconditioned:
-                        got: dict[str, torch.Tensor] = {}
-                        h = a.register_hook(lambda g: got.__setitem__("r", g.detach()))
-                        try:
-                            (full,) = torch.autograd.grad(scores, xg, grad_outputs=start, retain_graph=True)
-                        finally:
-                            h.remove()
-                        if "r" not in got:
-                            raise UserError(f"no relevance reached layer {name!r}; it is not on the path to the target.")
-                        rel_a = got["r"]
-                        full = full[:1].detach()
-                    else:
-                        (rel_a,) = torch.autograd.grad(scores, a, grad_outputs=start, retain_graph=True,
-                                                       allow_unused=True)
-                        if rel_a is None:
-                            raise UserError(f"no relevance reached layer {name!r}; it is not on the path to the target.")
-                        rel_a = rel_a.detach()
+                    # the part above the layer only: each channel's relevance at the layer
+                    (rel_a,) = torch.autograd.grad(scores, a, grad_outputs=start, retain_graph=True,
+                                                   allow_unused=True)
+                    if rel_a is None:
+                        raise UserError(f"no relevance reached layer {name!r}; it is not on the path to the target.")
+                    rel_a = rel_a.detach()
                     n_ch = int(rel_a.shape[1])
                     concepts = [tuple(sorted({int(c) for c in g})) for g in select(rel_a[0], name)]
                     for g in concepts:
@@ -302,16 +291,35 @@ def _run(model, x, target, config, name, layers, select, ctx, unconditioned, lab
                             raise UserError(f"channel {bad[0]} does not exist: layer {name!r} has {n_ch} channels "
                                             f"(0..{n_ch - 1}).")
                     maps: list[torch.Tensor] = []
+                    full = None
                     view = (b, n_ch) + (1,) * (rel_a.ndim - 2)
-                    for i in range(0, len(concepts), b):
-                        chunk = concepts[i:i + b]
-                        ctx.step(0.35 + 0.6 * i / max(len(concepts), 1),
-                                 f"{label}: concepts {i + 1}-{i + len(chunk)} of {len(concepts)}")
+                    slots: list[Any] = (["full"] if unconditioned else []) + list(concepts)
+                    for i in range(0, len(slots), b):
+                        chunk = slots[i:i + b]
+                        ctx.step(0.35 + 0.6 * i / max(len(slots), 1),
+                                 f"{label}: concepts {i + 1}-{i + len(chunk)} of {len(slots)}")
                         mask = torch.zeros((b, n_ch), dtype=rel_a.dtype, device=rel_a.device)
                         for j, g in enumerate(chunk):
-                            mask[j, list(g)] = 1
-                        (m,) = torch.autograd.grad(a, xg, grad_outputs=rel_a * mask.view(view), retain_graph=True)
-                        maps.extend(m[j:j + 1].detach() for j in range(len(chunk)))
+                            mask[j, list(range(n_ch)) if g == "full" else list(g)] = 1
+                        incoming = rel_a.expand(b, *rel_a.shape[1:]) * mask.view(view)
+                        if chunk[0] == "full":
+                            # the plain map needs the whole backward pass (relevance that bypasses the layer too):
+                            # copy 0 starts at the output and passes the layer unchanged; the other copies start
+                            # with nothing at the output and get their concept's relevance at the layer
+                            first = torch.zeros_like(start)
+                            first[0] = start[0]
+                            h = a.register_hook(lambda g, inc=incoming: torch.cat([g[:1], inc[1:]]))
+                            try:
+                                (m,) = torch.autograd.grad(scores, xg, grad_outputs=first, retain_graph=True)
+                            finally:
+                                h.remove()
+                        else:
+                            (m,) = torch.autograd.grad(a, xg, grad_outputs=incoming, retain_graph=True)
+                        for j, g in enumerate(chunk):
+                            if g == "full":
+                                full = m[j:j + 1].detach()
+                            else:
+                                maps.append(m[j:j + 1].detach())
         finally:
             handle.remove()
     return ConditionalPass(layer=name, layer_relevance=rel_a[0], concepts=concepts, maps=maps,

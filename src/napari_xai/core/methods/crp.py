@@ -179,7 +179,7 @@ crp_method = register(Method(
         Param("epsilon", float, None, "Epsilon of the rules' epsilon layers; empty = the composite's default.", minimum=0.0),
         Param("gamma", float, 0.25, "Gamma of rules with a gamma (lrp-gamma, the gamma rule).", minimum=0.0, maximum=100.0),
         Param("unconditioned", bool, False, "Also give the plain (unconditioned) LRP map as an intermediate map."),
-        Param("batch", int, 8, "Concept maps propagated together (one forward pass on this many copies); 1 = one by one.",
+        Param("batch", int, 8, "Concept maps propagated together (the forward pass runs on this many copies, +1 for 'unconditioned'); 1 = one by one.",
               minimum=1, maximum=256),
     ),
     needs_module=True,

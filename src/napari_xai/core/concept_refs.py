@@ -1,0 +1,197 @@
+"""Relevance maximisation over a cohort: the subjects and places where one concept (a channel) matters most.
+
+CRP (Achtibat et al. 2023) shows what a concept means by the inputs where it
+carries the most *relevance* for the decision (relevance maximisation), not
+where it merely fires (activation maximisation): a channel can fire strongly
+where the class does not use it. Here, for one channel of one layer:
+
+1. every subject of a cohort is explained with the ``crp`` method conditioned
+   on that channel, through the cohort executor
+   (:mod:`napari_xai.core.cohort_run`: serially, on a process pool or on Dask;
+   resumable), which writes ``maps/<id>.nii.gz`` and a sidecar recording the
+   channel's relevance at the layer, its largest value (``peak_relevance``)
+   and where it lies (``peak_mm``, world mm);
+2. :func:`rank_references` orders the subjects by ``peak_relevance`` and takes the top ``n``;
+3. :func:`write_references` cuts a cube of ``size_mm`` around each peak from
+   the subject's scan and from the conditional map (NIfTI with sidecars, the
+   cube's affine keeps its place in the world) and draws a PNG montage.
+
+Pure: no Qt; matplotlib's Agg canvas draws the montage.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import UserError
+
+__all__ = ["DEFAULT_CROP_MM", "Reference", "crop_cube", "crp_run_config", "montage_png", "rank_references",
+           "reference_names", "write_references"]
+
+#: Side of the reference cubes in mm (a little more than the receptive field of the demo's last layer, ~30 mm).
+DEFAULT_CROP_MM = 40.0
+
+
+@dataclass
+class Reference:
+    """One reference of a concept: a subject, the concept's peak relevance in it and where."""
+
+    rank: int
+    id: str
+    peak_relevance: float
+    peak_mm: tuple[float, float, float]
+    concept_relevance: float
+    concept_share: float
+    map: Path
+    paths: list[Path]
+
+
+def crp_run_config(base, layer: str, channel: int, rules: str, extra: dict | None = None):
+    """The cohort :class:`~napari_xai.core.cohort_run.RunConfig` of ``crp`` on one channel (from ``base``'s
+    model, target, input space and executor settings)."""
+    from dataclasses import replace
+
+    params = {"layer": layer, "channels": str(int(channel)), "rules": rules, **(extra or {})}
+    return replace(base, method="crp", params=tuple(sorted((k, str(v)) for k, v in params.items() if v is not None)))
+
+
+def rank_references(outdir: str | Path, subjects: Sequence, n: int) -> list[Reference]:
+    """The ``n`` subjects whose conditional maps (in ``outdir/maps``) record the largest peak relevance.
+
+    Subjects without a finished map (failed) are left out. Ties keep the cohort order.
+    """
+    from .cohort_run import map_path
+    from .provenance import read_sidecar
+
+    found = []
+    for order, s in enumerate(subjects):
+        path = map_path(outdir, s.id)
+        side = read_sidecar(path) if path.exists() else None
+        params = (side or {}).get("params") or {}
+        if "peak_relevance" not in params or "peak_mm" not in params:
+            continue
+        found.append((-float(params["peak_relevance"]), order, s, params, path))
+    found.sort(key=lambda t: (t[0], t[1]))
+    out = []
+    for rank, (neg, _, s, params, path) in enumerate(found[: max(int(n), 0)]):
+        out.append(Reference(rank=rank, id=s.id, peak_relevance=-neg, peak_mm=tuple(float(v) for v in params["peak_mm"]),
+                             concept_relevance=float(params.get("concept_relevance", float("nan"))),
+                             concept_share=float(params.get("concept_share", float("nan"))), map=path,
+                             paths=list(s.paths)))
+    return out
+
+
+def crop_cube(data: np.ndarray, affine: np.ndarray, center_mm: Sequence[float], size_mm: float,
+              fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A cube of side ``size_mm`` (world mm) centred on the voxel nearest ``center_mm``, from (…, i, j, k) data.
+
+    The cube has ``round(size_mm / voxel size)`` voxels per axis (odd counts centre the peak voxel exactly);
+    parts outside the volume are ``fill``. Returns the cube and its affine (the same world positions).
+    """
+    from .geometry import cropped_affine, voxel_sizes, world_to_vox
+
+    if not size_mm > 0:
+        raise UserError(f"the reference cube size must be > 0 mm, got {size_mm:g}.")
+    arr = np.asarray(data)
+    shape = arr.shape[-3:]
+    centre = np.rint(world_to_vox(affine, np.asarray(center_mm, float))).astype(int)
+    n = np.maximum(1, np.rint(float(size_mm) / voxel_sizes(affine)).astype(int))
+    start = centre - n // 2
+    out = np.full(arr.shape[:-3] + tuple(int(v) for v in n), fill, dtype=arr.dtype)
+    src, dst = [], []
+    for a in range(3):
+        lo, hi = max(0, start[a]), min(int(shape[a]), start[a] + n[a])
+        if hi <= lo:
+            return out, cropped_affine(affine, [slice(int(s), None) for s in start])
+        src.append(slice(int(lo), int(hi)))
+        dst.append(slice(int(lo - start[a]), int(hi - start[a])))
+    lead = (slice(None),) * (arr.ndim - 3)
+    out[lead + tuple(dst)] = arr[lead + tuple(src)]
+    return out, cropped_affine(affine, [slice(int(s), None) for s in start])
+
+
+def reference_names(rank: int, sid: str) -> tuple[str, str]:
+    """File names of a reference: the scan's cube and the conditional map's cube."""
+    return f"{rank + 1:02d}_{sid}.nii.gz", f"{rank + 1:02d}_{sid}_relevance.nii.gz"
+
+
+def write_references(refs: Sequence[Reference], out_dir: str | Path, size_mm: float, record: dict,
+                     montage: bool = True) -> list[Path]:
+    """Write each reference's cubes (scan and conditional map, NIfTI + sidecar) and ``montage.png``.
+
+    Call inside an output transaction (every write is staged and renamed at the end). Returns the paths written.
+    """
+    from .provenance import write_sidecar
+    from .volumes import atomic_write_bytes, load_nifti, save_nifti, stack_channels
+
+    out = Path(out_dir)
+    written: list[Path] = []
+    tiles = []
+    for r in refs:
+        vol = stack_channels([load_nifti(p) for p in r.paths])
+        rel = load_nifti(r.map)
+        scan, aff = crop_cube(vol.data, vol.affine, r.peak_mm, size_mm)
+        rmap, raff = crop_cube(rel.data[0], rel.affine, r.peak_mm, size_mm)
+        name_scan, name_rel = reference_names(r.rank, r.id)
+        rec = {**record, "kind": "concept reference", "rank": r.rank + 1, "subject": r.id,
+               "peak_relevance": r.peak_relevance, "peak_mm": list(r.peak_mm), "cube_mm": float(size_mm),
+               "concept_relevance": r.concept_relevance, "concept_share": r.concept_share,
+               "source": [str(p) for p in r.paths], "map": str(r.map)}
+        for name, data, a, what in ((name_scan, scan, aff, "scan"), (name_rel, rmap, raff, "conditional relevance")):
+            path = out / name
+            save_nifti(path, data[0] if data.ndim == 4 and data.shape[0] == 1 else data, a, header=None)
+            write_sidecar(path, {**rec, "content": what, "output": str(path)})
+            written += [path, Path(str(path) + ".xai.json")]
+        tiles.append((r, scan[0] if scan.ndim == 4 else scan, rmap, aff))
+    if montage and tiles:
+        path = out / "montage.png"
+        atomic_write_bytes(path, montage_png(tiles, record.get("title", "")))
+        written.append(path)
+    return written
+
+
+def _ras(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """``data`` (i, j, k) in the closest RAS voxel order (for display only)."""
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(np.asarray(affine, float))
+    return nib.orientations.apply_orientation(data, ornt)
+
+
+def montage_png(tiles, title: str = "") -> bytes:
+    """PNG bytes: one row per reference, three planes through the cube's centre (sagittal, coronal, axial, RAS
+    display: anterior/superior up, left on the left), the scan in grey with the positive conditional relevance
+    in hot colours (one colour scale for all rows)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    vmax = max((float(np.max(t[2])) for t in tiles), default=1.0) or 1.0
+    fig = Figure(figsize=(6.6, 2.2 * len(tiles) + 0.4), dpi=100)
+    FigureCanvasAgg(fig)
+    for row, (r, scan, rmap, aff) in enumerate(tiles):
+        s, m = _ras(scan, aff), _ras(rmap, aff)
+        c = [n // 2 for n in s.shape]
+        planes = [(s[c[0]].T, m[c[0]].T, "sagittal"), (s[:, c[1]].T, m[:, c[1]].T, "coronal"),
+                  (s[:, :, c[2]].T, m[:, :, c[2]].T, "axial")]
+        for col, (img, rel, name) in enumerate(planes):
+            ax = fig.add_subplot(len(tiles), 3, 3 * row + col + 1)
+            ax.imshow(img, cmap="gray", origin="lower", interpolation="nearest")
+            pos = np.ma.masked_less_equal(rel, 0.15 * vmax)
+            ax.imshow(pos, cmap="hot", origin="lower", vmin=0, vmax=vmax, alpha=0.7, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(f"#{r.rank + 1} {r.id}\n{r.peak_relevance:.3g}", fontsize=7)
+            if row == 0:
+                ax.set_title(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
