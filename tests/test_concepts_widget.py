@@ -249,3 +249,58 @@ def test_demo_top_concept_lies_on_the_atrophied_hippocampi_and_amygdalae(make_na
     assert near > 0.5, near
     region = widget.table.item(0, 2).text()
     assert region.split("_")[0] in ("Hippocampus", "ParaHippocampal", "Amygdala"), region
+
+
+def test_open_references_of_a_cohort_run(make_napari_viewer, qtbot, tmp_path):
+    """The output of ``napari-xai concepts SUBJECTS.csv --refs N`` (through the executable) opens as grid cells:
+    each reference's scan cube and conditional map at the cube's world place, one colour scale."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from napari_xai.core.demo import demo_volume
+    from napari_xai.core.volumes import save_nifti
+
+    rows = ["id,path"]
+    for seed in (1, 2):
+        vol, _ = demo_volume(seed, True)
+        save_nifti(tmp_path / f"s{seed}.nii.gz", vol.data[0], vol.affine)
+        rows.append(f"s{seed},{tmp_path / f's{seed}.nii.gz'}")
+    (tmp_path / "cohort.csv").write_text("\n".join(rows) + "\n")
+    exe = os.path.join(os.path.dirname(sys.executable), "napari-xai")
+    exe = exe if os.path.exists(exe) else shutil.which("napari-xai")
+    out = tmp_path / "run"
+    r = subprocess.run([exe, "concepts", str(tmp_path / "cohort.csv"), "--model", "demo", "--channels", "15",
+                        "--refs", "2", "--crop-mm", "30", "--out-dir", str(out), "--quiet"],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert r.returncode == 0, r.stderr
+
+    viewer = make_napari_viewer()
+    widget = _dock(viewer)
+    viewer.dims.ndisplay = 3
+    layers = widget.open_references(str(out))  # no concept selected: the run's only channel
+    assert viewer.grid.enabled and viewer.dims.ndisplay == 3
+    assert len(layers) == 6, widget.status.value  # two subjects: scan cube, (+), (−)
+    assert "channel 15" in widget.status.value
+    rel = [ly for ly in layers if ly.colormap.name in ("hot", "cyan")]
+    assert len({tuple(ly.contrast_limits) for ly in rel}) == 1
+    table = list(__import__("csv").DictReader((out / "references.csv").open()))
+    for row, scan_layer in zip(table, [ly for ly in layers if ly.colormap.name == "gray"]):
+        cube = nib.load(out / row["scan_cube"])
+        assert row["id"] in scan_layer.name
+        np.testing.assert_allclose(np.asarray(scan_layer.data), np.asarray(cube.dataobj), rtol=1e-6)
+        np.testing.assert_allclose(scan_layer.affine.affine_matrix, cube.affine, atol=1e-6)
+        # the cube's centre voxel is the recorded peak (world mm)
+        centre = scan_layer.data_to_world([s // 2 for s in cube.shape])
+        peak = [float(row[f"peak_{a}_mm"]) for a in "xyz"]
+        assert np.all(np.abs(np.asarray(centre) - peak) <= 1.0 + 1e-6)
+    widget.exit_btn.native.click()
+    assert not viewer.grid.enabled and len(viewer.layers) == 0
+
+    # a folder that is not a run, and an index naming a file outside its folder: one line each, nothing opened
+    assert widget.open_references(str(tmp_path)) == [] and "references.csv" in widget.status.value
+    text = (out / "references.csv").read_text().replace("channel_15/refs/01_", "../../01_", 1)
+    (out / "references.csv").write_text(text)
+    assert widget.open_references(str(out)) == [] and "outside its folder" in widget.status.value
+    assert len(viewer.layers) == 0
