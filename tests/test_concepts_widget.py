@@ -81,13 +81,13 @@ def test_run_table_and_concept_layer_on_the_scans_world_voxels(make_napari_viewe
     # the layer list comes from the model: its conv layers, the core's default (the last one) selected
     widget.settings.list_btn.native.click()
     _wait(qtbot, widget)
-    assert widget.settings.layer.choices[1:] == ("conv1", "conv2"), widget.status.value
+    assert widget.settings.layer.choices[1:] == ("conv1", "conv2"), widget.message
     assert widget.settings.layer.value == "conv2"
 
     n_layers = len(viewer.layers)
     widget.run_btn.native.click()
     _wait(qtbot, widget)
-    assert widget.result is not None, widget.status.value
+    assert widget.result is not None, widget.message
     assert len(viewer.layers) == n_layers, "a run fills the table; layers come with a click"
     table = widget.table
     shares = table.shares()
@@ -147,7 +147,7 @@ def test_compare_in_the_grid_with_one_colour_scale_2d_and_3d(make_napari_viewer,
     chans = widget.table.channels()
 
     widget.table.select_channels(chans[:1])
-    assert widget.compare() == [] and widget.status.value.startswith("error: select two or more")
+    assert widget.compare() == [] and widget.message.startswith("error: select two or more")
 
     for ndisplay in (2, 3):
         viewer.dims.ndisplay = ndisplay
@@ -182,7 +182,7 @@ def test_cancel_stops_a_run(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: widget._progress[0] > 0.01, timeout=TIMEOUT_MS)
     widget.cancel_btn.native.click()
     _wait(qtbot, widget)
-    assert "cancelled" in widget.status.value
+    assert "cancelled" in widget.message
     assert widget.result is None and widget.table.rowCount() == 0 and len(viewer.layers) == n
     assert widget.run_btn.enabled and not widget.cancel_btn.enabled
 
@@ -199,7 +199,7 @@ def test_a_bad_model_gives_one_clear_line(make_napari_viewer, qtbot, tmp_path, c
     with caplog.at_level(logging.ERROR, logger="napari_xai"):
         widget.run_btn.native.click()
         _wait(qtbot, widget)
-    text = widget.status.value
+    text = widget.message
     assert text.startswith("error: ") and "\n" not in text and "internal error" not in text, text
     assert "broken.pt" in text or "weights" in text, text
     assert not [r for r in caplog.records if r.exc_info], "no traceback for a user's mistake"
@@ -208,7 +208,7 @@ def test_a_bad_model_gives_one_clear_line(make_napari_viewer, qtbot, tmp_path, c
     widget.settings.picker.source.value = "TorchScript file"
     widget.settings.picker.path.value = str(bad)
     widget.run_btn.native.click()
-    assert not widget.busy and "Python file + weights" in widget.status.value
+    assert not widget.busy and "Python file + weights" in widget.message
 
 
 def test_demo_top_concept_lies_on_the_atrophied_hippocampi_and_amygdalae(make_napari_viewer, qtbot):
@@ -230,7 +230,7 @@ def test_demo_top_concept_lies_on_the_atrophied_hippocampi_and_amygdalae(make_na
     widget.run_btn.native.click()
     _wait(qtbot, widget)
     res = widget.result
-    assert res is not None, widget.status.value
+    assert res is not None, widget.message
     shares = widget.table.shares()
     assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
     assert res.layer == "features.6" and res.target_name == "atrophy"
@@ -281,8 +281,8 @@ def test_open_references_of_a_cohort_run(make_napari_viewer, qtbot, tmp_path):
     viewer.dims.ndisplay = 3
     layers = widget.open_references(str(out))  # no concept selected: the run's only channel
     assert viewer.grid.enabled and viewer.dims.ndisplay == 3
-    assert len(layers) == 6, widget.status.value  # two subjects: scan cube, (+), (−)
-    assert "channel 15" in widget.status.value
+    assert len(layers) == 6, widget.message  # two subjects: scan cube, (+), (−)
+    assert "channel 15" in widget.message
     rel = [ly for ly in layers if ly.colormap.name in ("hot", "cyan")]
     assert len({tuple(ly.contrast_limits) for ly in rel}) == 1
     table = list(__import__("csv").DictReader((out / "references.csv").open()))
@@ -299,8 +299,8 @@ def test_open_references_of_a_cohort_run(make_napari_viewer, qtbot, tmp_path):
     assert not viewer.grid.enabled and len(viewer.layers) == 0
 
     # a folder that is not a run, and an index naming a file outside its folder: one line each, nothing opened
-    assert widget.open_references(str(tmp_path)) == [] and "references.csv" in widget.status.value
+    assert widget.open_references(str(tmp_path)) == [] and "references.csv" in widget.message
     text = (out / "references.csv").read_text().replace("channel_15/refs/01_", "../../01_", 1)
     (out / "references.csv").write_text(text)
-    assert widget.open_references(str(out)) == [] and "outside its folder" in widget.status.value
+    assert widget.open_references(str(out)) == [] and "outside its folder" in widget.message
     assert len(viewer.layers) == 0

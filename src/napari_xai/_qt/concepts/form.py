@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 
 from ...core.atlas import builtin_atlas_names
 from ...core.concepts import DEFAULT_K, DEFAULT_RULES
 from ...core.errors import UserError
 from ...core.methods.crp import CRP_RULES
-from ..model_picker import ModelPicker, file_text
+from ..model_picker import TRUST_TIP, ModelPicker, file_text
 
 #: The layer choice before the model's layers are listed: the core's default (the last Conv layer with a 3D output).
 AUTO_LAYER = "auto (last conv layer)"
@@ -37,6 +37,10 @@ class ConceptSettings:
         self.image = ComboBox(label="image", choices=self._image_choices,
                               tooltip="the volume (a 3D image layer) whose concepts to find")
         self.picker = ModelPicker(with_kwargs=True)
+        # the picker's one-line trust text is wider than a dock: a short box and the risk wrapped below it
+        self.picker.trust.text = "trust model code"
+        self.trust_note = Label(value=TRUST_TIP[0].upper() + TRUST_TIP[1:] + ".")
+        self.trust_note.native.setWordWrap(True)
         self.layer = ComboBox(label="layer", choices=self._layer_choices, value=AUTO_LAYER,
                               tooltip="the model layer whose channels are the concepts ('List' reads the model's "
                                       "conv layers; default: the last one, as on the command line)")
@@ -54,7 +58,10 @@ class ConceptSettings:
         self.atlas = ComboBox(label="atlas", choices=[NO_ATLAS, *builtin_atlas_names()], value=default_atlas(),
                               tooltip="name each concept by the atlas regions holding most of its positive "
                                       "relevance (MNI-space volumes)")
-        self.layer_row = Container(layout="horizontal", widgets=[self.layer, self.list_btn], labels=True)
+        self.layer.label = ""
+        self.list_btn.native.setMaximumWidth(44)  # the row fits the dock's width
+        self.layer_row = Container(layout="horizontal", widgets=[self.layer, self.list_btn], labels=False,
+                                   label="layer")
         self.layer_row.margins = (0, 0, 0, 0)
         self.picker.source.changed.connect(self._on_source)
         self.rules.changed.connect(self._on_rules)
@@ -63,7 +70,8 @@ class ConceptSettings:
 
     def widgets(self) -> list:
         p = self.picker
-        return [self.image, p.source, p.path, p.class_name, p.weights, p.kwargs, p.trust, self.layer_row, self.k,
+        return [self.image, p.source, p.path, p.class_name, p.weights, p.kwargs, p.trust, self.trust_note,
+                self.layer_row, self.k,
                 self.rules, self.config, self.target, self.atlas]
 
     # ------------------------------------------------------------ choices
@@ -81,6 +89,7 @@ class ConceptSettings:
 
     def _on_source(self, *_):
         self.picker.update_visibility()
+        self.picker.trust.visible = self.trust_note.visible = self.picker.kind != "demo"  # the demo runs no file
         self.set_layers([], None)  # another model: its layers are listed again
         if self.picker.kind == "demo":
             from ...core.demo import CLASS_NAMES

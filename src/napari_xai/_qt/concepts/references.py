@@ -118,6 +118,6 @@ def open_references(widget, folder: str | Path | None = None, channel: int | Non
     current = getattr(widget.result, "layer", None)
     if layer and current and layer != current:
         text += f" (⚠ the table shows {current})"
-    widget.status.value = (f"{text}: {len(tuples) // 3} subjects by peak relevance, colour limit 0…{limit:.3g} "
-                           "for all; 'Exit grid' goes back.")
+    widget._set_status(f"{text}: {len(tuples) // 3} subjects by peak relevance, colour limit 0…{limit:.3g} "
+                       "for all; 'Exit grid' goes back.")
     return layers

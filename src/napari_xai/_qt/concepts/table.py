@@ -12,6 +12,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
 COLUMNS = ("channel", "share", "region", "in region")
+HEADERS = ("ch", "share", "top region", "in it")
 SHARE_COLUMN = 1
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 CHANNEL_ROLE = Qt.ItemDataRole.UserRole + 2
@@ -36,11 +37,16 @@ class ConceptTable(QTableWidget):
 
     def __init__(self, parent=None):
         super().__init__(0, len(COLUMNS), parent)
-        self.setHorizontalHeaderLabels(list(COLUMNS))
+        self.setHorizontalHeaderLabels(list(HEADERS))
+        for col, tip in enumerate(("channel of the layer", "its share of the layer's relevance",
+                                   "the atlas region with most of its positive relevance",
+                                   "the share of its positive relevance in that region")):
+            self.horizontalHeaderItem(col).setToolTip(tip)
         self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.verticalHeader().setVisible(False)
+        self.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # "Para…pal_L": the side stays readable
         header = self.horizontalHeader()
         for col in range(len(COLUMNS)):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)

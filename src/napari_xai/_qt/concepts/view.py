@@ -53,13 +53,23 @@ def compare_tuples(result, channels: list[int], anatomy: np.ndarray) -> tuple[li
 
     concepts = [result.concept(c) for c in channels]
     limit = common_limit([c.map for c in concepts])
-    cells = [(c.label, SimpleNamespace(data=c.map[None], affine=result.affine, header=None,
+    cells = [(cell_title(c), SimpleNamespace(data=c.map[None], affine=result.affine, header=None,
                                        provenance=concept_record(result, c), warnings=list(result.warnings)))
              for c in concepts]
     tuples = comparison_layer_data(anatomy, cells, limit, meta_key=META_KEY)
     for _, kw, _ in tuples:
         kw["metadata"][META_KEY]["kind"] = "compare"
     return tuples, limit
+
+
+def cell_title(concept) -> str:
+    """A grid cell's short title: ``ch 15 · 16 % · ParaHippocampal_L``."""
+    region = concept.top_region[0]
+    return f"ch {concept.channel} · {100 * concept.share:.0f} %" + (f" · {region}" if region else "")
+
+
+#: The grid cells' title size (napari's default is larger: four titles overflow their cells at 1280 px).
+TITLE_FONT_SIZE = 9
 
 
 class Grid:
@@ -75,13 +85,20 @@ class Grid:
 
     def enter(self, tuples: list[tuple]) -> list:
         viewer = self._viewer
+        point = tuple(viewer.dims.point)  # the user's slice: replacing the cells must not move it
         self.remove_cells()
         if self._state is None:
             self._state = {"visible": {ly.name: ly.visible for ly in viewer.layers},
                            "stride": viewer.canvas.grid.stride}
         for layer in viewer.layers:
             layer.visible = False
-        return show_grid(viewer, tuples, three_d=viewer.dims.ndisplay == 3)  # keeps the user's 2D or 3D
+        layers = show_grid(viewer, tuples, three_d=viewer.dims.ndisplay == 3)  # keeps the user's 2D or 3D
+        for layer in layers:
+            layer.name_overlay.font_size = TITLE_FONT_SIZE
+        if len(point) == viewer.dims.ndim:
+            for axis, value in enumerate(point):
+                viewer.dims.set_point(axis, value)
+        return layers
 
     def remove_cells(self) -> None:
         viewer = self._viewer

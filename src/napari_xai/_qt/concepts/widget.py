@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QSizePolicy
 
 from ...core.errors import Cancelled, UserError
 from .._jobs import fail, report_error, start_worker
@@ -55,7 +56,9 @@ class ConceptsWidget(Container):
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
         self.status = Label(label="result", value="")
-        self.status.native.setWordWrap(True)
+        self.message = ""  # the status text, unwrapped
+        # the whole width, without a label column; lines are wrapped by _set_status instead of widening the form
+        self.status.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.table = ConceptTable()
         self.compare_btn = PushButton(text="Compare", tooltip="the selected concepts side by side, one colour scale")
         self.exit_btn = PushButton(text="Exit grid", enabled=False)
@@ -65,10 +68,11 @@ class ConceptsWidget(Container):
         self.grid = Grid(napari_viewer)
         run_row = Container(layout="horizontal", widgets=[self.run_btn, self.cancel_btn], labels=False)
         view_row = Container(layout="horizontal", widgets=[self.compare_btn, self.exit_btn], labels=False)
-        self.extend([*self.settings.widgets(), run_row, self.progress, self.status])
-        for qt in (self.table, view_row.native, self.refs_btn.native):  # after the form, in this order
+        self.extend([*self.settings.widgets(), run_row, self.progress])
+        for qt in (self.status.native, self.table, view_row.native, self.refs_btn.native):  # after the form
             self.native.layout().addWidget(qt)
         into_scroll_area(self.native)  # the form scrolls: the dock fits a laptop screen
+        self.settings.layer.native.setMinimumContentsLength(3)  # beside its List button, within the dock's width
         self.run_btn.changed.connect(self.run)
         self.cancel_btn.changed.connect(self.cancel)
         self.settings.list_btn.changed.connect(self.list_layers)
@@ -145,14 +149,14 @@ class ConceptsWidget(Container):
 
         self.run_btn.enabled = self.settings.list_btn.enabled = False
         self.cancel_btn.enabled = True
-        self.status.value = text
+        self._set_status(text)
         self._timer.start()
         self._worker = start_worker(work, returned=self._on_outcome, errored=self._on_error,
                                     finished=self._on_finished)
 
     def cancel(self, *_):
         self._cancel.set()
-        self.status.value = "cancelling…"
+        self._set_status("cancelling…")
 
     def _show_progress(self):
         frac, msg = self._progress
@@ -169,7 +173,7 @@ class ConceptsWidget(Container):
         self.settings.set_layers(names, default)
         self.settings.set_classes(list(model.spec.class_names or []))
         if kind == "layers":
-            self.status.value = f"{len(names)} conv layers; the default is the last: {default}."
+            self._set_status(f"{len(names)} conv layers; the default is the last: {default}.")
             return
         res, volume = payload[5:]
         self.result, self._anatomy = res, volume.data[0]
@@ -185,7 +189,7 @@ class ConceptsWidget(Container):
             text += f" Regions: {res.atlas}."
         if res.warnings:
             text += "\n⚠ " + "\n⚠ ".join(res.warnings)
-        self.status.value = text
+        self._set_status(text)
 
     def _on_error(self, exc):
         self._timer.stop()
@@ -200,7 +204,14 @@ class ConceptsWidget(Container):
         self.cancel_btn.enabled = False
 
     def _set_status(self, text: str) -> None:
-        self.status.value = text
+        """Show ``text`` (kept whole in ``message``) wrapped to the dock's width by hand: a word-wrapped label
+        in the scrolling form gets one line's height and is overdrawn by the table."""
+        import textwrap
+
+        self.message = text
+        label = self.status.native
+        chars = max(24, int(max(label.width(), 240) / max(label.fontMetrics().averageCharWidth(), 1)) - 2)
+        self.status.value = "\n".join(textwrap.fill(line, chars) for line in str(text).split("\n"))
 
     def _fail(self, message: str) -> None:
         fail(self._set_status, message)
@@ -213,7 +224,7 @@ class ConceptsWidget(Container):
         self.exit_grid()
         concept = self.result.concept(channel)
         layers = show_concept(self._viewer, self.result, concept)
-        self.status.value = f"{concept.label} ({100 * concept.share:.1f} % of the layer's relevance)."
+        self._set_status(f"{concept.label} ({100 * concept.share:.1f} % of the layer's relevance).")
         return layers
 
     def compare(self, channels: list[int] | None = None) -> list:
@@ -225,8 +236,8 @@ class ConceptsWidget(Container):
         tuples, limit = compare_tuples(self.result, channels, self._anatomy)
         layers = self.grid.enter(tuples)
         self.exit_btn.enabled = True
-        self.status.value = (f"{len(channels)} concepts side by side; colour limit 0…{limit:.3g} for all "
-                             "(hot: positive, cyan: negative relevance). 'Exit grid' goes back.")
+        self._set_status((f"{len(channels)} concepts side by side; colour limit 0…{limit:.3g} for all "
+                         "(hot: positive, cyan: negative relevance). 'Exit grid' goes back."))
         return layers
 
     def exit_grid(self) -> None:
