@@ -71,7 +71,8 @@ class ConceptsWidget(Container):
         self.extend([*self.settings.widgets(), run_row, self.progress])
         for qt in (self.status.native, self.table, view_row.native, self.refs_btn.native):  # after the form
             self.native.layout().addWidget(qt)
-        into_scroll_area(self.native)  # the form scrolls: the dock fits a laptop screen
+        scroll = into_scroll_area(self.native)  # the form scrolls: the dock fits a laptop screen
+        scroll.widget().layout().setStretchFactor(self.table, 10)  # a taller dock shows more concepts
         self.settings.layer.native.setMinimumContentsLength(3)  # beside its List button, within the dock's width
         self.run_btn.changed.connect(self.run)
         self.cancel_btn.changed.connect(self.cancel)
