@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,6 +76,10 @@ def test_concepts_of_the_demo_volume(demo_files):
         assert (out / (x["map"] + ".xai.json")).exists()
     unc = np.asarray(nib.load(out / "unconditioned.nii.gz").dataobj, np.float64)
     assert total < unc.sum()  # three of sixteen channels: part of the whole map
+    # each map's record makes that map again: crp on its channel, the plain method for the unconditioned map
+    for name in (rows[1]["map"], "unconditioned.nii.gz"):
+        again = _run("reproduce", out / name)
+        assert again.returncode == 0 and "reproduced" in again.stdout, (name, again.stdout, again.stderr)
     # again without --overwrite: refused in one line, nothing changed
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     r2 = _run("concepts", demo_files / "s1.nii.gz", "--model", "demo", "--top", "3", "--out-dir", out)
@@ -86,7 +89,8 @@ def test_concepts_of_the_demo_volume(demo_files):
 
 @pytest.mark.parametrize("args, text", [
     (["--method", "saliency"], "not LRP"),
-    (["--top", "0"], "--top must be at least 1"),
+    (["--top", "0"], "--top must be 1 to 4096"),
+    (["--batch", "1000"], "--batch must be 1 to 256"),
     (["--channels", "two"], "channel numbers"),
     (["--refs", "3"], "give a cohort CSV"),
     (["--config", "nope.json"], "--method lrp"),
@@ -160,3 +164,27 @@ def test_crop_cube_keeps_world_positions(codes):
     np.testing.assert_allclose(cube[ok], (w[0] * 1000 + w[1] * 10 + w[2])[ok], atol=1e-3)
     edge, eaff = crop_cube(data, aff, (-20, -18, -15), 12.0, fill=np.nan)  # at a corner: partly outside
     assert np.isnan(edge).any() and np.isfinite(edge).any()
+
+
+def test_all_channels_with_a_designer_configuration_add_up_to_the_plain_map(demo_files, tmp_path):
+    """--method lrp --config (a designer file) --channels all: the 16 concept maps written by the executable sum
+    to unconditioned.nii.gz within 1 %."""
+    import nibabel as nib
+
+    from napari_xai.core.lrp import LrpConfig, Segment, preset_params, save_configs
+
+    cfg = save_configs(tmp_path / "rules.json", [LrpConfig(name="mine", segments=[
+        Segment("features.0", "features.0", preset_params("lrp-gamma-rule", gamma1p=0.25), "low"),
+        Segment("features.3", "classifier", preset_params("lrp-epsilon", epsilon=0.01), "rest")])])
+    out = tmp_path / "all"
+    r = _run("concepts", demo_files / "s1.nii.gz", "--model", "demo", "--method", "lrp", "--config", cfg,
+             "--channels", "all", "--atlas", "none", "--out-dir", out)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader((out / "concepts.csv").open()))
+    assert len(rows) == 16
+    total = sum(np.asarray(nib.load(out / x["map"]).dataobj, np.float64) for x in rows)
+    plain = np.asarray(nib.load(out / "unconditioned.nii.gz").dataobj, np.float64)
+    assert np.abs(total - plain).sum() <= 0.01 * np.abs(plain).sum()
+    side = json.loads((out / "concepts.csv.xai.json").read_text())
+    assert side["params"]["configuration"]["name"] == "mine"
+    assert sum(float(x["share"]) for x in rows) == pytest.approx(1.0, abs=1e-5)

@@ -95,10 +95,13 @@ def _check_common(args) -> dict:
         from ..core.lrp import load_config
 
         load_config(args.config, args.configuration or None)  # a bad file fails now, not after the model loads
-    if args.top < 1:
-        raise UserError(f"--top must be at least 1, got {args.top}.")
-    if args.batch < 1:
-        raise UserError(f"--batch must be at least 1, got {args.batch}.")
+    from ..core.methods.catalogue import get_method
+
+    crp = get_method("crp")
+    for option, name, value in (("--top", "top", args.top), ("--batch", "batch", args.batch)):
+        low, high = crp.param(name).minimum, crp.param(name).maximum
+        if not low <= value <= high:
+            raise UserError(f"{option} must be {low:g} to {high:g}, got {value}.")
     if not 0.0 <= args.atlas_threshold <= 100.0:
         raise UserError(f"--atlas-threshold is a probability in percent (0-100), got {args.atlas_threshold:g}.")
     if args.input_shape:
@@ -108,7 +111,8 @@ def _check_common(args) -> dict:
     if args.channels:
         from ..core.lrp.conditional import parse_channels
 
-        parse_channels(args.channels, 1 << 30, args.layer or "the layer")  # the syntax now; the range with the model
+        if args.channels.strip().lower() != "all":  # the syntax now; the range once the model is loaded
+            parse_channels(args.channels, 1 << 30, args.layer or "the layer")
     return {"space": input_space_kwargs(args), "method": method}
 
 
@@ -136,7 +140,7 @@ def _cmd_volume(args) -> int:
 
     from .options import csv_bytes, fmt
     from ..core.concepts import mask_share, top_concepts
-    from ..core.provenance import package_versions, sidecar_path, write_sidecar
+    from ..core.provenance import package_versions, write_sidecar
     from ..core.volumes import atomic_write_bytes, load_nifti, save_nifti, stack_channels, written_or_removed
 
     common = _check_common(args)
@@ -189,16 +193,28 @@ def _cmd_volume(args) -> int:
                          "atlas": res.atlas or None}}
     csv_path = out / "concepts.csv"
     unc_path = out / "unconditioned.nii.gz"
+    # each map's record says how to make that map again (napari-xai reproduce): crp on its one channel, and the
+    # plain LRP method for the unconditioned map
+    run_params = dict(res.provenance.get("params") or {})
+    one = {"each": False, "unconditioned": False, "top": 1, "layer": res.layer}
     with written_or_removed():
         for name, c in files:
             path = out / name
             save_nifti(path, c.map, res.affine, header=volume.header)
-            write_sidecar(path, {**base, "kind": "concept map", "output": str(path), "channel": c.channel,
-                                 "rank": c.rank + 1, "relevance": c.relevance, "share": c.share, "map_sum": c.map_sum,
-                                 "regions": [list(r) for r in c.regions]})
+            write_sidecar(path, {**base, "kind": "relevance", "output": str(path),
+                                 "params": {**run_params, **one, "channels": [c.channel]},
+                                 "relevance": {"sum": c.map_sum, "max_abs": float(np.abs(c.map).max())},
+                                 "concept": {"channel": c.channel, "rank": c.rank + 1, "relevance": c.relevance,
+                                             "share": c.share, "regions": [list(r) for r in c.regions]}})
         if res.unconditioned is not None:
             save_nifti(unc_path, res.unconditioned, res.affine, header=volume.header)
-            write_sidecar(unc_path, {**base, "kind": "relevance", "output": str(unc_path),
+            plain = {k: run_params.get(k) for k in ("epsilon", "gamma", "config", "configuration")}
+            if res.method == "lrp-gamma-rule":  # the Table 1 gamma rule calls crp's gamma 'gamma1p'
+                plain["gamma1p"] = plain.pop("gamma")
+            write_sidecar(unc_path, {**base, "kind": "relevance", "output": str(unc_path), "method": res.method,
+                                     "params": {k: v for k, v in plain.items() if v is not None},
+                                     "relevance": {"sum": float(res.unconditioned.sum()),
+                                                   "max_abs": float(np.abs(res.unconditioned).max())},
                                      "note": "the plain LRP map of the same pass (all channels, and any relevance "
                                              "that bypasses the layer)"})
         atomic_write_bytes(csv_path, csv_bytes(header, rows))

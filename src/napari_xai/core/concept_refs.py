@@ -31,7 +31,7 @@ import numpy as np
 from .errors import UserError
 
 __all__ = ["DEFAULT_CROP_MM", "Reference", "crop_cube", "crp_run_config", "montage_png", "rank_references",
-           "reference_names", "write_references"]
+           "reference_names", "relevance_maximisation", "write_references"]
 
 #: Side of the reference cubes in mm (a little more than the receptive field of the demo's last layer, ~30 mm).
 DEFAULT_CROP_MM = 40.0
@@ -58,6 +58,52 @@ def crp_run_config(base, layer: str, channel: int, rules: str, extra: dict | Non
 
     params = {"layer": layer, "channels": str(int(channel)), "rules": rules, **(extra or {})}
     return replace(base, method="crp", params=tuple(sorted((k, str(v)) for k, v in params.items() if v is not None)))
+
+
+def relevance_maximisation(model, subjects: Sequence, layer: str, channel: int, out_dir: str | Path, n: int = 4,
+                           size_mm: float = DEFAULT_CROP_MM, rules: str = "lrp-epsilon-plus", target: str | None = None,
+                           workers: int = 1, overwrite: bool = False, on_row=None, should_stop=None,
+                           montage: bool = True) -> list[Reference]:
+    """Relevance maximisation for one channel, in one call (for widgets and scripts; the CLI adds Dask).
+
+    Explains every subject with ``crp`` on ``channel`` of ``layer`` through
+    :func:`~napari_xai.core.cohort_run.run_local` (serially, or on a process pool of ``workers``; resumable:
+    maps made with the same settings are reused) into ``out_dir/maps``, ranks the subjects by the channel's peak
+    relevance and writes the top ``n`` reference cubes (``size_mm``) and ``montage.png`` into ``out_dir/refs``.
+    ``on_row`` sees each finished subject; ``should_stop`` cancels between subjects.
+
+    Parameters
+    ----------
+    model : LoadedModel
+        From :func:`~napari_xai.core.models.load_model` (its source is reloaded by pool workers).
+    subjects : sequence of Subject
+        From :func:`~napari_xai.core.cohort.read_subjects`.
+    """
+    from .cohort_run import RunConfig, run_local
+    from .outputs import transaction
+    from .provenance import package_versions
+
+    import json
+
+    out = Path(out_dir)
+    kwargs = getattr(model, "model_kwargs", None)
+    base = RunConfig(model=str(model.source), model_sha256=model.sha256, method="crp", target=target,
+                     weights=getattr(model, "weights", None), model_kwargs=json.dumps(kwargs) if kwargs else None,
+                     outdir=str(out.resolve()), overwrite=bool(overwrite),
+                     command="napari_xai.core.concept_refs.relevance_maximisation")
+    cfg = crp_run_config(base, layer, channel, rules)
+    run_local(list(subjects), cfg, model, workers=workers, on_row=on_row, should_stop=should_stop)
+    refs = rank_references(out, subjects, n)
+    if not refs:
+        raise UserError(f"no subject gave a conditional map for channel {channel} of {layer}; see the cohort's "
+                        "failures.csv.")
+    record = {"kind": "concept references", "layer": layer, "channel": int(channel), "method": rules,
+              "target": target or "predicted", "model": {"source": str(model.source), "sha256": model.sha256},
+              "title": f"{layer} channel {channel}: top {len(refs)} of {len(subjects)} subjects by relevance",
+              "versions": package_versions()}
+    with transaction():
+        write_references(refs, out / "refs", size_mm, record, montage=montage)
+    return refs
 
 
 def rank_references(outdir: str | Path, subjects: Sequence, n: int) -> list[Reference]:

@@ -153,7 +153,7 @@ def concept_label(channel: int, region: str = "", share: float = float("nan")) -
     return f"channel {channel}: {region}, {100 * share:.0f} % of its relevance"
 
 
-def _crp_params(layer, k, method, config, configuration, epsilon, gamma, batch, channels) -> dict:
+def _crp_params(layer, k, method, config, configuration, epsilon, gamma, batch, channels, unconditioned=True) -> dict:
     from .methods.crp import CRP_RULES
 
     rules = str(method or DEFAULT_RULES).strip().lower()
@@ -164,7 +164,7 @@ def _crp_params(layer, k, method, config, configuration, epsilon, gamma, batch, 
         raise UserError(f"k (the number of concepts) must be at least 1, got {k}.")
     params: dict[str, Any] = {"layer": layer, "top": int(k), "each": True, "rules": rules, "config": config,
                               "configuration": configuration, "epsilon": epsilon, "gamma": gamma, "batch": batch,
-                              "unconditioned": True, "channels": channels}
+                              "unconditioned": bool(unconditioned), "channels": channels}
     return params
 
 
@@ -182,6 +182,7 @@ def top_concepts(
     gamma: float = 0.25,
     channels: str | Sequence[int] | None = None,
     batch: int = 8,
+    unconditioned: bool = True,
     atlas: Any = None,
     atlas_threshold: float | None = None,
     progress: Callable[[float, str], None] | None = None,
@@ -214,6 +215,9 @@ def top_concepts(
         Take these channels (e.g. ``"3,5,12"``, ``"all"``) instead of the top ``k``, in this order of relevance.
     batch : int
         Concept maps propagated together (see :func:`~napari_xai.core.lrp.conditional.conditional_pass`).
+    unconditioned : bool
+        Also give the plain LRP map of the same pass (:attr:`ConceptResult.unconditioned`; one more copy in the
+        first batch).
     atlas : Atlas or str, optional
         Name each concept by the regions of this atlas (:func:`name_concepts`); needs a Volume input in the
         atlas's (MNI) space.
@@ -233,7 +237,7 @@ def top_concepts(
 
     if isinstance(channels, (list, tuple)):
         channels = ",".join(str(int(c)) for c in channels)
-    params = _crp_params(layer, k, method, config, configuration, epsilon, gamma, batch, channels)
+    params = _crp_params(layer, k, method, config, configuration, epsilon, gamma, batch, channels, unconditioned)
     if torch.is_tensor(volume):
         return _top_on_tensor(model, volume, target, params, progress, should_stop, explain_kwargs)
     from .explain import explain

@@ -266,12 +266,15 @@ def explain_arguments(record: dict) -> dict:
     known = {p.name for p in method.params}
     recorded = record.get("params") or {}
     params = {k: v for k, v in recorded.items() if k in known and v is not None}
-    if method.name == "lrp" and isinstance(recorded.get("configuration"), dict):
+    designer = method.name == "lrp" or (method.name == "crp" and recorded.get("rules") == "lrp")
+    if designer and isinstance(recorded.get("configuration"), dict):
         from .lrp import LrpConfig
 
         # the whole configuration is in the record; the file it came from may be gone or edited since
         params["config"] = LrpConfig.from_dict(recorded["configuration"], "the recorded configuration")
         params.pop("configuration", None)
+    elif isinstance(params.get("configuration"), dict):  # crp with a composite records the rules it resolved
+        params.pop("configuration")
     grid = record.get("grid") or {}
     model = record.get("model") or {}
     target = record.get("target") or {}

@@ -110,8 +110,8 @@ def parse_channels(spec: Any, n_channels: int, layer: str) -> list[int] | None:
     try:
         if isinstance(spec, (int,)):
             items = [int(spec)]
-        elif isinstance(spec, str):
-            for part in spec.replace(";", ",").replace(" ", ",").split(","):
+        elif isinstance(spec, str):  # also "[3, 5]": a list as a record writes it
+            for part in spec.strip().strip("[]()").replace(";", ",").replace(" ", ",").split(","):
                 part = part.strip()
                 if not part:
                     continue
