@@ -298,6 +298,12 @@ def test_open_references_of_a_cohort_run(make_napari_viewer, qtbot, tmp_path):
     widget.exit_btn.native.click()
     assert not viewer.grid.enabled and len(viewer.layers) == 0
 
+    # a channel's refs folder alone (as core.concept_refs.relevance_maximisation writes it): the cubes' sidecars
+    layers = widget.open_references(str(out / "channel_15" / "refs"))
+    assert len(layers) == 6 and "channel 15" in widget.message
+    assert [ly.name for ly in layers if ly.colormap.name == "gray"][0].split(" · ")[0].endswith(table[0]["id"])
+    widget.exit_btn.native.click()
+
     # a folder that is not a run, and an index naming a file outside its folder: one line each, nothing opened
     assert widget.open_references(str(tmp_path)) == [] and "references.csv" in widget.message
     text = (out / "references.csv").read_text().replace("channel_15/refs/01_", "../../01_", 1)

@@ -22,35 +22,62 @@ INDEX = "references.csv"
 RELEVANCE_SUFFIX = "_relevance.nii.gz"
 
 
+def read_cubes(root: Path) -> tuple[list[dict], str | None]:
+    """Rows from the cubes' own sidecars, for a folder without ``references.csv``: a ``refs`` folder (also the
+    output of ``core.concept_refs.relevance_maximisation``), its parent or a run's ``channel_C`` folders."""
+    from ...core.provenance import read_sidecar
+
+    rows, layer = [], None
+    for pattern in ("[0-9][0-9]_*.nii.gz", "refs/[0-9][0-9]_*.nii.gz", "channel_*/refs/[0-9][0-9]_*.nii.gz"):
+        for scan in sorted(root.glob(pattern)):
+            if scan.name.endswith(RELEVANCE_SUFFIX):
+                continue
+            try:
+                side = read_sidecar(scan) or {}
+                row = {"channel": int(side["channel"]), "rank": int(side["rank"]), "id": str(side["subject"]),
+                       "peak_relevance": side.get("peak_relevance"), "scan_cube": str(scan.relative_to(root))}
+            except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+                continue  # not a reference cube with its sidecar
+            rows.append(row)
+            layer = layer or side.get("layer")
+    if not rows:
+        raise UserError(f"{root} has no {INDEX} and no reference cubes (NN_<id>.nii.gz with sidecars); choose the "
+                        "--out-dir of 'napari-xai concepts SUBJECTS.csv --refs N'.")
+    return rows, layer
+
+
 def read_index(folder: str | Path) -> tuple[list[dict], str | None]:
-    """The rows of ``folder/references.csv`` with their files checked, and the layer its sidecar names."""
+    """The rows of ``folder/references.csv`` (else of the cubes' sidecars) with their files checked, and the
+    layer the run names."""
     from ...core.provenance import read_sidecar
 
     root = Path(folder).expanduser().resolve()
     index = root / INDEX
     if not index.is_file():
-        raise UserError(f"{root} has no {INDEX}; choose the --out-dir of 'napari-xai concepts SUBJECTS.csv "
-                        "--refs N'.")
+        rows, layer = read_cubes(root)
+        return [checked(root, row, root) for row in rows], layer
     try:
         with index.open(newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
         side = read_sidecar(index) or {}
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"{index} could not be read ({exc}).") from None
-    out = []
-    for row in rows:
-        try:
-            scan = (root / str(row["scan_cube"])).resolve()
-            channel, rank = int(row["channel"]), int(row["rank"])
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{index} is not a references table (columns channel, rank, id, scan_cube).") from None
-        if root not in scan.parents:
-            raise UserError(f"{index} names a file outside its folder ({row['scan_cube']}); refusing to open it.")
-        relevance = scan.with_name(scan.name[: -len(".nii.gz")] + RELEVANCE_SUFFIX)
-        if not scan.is_file() or not relevance.is_file():
-            raise UserError(f"the reference cube {scan.name} (or its _relevance map) is missing in {scan.parent}.")
-        out.append({**row, "channel": channel, "rank": rank, "scan": scan, "relevance": relevance})
-    return out, side.get("layer") if isinstance(side, dict) else None
+    return [checked(root, row, index) for row in rows], side.get("layer") if isinstance(side, dict) else None
+
+
+def checked(root: Path, row: dict, index: Path) -> dict:
+    """A row with its cube files resolved inside ``root`` and present."""
+    try:
+        scan = (root / str(row["scan_cube"])).resolve()
+        channel, rank = int(row["channel"]), int(row["rank"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{index} is not a references table (columns channel, rank, id, scan_cube).") from None
+    if root not in scan.parents:
+        raise UserError(f"{index} names a file outside its folder ({row['scan_cube']}); refusing to open it.")
+    relevance = scan.with_name(scan.name[: -len(".nii.gz")] + RELEVANCE_SUFFIX)
+    if not scan.is_file() or not relevance.is_file():
+        raise UserError(f"the reference cube {scan.name} (or its _relevance map) is missing in {scan.parent}.")
+    return {**row, "channel": channel, "rank": rank, "scan": scan, "relevance": relevance}
 
 
 def choose_channel(rows: list[dict], wanted: list[int]) -> int:
