@@ -16,7 +16,7 @@ from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 # 1280 px window (the user can widen it; narrower, the form scrolls sideways)
 DOCK_WIDTH = 280
 DOCK_MAX_HEIGHT = 600  # preferred height at most; the minimum is far smaller
-DOCK_MIN_HEIGHT = 90  # a few rows of the form; all five docks stacked fit an 800 px window
+DOCK_MIN_HEIGHT = 80  # a few rows of the form; all six docks stacked fit an 800 px window
 
 
 class DockScroll(QScrollArea):

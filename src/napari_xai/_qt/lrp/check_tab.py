@@ -61,6 +61,7 @@ class CheckPanel(QWidget):
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
         self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setMinimumHeight(24)  # a small minimum: six docks stacked fit an 800 px window
         self.scroll.setWidget(inner)
         outer.addWidget(self.scroll, 1)
         for box, stretch in ((self.flip, 0), (self.curves, 2), (self.channels, 2), (self.sanity, 3)):

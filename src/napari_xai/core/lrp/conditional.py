@@ -101,11 +101,15 @@ def default_concept_layer(model: nn.Module, x: torch.Tensor) -> str:
 
 
 def concept_layer_options(model: nn.Module, x: torch.Tensor) -> tuple[list[str], str | None]:
-    """The layers CRP accepts on ``x`` (an output with channels and a 3D map, run once) and the default one."""
+    """The layers a user picks concepts from (Conv layers with a 3D map, run once) and the default among them.
+
+    CRP also accepts any other layer with channels (an activation, a pooling) by name.
+    """
     if isinstance(model, torch.jit.ScriptModule):
         return [], None
-    layers = [l for l in list_layers(model, x) if l.spatial and l.calls <= 1]
-    return [l.name for l in layers], (default_concept_layer(model, x) if layers else None)
+    names = [l.name for l in list_layers(model, x)
+             if l.kind == "rule" and l.spatial and l.type.startswith("Conv") and l.calls <= 1]
+    return names, (default_concept_layer(model, x) if names else None)
 
 
 def parse_channels(spec: Any, n_channels: int, layer: str) -> list[int] | None:
