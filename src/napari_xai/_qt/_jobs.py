@@ -99,3 +99,10 @@ class Job:
                 finished()
 
         self.worker = start_worker(work, returned=returned, errored=errored, finished=done)
+
+
+def show_progress(bar, progress) -> None:
+    """Draw ``progress`` ([fraction, message], written by a worker) on a magicgui ``ProgressBar``."""
+    frac, msg = progress
+    bar.value = int(round(100 * frac))
+    bar.label = msg[:40] if msg else "progress"

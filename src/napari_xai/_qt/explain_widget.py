@@ -30,7 +30,7 @@ from qtpy.QtCore import QTimer
 from ..core.errors import Cancelled, UserError
 from ..core.methods.registry import Param
 from ..core.methods.catalogue import all_methods, get_method
-from ._jobs import fail, report_error, start_worker
+from ._jobs import fail, report_error, show_progress, start_worker
 from .model_picker import SOURCES, ModelPicker
 from ._layout import into_scroll_area
 
@@ -421,9 +421,7 @@ class ExplainWidget(Container):
         return self._worker is not None
 
     def _show_progress(self):
-        frac, msg = self._progress
-        self.progress.value = int(round(100 * frac))
-        self.progress.label = msg[:40] if msg else "progress"
+        show_progress(self.progress, self._progress)
 
     def _on_outcome(self, outcome):
         status, payload = outcome

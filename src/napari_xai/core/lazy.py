@@ -87,3 +87,9 @@ class TypeGroup:
         if self._types is None:
             return "TypeGroup(<not built yet>)"
         return f"TypeGroup({', '.join(t.__name__ for t in self._types)})"
+
+
+#: The torch modules every method module uses, bound once: ``from ..lazy import F, nn, torch``.
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
+F = lazy_import("torch.nn.functional")

@@ -11,7 +11,6 @@ a fraction of a second where starting a napari viewer on a virtual display took 
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import numpy as np
 

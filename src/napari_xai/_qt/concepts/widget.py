@@ -9,15 +9,13 @@ only on the main thread (the worker's ``returned`` callback, clicks).
 from __future__ import annotations
 
 import json
-import threading
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QSizePolicy
 
 from ...core.errors import Cancelled, UserError
-from .._jobs import fail, report_error, start_worker
+from .._jobs import Job, fail, report_error, show_progress
 from .._layout import into_scroll_area
 from .form import ConceptSettings
 from .table import ConceptTable
@@ -41,9 +39,6 @@ class ConceptsWidget(Container):
     def __init__(self, napari_viewer: "napari.viewer.Viewer"):
         super().__init__(labels=True)
         self._viewer = napari_viewer
-        self._worker = None
-        self._cancel = threading.Event()
-        self._progress = [0.0, ""]
         self._model_cache: dict[tuple, Any] = {}
         self.result = None  # the last ConceptResult
         self._anatomy = None  # the volume of the last result (stored order), for the grid
@@ -79,13 +74,12 @@ class ConceptsWidget(Container):
         self.table.cellClicked.connect(lambda row, _col: self.show(self.table.channel_at(row)))
         for ev in ("inserted", "removed", "reordered"):
             getattr(napari_viewer.layers.events, ev).connect(lambda *_: self.settings.refresh())
-        self._timer = QTimer()
-        self._timer.setInterval(100)
-        self._timer.timeout.connect(self._show_progress)
+        self.job = Job(self.native, self._show_progress)
+        self._progress = self.job.progress  # [fraction, message], written by the worker
 
     @property
     def busy(self) -> bool:
-        return self._worker is not None
+        return self.job.busy
 
     # ------------------------------------------------------------ work
     def _model(self, req: dict):
@@ -124,19 +118,17 @@ class ConceptsWidget(Container):
 
         self._progress[:] = [0.0, "loading model"]
         key, model = self._model(req)
-        if self._cancel.is_set():
+        if self.job.should_stop():
             raise Cancelled("cancelled by the user")
         names, default = conv_layers(model, req["volume"])
         res = top_concepts(model, req["volume"], layer=req["layer"], target=req["target"], k=req["k"],
                            method=req["method"], config=req["config"], atlas=req["atlas"],
-                           progress=lambda f, m: self._progress.__setitem__(slice(None), [f, m]),
-                           should_stop=self._cancel.is_set)
+                           progress=self.job.report, should_stop=self.job.should_stop)
         return "concepts", key, model, names, default, res, req["volume"]
 
     def _start(self, job, text: str) -> None:
-        if self._worker is not None:
+        if self.job.busy:
             return
-        self._cancel.clear()
 
         def work():  # errors are returned, not raised: the main thread decides what the user sees
             try:
@@ -147,18 +139,14 @@ class ConceptsWidget(Container):
         self.run_btn.enabled = self.settings.list_btn.enabled = False
         self.cancel_btn.enabled = True
         self._set_status(text)
-        self._timer.start()
-        self._worker = start_worker(work, returned=self._on_outcome, errored=self._on_error,
-                                    finished=self._on_finished)
+        self.job.start(work, returned=self._on_outcome, errored=self._on_error, finished=self._on_finished)
 
     def cancel(self, *_):
-        self._cancel.set()
+        self.job.cancel()
         self._set_status("cancelling…")
 
     def _show_progress(self):
-        frac, msg = self._progress
-        self.progress.value = int(round(100 * frac))
-        self.progress.label = msg[:40] if msg else "progress"
+        show_progress(self.progress, self._progress)
 
     def _on_outcome(self, outcome):
         status, payload = outcome
@@ -176,7 +164,6 @@ class ConceptsWidget(Container):
         self.result, self._anatomy = res, volume.data[0]
         self.grid.exit()
         self.table.fill(res)
-        self._timer.stop()
         self._progress[:] = [1.0, "done"]
         self._show_progress()
         total = sum(c.share for c in res.concepts)
@@ -189,14 +176,11 @@ class ConceptsWidget(Container):
         self._set_status(text)
 
     def _on_error(self, exc):
-        self._timer.stop()
         cancelled = report_error(exc, self._set_status)
         self._progress[:] = [0.0 if cancelled else self._progress[0], "cancelled" if cancelled else "failed"]
         self._show_progress()
 
     def _on_finished(self):
-        self._timer.stop()
-        self._worker = None
         self.run_btn.enabled = self.settings.list_btn.enabled = True
         self.cancel_btn.enabled = False
 

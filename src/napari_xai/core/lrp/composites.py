@@ -17,13 +17,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import UserError
-from ..lazy import lazy_import
+from ..lazy import nn, torch
 from .config import LrpConfig, Segment
 from .params import GeneralisedGamma, InputBox, Rule, RuleParams, preset_params, rule_conserves
 from .types import LayerInfo, LAYER_RULES, is_output_reduction, suggest_rule
 
-torch = lazy_import("torch")  # loaded on first use (docs/performance.md, "Start-up")
-nn = lazy_import("torch.nn")
 
 __all__ = [
     "COMPOSITES", "CompositePreset", "Resolved", "default_config", "final_rules", "layer_map", "resolve", "unknown_layer",

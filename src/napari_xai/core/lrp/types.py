@@ -10,12 +10,10 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass
 
-from ..lazy import TypeGroup, lazy_import
+from ..lazy import TypeGroup, nn, torch
 from ..methods._model import ACTIVATIONS, hooked_forward, input_cache, model_session
 from ..errors import UserError
 
-torch = lazy_import("torch")  # loaded on first use (docs/performance.md, "Start-up")
-nn = lazy_import("torch.nn")
 
 __all__ = [
     "AVGPOOL_TYPES", "GRADIENT_TYPES", "KINDS", "LAYER_RULES", "NORM_TYPES", "RULE_TYPES", "STABILIZER",

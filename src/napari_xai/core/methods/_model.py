@@ -9,13 +9,10 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from ..errors import UserError
-from ..lazy import TypeGroup, lazy_import
+from ..lazy import F, TypeGroup, nn, torch
 from .baselines import BASELINES
 from .registry import Param, RunContext
 
-torch = lazy_import("torch")  # loaded on first use: the registry imports without torch (docs/performance.md)
-F = lazy_import("torch.nn.functional")
-nn = lazy_import("torch.nn")
 
 # Activation modules. Captum's guided backprop / deconvolution only modify nn.ReLU.
 ACTIVATIONS = TypeGroup(lambda: (

@@ -23,14 +23,11 @@ import math
 from typing import Any
 
 
-from ..lazy import lazy_import
+from ..lazy import F, nn, torch
 from ..errors import UserError
 from ._model import model_session, require_eager
 from .registry import MethodOutput, Param, RunContext, entry
 
-torch = lazy_import("torch")  # loaded on first use (docs/performance.md, "Start-up")
-nn = lazy_import("torch.nn")
-F = lazy_import("torch.nn.functional")
 
 __all__ = ["COMBINE", "combine_maps", "find_gates", "gate_maps", "gate_options"]
 

@@ -5,24 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 
-from ..lazy import lazy_import
+from ..lazy import F, nn, torch
 from ..errors import UserError
-from ._model import (
-    ModelTrace,
-    ScoreFn,
-    as_context,
-    fresh_input,
-    is_spatial,
-    model_session,
-    require_eager,
-    trace_model,
-)
+from ._model import ModelTrace, ScoreFn, as_context, fresh_input, is_spatial, model_session, require_eager, trace_model
 from .gradient import guided_warnings, quiet_relu_hook_warning
 from .registry import MethodOutput, Param, entry
 
-torch = lazy_import("torch")  # loaded on first use (docs/performance.md, "Start-up")
-nn = lazy_import("torch.nn")
-F = lazy_import("torch.nn.functional")
 
 
 def spatial_layers(model: Any, x: torch.Tensor) -> list[str]:

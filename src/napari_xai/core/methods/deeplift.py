@@ -7,26 +7,12 @@ from contextlib import contextmanager
 from typing import Iterator
 
 
-from ..lazy import TypeGroup, lazy_import
+from ..lazy import F, TypeGroup, nn, torch
 from ..errors import UserError
-from ._model import (
-    ACTIVATIONS,
-    BASELINE_PARAM,
-    BLUR_SIGMA_PARAM,
-    ScoreFn,
-    as_context,
-    fresh_input,
-    make_baseline,
-    model_session,
-    require_eager,
-    score_gap,
-    trace_model,
-)
+from ._model import (ACTIVATIONS, BASELINE_PARAM, BLUR_SIGMA_PARAM, ScoreFn, as_context, fresh_input, make_baseline, model_session,
+    require_eager, score_gap, trace_model)
 from .registry import MethodOutput, entry
 
-torch = lazy_import("torch")  # loaded on first use (docs/performance.md, "Start-up")
-nn = lazy_import("torch.nn")
-F = lazy_import("torch.nn.functional")
 
 # Modules that are linear in their input in eval mode: the gradient through them already is DeepLift's multiplier.
 DEEPLIFT_LINEAR = TypeGroup(lambda: (

@@ -7,24 +7,11 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
-from ..lazy import lazy_import
-from ._model import (
-    BASELINE_PARAM,
-    BASELINES,
-    BLUR_SIGMA_PARAM,
-    ScoreFn,
-    as_context,
-    fresh_input,
-    make_baseline,
-    model_session,
-    require_eager,
-    score_gap,
-    trace_model,
-)
+from ..lazy import nn, torch
+from ._model import (BASELINE_PARAM, BASELINES, BLUR_SIGMA_PARAM, ScoreFn, as_context, fresh_input, make_baseline, model_session,
+    require_eager, score_gap, trace_model)
 from .registry import MethodOutput, Param, RunContext, entry
 
-torch = lazy_import("torch")  # loaded on first use (docs/performance.md, "Start-up")
-nn = lazy_import("torch.nn")
 
 
 def guided_warnings(model: nn.Module, x: torch.Tensor, ctx: RunContext, method: str) -> dict:

@@ -6,7 +6,7 @@ import itertools
 import math
 
 
-from ..lazy import lazy_import
+from ..lazy import torch
 from ._model import (
     BASELINE_PARAM,
     ScoreFn,
@@ -17,7 +17,6 @@ from ._model import (
 )
 from .registry import MethodOutput, Param, entry
 
-torch = lazy_import("torch")  # loaded on first use (docs/performance.md, "Start-up")
 
 
 def occlusion_windows(size: int, window: int, stride: int) -> list[int]:

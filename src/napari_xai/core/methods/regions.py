@@ -11,12 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..lazy import lazy_import
+from ..lazy import torch
 from ..errors import UserError
 from ._model import BASELINES, ScoreFn, make_baseline
 from .registry import MethodOutput, Param, RunContext, entry
 
-torch = lazy_import("torch")  # loaded on first use (docs/performance.md, "Start-up")
 
 MAX_FEATURES = 4096
 
