@@ -459,7 +459,19 @@ def main():
     ap.add_argument("--max-size", type=int, default=160)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--json", help="also write the results to this file")
-    args = ap.parse_args()
+    ap.add_argument("--crp", action="store_true",
+                    help="only CRP: the top 8 concepts against 8 separate conditional LRP runs (bench_crp.py)")
+    args, rest = ap.parse_known_args()
+    if args.crp:
+        import runpy
+        import sys
+        from pathlib import Path
+
+        sys.argv = [sys.argv[0], "--repeats", str(args.repeats), *rest]
+        runpy.run_path(str(Path(__file__).with_name("bench_crp.py")), run_name="__main__")
+        return
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
     warnings.simplefilter("ignore")  # Captum's notes on hooks, on every call
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {args.repeats}")
