@@ -31,7 +31,7 @@ from ..core.errors import Cancelled, UserError
 from ..core.methods.registry import Param
 from ..core.methods.catalogue import all_methods, get_method
 from ._jobs import fail, report_error, show_progress, start_worker
-from .model_picker import SOURCES, ModelPicker
+from .model_picker import SOURCES, ModelPicker, cached_model
 from ._layout import into_scroll_area
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -372,7 +372,6 @@ class ExplainWidget(Container):
                 seg_kwargs["mask"] = mask != 0
         device = None if self.device.value == "auto" else self.device.value
         target = None if self.target.value == "predicted" else self.target.value
-        key = (source, json.dumps(extra, sort_keys=True), device, bool(self.trust.value))
         trust = bool(self.trust.value)
         self._cancel.clear()
         self._loaded = None  # set by the worker once this run's model loaded
@@ -387,11 +386,8 @@ class ExplainWidget(Container):
 
         def guarded():
             from ..core.explain import explain
-            from ..core.models import load_model
 
-            model = self._model_cache.get(key)
-            if model is None:
-                model = load_model(source, device=device, trust=trust, **extra)
+            key, model = cached_model(self._model_cache, source, extra, device=device, trust=trust)
             self._loaded = model  # read on the main thread after the worker ends (class names after an error)
             if self._cancel.is_set():
                 raise Cancelled("cancelled by the user")

@@ -7,7 +7,9 @@ Cohort docks (magicgui) lay out these widgets in their own forms; the LRP design
 
 from __future__ import annotations
 
+import json
 import textwrap
+from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit
 
@@ -98,3 +100,16 @@ class ModelPicker:
         if self.trust.value and source != "demo":
             extra["trust"] = True
         return source, extra
+
+
+def cached_model(cache: dict, source: str, extra: dict, *, device: str | None = None,
+                 trust: bool = False) -> tuple[tuple, Any]:
+    """``(key, model)``: the model a dock keeps in ``cache`` for this source, options, device and trust, else a
+    fresh load (any thread). The dock stores ``{key: model}`` itself once a run succeeded."""
+    from ..core.models import load_model
+
+    key = (source, json.dumps(extra, sort_keys=True), device, bool(trust))
+    model = cache.get(key)
+    if model is None:
+        model = load_model(source, device=device, trust=trust, **extra)
+    return key, model

@@ -8,7 +8,6 @@ only on the main thread (the worker's ``returned`` callback, clicks).
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
@@ -17,6 +16,7 @@ from qtpy.QtWidgets import QSizePolicy
 from ...core.errors import Cancelled, UserError
 from .._jobs import Job, fail, report_error, show_progress
 from .._layout import into_scroll_area
+from ..model_picker import cached_model
 from .form import ConceptSettings
 from .table import ConceptTable
 from .view import Grid, compare_tuples, show_concept
@@ -83,13 +83,7 @@ class ConceptsWidget(Container):
 
     # ------------------------------------------------------------ work
     def _model(self, req: dict):
-        from ...core.models import load_model
-
-        key = (req["source"], json.dumps(req["extra"], sort_keys=True), req["trust"])
-        model = self._model_cache.get(key)
-        if model is None:
-            model = load_model(req["source"], device=None, trust=req["trust"], **req["extra"])
-        return key, model
+        return cached_model(self._model_cache, req["source"], req["extra"], trust=req["trust"])
 
     def list_layers(self, *_):
         """Load the model (in a worker) and offer its conv layers, the core's default selected."""
