@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from napari_xai.core.concept_refs import crop_cube
+from napari_xai.core.geometry import crop_cube
 from napari_xai.core.geometry import vox_to_world
 
 

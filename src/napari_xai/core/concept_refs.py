@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import UserError
 
-__all__ = ["DEFAULT_CROP_MM", "Reference", "crop_cube", "crp_run_config", "montage_png", "rank_references",
+__all__ = ["DEFAULT_CROP_MM", "Reference", "crp_run_config", "montage_png", "rank_references",
            "reference_names", "relevance_maximisation", "write_references"]
 
 #: Side of the reference cubes in mm (a little more than the receptive field of the demo's last layer, ~30 mm).
@@ -132,35 +132,6 @@ def rank_references(outdir: str | Path, subjects: Sequence, n: int) -> list[Refe
     return out
 
 
-def crop_cube(data: np.ndarray, affine: np.ndarray, center_mm: Sequence[float], size_mm: float,
-              fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """A cube of side ``size_mm`` (world mm) centred on the voxel nearest ``center_mm``, from (…, i, j, k) data.
-
-    The cube has ``round(size_mm / voxel size)`` voxels per axis (odd counts centre the peak voxel exactly);
-    parts outside the volume are ``fill``. Returns the cube and its affine (the same world positions).
-    """
-    from .geometry import cropped_affine, voxel_sizes, world_to_vox
-
-    if not size_mm > 0:
-        raise UserError(f"the reference cube size must be > 0 mm, got {size_mm:g}.")
-    arr = np.asarray(data)
-    shape = arr.shape[-3:]
-    centre = np.rint(world_to_vox(affine, np.asarray(center_mm, float))).astype(int)
-    n = np.maximum(1, np.rint(float(size_mm) / voxel_sizes(affine)).astype(int))
-    start = centre - n // 2
-    out = np.full(arr.shape[:-3] + tuple(int(v) for v in n), fill, dtype=arr.dtype)
-    src, dst = [], []
-    for a in range(3):
-        lo, hi = max(0, start[a]), min(int(shape[a]), start[a] + n[a])
-        if hi <= lo:
-            return out, cropped_affine(affine, [slice(int(s), None) for s in start])
-        src.append(slice(int(lo), int(hi)))
-        dst.append(slice(int(lo - start[a]), int(hi - start[a])))
-    lead = (slice(None),) * (arr.ndim - 3)
-    out[lead + tuple(dst)] = arr[lead + tuple(src)]
-    return out, cropped_affine(affine, [slice(int(s), None) for s in start])
-
-
 def reference_names(rank: int, sid: str) -> tuple[str, str]:
     """File names of a reference: the scan's cube and the conditional map's cube."""
     return f"{rank + 1:02d}_{sid}.nii.gz", f"{rank + 1:02d}_{sid}_relevance.nii.gz"
@@ -172,6 +143,7 @@ def write_references(refs: Sequence[Reference], out_dir: str | Path, size_mm: fl
 
     Call inside an output transaction (every write is staged and renamed at the end). Returns the paths written.
     """
+    from .geometry import crop_cube
     from .provenance import write_sidecar
     from .volumes import atomic_write_bytes, load_nifti, save_nifti, stack_channels
 

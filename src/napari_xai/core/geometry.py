@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .errors import UserError
+
 Array = np.ndarray
 
 
@@ -680,3 +682,30 @@ def cropped_affine(affine: Array, box: Sequence[slice]) -> Array:
     out = np.array(affine, dtype=float, copy=True)
     out[:3, 3] = out[:3, :3] @ np.array([s.start or 0 for s in box], dtype=float) + out[:3, 3]
     return out
+
+
+def crop_cube(data: np.ndarray, affine: np.ndarray, center_mm: Sequence[float], size_mm: float,
+              fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A cube of side ``size_mm`` (world mm) centred on the voxel nearest ``center_mm``, from (…, i, j, k) data.
+
+    The cube has ``round(size_mm / voxel size)`` voxels per axis (odd counts centre the peak voxel exactly);
+    parts outside the volume are ``fill``. Returns the cube and its affine (the same world positions).
+    """
+    if not size_mm > 0:
+        raise UserError(f"the reference cube size must be > 0 mm, got {size_mm:g}.")
+    arr = np.asarray(data)
+    shape = arr.shape[-3:]
+    centre = np.rint(world_to_vox(affine, np.asarray(center_mm, float))).astype(int)
+    n = np.maximum(1, np.rint(float(size_mm) / voxel_sizes(affine)).astype(int))
+    start = centre - n // 2
+    out = np.full(arr.shape[:-3] + tuple(int(v) for v in n), fill, dtype=arr.dtype)
+    src, dst = [], []
+    for a in range(3):
+        lo, hi = max(0, start[a]), min(int(shape[a]), start[a] + n[a])
+        if hi <= lo:
+            return out, cropped_affine(affine, [slice(int(s), None) for s in start])
+        src.append(slice(int(lo), int(hi)))
+        dst.append(slice(int(lo - start[a]), int(hi - start[a])))
+    lead = (slice(None),) * (arr.ndim - 3)
+    out[lead + tuple(dst)] = arr[lead + tuple(src)]
+    return out, cropped_affine(affine, [slice(int(s), None) for s in start])
