@@ -229,7 +229,8 @@ def test_dask_futures_in_process_with_a_real_local_cluster(cohort):
                 rows[name] = {r["id"]: r for r in iter_dask(subjects, cfg, client, retries=1)}
                 # a rerun resumes: every finished subject is skipped by the hash of its inputs and settings
                 again = list(iter_dask(subjects, cfg, client, retries=1))
-                assert sorted(r["id"] for r in again) == sorted(rows[name]) and {r["status"] for r in again} == {"reused"}
+                assert sorted(r["id"] for r in again) == sorted(rows[name]) and {r["status"] for r in again} == {"reused"}, \
+                    [(r["id"], r["status"], r.get("error")) for r in again]
                 # the recipe of docs/cohort.md: a cluster started elsewhere (here a LocalCluster standing in for
                 # dask-jobqueue's SLURMCluster), the CLI given its address
                 res = run_exe("cohort", tmp / "cohort.csv", *model, "--out-dir", tmp / "by_address",

@@ -158,7 +158,9 @@ def iter_dask(subjects: Sequence[Subject], cfg: RunConfig, client, gpus: int = 0
     nworkers = max(1, len(workers))
     # on this machine the cores are divided among the workers; elsewhere torch's default (set OMP_NUM_THREADS there)
     cfg = _with_threads(cfg, max(1, (os.cpu_count() or 1) // nworkers) if local and not gpus else 0)
-    cfg_future = client.scatter(cfg, broadcast=True)
+    # a key of its own (hash=False): a content-hashed key is shared with an earlier run's scatter of the same
+    # settings, whose release then cancels this run's tasks ("lost dependencies")
+    cfg_future = client.scatter(cfg, broadcast=True, hash=False)
     # one task per GPU: ask for GPU=1 when this machine has GPUs or any worker offers the resource (--resources GPU=1)
     gpu_workers = any("GPU" in (w.get("resources") or {}) for w in workers.values())
     extra = {"resources": {"GPU": 1}} if gpus or gpu_workers else {}
