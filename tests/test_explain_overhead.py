@@ -102,3 +102,72 @@ def test_out_of_range_index_is_the_usual_error(demo):
     with pytest.raises(UserError, match="out of range: the model has 2 classes"):
         explain(volume, model, "saliency", target=5)
     _forget(classifiers=True)
+
+
+def test_attention_gates_on_a_segmentation_net_take_the_prediction_from_their_own_pass():
+    """The gates' coefficients do not depend on the target (``target_independent``): the first explanation of an
+    input runs the model once, not twice, and the prediction, mask, target and map equal those of a run whose
+    prediction pass came first (the predicted labels counted by hand from the net's own output)."""
+    import torch
+    from test_attention import attention_unet, loaded
+
+    from napari_xai.core.volumes import Volume
+
+    net = attention_unet(seed=1)
+    model = loaded(net)
+    vol = Volume(data=np.random.default_rng(4).normal(size=(1, 16, 16, 16)).astype(np.float32),
+                 affine=np.diag([2.0, 2.0, 2.0, 1.0]), name="v")
+    calls, handle = _counting(model)
+    try:
+        _forget(classifiers=True)
+        first = explain(vol, model, "attention-gates", segmentation=True)
+        n_first = len(calls)
+        calls.clear()
+        again = explain(vol, model, "attention-gates", segmentation=True)  # the remembered prediction
+        n_again = len(calls)
+        calls.clear()
+        _forget(classifiers=True)
+        ig = explain(vol, model, "saliency", segmentation=True)  # not target-independent: predicts first
+        n_ig = len(calls)
+    finally:
+        handle.remove()
+        _forget(classifiers=True)
+    assert (n_first, n_again, n_ig) == (1, 1, 2)
+    np.testing.assert_array_equal(first.data, again.data)
+    assert first.provenance["prediction"] == again.provenance["prediction"] == ig.provenance["prediction"]
+    assert first.provenance["segmentation"] == ig.provenance["segmentation"]
+    assert first.target == ig.target and np.array_equal(first.mask, ig.mask)
+    # the prediction by hand: arg-max over the classes of the net's output on the z-scored input
+    x = torch.from_numpy((vol.data - vol.data.mean()) / vol.data.std())[None]
+    with torch.no_grad():
+        labels = net.eval()(x)[0].argmax(0).numpy()
+    counts = np.bincount(labels.ravel(), minlength=2)
+    assert first.provenance["prediction"]["probabilities"] == pytest.approx(
+        dict(zip(first.provenance["model"]["class_names"], counts / counts.sum())), abs=1e-9)
+
+
+def test_the_in_place_z_score_and_the_uncopied_relevance_change_no_value():
+    """``prepare`` z-scores in place and ``to_volume`` may hand back the method's own array: the model input is the
+    z-score computed by hand, the input volume is untouched, and two explanations share no memory."""
+    import torch
+
+    from napari_xai.core.explain import prepare
+    from napari_xai.core.models import load_model
+    from napari_xai.core.volumes import Volume
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(3.0, 2.0, size=(1, 48, 56, 48)).astype(np.float32)  # the model grid: no step moves the map
+    kept = data.copy()
+    vol = Volume(data=data, affine=np.diag([-4.0, 4.0, 4.0, 1.0]), name="v")  # LAS, the demo model's order
+    model = load_model("demo", device="cpu")
+    mi = prepare(vol, model, model_spacing="stored")
+    assert not mi.grid.resampled
+    x = mi.x
+    d = data[0].astype(np.float64)
+    torch.testing.assert_close(x[0, 0].double(), torch.from_numpy((d - d.mean()) / d.std()), atol=1e-5, rtol=0)
+    assert np.array_equal(data, kept)
+    a = explain(vol, model, "saliency", target=1, model_spacing="stored")
+    b = explain(vol, model, "saliency", target=1, model_spacing="stored")
+    assert not np.shares_memory(a.data, b.data) and np.array_equal(a.data, b.data)
+    assert np.array_equal(data, kept)
+    _forget(classifiers=True)

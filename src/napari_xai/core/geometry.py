@@ -371,7 +371,9 @@ class ModelGrid:
     @property
     def resampled(self) -> bool:
         """True if the model grid is not the input grid (any spatial step changed it)."""
-        return self.shape != self.in_shape or not np.allclose(self.affine, self.in_affine, atol=1e-6)
+        a, b = np.asarray(self.affine, dtype=float), np.asarray(self.in_affine, dtype=float)
+        # np.allclose(a, b, atol=1e-6) written out: the same test without its 0.1 ms of set-up per call
+        return self.shape != self.in_shape or not bool(np.all(np.abs(a - b) <= 1e-6 + 1e-5 * np.abs(b)))
 
     def _transforms(self) -> list:
         """The planned steps: (role, MONAI transform, record) in order."""
@@ -481,11 +483,12 @@ class ModelGrid:
                     return None
         return out
 
-    def _apply_plain(self, data: Array, labels: bool, first: bool) -> Array:
+    def _apply_plain(self, data: Array, labels: bool, first: bool, copy: bool = True) -> Array:
         """:meth:`apply` through :meth:`_plain_plan` (no MONAI)."""
         import torch
 
-        x = torch.from_numpy(np.array(data, dtype=np.float32, order="C", copy=True))
+        x = torch.from_numpy(np.array(data, dtype=np.float32, order="C", copy=True) if copy
+                             else np.ascontiguousarray(data, dtype=np.float32))
         shape, affine = self.in_shape, self.in_affine
         for role, arg, rec in self._torch_plan:
             if role == "resize":
@@ -507,18 +510,19 @@ class ModelGrid:
             self.affine = np.asarray(affine, dtype=float)
         return x.numpy().astype(np.float32, copy=False)
 
-    def apply(self, data: Array, labels: bool = False) -> Array:
+    def apply(self, data: Array, labels: bool = False, copy: bool = True) -> Array:
         """Bring (C, i, j, k) data on the input grid into the model space; returns float32 (C, D, H, W).
 
         The first call fixes the model grid (and the foreground box); later calls (perturbed copies of the
         input) go through the same steps. ``labels=True`` takes a mask or label volume with nearest-neighbour
-        interpolation and no intensity step.
+        interpolation and no intensity step. ``copy=False``: ``data`` is a float32 array the caller gives away
+        (e.g. :meth:`Volume.model_copy`), which the intensity steps may then change in place.
         """
         first = self._ops is None
         if first:
             self._torch_plan = self._plain_plan()
         if self._torch_plan is not None:
-            return self._apply_plain(data, labels, first)
+            return self._apply_plain(data, labels, first, copy)
         import torch
         from monai.data import MetaTensor
         from monai.transforms import SpatialCrop
@@ -565,13 +569,15 @@ class ModelGrid:
             self.affine = np.asarray(x.affine, dtype=float)
         return x.as_tensor().numpy().astype(np.float32, copy=False)
 
-    def to_volume(self, data: Array, additive: bool = True, labels: bool = False) -> Array:
+    def to_volume(self, data: Array, additive: bool = True, labels: bool = False, copy: bool = True) -> Array:
         """Take a map on the model grid back to the input's voxel grid with the inverse transforms.
 
         ``data`` is (C, d, h, w) or (d, h, w) over the model grid's field of view; a coarser map (a layer's
         resolution) is first resized to the model grid. ``additive`` maps (relevance) keep their total:
         values are scaled by the ratio of voxel volumes. Per-voxel maps (``additive=False``, e.g.
         attention coefficients) are interpolated only. ``labels`` inverts with nearest neighbours.
+        ``copy=False``: when no step changes the map, the float32 ``data`` itself may come back (the caller
+        gives it away).
         """
         import copy
 
@@ -582,7 +588,7 @@ class ModelGrid:
         if squeeze:
             arr = arr[None]
         dtype = arr.dtype
-        arr = np.array(arr, dtype=np.float32, order="C", copy=True)
+        arr = np.array(arr, dtype=np.float32, order="C", copy=True) if copy else np.ascontiguousarray(arr, np.float32)
         if tuple(arr.shape[1:]) != self.shape:
             if labels:
                 arr = np.stack([resize_labels(a, self.shape) for a in arr])
@@ -612,7 +618,9 @@ class ModelGrid:
         if tuple(arr.shape[1:]) != self.in_shape:  # pragma: no cover - MONAI's inverse restores the input shape
             raise RuntimeError(f"inverse transforms gave {arr.shape[1:]}, not the input grid {self.in_shape}")
         if additive and not labels:
-            arr = arr * np.float32(voxel_volume_mm3(self.in_affine) / voxel_volume_mm3(self.affine))
+            ratio = voxel_volume_mm3(self.in_affine) / voxel_volume_mm3(self.affine)
+            if ratio != 1.0:  # the same voxel size: nothing to scale (and no pass over the map)
+                arr = arr * np.float32(ratio)
         arr = arr.astype(dtype if labels else np.float32, copy=False)
         return arr[0] if squeeze else arr
 
@@ -643,15 +651,15 @@ def _zscore(x, channel_wise: bool):
     """MONAI's ``NormalizeIntensity(channel_wise=...)`` on a float32 (C, ...) tensor: the same torch operations."""
     import torch
 
-    def one(d):
+    def one(d):  # in place: the same subtraction and division, element by element, without two more arrays
         mean = torch.mean(d.float()).item()
         std = torch.std(d.float(), unbiased=False).item()
-        return (d - mean) / (1.0 if std == 0.0 else std)
+        return d.sub_(mean).div_(1.0 if std == 0.0 else std)
 
     if not channel_wise:
         return one(x)
-    for i, d in enumerate(x):
-        x[i] = one(d)
+    for d in x:
+        one(d)
     return x
 
 

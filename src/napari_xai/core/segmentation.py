@@ -79,7 +79,9 @@ def predicted_labels(logits: torch.Tensor) -> torch.Tensor:
     y = logits.detach()[0]
     if y.shape[0] == 1:
         return (y[0] > 0).long()
-    return y.argmax(dim=0)
+    # torch.max's indices are argmax's (the first of equal maxima), but ten times faster over a short channel axis
+    # (0.35 against 3.3 ms for (2, 32, 32, 32) on one thread): argmax reduces the strided axis element by element
+    return torch.max(y, dim=0).indices
 
 
 def class_region(labels: torch.Tensor | np.ndarray, target: int, channels: int) -> np.ndarray:
@@ -277,6 +279,7 @@ def resolve_mask(
     names: list[str] | None = None,
     to_grid=None,
     to_volume=None,
+    labels: np.ndarray | None = None,
 ) -> SegmentationTarget:
     """Build the target mask on the output grid from the predicted labels, a user mask or a point.
 
@@ -302,6 +305,8 @@ def resolve_mask(
         ``to_grid(labels, grid_shape)`` and ``to_volume(labels)`` map label volumes between the
         volume grid and the output grid (nearest neighbour); by default :func:`resize_labels`
         over the same field of view. :func:`explain` passes its model grid's MONAI transforms.
+    labels : np.ndarray, optional
+        :func:`predicted_labels` of ``logits`` as a numpy array, when the caller has it.
     """
     if to_grid is None:
         to_grid = resize_labels
@@ -313,7 +318,7 @@ def resolve_mask(
     ray: Ray | None = None
     channels = int(logits.shape[1])
     grid = tuple(int(s) for s in logits.shape[2:])
-    labels = predicted_labels(logits).cpu().numpy()
+    labels = predicted_labels(logits).cpu().numpy() if labels is None else labels
     if channels > 1:
         class_voxels = [int(v) for v in np.bincount(labels.ravel(), minlength=channels)[:channels]]
     else:

@@ -76,14 +76,15 @@ def check_scores(out: Any, target: int | None = None) -> torch.Tensor:
 
 
 @contextmanager
-def _no_inplace(model: nn.Module) -> Iterator[None]:
+def _no_inplace(model: nn.Module, modules: list | None = None) -> Iterator[None]:
     """Temporarily switch ``inplace=True`` modules (e.g. ``ReLU(inplace=True)``) to out-of-place.
 
     In-place activations break Captum's module hooks and the tensor-identity
-    tracing of :func:`trace_model`. Restored on exit.
+    tracing of :func:`trace_model`. Restored on exit. ``modules``: ``list(model.modules())`` when the caller
+    has it.
     """
     changed = []
-    for m in model.modules():
+    for m in (model.modules() if modules is None else modules):
         if isinstance(getattr(m, "inplace", None), bool) and m.inplace:
             m.inplace = False
             changed.append(m)
@@ -101,11 +102,14 @@ def model_session(model: Any) -> Iterator[None]:
     The user's model is restored on exit (training flag, ``inplace`` flags).
     """
     was_training = bool(getattr(model, "training", False))
-    model.eval()
+    eager = isinstance(model, nn.Module) and not isinstance(model, torch.jit.ScriptModule)
+    modules = list(model.modules()) if eager else None
+    if modules is None or any(m.training for m in modules):  # eval() on a model all in eval mode changes nothing
+        model.eval()
     try:
         with torch.inference_mode(False), torch.enable_grad():
-            if isinstance(model, nn.Module) and not isinstance(model, torch.jit.ScriptModule):
-                with _no_inplace(model):
+            if eager:
+                with _no_inplace(model, modules):
                     yield
             else:
                 yield

@@ -41,9 +41,11 @@ def _is_gate(module: nn.Module) -> bool:
     return isinstance(psi, nn.Sequential) and len(psi) > 0 and isinstance(psi[-1], nn.Sigmoid)
 
 
-def find_gates(model: nn.Module) -> list[str]:
-    """Names (``named_modules``) of the ``psi`` modules of every attention gate, outermost first."""
-    return [f"{name}.psi" if name else "psi" for name, m in model.named_modules() if _is_gate(m)]
+def find_gates(model: nn.Module, modules: dict | None = None) -> list[str]:
+    """Names (``named_modules``) of the ``psi`` modules of every attention gate, outermost first (``modules``:
+    ``dict(model.named_modules())`` when the caller has it)."""
+    items = model.named_modules() if modules is None else modules.items()
+    return [f"{name}.psi" if name else "psi" for name, m in items if _is_gate(m)]
 
 
 def _is_map(out: Any, batch: int) -> bool:
@@ -55,75 +57,90 @@ def _is_map(out: Any, batch: int) -> bool:
     return bool(out.min() >= -_TOL) and bool(out.max() <= 1 + _TOL)
 
 
-def _forward_with_hooks(model: nn.Module, x: torch.Tensor, wanted: list[str]):
-    """One no-grad forward pass: the output of each ``wanted`` module, call counts, and every map-like module.
+def _forward_with_hooks(model: nn.Module, x: torch.Tensor, wanted: list[str] | None, ctx: RunContext | None = None,
+                        modules: dict | None = None):
+    """One no-grad forward pass: the output of each ``wanted`` module and call counts.
 
-    Returns ``(outputs, counts, candidates)``; ``candidates`` are the modules
-    whose output is a single-channel map in [0, 1] (one name per output tensor:
-    the outermost module that returned it), in execution order.
+    Returns ``(outputs, counts, candidates)``. With ``wanted=None`` every module
+    is hooked and ``candidates`` lists the modules whose output is a
+    single-channel map in [0, 1] (one name per output tensor: the outermost
+    module that returned it), in execution order, for the hints of error
+    messages; otherwise only the wanted modules are hooked (a hook on every
+    module and a min/max of every map cost 10-15 % of the pass) and
+    ``candidates`` is empty. When ``ctx.capture_input`` is ``x``, the model's
+    output is left in ``ctx.scores`` (the prediction, see ``explain``).
     """
     outputs: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     seen: dict[int, str] = {}  # id(output tensor) -> name of the outermost module that returned it
     keep: list[torch.Tensor] = []  # keeps the ids in ``seen`` unique during the pass
+    every = wanted is None
 
     def make_hook(name: str):
         def hook(module, inputs, out):
             counts[name] = counts.get(name, 0) + 1
-            if name in wanted and torch.is_tensor(out):
+            if torch.is_tensor(out) and (every or name in wanted):
                 outputs[name] = out.detach()
-            if _is_map(out, x.shape[0]):
+            if every and _is_map(out, x.shape[0]):
                 seen[id(out)] = name  # containers finish after their children: the last name is the outermost
                 keep.append(out)
 
         return hook
 
-    handles = [m.register_forward_hook(make_hook(n)) for n, m in model.named_modules() if n]
+    modules = dict(model.named_modules()) if modules is None else modules
+    names = [n for n in modules if n] if every else [n for n in dict.fromkeys(wanted) if n in modules]
+    handles = [modules[n].register_forward_hook(make_hook(n)) for n in names]
     try:
         with model_session(model), torch.no_grad():
-            model(x.detach().clone())
+            out = model(x.detach().clone())
     finally:
         for h in handles:
             h.remove()
-    candidates = list(dict.fromkeys(seen.values()))
-    return outputs, counts, candidates
+    if ctx is not None and ctx.capture_input is x and ctx.scores is None:
+        ctx.scores = out
+    return outputs, counts, list(dict.fromkeys(seen.values()))
 
 
 def _hint(candidates: list[str]) -> str:
     return ", ".join(candidates[:8]) + (f" (+{len(candidates) - 8} more)" if len(candidates) > 8 else "") if candidates else "none"
 
 
-def gate_maps(model: nn.Module, x: torch.Tensor, layer: str | None = None) -> dict[str, torch.Tensor]:
+def gate_maps(model: nn.Module, x: torch.Tensor, layer: str | None = None,
+              ctx: RunContext | None = None) -> dict[str, torch.Tensor]:
     """The attention coefficients (1, 1, d, h, w) of each gate, by hooked module name.
 
     ``layer``: one module name or several separated by commas; empty (or
     ``auto``) = every gate found by :func:`find_gates`. Raises a one-line
     :class:`UserError` when the model has no gate, a name does not exist, or a
-    module's output is not a single-channel map in [0, 1].
+    module's output is not a single-channel map in [0, 1]. One forward pass
+    hooks only the gates; a second one, with every module hooked, runs only to
+    list the choices in an error message.
     """
     text = "" if layer is None else str(layer).strip()
     modules = dict(model.named_modules())
-    if text.lower() in _AUTO:
-        names = find_gates(model)
-    else:
-        names = [n.strip() for n in text.split(",") if n.strip()]
-    outputs, counts, candidates = _forward_with_hooks(model, x, names)
-    gates = [g for g in find_gates(model) if g in candidates]
-    candidates = gates + [c for c in candidates if c not in gates]  # the gates first in every hint
+    gates = find_gates(model, modules)
+    names = gates if text.lower() in _AUTO else [n.strip() for n in text.split(",") if n.strip()]
+    outputs, counts, _ = _forward_with_hooks(model, x, names, ctx, modules) if names else ({}, {}, [])
+
+    def choices() -> str:
+        candidates = _forward_with_hooks(model, x, None, None, modules)[2]
+        found = [g for g in gates if g in candidates]
+        return _hint(found + [c for c in candidates if c not in found])  # the gates first in every hint
+
     if not names:
         raise UserError(
             "this model has no attention gates (modules of type AttentionBlock); pick one with layer=NAME "
-            f"(single-channel maps in [0, 1] here: {_hint(candidates)}) or use another method."
+            f"(single-channel maps in [0, 1] here: {choices()}) or use another method."
         )
     for name in names:
         if name not in modules:
-            raise UserError(f"attention-gates layer {name!r} does not exist; single-channel maps in [0, 1]: {_hint(candidates)}.")
+            raise UserError(f"attention-gates layer {name!r} does not exist; single-channel maps in [0, 1]: {choices()}.")
         if counts.get(name, 0) == 0:
-            raise UserError(f"attention-gates layer {name!r} does not run in a forward pass; choose one of: {_hint(candidates)}.")
+            raise UserError(f"attention-gates layer {name!r} does not run in a forward pass; choose one of: {choices()}.")
         if counts[name] > 1:
             raise UserError(
                 f"attention-gates layer {name!r} runs {counts[name]} times per forward pass (a shared module); "
-                f"choose one of: {_hint(candidates)}."
+                f"choose one of: {choices()}."
             )
         out = outputs.get(name)
         if not _is_map(out, x.shape[0]):
@@ -132,7 +149,7 @@ def gate_maps(model: nn.Module, x: torch.Tensor, layer: str | None = None) -> di
                 what += f" with values in [{float(out.min()):.3g}, {float(out.max()):.3g}]"
             raise UserError(
                 f"attention-gates layer {name!r} has {what}, not a single-channel map (N, 1, d, h, w) in [0, 1]; "
-                f"choose one of: {_hint(candidates)}."
+                f"choose one of: {choices()}."
             )
     return {name: outputs[name][:1].float().clamp(0.0, 1.0) for name in names}
 
@@ -164,7 +181,7 @@ def gate_options(model: Any, x: Any) -> tuple[list[str], str | None]:
           "empty = every attention gate (the 'psi' of each AttentionBlock).", layers=gate_options),
     Param("combine", str, "mean", "How the upsampled gate maps are combined per voxel: mean, max, or product "
           "(high only where every gate is open).", choices=COMBINE),
-    needs_module=True, signed=False, has_intermediate=True,
+    needs_module=True, signed=False, has_intermediate=True, target_independent=True,
     reference="Schlemper et al. 2019, Med. Image Anal. 53:197-207, arXiv:1808.08114; "
               "Oktay et al. 2018, arXiv:1804.03999",
 )
@@ -190,7 +207,7 @@ def _attention_gates(model, x, target, params, ctx) -> MethodOutput:
     require_eager(model, ctx, "attention-gates", "it hooks the attention gates")
     combine = str(params["combine"])
     ctx.step(0.1, "attention gates: forward pass")
-    maps = gate_maps(model, x, params["layer"])
+    maps = gate_maps(model, x, params["layer"], ctx)
     size = tuple(int(s) for s in x.shape[2:])
     up = {n: F.interpolate(m, size=size, mode="trilinear", align_corners=False) for n, m in maps.items()}
     combined = combine_maps(list(up.values()), combine).clamp(0.0, 1.0)

@@ -155,6 +155,9 @@ class Method:
     multiplies_input: bool = False
     #: the method also returns intermediate maps (LRP segment boundaries, attention gates): --out-intermediate
     has_intermediate: bool = False
+    #: the map does not depend on the target class (attention coefficients): explain may run the method before
+    #: the prediction and take the prediction from the method's own forward pass (``RunContext.scores``)
+    target_independent: bool = False
     #: the method takes an LRP configuration: its 'config' parameter is an LrpConfig (or its JSON file) and the
     #: record holds the whole configuration; reproduce and the LRP designer read it
     takes_config: bool = False
