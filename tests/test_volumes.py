@@ -100,3 +100,18 @@ def test_save_is_atomic_and_refuses_wrong_suffix(tmp_path):
     out = save_nifti(tmp_path / "x.nii.gz", np.ones((2, 2, 2), np.float32), np.eye(4))
     assert gzip.decompress(out.read_bytes())[:4] == (348).to_bytes(4, "little")
     assert [p.name for p in tmp_path.iterdir()] == ["x.nii.gz"], "no temporary file left behind"
+
+
+def test_check_fits_refuses_what_memory_cannot_hold_and_skips_small_arrays(monkeypatch):
+    """Only allocations from CHECK_FITS_FROM bytes read /proc (explain's fixed costs, issue 13); those are still
+    refused, in one line, when the memory available is smaller."""
+    from napari_xai.core import volumes
+
+    reads = []
+    monkeypatch.setattr(volumes, "available_memory", lambda: reads.append(1) or 2**30)  # 1 GiB left
+    volumes.check_fits(volumes.CHECK_FITS_FROM - 1, "a small array")
+    assert reads == []
+    volumes.check_fits(512 * 2**20, "half a GiB")
+    with pytest.raises(UserError, match=r"^the grid would need 2\.0 GiB, more than the 1\.0 GiB of memory available; "):
+        volumes.check_fits(2 * 2**30, "the grid")
+    assert len(reads) == 2

@@ -277,8 +277,10 @@ def _state_key(module: Any) -> tuple:
 
     if not isinstance(module, torch.nn.Module):
         return (id(module),)
-    tensors = list(module.parameters()) + list(module.buffers())
-    return tuple((id(t), t._version) for t in tensors)
+    # one walk over the modules' own tensors (parameters() and buffers() walk twice and de-duplicate: 0.4 ms for a
+    # 100-module network, a tenth of its explanation's fixed costs); a shared tensor simply appears twice
+    return tuple((id(t), t._version) for m in module.modules()
+                 for d in (m._parameters, m._buffers) for t in d.values() if t is not None)
 
 
 def _prediction_key(module: Any, x) -> tuple:
@@ -612,7 +614,8 @@ def explain(
     if not method_first:
         t = prepare_target(model, x, volume, target, segmentation, mask, point, output_index, connectivity, ctx,
                            grid=grid, key=key)
-        module, tgt, label = t.module, t.target, t.names[t.target]
+        # a map that ignores the target needs no target wrapper (segmentation mask, tuple output)
+        module, tgt, label = (model.module if entry.target_independent else t.module), t.target, t.names[t.target]
         if x._version != version:
             raise UserError(f"model {model.name} changed its input (shape {tuple(x.shape)}) in place during the "
                             "prediction; make forward() work on a copy (x = x.clone()).")
