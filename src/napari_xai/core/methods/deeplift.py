@@ -10,7 +10,7 @@ from typing import Iterator
 from ..lazy import F, TypeGroup, nn, torch
 from ..errors import UserError
 from ._model import (ACTIVATIONS, BASELINE_PARAM, BLUR_SIGMA_PARAM, ScoreFn, as_context, fresh_input, make_baseline, model_session,
-    require_eager, score_gap, trace_model)
+    require_eager, trace_model)
 from .registry import MethodOutput, entry
 
 
@@ -117,8 +117,9 @@ def _deeplift_hooks(ruled: list[nn.Module], pools: list[nn.Module]) -> Iterator[
       When that tensor is directly the input of the next module with a rule (ReLU
       then ReLU), the hook fires before the next module has rescaled the gradient
       and summation-to-delta fails for non-zero baselines (captum issue #1104,
-      fixed upstream after 0.9). Each module with a rule gets a copy of its
-      input, so the rescaled gradient reaches the first module's hook.
+      fixed upstream after 0.9). Each module with a rule gets a view of its
+      input (a tensor of its own with a node of its own in the graph, no copy of
+      the data), so the rescaled gradient reaches the first module's hook.
     * Captum's MaxPool rule spreads the score change back with ``max_unpool``,
       which keeps one value per input voxel, so relevance is lost where windows
       overlap; and it suffers from the fault above after a ReLU. MaxPools get
@@ -127,8 +128,8 @@ def _deeplift_hooks(ruled: list[nn.Module], pools: list[nn.Module]) -> Iterator[
     """
     seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def copy_input(module, inputs):
-        return tuple(t.clone() if torch.is_tensor(t) else t for t in inputs)
+    def own_input(module, inputs):
+        return tuple(t.view_as(t) if torch.is_tensor(t) else t for t in inputs)
 
     def keep(module, inputs, output):
         seen[id(module)] = (inputs[0].detach(), output.detach())
@@ -139,7 +140,7 @@ def _deeplift_hooks(ruled: list[nn.Module], pools: list[nn.Module]) -> Iterator[
         u, o = seen.pop(id(module))
         return (_max_pool_multipliers(module, u, o, grad_input[0], grad_output[0]),) + tuple(grad_input[1:])
 
-    handles = [m.register_forward_pre_hook(copy_input) for m in ruled]
+    handles = [m.register_forward_pre_hook(own_input) for m in ruled]
     for m in pools:
         handles += [m.register_forward_hook(keep), m.register_full_backward_hook(rule)]
     try:
@@ -147,6 +148,14 @@ def _deeplift_hooks(ruled: list[nn.Module], pools: list[nn.Module]) -> Iterator[
     finally:
         for h in handles:
             h.remove()
+
+
+def _score_gap(scores: torch.Tensor, n: int, target: int, rel: torch.Tensor) -> tuple[float, float, float]:
+    """f(x) - f(baseline) from the scores of the batch [x; baseline] (``n`` inputs each), the relevance sum and
+    their relative gap ``|sum - difference| / |difference|`` (summation-to-delta)."""
+    diff = float(scores[:n, target].sum() - scores[n:, target].sum())
+    total = float(rel.detach().sum())
+    return diff, total, abs(total - diff) / max(abs(diff), 1e-12)
 
 
 def _counts_text(counts: dict[str, int]) -> str:
@@ -179,9 +188,10 @@ def _deeplift(model, x, target, params, ctx) -> MethodOutput:
     overlap (kernel larger than stride, as in the stem of MONAI's DenseNet).
     MaxPool modules therefore get our own implementation of Captum's
     cross-maximum rule, with overlapping windows added up, and every module
-    with Captum's rule gets a copy of its input.
+    with Captum's rule gets a view of its input as a tensor of its own.
     ``baseline`` as for integrated gradients. One forward/backward pass of the
-    input and the baseline together. Units: score.
+    input and the baseline together; f(x) - f(baseline) for the summation check
+    comes from that pass's scores. Units: score.
     """
     from captum.attr import DeepLift
 
@@ -192,12 +202,19 @@ def _deeplift(model, x, target, params, ctx) -> MethodOutput:
         xi = fresh_input(x, grad=True)
         base, used = make_baseline(xi.detach(), params["baseline"], params["blur_sigma"])
         f = ScoreFn(model, ctx, target, 1, "deeplift")
-        with warnings.catch_warnings(), _deeplift_hooks(ruled, pools):
-            # Captum announces its temporary hooks on every call; they are removed again
-            warnings.filterwarnings("ignore", message="Setting forward, backward hooks and attributes on non-linear")
-            rel = DeepLift(f).attribute(xi, baselines=base, target=int(target))
-        diff, total, err = score_gap(model, xi, base, target, rel)
-    used.update(score_difference=diff, relevance_sum=total, summation_to_delta_error=err, forward_passes=f.calls + 1,
+        # Captum runs the input and the baseline as one batch [x; baseline]; its scores give f(x) - f(baseline)
+        # for the summation check (no pass of their own). Registered before Captum's hook, which restacks them.
+        kept: list[torch.Tensor] = []
+        keep = f.register_forward_hook(lambda m, i, o: kept.append(o.detach()) if not kept else None)
+        try:
+            with warnings.catch_warnings(), _deeplift_hooks(ruled, pools):
+                # Captum announces its temporary hooks on every call; they are removed again
+                warnings.filterwarnings("ignore", message="Setting forward, backward hooks and attributes on non-linear")
+                rel = DeepLift(f).attribute(xi, baselines=base, target=int(target))
+        finally:
+            keep.remove()
+        diff, total, err = _score_gap(kept[0], len(xi), int(target), rel)
+    used.update(score_difference=diff, relevance_sum=total, summation_to_delta_error=err, forward_passes=f.calls,
                 unhandled_modules=_counts_text(found["unhandled"]))
     gap = f"the relevance sums to {total:.4g} and f(x) - f(baseline) = {diff:.4g} ({100 * err:.2g} % apart)"
     if found["unhandled"]:
