@@ -171,3 +171,27 @@ def test_the_in_place_z_score_and_the_uncopied_relevance_change_no_value():
     assert not np.shares_memory(a.data, b.data) and np.array_equal(a.data, b.data)
     assert np.array_equal(data, kept)
     _forget(classifiers=True)
+
+
+def test_the_input_digest_is_the_sha256_of_the_bytes_also_when_remembered():
+    """The digest of an input equal to the last one is reused; any change -- one voxel, or the last input changed in
+    place -- gives the SHA-256 of the new bytes, computed here by hand."""
+    import hashlib
+
+    import torch
+
+    def by_hand(t):
+        return hashlib.sha256(t.numpy().tobytes()).hexdigest()
+
+    a = torch.randn(1, 1, 8, 9, 10)
+    assert explain_mod._input_digest(a) == by_hand(a)
+    same = a.clone()
+    assert explain_mod._input_digest(same) == by_hand(a)  # equal values: the remembered digest, the same hash
+    moved = same.clone()
+    moved[0, 0, 3, 4, 5] += 1e-3
+    assert explain_mod._input_digest(moved) == by_hand(moved) != by_hand(a)
+    before = by_hand(moved)  # ``moved`` is the input remembered now
+    moved.mul_(2.0)  # it changes in place (its version moves on) ...
+    again = moved.clone()  # ... and the next input equals it now: not the digest of the old values
+    assert explain_mod._input_digest(again) == by_hand(again) != before
+    assert explain_mod._input_digest(a.double()) == by_hand(a.double())  # another dtype, other bytes

@@ -283,14 +283,37 @@ def _state_key(module: Any) -> tuple:
                  for d in (m._parameters, m._buffers) for t in d.values() if t is not None)
 
 
-def _prediction_key(module: Any, x) -> tuple:
+_LAST_DIGEST: list = [None]  # (the last hashed CPU input, its version then, its digest): see _input_digest
+
+
+def _input_digest(x) -> str:
+    """SHA-256 of the input tensor's bytes, the identity of an input for the remembered predictions.
+
+    Explaining one input again (another method or setting, the interactive case) gives a new tensor of the same
+    values: when it equals the last input hashed, unchanged since (same version), value for value -- a comparison
+    at memory speed, 0.02 against 0.29 ms for the demo's 48x56x48 input -- that input's digest is reused. SHA-256
+    runs in the CPU's SHA instructions where present: about twice blake2b's speed here.
+    """
     import hashlib
 
     data = x.detach().cpu().contiguous().numpy()
-    # SHA-256 runs in the CPU's SHA instructions where present: about twice blake2b's speed here (0.29 against
-    # 0.55 ms for the demo's 48x56x48 input), and every explanation hashes its input once
+    with _PREDICTIONS_LOCK:
+        last = _LAST_DIGEST[0]
+    if last is not None:
+        prev, version, digest = last
+        if (prev._version == version and prev.shape == x.shape and prev.dtype == x.dtype
+                and np.array_equal(prev.numpy(), data)):
+            return digest
     digest = hashlib.sha256(memoryview(data.reshape(-1).view(np.uint8))).hexdigest()  # no copy
-    return (digest, tuple(x.shape), str(x.dtype), str(x.device), _state_key(module))
+    if x.device.type == "cpu":  # keeps one input alive (never an accelerator's memory)
+        kept = x.detach()
+        with _PREDICTIONS_LOCK:
+            _LAST_DIGEST[0] = (kept, kept._version, digest)
+    return digest
+
+
+def _prediction_key(module: Any, x) -> tuple:
+    return (_input_digest(x), tuple(x.shape), str(x.dtype), str(x.device), _state_key(module))
 
 
 def _prediction_store(module: Any):
