@@ -61,7 +61,7 @@ def _act_fn(params: RuleParams, part: str):
     return modify
 
 
-def _terms(params: RuleParams) -> list[tuple[str, float, str, bool, int]]:
+def _terms(params: RuleParams, merge_signs: bool = True) -> list[tuple[str, float, str, bool, int]]:
     """The forward passes of the rule: (input part, weight coef, weight side, with bias, term id).
 
     Eqn. 5 splits the (transformed) activation into its positive and negative
@@ -70,7 +70,8 @@ def _terms(params: RuleParams) -> list[tuple[str, float, str, bool, int]]:
     γ = 0), the two passes add up to one pass on the whole activation (``*``),
     the same relevance with half the work (Zennit's Epsilon does the same). A
     negative part that is identically 0 (a constant input >= 0) and carries no
-    bias adds nothing and is left out.
+    bias adds nothing and is left out. ``merge_signs=False`` keeps Eqn. 5's
+    two passes per term (the general path, for checks).
     """
     groups = []
     if params.alpha:
@@ -80,11 +81,11 @@ def _terms(params: RuleParams) -> list[tuple[str, float, str, bool, int]]:
     constant_nonneg = params.theta1 == 0 and params.theta0 >= 0
     terms = []
     for coef, pos_side, neg_side, tid in groups:
-        if coef == 0:
+        if coef == 0 and merge_signs:
             terms.append(("*", 0.0, pos_side, True, tid))
             continue
         terms.append(("+", coef, pos_side, True, tid))
-        if not constant_nonneg:
+        if not (constant_nonneg and merge_signs):
             terms.append(("-", coef, neg_side, False, tid))
     return terms
 
@@ -112,6 +113,10 @@ class UnifiedRule(BasicHook):
     and Flat (see :func:`_terms`).
     """
 
+    #: One pass per term where both signs of the activation get the same weights (same relevance, less work);
+    #: False runs Eqn. 5's two passes per term literally (the general path, for checks).
+    merge_signs: bool = True
+
     def __init__(self, params: RuleParams | dict | None = None, zero_bias: bool = False,
                  stabilizer: float = STABILIZER, **overrides: float):
         if params is None:
@@ -128,7 +133,7 @@ class UnifiedRule(BasicHook):
         stab = Stabilizer.ensure(eps)
         zero = ["bias"] if zero_bias else None
         zero_all = ["bias"]
-        terms = _terms(params)  # (input part, weight coef, weight side, with bias, term id)
+        terms = _terms(params, self.merge_signs)  # (input part, weight coef, weight side, with bias, term id)
         self._terms = [t[4] for t in terms]
         coefs = (params.alpha, params.beta)
         term_ids = list(self._terms)
