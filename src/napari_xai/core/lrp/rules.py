@@ -36,7 +36,7 @@ def _weight_fn(params: RuleParams, coef: float, side: str):
             part = coef * (param.clamp(min=0) if side == "+" else param.clamp(max=0))
             out = part if out is None else out + part
         if g2:
-            part = g2 * param * param
+            part = param * param if g2 == 1 else g2 * param * param
             out = part if out is None else out + part
         if name != "bias" and g0:
             out = torch.full_like(param, g0) if out is None else out + g0
