@@ -19,26 +19,75 @@ __all__ = ["SumRule", "PassRule", "UnifiedRule", "make_hook"]
 
 
 def _weight_fn(params: RuleParams, coef: float, side: str):
-    """Parameter modifier: g(w) = gamma0 + gamma1 w + coef w^side + gamma2 w^2 (bias: no gamma0)."""
+    """Parameter modifier: g(w) = gamma0 + gamma1 w + coef w^side + gamma2 w^2 (bias: no gamma0).
+
+    Only the terms with a non-zero factor are computed; ``g(w) = w`` (LRP-0, LRP-ε) hands back the
+    parameter itself.
+    """
+    g0, g1, g2 = params.gamma0, params.gamma1, params.gamma2
+    if not (g0 or coef or g2) and g1 == 1:
+        return lambda param, name: param
 
     def modify(param: torch.Tensor, name: str) -> torch.Tensor:
-        clamp = param.clamp(min=0) if side == "+" else param.clamp(max=0)
-        out = params.gamma1 * param + coef * clamp + params.gamma2 * param * param
-        if name != "bias" and params.gamma0:
-            out = out + params.gamma0
-        return out
+        out = None
+        if g1:
+            out = param if g1 == 1 else g1 * param
+        if coef:
+            part = coef * (param.clamp(min=0) if side == "+" else param.clamp(max=0))
+            out = part if out is None else out + part
+        if g2:
+            part = param * param if g2 == 1 else g2 * param * param
+            out = part if out is None else out + part
+        if name != "bias" and g0:
+            out = torch.full_like(param, g0) if out is None else out + g0
+        return torch.zeros_like(param) if out is None else out
 
     return modify
 
 
 def _act_fn(params: RuleParams, part: str):
-    """Input modifier: the positive or negative part of theta0 + theta1 * a."""
+    """Input modifier: the positive (``+``) or negative (``-``) part of theta0 + theta1 * a, or all of it (``*``)."""
+    t0, t1 = params.theta0, params.theta1
+    if t1 == 0:  # activations ignored: a constant input (LRP-w², LRP-flat)
+        value = t0 if part == "*" else (max(t0, 0.0) if part == "+" else min(t0, 0.0))
+        return lambda a: torch.full_like(a, value)
 
     def modify(a: torch.Tensor) -> torch.Tensor:
-        t = params.theta0 + params.theta1 * a if (params.theta0 or params.theta1 != 1) else a
+        t = t0 + t1 * a if (t0 or t1 != 1) else a
+        if part == "*":
+            return t
         return t.clamp(min=0) if part == "+" else t.clamp(max=0)
 
     return modify
+
+
+def _terms(params: RuleParams, merge_signs: bool = True) -> list[tuple[str, float, str, bool, int]]:
+    """The forward passes of the rule: (input part, weight coef, weight side, with bias, term id).
+
+    Eqn. 5 splits the (transformed) activation into its positive and negative
+    parts, each with its own weights. Where both parts get the same weights
+    (the term's w+ / w- factor is 0: LRP-0, LRP-ε, LRP-w², LRP-flat, LRP-γ with
+    γ = 0), the two passes add up to one pass on the whole activation (``*``),
+    the same relevance with half the work (Zennit's Epsilon does the same). A
+    negative part that is identically 0 (a constant input >= 0) and carries no
+    bias adds nothing and is left out. ``merge_signs=False`` keeps Eqn. 5's
+    two passes per term (the general path, for checks).
+    """
+    groups = []
+    if params.alpha:
+        groups.append((params.gamma1p, "+", "-", 0))
+    if params.beta:
+        groups.append((params.gamma1n, "-", "+", 1))
+    constant_nonneg = params.theta1 == 0 and params.theta0 >= 0
+    terms = []
+    for coef, pos_side, neg_side, tid in groups:
+        if coef == 0 and merge_signs:
+            terms.append(("*", 0.0, pos_side, True, tid))
+            continue
+        terms.append(("+", coef, pos_side, True, tid))
+        if not (constant_nonneg and merge_signs):
+            terms.append(("-", coef, neg_side, False, tid))
+    return terms
 
 
 class UnifiedRule(BasicHook):
@@ -59,8 +108,14 @@ class UnifiedRule(BasicHook):
     -----
     For each sign of the (transformed) activation the layer is evaluated once
     per active term (alpha and/or beta): at most four modified forward passes,
-    as in Zennit's AlphaBeta rule.
+    as in Zennit's AlphaBeta rule; one per term where both signs get the same
+    weights (LRP-0, LRP-ε, LRP-w², LRP-flat), as in Zennit's Epsilon, WSquare
+    and Flat (see :func:`_terms`).
     """
+
+    #: One pass per term where both signs of the activation get the same weights (same relevance, less work);
+    #: False runs Eqn. 5's two passes per term literally (the general path, for checks).
+    merge_signs: bool = True
 
     def __init__(self, params: RuleParams | dict | None = None, zero_bias: bool = False,
                  stabilizer: float = STABILIZER, **overrides: float):
@@ -78,11 +133,7 @@ class UnifiedRule(BasicHook):
         stab = Stabilizer.ensure(eps)
         zero = ["bias"] if zero_bias else None
         zero_all = ["bias"]
-        terms = []  # (input part, weight coef, weight side, with bias, sign of term, term id)
-        if params.alpha:
-            terms += [("+", params.gamma1p, "+", True, 0), ("-", params.gamma1p, "-", False, 0)]
-        if params.beta:
-            terms += [("+", params.gamma1n, "-", True, 1), ("-", params.gamma1n, "+", False, 1)]
+        terms = _terms(params, self.merge_signs)  # (input part, weight coef, weight side, with bias, term id)
         self._terms = [t[4] for t in terms]
         coefs = (params.alpha, params.beta)
         term_ids = list(self._terms)
@@ -93,12 +144,12 @@ class UnifiedRule(BasicHook):
                 denom[tid] = out if tid not in denom else denom[tid] + out
             return [out_grad / stab(denom[tid]) for tid in term_ids]
 
+        signed = [coefs[tid] if tid == 0 else -coefs[tid] for tid in term_ids]  # alpha, or -beta
+
         def reducer(inputs, gradients):
             total = None
-            for tid, inp, grad in zip(term_ids, inputs, gradients):
-                part = coefs[tid] * inp * grad
-                if tid == 1:
-                    part = -part
+            for c, inp, grad in zip(signed, inputs, gradients):
+                part = inp * grad if c == 1 else c * inp * grad
                 total = part if total is None else total + part
             return total
 
