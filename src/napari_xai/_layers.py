@@ -104,17 +104,20 @@ CLUSTERS_STYLE = {"opacity": 0.55}
 FAINT_FRACTION = 0.05
 
 
-def positive_colormap():
-    """The positive half's colormap (:data:`POS_COLORMAP`, a napari ``Colormap``; "hot" without napari)."""
+def positive_colormap() -> str:
+    """The positive half's colormap name (:data:`POS_COLORMAP`), registered with napari on the first call
+    ("hot" without napari)."""
     try:
-        from napari.utils.colormaps import Colormap, ensure_colormap
+        from napari.utils.colormaps import AVAILABLE_COLORMAPS, Colormap, ensure_colormap
     except ImportError:  # pragma: no cover - napari is installed with the plugin
         return "hot"
-    hot = ensure_colormap("hot")
-    colors = np.array(hot.colors, dtype=np.float32, copy=True)
-    colors[0, :3] = 0.0
-    return Colormap(colors=colors, controls=np.asarray(hot.controls), interpolation=hot.interpolation,
-                    name=POS_COLORMAP)
+    if POS_COLORMAP not in AVAILABLE_COLORMAPS:
+        hot = ensure_colormap("hot")
+        colors = np.array(hot.colors, dtype=np.float32, copy=True)
+        colors[0, :3] = 0.0
+        ensure_colormap(Colormap(colors=colors, controls=np.asarray(hot.controls), interpolation=hot.interpolation,
+                                 name=POS_COLORMAP))
+    return POS_COLORMAP
 
 
 def relevance_limits(signed: np.ndarray) -> tuple[float, float]:
