@@ -61,7 +61,7 @@ class RelevanceCrop3D:
     """Crops napari-xai's relevance layers in 3D and restores them in 2D (see the module docstring)."""
 
     def __init__(self, viewer):
-        self.viewer = viewer
+        self._viewer = weakref.ref(viewer)  # the per-viewer table is keyed weakly by the viewer: no cycle
         self._full: dict[int, tuple] = {}  # id(layer) -> (full data, full affine 4x4, crop record)
         self._layers: dict[int, object] = {}  # id(layer) -> layer, for the layers watched
         self._busy = False  # our own layer.data / affine sets
@@ -80,6 +80,10 @@ class RelevanceCrop3D:
         self.refresh_all()
 
     # -- public ---------------------------------------------------------------------------------------------
+    @property
+    def viewer(self):
+        return self._viewer()
+
     @property
     def enabled(self) -> bool:
         return self._enabled
@@ -114,8 +118,9 @@ class RelevanceCrop3D:
         settings under which voxels at or below the lower limit add nothing to the picture."""
         from napari.layers import Image
 
-        if not (self._enabled and self.viewer.dims.ndisplay == 3 and isinstance(layer, Image)
-                and layer in self.viewer.layers):
+        viewer = self.viewer
+        if not (self._enabled and viewer is not None and viewer.dims.ndisplay == 3 and isinstance(layer, Image)
+                and layer in viewer.layers):
             return False
         md = layer.metadata or {}
         data = self.full_data(layer)
