@@ -18,7 +18,8 @@ While cropped, the layer's metadata holds ``xai_crop`` (offset, full shape and a
 layers do, so the writer saves the full grid; the signed map stays whole in ``xai_relevance``.
 The full arrays are kept here, not in the layer; every widget reads the signed map from the metadata.
 
-One instance per viewer (:func:`install`); the explorer and Explain docks install it.
+One instance per viewer (:func:`install`), for every layer of that viewer; the explorer and Explain docks
+install it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from qtpy.QtCore import QTimer
 from ..core.geometry import above_box, cropped_affine
 
 CROP_KEY = "xai_crop"  # the same record as the explorer's cropped layers: {"offset", "shape", "affine"}
-#: Volumes smaller than this (voxels) are shown whole: their 3D paint is cheap already.
+#: Volumes of at most this many voxels are shown whole: their 3D paint is cheap already.
 MIN_VOXELS = 64 ** 3
 _INSTANCES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -125,7 +126,7 @@ class RelevanceCrop3D:
         md = layer.metadata or {}
         data = self.full_data(layer)
         if ("xai_relevance" not in md or getattr(layer, "multiscale", False) or getattr(layer, "rgb", False)
-                or np.ndim(data) != 3 or int(np.prod(np.shape(data))) < MIN_VOXELS):
+                or np.ndim(data) != 3 or int(np.prod(np.shape(data))) <= MIN_VOXELS):
             return False
         if getattr(layer, "auto_contrast", False):  # new data would move the limits: keep it whole
             return False
