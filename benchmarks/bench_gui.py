@@ -9,9 +9,12 @@ relevance" and "clusters" layers. Two sizes: the demo grid (2 mm, 91×109×91)
 and the same brain and relevance resampled to the 1 mm MNI grid
 (182×218×182, 7.2 M voxels; the case that froze the GUI on its first 3D switch).
 
-For each size, in 2D, in 3D, and in 3D with only the explorer's two layers
-visible, the threshold slider and the cluster-size slider are moved step by
-step; each step is split into
+For each size, in 2D, in 3D, in 3D without the 3D crop of the relevance
+layers (``napari_xai._qt.lod``: in 3D each (+)/(−) layer holds only the box of
+its voxels above the lower contrast limit; this pass shows them whole, as
+before that crop, in the same run) and in 3D with only the explorer's two
+layers visible, the threshold slider and the cluster-size slider are moved step
+by step; each step is split into
 
 * **compute**: ``Explorer.update`` (in a worker thread for a threshold step, on
   the GUI thread for a size step) -- the core alone;
@@ -35,7 +38,8 @@ step; each step is split into
 The **first 3D switch** is timed from ``viewer.dims.ndisplay = 3`` to the end
 of the first 3D paint (split into napari's slicing/scene set-up and the paint,
 which uploads every volume as a 3D texture and compiles the shaders), followed
-by a second paint for comparison.
+by a second paint for comparison, and by what each layer costs a 3D paint on
+its own (best of 3), with and without the 3D crop.
 
 Medians and maxima are printed, and each as a ratio to the compute median of
 the same run; the load average is printed because the machine is shared.
@@ -331,6 +335,15 @@ def settle(app, n=3):
         app.processEvents()
 
 
+def relevance_crop(viewer):
+    """The viewer's 3D crop of the relevance layers (``napari_xai._qt.lod``), or None in code without it."""
+    try:
+        from napari_xai._qt import lod
+    except ImportError:
+        return None
+    return lod.install(viewer)
+
+
 def run_size(size: str, steps: int, rows: list, only_first_3d: bool = False) -> None:
     import napari
     from qtpy.QtWidgets import QApplication
@@ -370,16 +383,26 @@ def run_size(size: str, steps: int, rows: list, only_first_3d: bool = False) -> 
     rows.append((size, "first 3D switch", first, t_switch, b - a, b2 - a2))
     print(f"first 3D switch: {first:.2f} s to the first 3D frame (napari set-up {t_switch:.2f} s, first paint "
           f"{b - a:.2f} s); a second paint {b2 - a2:.2f} s")
-    for layer in viewer.layers:  # what each layer costs a 3D paint on its own
-        for other in viewer.layers:
-            other.visible = other is layer
-        t1 = time.perf_counter()
-        viewer.window._qt_viewer.canvas._scene_canvas.update()
-        a1, b1 = wait_for_draw(app, draws, t1)
-        print(f"   3D paint with only {layer.name!r} ({getattr(layer, 'rendering', '')}, {layer.data.shape}): "
-              f"{b1 - a1:.2f} s")
-    for layer in viewer.layers:
-        layer.visible = True
+    crop3d = relevance_crop(viewer)
+    for on in ((True, False) if crop3d is not None else (None,)):
+        if crop3d is not None:
+            crop3d.enabled = on
+            print(f"   {'with' if on else 'without'} the 3D crop of the relevance layers (napari_xai._qt.lod):")
+        for layer in viewer.layers:  # what each layer costs a 3D paint on its own (best of 3)
+            for other in viewer.layers:
+                other.visible = other is layer
+            best = []
+            for _ in range(3):
+                t1 = time.perf_counter()
+                viewer.window._qt_viewer.canvas._scene_canvas.update()
+                a1, b1 = wait_for_draw(app, draws, t1)
+                best.append(b1 - a1)
+            print(f"   3D paint with only {layer.name!r} ({getattr(layer, 'rendering', '')}, {layer.data.shape}): "
+                  f"{min(best) * 1e3:.0f} ms")
+        for layer in viewer.layers:
+            layer.visible = True
+    if crop3d is not None:
+        crop3d.enabled = True
     if only_first_3d:
         viewer.close()
         return
@@ -395,8 +418,13 @@ def run_size(size: str, steps: int, rows: list, only_first_3d: bool = False) -> 
           f"cluster-size step {refs['cluster size'] * 1e3:.0f} ms, floor (one numpy pass) {refs['floor'] * 1e3:.1f} ms")
     own = {id(ly) for ly in widget.layer_updater.own()} if hasattr(widget, "layer_updater") else \
         {id(ly) for ly in widget._layers.values()}
-    for view in ("2D", "3D", "3D, explorer layers only"):
+    views = ["2D", "3D", "3D, explorer layers only"]
+    if crop3d is not None:  # the whole scene once more with the relevance layers whole (as before the 3D crop)
+        views.insert(2, "3D, no 3D crop")
+    for view in views:
         nd = 2 if view == "2D" else 3
+        if crop3d is not None:
+            crop3d.enabled = view != "3D, no 3D crop"
         for layer in viewer.layers:  # the last pass hides the brain and the (+)/(−) maps
             layer.visible = view != "3D, explorer layers only" or id(layer) in own
         if viewer.dims.ndisplay != nd:

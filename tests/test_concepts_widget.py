@@ -17,6 +17,7 @@ import napari  # noqa: F401  - a missing GUI stack fails these tests, never skip
 from qtpy.QtCore import Qt
 
 from model_factory import python_source
+from napari_xai._layers import POS_COLORMAP
 
 PLUGIN = "napari-xai"
 NAME = "Concepts"
@@ -115,7 +116,7 @@ def test_run_table_and_concept_layer_on_the_scans_world_voxels(make_napari_viewe
     np.testing.assert_allclose(ref.affine, img.affine)
     assert pos.data.shape == image.data.shape
     np.testing.assert_allclose(pos.affine.affine_matrix, image.affine.affine_matrix)
-    assert pos.colormap.name == "hot" and neg.colormap.name == "cyan" and pos.blending == "additive"
+    assert pos.colormap.name == POS_COLORMAP and neg.colormap.name == "cyan" and pos.blending == "additive"
     # a voxel's world position: the same in the layer as in the file (nibabel), with the core's value there
     shown = np.asarray(pos.data) - np.asarray(neg.data)
     assert np.abs(shown).max() > 0
@@ -157,7 +158,7 @@ def test_compare_in_the_grid_with_one_colour_scale_2d_and_3d(make_napari_viewer,
         assert viewer.grid.enabled and viewer.dims.ndisplay == ndisplay
         cells = [ly for ly in viewer.layers if ly.metadata.get("xai_concepts", {}).get("kind") == "compare"]
         assert len(cells) == 3 * len(chans)  # anatomy, (+), (−) per concept
-        rel = [ly for ly in cells if ly.colormap.name in ("hot", "cyan")]
+        rel = [ly for ly in cells if ly.colormap.name in (POS_COLORMAP, "cyan")]
         limits = {tuple(ly.contrast_limits) for ly in rel}
         assert len(limits) == 1, limits
         lim = limits.pop()[1]
@@ -283,7 +284,7 @@ def test_open_references_of_a_cohort_run(make_napari_viewer, qtbot, tmp_path):
     assert viewer.grid.enabled and viewer.dims.ndisplay == 3
     assert len(layers) == 6, widget.message  # two subjects: scan cube, (+), (−)
     assert "channel 15" in widget.message
-    rel = [ly for ly in layers if ly.colormap.name in ("hot", "cyan")]
+    rel = [ly for ly in layers if ly.colormap.name in (POS_COLORMAP, "cyan")]
     assert len({tuple(ly.contrast_limits) for ly in rel}) == 1
     table = list(__import__("csv").DictReader((out / "references.csv").open()))
     for row, scan_layer in zip(table, [ly for ly in layers if ly.colormap.name == "gray"]):

@@ -20,7 +20,7 @@ import pytest
 import napari  # noqa: E402,F401  - a missing GUI stack fails these tests, never skips them
 import pytestqt  # noqa: E402,F401
 
-from napari_xai._layers import COMPARE_STRIDE  # noqa: E402
+from napari_xai._layers import COMPARE_STRIDE, POS_COLORMAP  # noqa: E402
 from napari_xai._qt._forms import checked_texts  # noqa: E402
 from napari_xai._qt.lrp.designer import LrpDesignerWidget  # noqa: E402
 from napari_xai.core.errors import UserError  # noqa: E402
@@ -345,7 +345,7 @@ def test_comparison_grid_with_one_colour_limit_and_png(make_napari_viewer, nets,
     assert grid.actual_shape(viewer.layers) == (2, 2)
     cells = [l for l in viewer.layers if l.metadata.get("xai_lrp", {}).get("kind") == "compare"]
     assert len(cells) == 4 * COMPARE_STRIDE and viewer.layers.index(cells[-1]) == len(cells) - 1
-    rel_layers = [l for l in cells if l.colormap.name in ("hot", "cyan")]
+    rel_layers = [l for l in cells if l.colormap.name in (POS_COLORMAP, "cyan")]
     assert len({tuple(l.contrast_limits) for l in rel_layers}) == 1  # identical colour scaling
     titles = [l.name for l in cells if l.name_overlay.visible]
     assert [t.split(" · faint: ")[0] for t in titles] == ["1. lrp-0", "2. lrp-zplus", "3. lrp-flat", "4. lrp-alphabeta"]

@@ -1,7 +1,7 @@
 """Turn core results into napari layer data, and update layers in place.
 
 Relevance is shown as two layers over the anatomy: positive relevance in
-red-yellow and negative relevance in blue-cyan, both with additive blending and
+red-yellow (:data:`POS_COLORMAP`) and negative relevance in blue-cyan, both with additive blending and
 MIP rendering, so zero is transparent in 2D and in 3D and both signs stay
 visible (a single diverging colormap with white at zero renders as an opaque
 box in 3D). Both layers carry the full signed map in their metadata so the
@@ -30,6 +30,11 @@ from .core import geometry
 
 POS_SUFFIX = " (+)"
 NEG_SUFFIX = " (−)"
+#: Positive relevance: napari's "hot" with its first colour black. "hot" starts at a dark red (0.0416, 0, 0):
+#: under additive blending every voxel below the lower limit added 11/255 red, a brown haze over the whole
+#: box in 3D and the whole slice in 2D; black there adds nothing, as the negative half's "cyan" does.
+POS_COLORMAP = "hot (black floor)"
+NEG_COLORMAP = "cyan"
 
 
 def display_tuple(layer_tuple: tuple) -> tuple:
@@ -99,6 +104,22 @@ CLUSTERS_STYLE = {"opacity": 0.55}
 FAINT_FRACTION = 0.05
 
 
+def positive_colormap() -> str:
+    """The positive half's colormap name (:data:`POS_COLORMAP`), registered with napari on the first call
+    ("hot" without napari)."""
+    try:
+        from napari.utils.colormaps import AVAILABLE_COLORMAPS, Colormap, ensure_colormap
+    except ImportError:  # pragma: no cover - napari is installed with the plugin
+        return "hot"
+    if POS_COLORMAP not in AVAILABLE_COLORMAPS:
+        hot = ensure_colormap("hot")
+        colors = np.array(hot.colors, dtype=np.float32, copy=True)
+        colors[0, :3] = 0.0
+        ensure_colormap(Colormap(colors=colors, controls=np.asarray(hot.controls), interpolation=hot.interpolation,
+                                 name=POS_COLORMAP))
+    return POS_COLORMAP
+
+
 def relevance_limits(signed: np.ndarray) -> tuple[float, float]:
     """Contrast limits ``(lo, hi)`` for the magnitude layers of a signed map (``(0, 1)`` for an all-zero map)."""
     mag = np.abs(np.asarray(signed, dtype=np.float32))
@@ -159,8 +180,9 @@ def relevance_layer_data(rel, channel: int = 0, name: str | None = None) -> list
     common = {"affine": rel.affine, "blending": "additive", "rendering": "mip", "metadata": meta}
     lims = relevance_limits(signed)
     return [display_tuple(t) for t in (
-        (pos, {**common, "name": base + POS_SUFFIX, "colormap": "hot", "contrast_limits": lims}, "image"),
-        (neg, {**common, "name": base + NEG_SUFFIX, "colormap": "cyan", "contrast_limits": lims}, "image"),
+        (pos, {**common, "name": base + POS_SUFFIX, "colormap": positive_colormap(), "contrast_limits": lims},
+         "image"),
+        (neg, {**common, "name": base + NEG_SUFFIX, "colormap": NEG_COLORMAP, "contrast_limits": lims}, "image"),
     )]
 
 
@@ -206,6 +228,14 @@ def uncropped(data, metadata: dict | None):
     full = np.zeros(tuple(int(n) for n in crop["shape"]), dtype=arr.dtype)
     full[tuple(slice(int(o), int(o) + n) for o, n in zip(crop["offset"], arr.shape))] = arr
     return full, np.asarray(crop["affine"], dtype=float)
+
+
+def full_shape(layer) -> tuple[int, ...]:
+    """The last three axes of a layer's data on its full grid (a layer shown cropped holds it in ``xai_crop``)."""
+    crop = (getattr(layer, "metadata", None) or {}).get("xai_crop")
+    if isinstance(crop, dict) and crop.get("shape") is not None:
+        return tuple(int(n) for n in crop["shape"])[-3:]
+    return tuple(int(n) for n in np.shape(layer.data)[-3:])
 
 
 def upsert(viewer, layer_tuples: list[tuple]) -> list:

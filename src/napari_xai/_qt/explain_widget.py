@@ -30,6 +30,7 @@ from qtpy.QtCore import QTimer
 from ..core.errors import Cancelled, UserError
 from ..core.methods.registry import Param
 from ..core.methods.catalogue import all_methods, get_method
+from . import lod
 from ._jobs import fail, report_error, show_progress, start_worker
 from .model_picker import SOURCES, ModelPicker, cached_model
 from ._layout import into_scroll_area
@@ -130,6 +131,7 @@ class ExplainWidget(Container):
         # ``from __future__ import annotations`` is a string napari does not match)
         super().__init__(labels=True)
         viewer = self._viewer = napari_viewer
+        lod.install(viewer)  # relevance layers cropped to where they show in 3D
         self._model_cache: dict[tuple, Any] = {}
         self._worker = None
         self._loaded = None

@@ -685,6 +685,23 @@ def crop_box(shape: Sequence[int], box: Sequence[slice] | None, pad: int = 1) ->
                  for s, n in zip(box, shape))
 
 
+def above_box(data: np.ndarray, level: float, pad: int = 1) -> tuple[slice, ...]:
+    """The bounding box (slices) of the voxels of a 3D array above ``level``, widened by ``pad`` voxels and
+    clipped to the array (see :func:`crop_box`); a 1-voxel box at the origin when no voxel is above it."""
+    arr = np.asarray(data)
+    mask = arr > level
+    along = [mask.any(axis=(1, 2))]
+    plane = mask.any(axis=0)
+    along += [plane.any(axis=1), plane.any(axis=0)]
+    box = []
+    for a in along:
+        idx = np.flatnonzero(a)
+        if idx.size == 0:
+            return crop_box(arr.shape, None)
+        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
+    return crop_box(arr.shape, box, pad=pad)
+
+
 def cropped_affine(affine: Array, box: Sequence[slice]) -> Array:
     """The voxel -> world affine of ``data[box]`` (its voxel (0, 0, 0) is ``box``'s first voxel)."""
     out = np.array(affine, dtype=float, copy=True)

@@ -8,7 +8,7 @@ import numpy as np
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QAbstractItemView, QGroupBox, QLineEdit, QTableWidgetItem, QVBoxLayout
 
-from ..._layers import uncropped
+from ..._layers import full_shape, uncropped
 from ...core import atlas as at
 from ...core.geometry import layer_affine  # the one layer -> affine
 from .._forms import button, label, read_only_table, row
@@ -54,7 +54,7 @@ def layer_volume(layer) -> np.ndarray:
     """The 3D data of an Image/Labels layer; the signed map for our relevance layers."""
     meta = getattr(layer, "metadata", {}) or {}
     rel = meta.get("xai_relevance")
-    if rel is not None and np.shape(rel) == tuple(layer.data.shape[-3:]):
+    if rel is not None and np.shape(rel) == full_shape(layer):  # a layer shown cropped (3D): its full grid
         return np.asarray(rel)
     data = np.asarray(layer.data)
     if data.ndim > 3:

@@ -20,6 +20,7 @@ import numpy as np
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
 
+from ..._layers import full_shape
 from ...core import atlas as at
 from ...core.errors import UserError
 from ...core.geometry import layer_affine  # the one layer -> affine
@@ -184,7 +185,7 @@ class AtlasWidget(QWidget):
         layer = self._layer_by_name(self.volume_combo.currentText())
         if layer is None:
             raise UserError("add a 3D volume layer first: the atlas is resampled onto its grid.")
-        shape = tuple(int(s) for s in layer.data.shape[-3:])
+        shape = full_shape(layer)  # a layer shown cropped in 3D (xai_crop) is placed on its full grid
         return source, lab, shape, layer_affine(layer), self.source.threshold_fraction
 
     def load(self, *, sync: bool = False) -> None:

@@ -16,6 +16,7 @@ from ...core import postprocess as pp
 from ...core.errors import UserError
 from ...core.explorer import Explorer, source_provenance
 from ...core.geometry import layer_affine  # the one layer -> affine
+from .. import lod
 from .._layout import compact, scroll_body
 from . import export
 from .cluster_box import ClusterBox
@@ -52,6 +53,7 @@ class ExplorerWidget(QWidget):
         self._error = ""
         self._axis_names = ["axis 0", "axis 1", "axis 2"]
         self.layer_updater = LayerUpdater(napari_viewer)
+        lod.install(napari_viewer)  # relevance layers cropped to where they show in 3D
         self.scheduler = UpdateScheduler(self.params, lambda res: self._apply(res), self._show_error, self._status, self)
         self.regions = RegionColumns(napari_viewer, self)
         self._build()
