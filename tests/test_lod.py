@@ -177,3 +177,26 @@ def test_new_data_into_a_cropped_layer_is_cropped_around_the_new_map(make_napari
     assert pos.metadata["xai_crop"]["offset"] != before["offset"]
     np.testing.assert_array_equal(pos.metadata["xai_relevance"], np.asarray(moved.dataobj))
     _check_crop_in_world(pos, moved, 1.0)
+
+
+@pytest.mark.parametrize("dock", ["Concepts", "LRP designer"])
+def test_the_concepts_and_lrp_designer_docks_install_the_3d_crop_on_their_own(make_napari_viewer, tmp_path,
+                                                                              monkeypatch, dock):
+    """Opened from the Plugins menu without Explain or the explorer, these docks (which add signed maps of their
+    own) crop relevance halves in 3D too; 2D gets the whole arrays back. Stored PIR, anisotropic voxels."""
+    from napari_xai._layers import upsert
+    from napari_xai._qt import lod
+
+    monkeypatch.setattr(lod, "MIN_VOXELS", 0)
+    rel_img, _ = _relevance_scan(tmp_path, "PIR")
+    viewer = make_napari_viewer(show=True)
+    viewer.window.add_plugin_dock_widget(PLUGIN, dock)
+    pos, neg = upsert(viewer, _relevance_tuples(rel_img))
+    full = np.asarray(pos.data).copy()
+    viewer.dims.ndisplay = 3
+    assert np.asarray(pos.data).size < full.size and np.asarray(neg.data).size < full.size  # cropped by the dock's
+    _check_crop_in_world(pos, rel_img, +1)
+    crop = lod.install(viewer)  # the instance the dock installed
+    assert crop.is_cropped(pos) and crop.is_cropped(neg)
+    viewer.dims.ndisplay = 2
+    assert not crop.is_cropped(pos) and np.array_equal(np.asarray(pos.data), full)

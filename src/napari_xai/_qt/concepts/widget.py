@@ -39,6 +39,9 @@ class ConceptsWidget(Container):
     def __init__(self, napari_viewer: "napari.viewer.Viewer"):
         super().__init__(labels=True)
         self._viewer = napari_viewer
+        from .. import lod
+
+        lod.install(napari_viewer)  # concept layers cropped to where they show in 3D
         self._model_cache: dict[tuple, Any] = {}
         self.result = None  # the last ConceptResult
         self._anatomy = None  # the volume of the last result (stored order), for the grid

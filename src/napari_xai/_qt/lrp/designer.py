@@ -50,6 +50,9 @@ class LrpDesignerWidget(QWidget):
     def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None):
         super().__init__(parent)
         self._viewer = napari_viewer
+        from .. import lod
+
+        lod.install(napari_viewer)  # relevance layers cropped to where they show in 3D
         self.layers: list[LayerInfo] = []
         self._model = None
         self._model_key = None
