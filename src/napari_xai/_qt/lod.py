@@ -18,7 +18,7 @@ While cropped, the layer's metadata holds ``xai_crop`` (offset, full shape and a
 layers do, so the writer saves the full grid; the signed map stays whole in ``xai_relevance``.
 The full arrays are kept here, not in the layer; every widget reads the signed map from the metadata.
 
-One instance per viewer (:func:`install`), for every layer of that viewer; the explorer and Explain docks
+One instance per viewer (:func:`install`), for every layer of that viewer; the Explain, explorer, Concepts and LRP designer docks
 install it.
 """
 
