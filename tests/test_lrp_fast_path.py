@@ -53,19 +53,10 @@ def bn_net(seed: int = 0) -> BNNet:
 
 def zennit_relevance(model, x, target, rule):
     """Zennit: ``rule`` on every Conv/Linear, Pass on ReLU, BatchNorm merged by Zennit's own canonizer."""
+    from test_lrp_rules import zennit_lrp
     from zennit.canonizers import SequentialMergeBatchNorm
-    from zennit.composites import LayerMapComposite
-    from zennit.rules import Pass
 
-    comp = LayerMapComposite([(nn.modules.conv._ConvNd, rule), (nn.Linear, rule), (nn.ReLU, Pass())],
-                             canonizers=[SequentialMergeBatchNorm()])
-    xg = x.clone().requires_grad_(True)
-    with comp.context(model) as m:
-        out = m(xg)
-        g = torch.zeros_like(out)
-        g[0, target] = out[0, target].detach()
-        (rel,) = torch.autograd.grad(out, xg, g)
-    return rel
+    return zennit_lrp(model, x, target, rule, canonizers=[SequentialMergeBatchNorm()])
 
 
 def zennit_rule(method: str):

@@ -81,14 +81,15 @@ class EncoderDecoder(nn.Module):
         return self.fc(self.gap(x).flatten(1))
 
 
-def zennit_lrp(model, x, target, rule):
-    """Reference: Zennit's own rule on every Conv/ConvTranspose/Linear, Pass on ReLU, Norm on average pooling."""
+def zennit_lrp(model, x, target, rule, canonizers=()):
+    """Reference: Zennit's own rule on every Conv/ConvTranspose/Linear, Pass on ReLU, Norm on average pooling;
+    ``canonizers`` (e.g. Zennit's ``SequentialMergeBatchNorm``) applied by Zennit."""
     from zennit.composites import LayerMapComposite
     from zennit.rules import Norm, Pass
 
     comp = LayerMapComposite([
         (nn.modules.conv._ConvNd, rule), (nn.Linear, rule), (nn.ReLU, Pass()), (nn.AdaptiveAvgPool3d, Norm()),
-    ])
+    ], canonizers=list(canonizers))
     xg = x.clone().requires_grad_(True)
     with comp.context(model) as m:
         out = m(xg)
