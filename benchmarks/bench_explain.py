@@ -39,8 +39,8 @@ import warnings
 import numpy as np
 import torch
 
-from napari_xai.core import explain as explain_mod
 from napari_xai.core.explain import explain, prepare_input
+from napari_xai.core.prediction import forget_predictions
 from napari_xai.core.models import LoadedModel, ModelSpec, load_model
 from napari_xai.core.volumes import Volume
 
@@ -136,7 +136,7 @@ def compare(label, volume, model, method, params, direct, repeats):
     cold_t = []
 
     def cold():
-        explain_mod._PREDICTIONS = None  # forget remembered predictions: the first explanation of an input
+        forget_predictions(classifiers=False)  # the first explanation of an input
         explain(volume, model, method, params=params)
 
     for _ in range(repeats):  # interleave so machine noise hits both alike
@@ -429,7 +429,7 @@ def compare_method(name, volume, model, target, repeats, explain_kw=None):
         return explain(volume, model, name, target=target, **explain_kw)
 
     def first():
-        explain_mod._PREDICTIONS = None  # forget remembered predictions: the first explanation of an input
+        forget_predictions(classifiers=False)  # the first explanation of an input
         return explain(volume, model, name, target=target, **explain_kw)
 
     ref()

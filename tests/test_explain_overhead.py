@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_xai.core import explain as explain_mod
+from napari_xai.core import prediction
 from napari_xai.core.explain import explain
 
 METHODS = {  # method -> (params kept small, does its score function run a pass on exactly the input?)
@@ -38,9 +38,7 @@ def demo():
 
 
 def _forget(classifiers: bool) -> None:
-    explain_mod._PREDICTIONS = None
-    if classifiers:
-        explain_mod._CLASSIFIERS = None
+    prediction.forget_predictions(classifiers)
 
 
 def _counting(model):
@@ -184,14 +182,14 @@ def test_the_input_digest_is_the_sha256_of_the_bytes_also_when_remembered():
         return hashlib.sha256(t.numpy().tobytes()).hexdigest()
 
     a = torch.randn(1, 1, 8, 9, 10)
-    assert explain_mod._input_digest(a) == by_hand(a)
+    assert prediction._input_digest(a) == by_hand(a)
     same = a.clone()
-    assert explain_mod._input_digest(same) == by_hand(a)  # equal values: the remembered digest, the same hash
+    assert prediction._input_digest(same) == by_hand(a)  # equal values: the remembered digest, the same hash
     moved = same.clone()
     moved[0, 0, 3, 4, 5] += 1e-3
-    assert explain_mod._input_digest(moved) == by_hand(moved) != by_hand(a)
+    assert prediction._input_digest(moved) == by_hand(moved) != by_hand(a)
     before = by_hand(moved)  # ``moved`` is the input remembered now
     moved.mul_(2.0)  # it changes in place (its version moves on) ...
     again = moved.clone()  # ... and the next input equals it now: not the digest of the old values
-    assert explain_mod._input_digest(again) == by_hand(again) != before
-    assert explain_mod._input_digest(a.double()) == by_hand(a.double())  # another dtype, other bytes
+    assert prediction._input_digest(again) == by_hand(again) != before
+    assert prediction._input_digest(a.double()) == by_hand(a.double())  # another dtype, other bytes

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -18,6 +17,19 @@ from .errors import UserError
 from .provenance import file_hashes, now_iso, package_versions
 from .methods.registry import RunContext
 from .methods.catalogue import get_method
+from .prediction import (  # noqa: F401  - forward, predict, predict_cached, model_error: used from here too
+    forward,
+    is_remembered,
+    known_classes,
+    label_facts,
+    model_error,
+    model_fault,
+    note_classifier,
+    predict,
+    predict_cached,
+    prediction_key,
+    remember_prediction,
+)
 from .volumes import Volume
 
 NORMALIZATIONS = ("none", "zscore", "minmax")
@@ -193,202 +205,6 @@ def parse_shape(value) -> tuple[int, int, int]:
     return _parse(value)
 
 
-def predict(model: Any, x) -> np.ndarray:
-    """Class probabilities (softmax; sigmoid for a single output) for a (1, C, ...) input."""
-    import torch
-
-    from .models import check_output
-
-    scores = check_output(forward(model.module, x))
-    if scores.shape[1] == 1:
-        probs = torch.sigmoid(scores)[0]
-    else:
-        probs = torch.softmax(scores.float(), dim=1)[0]
-    return probs.detach().cpu().numpy().astype(float)
-
-
-def forward(module: Any, x):
-    import torch
-
-    with torch.no_grad():
-        try:
-            return module(x)
-        except (UserError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # anything raised by the user's model is a user error
-            raise model_error(exc, module, x) from None
-
-
-def model_error(exc: BaseException, module: Any, x) -> UserError:
-    """One line for an exception raised by (or because of) the user's model: the model, the input shape, a hint."""
-    import re
-
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    name = getattr(module, "_xai_name", None) or type(getattr(module, "model", module)).__name__
-    shape = tuple(int(s) for s in x.shape)
-    low = text.lower()
-    if any(k in low for k in ("does not require grad", "does not have a grad_fn", "not have been used in the graph")):
-        return UserError(f"the output of model {name} does not depend on its input of shape {shape} (no gradient "
-                         "reaches the input: does forward() detach, use torch.no_grad() or ignore x?); gradient "
-                         "methods cannot explain it, fix the model or use occlusion.")
-    if "inplace operation" in low or "in-place operation" in low or "leaf variable" in low:
-        return UserError(f"model {name} changes a tensor in place that the gradient needs (input of shape {shape}; "
-                         "e.g. x += ..., x.clamp_() or ReLU(inplace=True) on the input); make forward() work on a copy.")
-    m = re.search(r"divisible by (\d+)", text)
-    if m:
-        hint = f"the network needs sizes divisible by {m.group(1)}: pass --input-shape D,H,W with such sizes"
-    else:
-        hint = "check the grid and channels the network accepts and pass --input-shape D,H,W if needed"
-    return UserError(f"model {name} failed on an input of shape {shape} ({type(exc).__name__}: {first[:240]}); {hint}.")
-
-
-def _model_fault(exc: BaseException, module: Any) -> bool:
-    """True when ``exc`` came from the user's model: raised inside one of its modules' forward() (and not from
-    napari-xai, Captum or Zennit code called from there), or a gradient error typical of a model (no input
-    dependence, in-place changes)."""
-    import traceback
-
-    low = str(exc).lower()
-    if isinstance(exc, RuntimeError) and any(k in low for k in ("does not require grad", "does not have a grad_fn",
-                                                                  "not have been used in the graph",
-                                                                  "inplace operation", "leaf variable")):
-        return True
-    try:
-        mods = {id(m) for m in module.modules()}
-    except Exception:
-        return False
-    frames = [f for f, _ in traceback.walk_tb(exc.__traceback__)]
-    inside = [i for i, f in enumerate(frames) if f.f_code.co_name == "forward" and id(f.f_locals.get("self")) in mods]
-    if not inside:
-        return False
-    ours = (f"{os.sep}napari_xai{os.sep}", f"{os.sep}captum{os.sep}", f"{os.sep}zennit{os.sep}")
-    return not any(any(o in f.f_code.co_filename for o in ours) for f in frames[inside[-1] + 1:])
-
-
-_PREDICTIONS: Any = None  # weakref.WeakKeyDictionary: module -> OrderedDict(key -> output), see predict_cached
-PREDICTION_CACHE_SIZE = 2
-_PREDICTIONS_LOCK = threading.Lock()  # widgets explain from worker threads
-
-
-def _state_key(module: Any) -> tuple:
-    """Identity and in-place version of every parameter and buffer: changes whenever the weights change."""
-    import torch
-
-    if not isinstance(module, torch.nn.Module):
-        return (id(module),)
-    # one walk over the modules' own tensors (parameters() and buffers() walk twice and de-duplicate: 0.4 ms for a
-    # 100-module network, a tenth of its explanation's fixed costs); a shared tensor simply appears twice
-    return tuple((id(t), t._version) for m in module.modules()
-                 for d in (m._parameters, m._buffers) for t in d.values() if t is not None)
-
-
-_LAST_DIGEST: list = [None]  # (the last hashed CPU input, its version then, its digest): see _input_digest
-
-
-def _input_digest(x) -> str:
-    """SHA-256 of the input tensor's bytes, the identity of an input for the remembered predictions.
-
-    Explaining one input again (another method or setting, the interactive case) gives a new tensor of the same
-    values: when it equals the last input hashed, unchanged since (same version), value for value -- a comparison
-    at memory speed, 0.02 against 0.29 ms for the demo's 48x56x48 input -- that input's digest is reused. SHA-256
-    runs in the CPU's SHA instructions where present: about twice blake2b's speed here.
-    """
-    import hashlib
-
-    data = x.detach().cpu().contiguous().numpy()
-    with _PREDICTIONS_LOCK:
-        last = _LAST_DIGEST[0]
-    if last is not None:
-        prev, version, digest = last
-        if (prev._version == version and prev.shape == x.shape and prev.dtype == x.dtype
-                and np.array_equal(prev.numpy(), data)):
-            return digest
-    digest = hashlib.sha256(memoryview(data.reshape(-1).view(np.uint8))).hexdigest()  # no copy
-    if x.device.type == "cpu":  # keeps one input alive (never an accelerator's memory)
-        kept = x.detach()
-        with _PREDICTIONS_LOCK:
-            _LAST_DIGEST[0] = (kept, kept._version, digest)
-    return digest
-
-
-def _prediction_key(module: Any, x) -> tuple:
-    return (_input_digest(x), tuple(x.shape), str(x.dtype), str(x.device), _state_key(module))
-
-
-def _prediction_store(module: Any):
-    import weakref
-    from collections import OrderedDict
-
-    global _PREDICTIONS
-    if _PREDICTIONS is None:
-        _PREDICTIONS = weakref.WeakKeyDictionary()
-    try:
-        return _PREDICTIONS.setdefault(module, OrderedDict())
-    except TypeError:  # not weak-referenceable (e.g. some scripted modules)
-        return None
-
-
-def _remember_prediction(module: Any, key: tuple, out):
-    import torch
-
-    detached = tuple(o.detach() if torch.is_tensor(o) else o for o in out) if isinstance(out, (tuple, list)) else (
-        out.detach() if torch.is_tensor(out) else out)
-    with _PREDICTIONS_LOCK:
-        store = _prediction_store(module)
-        if store is not None:
-            store[key] = detached
-            while len(store) > PREDICTION_CACHE_SIZE:
-                store.popitem(last=False)
-    return detached
-
-
-def predict_cached(module: Any, x, key: tuple | None = None):
-    """The model's output for ``x``, remembered per model for the last few inputs.
-
-    Switching methods or parameters on the same input (the interactive case)
-    then costs no extra prediction pass. The key holds a digest of the input
-    tensor and the identity and version of every weight, so retrained or
-    reloaded weights miss the cache; models in training mode (e.g. MC dropout)
-    are never cached. ``key`` is this input's :func:`_prediction_key` when the caller has it already.
-    """
-    if getattr(module, "training", False):
-        return forward(module, x)
-    key = key if key is not None else _prediction_key(module, x)
-    with _PREDICTIONS_LOCK:
-        store = _prediction_store(module)
-        if store is not None and key in store:
-            store.move_to_end(key)
-            return store[key]
-    return _remember_prediction(module, key, forward(module, x))
-
-
-#: Models seen to return plain class scores: module -> {(input shape, dtype): number of classes}. Their next
-#: explanation with an explicit class index takes the prediction from the method's own forward pass.
-_CLASSIFIERS: Any = None
-
-
-def _known_classes(module: Any, x) -> int | None:
-    if _CLASSIFIERS is None or getattr(module, "training", False):
-        return None
-    try:
-        return _CLASSIFIERS.get(module, {}).get((tuple(x.shape), str(x.dtype)))
-    except TypeError:
-        return None
-
-
-def _note_classifier(module: Any, x, n_classes: int) -> None:
-    import weakref
-
-    global _CLASSIFIERS
-    if _CLASSIFIERS is None:
-        _CLASSIFIERS = weakref.WeakKeyDictionary()
-    try:
-        _CLASSIFIERS.setdefault(module, {})[(tuple(x.shape), str(x.dtype))] = int(n_classes)
-    except TypeError:
-        pass
-
-
 def _seed(seed: int, device: Any) -> None:
     """Seed torch's generators for stochastic methods: all of them (``torch.manual_seed``) when the model runs
     on an accelerator, only the CPU one when it runs on the CPU.
@@ -429,32 +245,6 @@ class Target:
         return iter((self.module, self.probs, self.names, self.predicted, self.target, self.segmentation))
 
 
-_LABEL_FACTS: dict = {}  # id(remembered segmentation output) -> (finite, labels); see _label_facts
-
-
-def _label_facts(out, predicted_labels) -> tuple[bool, np.ndarray]:
-    """Whether a segmentation output is finite, and its predicted labels (numpy); remembered per output tensor
-    (by identity, dropped with the tensor), so explaining a remembered prediction again (another method, the
-    interactive case) does not derive them again. The remembered outputs are detached copies no one else holds
-    (:func:`_remember_prediction`), and the labels are read-only."""
-    import weakref
-
-    import torch
-
-    with _PREDICTIONS_LOCK:
-        facts = _LABEL_FACTS.get(id(out))
-    if facts is None:
-        finite = bool(torch.isfinite(out).all())
-        labels = predicted_labels(out).cpu().numpy() if finite else None
-        if labels is not None:
-            labels.setflags(write=False)  # shared by every explanation of this output
-        facts = (finite, labels)
-        with _PREDICTIONS_LOCK:
-            _LABEL_FACTS[id(out)] = facts
-        weakref.finalize(out, _LABEL_FACTS.pop, id(out), None)
-    return facts
-
-
 def prepare_target(model, x, volume, target, segmentation, mask, point, output_index, connectivity, ctx,
                    grid=None, key: tuple | None = None) -> Target:
     """The :class:`Target` of an explanation of ``model`` on the prepared input ``x`` (``key``: its prediction key)."""
@@ -481,7 +271,7 @@ def prepare_target(model, x, volume, target, segmentation, mask, point, output_i
                 "explain it as a segmentation (CLI: --segmentation, optionally --mask LABELS.nii.gz) to explain "
                 "the sum of a class's logits inside a mask."
             )
-        finite, labels = _label_facts(out, predicted_labels)
+        finite, labels = label_facts(out, predicted_labels)
         if not finite:
             raise UserError(f"model output of shape {tuple(out.shape)} contains NaN or Inf; check the input and its normalization.")
         channels = int(out.shape[1])
@@ -520,7 +310,7 @@ def prepare_target(model, x, volume, target, segmentation, mask, point, output_i
     tgt = resolve_target(target, names, predicted)
     module = SegmentationScores(model.module, None, output_index) if is_tuple else model.module
     if not is_tuple and out.shape[0] == 1:
-        _note_classifier(model.module, x, len(probs))
+        note_classifier(model.module, x, len(probs))
     return Target(module, probs, names, predicted, tgt, None)
 
 
@@ -625,15 +415,13 @@ def explain(
     # the method runs first and its own pass on this input gives the prediction (ctx.scores; a method without
     # such a pass is followed by the usual prediction); otherwise the prediction comes first, as its errors must
     # come before any method work. The input is hashed once (the key of the remembered predictions).
-    n_known, idx = _known_classes(model.module, x), _explicit_index(target)
-    key = None if getattr(model.module, "training", False) else _prediction_key(model.module, x)
+    n_known, idx = known_classes(model.module, x), _explicit_index(target)
+    key = None if getattr(model.module, "training", False) else prediction_key(model.module, x)
     method_first = False
     if key is not None and (entry.target_independent or (
             n_known is not None and idx is not None and 0 <= idx < n_known and not segmentation and mask is None
             and point is None)):
-        with _PREDICTIONS_LOCK:
-            store = _prediction_store(model.module)
-            method_first = not (store is not None and key in store)  # remembered: no pass needed either way
+        method_first = not is_remembered(model.module, key)  # remembered: no pass needed either way
     if not method_first:
         t = prepare_target(model, x, volume, target, segmentation, mask, point, output_index, connectivity, ctx,
                            grid=grid, key=key)
@@ -655,13 +443,13 @@ def explain(
     except (UserError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        if not _model_fault(exc, model.module):
+        if not model_fault(exc, model.module):
             raise
         raise model_error(exc, model.module, x) from None
     if method_first:
         ctx.capture_input = None
         if ctx.scores is not None:
-            _remember_prediction(model.module, key, ctx.scores)
+            remember_prediction(model.module, key, ctx.scores)
         t = prepare_target(model, x, volume, target, segmentation, mask, point, output_index, connectivity, ctx,
                            grid=grid, key=key)
         tgt = t.target
