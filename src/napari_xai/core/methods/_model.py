@@ -363,7 +363,11 @@ def score_gap(model: Any, x: torch.Tensor, base: torch.Tensor, target: int, rel:
     """
     with torch.no_grad():
         scores = check_scores(model(torch.cat([x.detach(), base.detach()])), target)[:, int(target)]
-    diff = float(scores[0] - scores[1])
+    return summation_gap(float(scores[0] - scores[1]), rel)
+
+
+def summation_gap(diff: float, rel: torch.Tensor) -> tuple[float, float, float]:
+    """``diff`` = f(x) - f(baseline), the relevance sum and their relative gap ``|sum - diff| / |diff|``."""
     total = float(rel.detach().sum())
     return diff, total, abs(total - diff) / max(abs(diff), 1e-12)
 

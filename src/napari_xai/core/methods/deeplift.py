@@ -10,7 +10,7 @@ from typing import Iterator
 from ..lazy import F, TypeGroup, nn, torch
 from ..errors import UserError
 from ._model import (ACTIVATIONS, BASELINE_PARAM, BLUR_SIGMA_PARAM, ScoreFn, as_context, fresh_input, make_baseline, model_session,
-    require_eager, trace_model)
+    require_eager, summation_gap, trace_model)
 from .registry import MethodOutput, entry
 
 
@@ -150,14 +150,6 @@ def _deeplift_hooks(ruled: list[nn.Module], pools: list[nn.Module]) -> Iterator[
             h.remove()
 
 
-def _score_gap(scores: torch.Tensor, n: int, target: int, rel: torch.Tensor) -> tuple[float, float, float]:
-    """f(x) - f(baseline) from the scores of the batch [x; baseline] (``n`` inputs each), the relevance sum and
-    their relative gap ``|sum - difference| / |difference|`` (summation-to-delta)."""
-    diff = float(scores[:n, target].sum() - scores[n:, target].sum())
-    total = float(rel.detach().sum())
-    return diff, total, abs(total - diff) / max(abs(diff), 1e-12)
-
-
 def _counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
 
@@ -213,7 +205,8 @@ def _deeplift(model, x, target, params, ctx) -> MethodOutput:
                 rel = DeepLift(f).attribute(xi, baselines=base, target=int(target))
         finally:
             keep.remove()
-        diff, total, err = _score_gap(kept[0], len(xi), int(target), rel)
+        n, t = len(xi), int(target)  # kept[0]: the scores of [x; baseline], n rows each
+        diff, total, err = summation_gap(float(kept[0][:n, t].sum() - kept[0][n:, t].sum()), rel)
     used.update(score_difference=diff, relevance_sum=total, summation_to_delta_error=err, forward_passes=f.calls,
                 unhandled_modules=_counts_text(found["unhandled"]))
     gap = f"the relevance sums to {total:.4g} and f(x) - f(baseline) = {diff:.4g} ({100 * err:.2g} % apart)"
