@@ -685,20 +685,25 @@ def crop_box(shape: Sequence[int], box: Sequence[slice] | None, pad: int = 1) ->
                  for s, n in zip(box, shape))
 
 
+def profile_box(profiles: Sequence[np.ndarray], level: float) -> tuple[slice, ...] | None:
+    """The box (slices, one per axis) from the first to the last index where each axis profile (e.g. the maximum
+    of a volume over the other axes) is above ``level``; ``None`` when some profile never is."""
+    box = []
+    for prof in profiles:
+        idx = np.flatnonzero(np.asarray(prof) > level)
+        if idx.size == 0:
+            return None
+        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
+    return tuple(box)
+
+
 def above_box(data: np.ndarray, level: float, pad: int = 1) -> tuple[slice, ...]:
     """The bounding box (slices) of the voxels of a 3D array above ``level``, widened by ``pad`` voxels and
     clipped to the array (see :func:`crop_box`); a 1-voxel box at the origin when no voxel is above it."""
     arr = np.asarray(data)
     mask = arr > level
-    along = [mask.any(axis=(1, 2))]
     plane = mask.any(axis=0)
-    along += [plane.any(axis=1), plane.any(axis=0)]
-    box = []
-    for a in along:
-        idx = np.flatnonzero(a)
-        if idx.size == 0:
-            return crop_box(arr.shape, None)
-        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
+    box = profile_box([mask.any(axis=(1, 2)), plane.any(axis=1), plane.any(axis=0)], 0)
     return crop_box(arr.shape, box, pad=pad)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UserError
+from ..geometry import profile_box
 from ..lazy import lazy_import
 from .filters import max_profiles
 from .params import MAX_LABEL
@@ -84,16 +85,6 @@ class Labelling:
         if total == 0:
             return np.zeros(0, np.int64)
         return np.repeat(start - (np.cumsum(ln) - ln), ln) + np.arange(total)
-
-
-def _crop_box(profiles: list[np.ndarray], threshold: float) -> tuple[slice, ...] | None:
-    box = []
-    for prof in profiles:
-        idx = np.flatnonzero(prof > threshold)
-        if idx.size == 0:
-            return None
-        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
-    return tuple(box)
 
 
 def _empty_labelling(shape, threshold, connectivity) -> Labelling:
@@ -198,7 +189,7 @@ def label_clusters(
     structure(connectivity)  # validates
     if profiles is None:
         profiles = max_profiles(arr)
-    box = _crop_box(profiles, t)
+    box = profile_box(profiles, t)
     if box is None:
         return _empty_labelling(arr.shape, t, connectivity)
     crop = arr[box]
