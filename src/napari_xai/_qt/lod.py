@@ -30,6 +30,7 @@ import numpy as np
 from qtpy.QtCore import QTimer
 
 from ..core.geometry import above_box, cropped_affine
+from ._events import connect_all, disconnect_all
 
 CROP_KEY = "xai_crop"  # the same record as the explorer's cropped layers: {"offset", "shape", "affine"}
 #: Volumes of at most this many voxels are shown whole: their 3D paint is cheap already.
@@ -65,6 +66,7 @@ class RelevanceCrop3D:
         self._viewer = weakref.ref(viewer)  # the per-viewer table is keyed weakly by the viewer: no cycle
         self._full: dict[int, tuple] = {}  # id(layer) -> (full data, full affine 4x4, crop record)
         self._layers: dict[int, object] = {}  # id(layer) -> layer, for the layers watched
+        self._connections: dict[int, list] = {}  # id(layer) -> its (emitter, callback) pairs
         self._busy = False  # our own layer.data / affine sets
         self._enabled = True
         self._pending: set[int] = set()
@@ -177,12 +179,10 @@ class RelevanceCrop3D:
             return
         self._layers[id(layer)] = layer
         ev = layer.events
-        for name in ("contrast_limits", "rendering", "blending", "colormap"):
-            getattr(ev, name).connect(self._on_setting)
-        ev.data.connect(self._on_data)
-        ev.metadata.connect(self._on_metadata)
-        if hasattr(ev, "auto_contrast"):
-            ev.auto_contrast.connect(self._on_setting)
+        settings = [getattr(ev, name) for name in ("contrast_limits", "rendering", "blending", "colormap",
+                                                   "auto_contrast") if hasattr(ev, name)]
+        self._connections[id(layer)] = connect_all(
+            [(e, self._on_setting) for e in settings] + [(ev.data, self._on_data), (ev.metadata, self._on_metadata)])
 
     def _layer_of(self, event):
         src = getattr(event, "source", None)
@@ -200,14 +200,7 @@ class RelevanceCrop3D:
         self._restore(layer)  # a removed layer keeps its whole array
         self._layers.pop(id(layer), None)
         self._pending.discard(id(layer))
-        for name in ("contrast_limits", "rendering", "blending", "colormap", "data", "metadata", "auto_contrast"):
-            emitter = getattr(layer.events, name, None)
-            if emitter is not None:
-                for cb in (self._on_setting, self._on_data, self._on_metadata):
-                    try:
-                        emitter.disconnect(cb)
-                    except (TypeError, ValueError, RuntimeError):
-                        pass
+        disconnect_all(self._connections.pop(id(layer), []))
 
     def _on_setting(self, event) -> None:
         layer = self._layer_of(event)
